@@ -1,0 +1,1 @@
+"""memtrain: a training launcher for memory-efficient training of scientific transformers."""

@@ -1,0 +1,138 @@
+"""memtrain's command line: compose -> validate -> build -> train (or estimate).
+
+    memtrain train [hydra overrides]            e.g. +recipe=protein_lm precision=bf16
+    memtrain train -m optimizer=adamw,adafactor  (Hydra multirun)
+    memtrain estimate [hydra overrides] [--json]
+
+Every job's config is composed and validated before anything starts; a bad key, value, option or
+combination is one paragraph naming the key and the allowed values, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+
+from memtrain.config.errors import ConfigError, from_hydra
+from memtrain.config.loader import CONF_DIR, compose_config, register_all
+from memtrain.config.validate import validate
+from memtrain.data.errors import DataFormatError
+
+USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydra multirun sweep)
+       memtrain estimate [hydra overrides] [--json]   per-device memory, before a GPU is touched
+
+overrides: group choices (model=gpt_1b precision=bf16 checkpoint=full), keys
+(trainer.max_steps=100), recipes (+recipe=protein_lm). Groups: model parallel precision optimizer
+offload checkpoint data trainer."""
+
+MAX_SWEEP_JOBS_CHECKED = 256
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> int:
+    err.print(f"[bold red]memtrain:[/] {message}", highlight=False, soft_wrap=True)
+    return 2
+
+
+def load_config(overrides: list[str]) -> DictConfig:
+    """Compose and validate one job's config; raises ConfigError."""
+    try:
+        cfg = compose_config(overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise from_hydra(exc) from exc
+    validate(cfg)
+    return cfg
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override lists of every job of a multirun sweep (Hydra's basic sweeper: a cartesian
+    product of the sweep overrides)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise from_hydra(exc) from exc
+    axes = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(job) for job in itertools.islice(itertools.product(*axes), MAX_SWEEP_JOBS_CHECKED)]
+
+
+def train_command(args: list[str]) -> int:
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        for job in sweep_jobs(overrides) if multirun else [overrides]:
+            load_config(job)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    _run_hydra(args)
+    return 0
+
+
+def _run_hydra(args: list[str]) -> None:
+    """Hand the command line to Hydra, which makes the run directory (or the multirun sweep)."""
+    import hydra
+
+    register_all()
+    sys.argv = ["memtrain train", *args]
+    hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(_train_job)()
+
+
+def _train_job(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from memtrain.engine.trainer import Trainer
+
+    validate(cfg)
+    run_dir = cfg.trainer.run_dir or HydraConfig.get().runtime.output_dir
+    try:
+        Trainer(cfg, run_dir).fit()
+    except (DataFormatError, FileNotFoundError) as exc:
+        raise SystemExit(_fail(str(exc)))
+
+
+def estimate_command(args: list[str]) -> int:
+    from memtrain.memory.estimator import estimate
+    from memtrain.memory.report import render_table
+
+    as_json = "--json" in args
+    unknown = [a for a in args if a.startswith("-") and a != "--json"]
+    if unknown:
+        return _fail(f"unknown option {unknown[0]!r} for estimate (allowed: --json)")
+    try:
+        cfg = load_config([a for a in args if a != "--json"])
+        result = estimate(cfg)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        Console().print(render_table(cfg, result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    commands = {"train": train_command, "estimate": estimate_command}
+    if command not in commands:
+        return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)})\n{USAGE}")
+    return commands[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Configuration errors, rendered as one paragraph that names the key and the allowed values."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterable
+
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(Exception):
+    """An invalid configuration: `key` is the dotted config key at fault."""
+
+    def __init__(self, key: str, message: str, allowed: Iterable[str] | None = None):
+        self.key, self.message = key, message
+        self.allowed = list(allowed) if allowed is not None else None
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        text = f"invalid configuration at '{self.key}': {self.message}"
+        if self.allowed is not None:
+            text += f". Allowed values: {', '.join(map(str, self.allowed))}"
+        return text.rstrip(".") + "."
+
+
+def _fields_of(object_type: type | None) -> list[str] | None:
+    if object_type is not None and dataclasses.is_dataclass(object_type):
+        return [f.name for f in dataclasses.fields(object_type) if not f.name.startswith("_")]
+    return None
+
+
+def from_hydra(exc: Exception) -> ConfigError:
+    """Translate an error raised while Hydra composes a config into a ConfigError."""
+    if isinstance(exc, MissingConfigException):
+        match = re.search(r"Could not find '([^']+)'", str(exc))
+        missing = match.group(1) if match else str(exc.missing_cfg_file)
+        group, _, option = missing.rpartition("/")
+        if group:
+            return ConfigError(group, f"unknown option {option!r} for config group '{group}'", allowed=exc.options or [])
+        return ConfigError(missing, "config not found")
+    if isinstance(exc, OverrideParseException):
+        return ConfigError(exc.override or "<command line>", f"cannot parse override: {exc.message}")
+    cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        first_line = str(cause).splitlines()[0]
+        object_type = getattr(cause, "object_type", None)
+        if first_line.startswith("Key ") and "not in" in first_line:
+            key = cause.full_key
+            return ConfigError(key, f"unknown key '{key.rpartition('.')[2]}'", allowed=_fields_of(object_type))
+        return ConfigError(cause.full_key, first_line)
+    return ConfigError("<command line>", " ".join(str(exc).split()))
+
+
+def require(condition: bool, key: str, message: str, allowed: Iterable[str] | None = None) -> None:
+    if not condition:
+        raise ConfigError(key, message, allowed)
+
+
+def enum_names(value: object) -> str:
+    """The name of an enum config value (OmegaConf keeps enums as Enum members)."""
+    return getattr(value, "name", str(value))
+
+
+def to_container(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -1,0 +1,35 @@
+"""Find the config folders and compose a config from overrides, as the command line does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from memtrain.config.schema import register_schemas
+
+_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = _ROOT / "conf"
+RECIPES_DIR = _ROOT / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def register_all() -> None:
+    """Register the schemas and every recipes/<name>.yaml as option <name> of group `recipe`."""
+    register_schemas()
+    cs = ConfigStore.instance()
+    for name in recipe_names():
+        node = OmegaConf.load(RECIPES_DIR / f"{name}.yaml")
+        cs.store(group="recipe", name=name, node=node, package="_global_")
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/train.yaml with `overrides` (Hydra syntax) outside of a Hydra job."""
+    register_all()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides or []))

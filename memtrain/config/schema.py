@@ -1,0 +1,215 @@
+"""Dataclass schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option under conf/<group>/ starts its defaults list with the schema of its group
+(`- /schema/<group>/<name>@_here_`), so a typo in a key or a value of the wrong type is refused by
+OmegaConf while the config is composed, before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class DType(Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ACMode(Enum):
+    """Activation checkpointing: none, every block, or a chosen subset (Megatron's selective)."""
+
+    none = "none"
+    full = "full"
+    selective = "selective"
+
+
+class SelectivePolicy(Enum):
+    every_k = "every_k"  # checkpoint every k-th block
+    attention = "attention"  # recompute only the attention core (softmax(QK^T)V) of every block
+
+
+class LRSchedule(Enum):
+    constant = "constant"
+    cosine = "cosine"
+    linear = "linear"
+
+
+class DataSource(Enum):
+    protein = "protein"
+    synthetic = "synthetic"
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass
+class ModelConfig:
+    arch: str = MISSING  # key of the ModelSpec registry (memtrain.models)
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    """Decoder-only transformer: RMSNorm, SwiGLU, RoPE, grouped-query attention through SDPA."""
+
+    arch: str = "gpt"
+    vocab_size: int = 64
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None  # None: as many as n_heads (multi-head attention)
+    ffn_hidden: Optional[int] = None  # None: 8/3 * dim rounded up to `multiple_of`
+    multiple_of: int = 64
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# parallel, precision, offload, activation checkpointing
+
+
+@dataclass
+class ParallelConfig:
+    """Degrees of every parallel dimension; their product must equal the world size."""
+
+    name: str = "single"
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    tp: int = 1
+    pp: int = 1
+    sp: int = 1
+    dap: int = 1
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = "fp32"
+    param_dtype: DType = DType.float32  # dtype the parameters (and optimizer master copy) live in
+    compute_dtype: DType = DType.float32  # autocast dtype; float32 means no autocast
+    loss_scaling: bool = False  # dynamic loss scaling (torch.amp.GradScaler), needed for fp16
+    init_scale: float = 65536.0
+    growth_factor: float = 2.0
+    backoff_factor: float = 0.5
+    growth_interval: int = 2000
+
+
+@dataclass
+class OffloadConfig:
+    name: str = "none"
+
+
+@dataclass
+class ActivationCheckpointConfig:
+    mode: ACMode = ACMode.none
+    policy: SelectivePolicy = SelectivePolicy.every_k  # used when mode=selective
+    every_k: int = 2  # used when policy=every_k
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer: instantiated with hydra.utils.instantiate(cfg)(param_groups)
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamWConfig(OptimizerConfig):
+    _target_: str = "torch.optim.AdamW"
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    fused: Optional[bool] = None  # None: fused on CUDA, foreach elsewhere
+
+
+@dataclass
+class AdafactorConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adafactor"
+    lr: float = 1e-2
+    beta2_decay: float = -0.8
+    eps: list[Optional[float]] = field(default_factory=lambda: [None, 1e-3])
+    d: float = 1.0
+    weight_decay: float = 0.0
+    foreach: Optional[bool] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# data and trainer
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = DataSource.protein
+    root: Optional[str] = None  # protein: a folder; None means $MEMTRAIN_DATA_DIR/proteins or ../shared/data/proteins
+    formats: list[str] = field(default_factory=lambda: ["fasta", "a3m", "mmcif"])
+    seq_len: int = 128
+    num_synthetic_tokens: int = 1_000_000  # synthetic: length of the generated token stream
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 40
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    seed: int = 0
+    log_every: int = 5
+    save_every: int = 0  # 0: no periodic saves
+    keep_last: int = 2  # checkpoints kept on disk
+    resume: str = "none"  # none | auto (latest in this run directory) | a checkpoint path
+    device: Device = Device.auto
+    grad_clip: float = 1.0  # 0 disables clipping
+    warmup_steps: int = 5
+    lr_schedule: LRSchedule = LRSchedule.cosine
+    min_lr_ratio: float = 0.1
+    tensorboard: bool = False
+    run_dir: Optional[str] = None  # None: Hydra's output directory of the job
+
+
+@dataclass
+class TrainConfig:
+    model: Any = MISSING
+    parallel: ParallelConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    optimizer: Any = MISSING
+    offload: OffloadConfig = MISSING
+    checkpoint: ActivationCheckpointConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+
+
+def register_schemas() -> None:
+    """Register every schema under /schema/<group>/<name> (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, name, node in [
+        ("model", "gpt", GPTConfig),
+        ("parallel", "parallel", ParallelConfig),
+        ("precision", "precision", PrecisionConfig),
+        ("offload", "offload", OffloadConfig),
+        ("checkpoint", "checkpoint", ActivationCheckpointConfig),
+        ("optimizer", "adamw", AdamWConfig),
+        ("optimizer", "adafactor", AdafactorConfig),
+        ("data", "data", DataConfig),
+        ("trainer", "trainer", TrainerConfig),
+    ]:
+        cs.store(group=f"schema/{group}", name=name, node=node)

@@ -1,0 +1,74 @@
+"""Cross-field validation of a composed config: every impossible combination is refused here,
+with the keys at fault, before a process starts or a model is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from memtrain.config.errors import enum_names, require
+from memtrain.models import get_spec
+
+PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp", "sp", "dap")
+IMPLEMENTED_PARALLEL = ("single",)
+IMPLEMENTED_OFFLOAD = ("none",)
+
+
+def validate(cfg: DictConfig) -> None:
+    _validate_parallel(cfg.parallel)
+    _validate_precision(cfg.precision)
+    _validate_trainer(cfg.trainer)
+    require(cfg.offload.name in IMPLEMENTED_OFFLOAD, "offload.name", f"unknown offload {cfg.offload.name!r}",
+            allowed=IMPLEMENTED_OFFLOAD)
+    ac = cfg.checkpoint
+    require(ac.every_k >= 1, "checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
+    require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
+    require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
+    get_spec(cfg.model.arch).validate(cfg)
+
+
+def _validate_parallel(p: DictConfig) -> None:
+    require(p.name in IMPLEMENTED_PARALLEL, "parallel.name", f"unknown parallel mode {p.name!r}",
+            allowed=IMPLEMENTED_PARALLEL)
+    for key in PARALLEL_DEGREES:
+        require(p[key] >= 1, f"parallel.{key}", f"degrees must be at least 1, got {p[key]}")
+    if p.name == "single":
+        bad = [f"parallel.{k}={p[k]}" for k in PARALLEL_DEGREES if p[k] != 1]
+        require(not bad, bad[0].split("=")[0] if bad else "parallel",
+                f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
+
+
+def _validate_precision(p: DictConfig) -> None:
+    param, compute = enum_names(p.param_dtype), enum_names(p.compute_dtype)
+    require(param != "float16", "precision.param_dtype",
+            "float16 parameters need fp32 master weights; use param_dtype=float32 with compute_dtype=float16",
+            allowed=["float32", "bfloat16"])
+    require(not (param == "bfloat16" and compute != "bfloat16"), "precision.compute_dtype",
+            f"bfloat16 parameters compute in bfloat16, got compute_dtype={compute}")
+    require(not (compute == "float16" and not p.loss_scaling), "precision.loss_scaling",
+            "compute_dtype=float16 needs loss_scaling=true: fp16 gradients underflow without it")
+    require(not (p.loss_scaling and compute == "float32"), "precision.loss_scaling",
+            "loss scaling only applies to reduced-precision compute (float16 or bfloat16)")
+    require(p.init_scale > 0 and p.growth_factor > 1 and 0 < p.backoff_factor < 1 and p.growth_interval >= 1,
+            "precision.init_scale", "loss scaler needs init_scale > 0, growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1")
+
+
+def _validate_trainer(t: DictConfig) -> None:
+    for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every"):
+        require(t[key] >= 1, f"trainer.{key}", f"must be at least 1, got {t[key]}")
+    for key in ("save_every", "keep_last", "warmup_steps"):
+        require(t[key] >= 0, f"trainer.{key}", f"must be 0 or more, got {t[key]}")
+    require(t.grad_clip >= 0, "trainer.grad_clip", f"must be 0 (off) or positive, got {t.grad_clip}")
+    require(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
+    require(t.resume in ("none", "auto") or (Path(t.resume) / "meta.json").is_file(), "trainer.resume",
+            f"{t.resume!r} is not a checkpoint folder (step_<N>/ with meta.json)", allowed=["none", "auto", "<path>"])
+    device = enum_names(t.device)
+    require(device != "cuda" or torch.cuda.is_available(), "trainer.device", "cuda requested but no CUDA device is visible",
+            allowed=["auto", "cpu"])
+    if t.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            require(False, "trainer.tensorboard", "the tensorboard package is not installed (pip install 'memtrain[tensorboard]')")

@@ -1,0 +1,70 @@
+"""Step metrics: one JSON object per logged step in metrics.jsonl, optional TensorBoard, and a
+live line on the console."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+# Dense bf16 tensor-core peak FLOP/s, by substring of the CUDA device name.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak bytes allocated by tensors on CUDA; the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = False, console: Console | None = None):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.jsonl"
+        self._file = self.path.open("a")
+        self.console = console or Console()
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def format_line(record: dict[str, Any], max_steps: int) -> str:
+    parts = [
+        f"step [bold]{record['step']:>6}[/]/{max_steps}",
+        f"loss [cyan]{record['loss']:.4f}[/]",
+        f"lr {record['lr']:.2e}",
+        f"{record['tokens_per_s']:,.0f} tok/s",
+        f"mem {record['peak_mem_bytes'] / 2**30:.2f} GiB",
+    ]
+    if record.get("mfu") is not None:
+        parts.append(f"mfu {100 * record['mfu']:.1f}%")
+    if record.get("skipped_steps"):
+        parts.append(f"[yellow]skipped {record['skipped_steps']}[/]")
+    return "  ".join(parts)

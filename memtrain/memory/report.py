@@ -1,0 +1,43 @@
+"""The rich table printed by `memtrain estimate`."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+from rich.table import Table
+
+from memtrain.config.errors import enum_names
+from memtrain.memory.estimator import MemoryEstimate
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
+    t = cfg.trainer
+    title = (
+        f"memtrain estimate: {est.n_params / 1e6:,.1f}M parameters, precision={cfg.precision.name}, "
+        f"optimizer={cfg.optimizer._target_.rpartition('.')[2]}, checkpoint={enum_names(cfg.checkpoint.mode)}, "
+        f"micro-batch {t.micro_batch_size} x seq {cfg.data.seq_len}"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("per device")
+    table.add_column("bytes", justify="right")
+    table.add_column("", justify="right")
+    table.add_column("share", justify="right")
+    rows = [("parameters", est.params), ("gradients", est.grads), ("optimizer states", est.optimizer),
+            ("activations", est.activations)]
+    for name, value in rows:
+        table.add_row(name, f"{value:,}", human(value), f"{100 * value / est.total:.1f}%")
+    blocks = est.activations_per_block
+    if blocks:
+        table.add_row("  per block (first / last)", f"{blocks[0]:,} / {blocks[-1]:,}", human(max(blocks)), "", style="dim")
+        table.add_row("  outside the blocks", f"{est.activations_outside_blocks:,}", human(est.activations_outside_blocks), "", style="dim")
+        if est.recompute_buffer:
+            table.add_row("  recompute buffer", f"{est.recompute_buffer:,}", human(est.recompute_buffer), "", style="dim")
+    table.add_row("total", f"{est.total:,}", human(est.total), "100%", style="bold")
+    return table

@@ -1,0 +1,118 @@
+"""The GPT family's ModelSpec: how to build, feed, score, checkpoint and size the decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from memtrain.config.errors import require
+from memtrain.data.lm import build_lm_data
+from memtrain.models.gpt.model import GPT, ffn_hidden_size
+from memtrain.models.spec import ModelSpec, register_spec
+
+PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
+
+
+def build_model(mcfg: DictConfig) -> GPT:
+    kwargs = {k: v for k, v in mcfg.items() if k != "arch"}
+    return GPT(**kwargs)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross entropy (in fp32) and the number of scored tokens.
+
+    The trainer divides by the token count of the whole optimizer step, so gradient accumulation
+    gives the same gradient as one large batch."""
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum", ignore_index=-100)
+    return loss, (targets != -100).sum()
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    return model.layers
+
+
+def flops_per_token(mcfg: DictConfig, seq_len: int) -> float:
+    """Training FLOPs per token, 6N + 12 L D S (PaLM appendix B; N excludes the input embedding)."""
+    d, layers, heads = mcfg.dim, mcfg.n_layers, mcfg.n_heads
+    kv = mcfg.n_kv_heads or heads
+    hidden = ffn_hidden_size(d, mcfg.ffn_hidden, mcfg.multiple_of)
+    per_layer = d * d * (2 + 2 * kv / heads) + 3 * d * hidden + 2 * d
+    n = layers * per_layer + d + mcfg.vocab_size * d
+    return 6 * n + 12 * layers * d * seq_len
+
+
+def activation_bytes(mcfg: DictConfig, batch: int, seq_len: int, compute_bytes: int, residual_bytes: int) -> dict[str, float]:
+    """Bytes saved for the backward pass, per block and outside the blocks, for one micro-batch.
+
+    Counted tensor by tensor for this implementation (B S D units; kvr = K / H; F = SwiGLU width):
+      attention: norm input (r) + its rstd, norm output and normalized product (2r: nn.RMSNorm's
+        composite backward keeps both), the matmul inputs (one copy per q/k/v projection under
+        autocast, since casts of activations are not cached), rotated q and k and v (p (1 + 2 kvr)),
+        the attention output (p) and its log-sum-exp (fp32, B H S);
+      feed-forward: norm as above, w1/w3 inputs (per projection under autocast), w1 and w3
+        outputs, silu output and the product (4 p F/D).
+      under autocast, the low-precision copy of every matmul weight (autocast's weight cache).
+    Attention is memory-efficient (SDPA flash / efficient kernels): no S x S matrix is kept.
+    """
+    b, s, d = batch, seq_len, mcfg.dim
+    heads = mcfg.n_heads
+    kvr = (mcfg.n_kv_heads or heads) / heads
+    hidden = ffn_hidden_size(d, mcfg.ffn_hidden, mcfg.multiple_of)
+    autocast = compute_bytes != residual_bytes
+    bsd = b * s * d
+    norm = 3 * residual_bytes * bsd + 4 * b * s  # input, normalized product, output (+ rstd)
+    if autocast:
+        norm_attn = norm - residual_bytes * bsd + 3 * compute_bytes * bsd  # output consumed as 3 casts
+        norm_ffn = norm - residual_bytes * bsd + 2 * compute_bytes * bsd
+    else:
+        norm_attn = norm_ffn = norm
+    lse = 4 * b * heads * s
+    core = compute_bytes * bsd * (2 + 2 * kvr) + lse  # q, k, v, out, logsumexp
+    attn = norm_attn + core
+    ffn = norm_ffn + 4 * compute_bytes * b * s * hidden
+    head = norm - residual_bytes * bsd + compute_bytes * bsd if autocast else norm  # final norm, output proj input
+    logits = 4 * b * s * mcfg.vocab_size  # log-softmax output, fp32, kept by the cross entropy
+    # Under autocast each matmul keeps the low-precision copy of its weight for the backward pass.
+    cast_block = compute_bytes * d * (d * (2 + 2 * kvr) + 3 * hidden) if autocast else 0
+    cast_head = compute_bytes * d * mcfg.vocab_size if autocast else 0
+    return {
+        "block": attn + ffn + cast_block,
+        "block_input": residual_bytes * bsd,
+        # Recomputing the attention core frees only what SDPA alone keeps: its inputs stay saved as
+        # the checkpoint's inputs and its output as the output projection's input.
+        "attention_core_freed": lse,
+        "outside_blocks": head + logits + cast_head + 8 * b * s,  # + token ids
+    }
+
+
+def validate(cfg: DictConfig) -> None:
+    m = cfg.model
+    require(m.dim % m.n_heads == 0, "model.dim", f"dim={m.dim} must be divisible by n_heads={m.n_heads}")
+    require((m.dim // m.n_heads) % 2 == 0, "model.dim", f"head dim {m.dim // m.n_heads} must be even for rotary embeddings")
+    kv = m.n_kv_heads or m.n_heads
+    require(kv >= 1 and m.n_heads % kv == 0, "model.n_kv_heads", f"n_kv_heads={kv} must divide n_heads={m.n_heads}")
+    require(m.n_layers >= 1, "model.n_layers", "must be at least 1")
+    require(m.vocab_size >= 1, "model.vocab_size", "must be at least 1")
+    require(cfg.data.seq_len <= m.max_seq_len, "data.seq_len",
+            f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+    source = getattr(cfg.data.source, "name", cfg.data.source)
+    if source == "protein":
+        require(m.vocab_size >= PROTEIN_VOCAB, "model.vocab_size",
+                f"vocab_size={m.vocab_size} is smaller than the protein tokenizer's {PROTEIN_VOCAB} tokens")
+
+
+SPEC = register_spec(
+    ModelSpec(
+        arch="gpt",
+        build_model=build_model,
+        build_data=build_lm_data,
+        loss_fn=loss_fn,
+        blocks=blocks,
+        attention_core="attention.core",
+        flops_per_token=flops_per_token,
+        activation_bytes=activation_bytes,
+        validate=validate,
+    )
+)

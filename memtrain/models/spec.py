@@ -1,0 +1,48 @@
+"""ModelSpec: everything the engine needs to know about a model family, so that it never
+branches on a model's name. Specs register themselves by `arch` (the model config's key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+
+class TokenBatches(Protocol):
+    """A deterministic source of micro-batches: batch(i) is the i-th micro-batch of the run."""
+
+    def batch(self, index: int, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str
+    build_model: Callable[[DictConfig], nn.Module]  # model config -> module (on the current default device)
+    build_data: Callable[[DictConfig], TokenBatches]  # full config -> batches
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> (summed loss, count)
+    blocks: Callable[[nn.Module], nn.ModuleList]  # the repeated blocks (units of activation checkpointing)
+    attention_core: str  # attribute path of the attention core inside a block, e.g. "attention.core"
+    flops_per_token: Callable[[DictConfig, int], float]  # (model config, seq_len) -> training FLOPs per token
+    activation_bytes: Callable[..., dict[str, float]]  # analytic activation memory model, see memtrain.memory.estimator
+    validate: Callable[[DictConfig], None]  # cross-field checks; raises memtrain.config.errors.ConfigError
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_spec(spec: ModelSpec) -> ModelSpec:
+    _REGISTRY[spec.arch] = spec
+    return spec
+
+
+def get_spec(arch: str) -> ModelSpec:
+    from memtrain import models  # noqa: F401  (imports every family, which registers its spec)
+
+    if arch not in _REGISTRY:
+        from memtrain.config.errors import ConfigError
+
+        raise ConfigError("model.arch", f"unknown model architecture {arch!r}", allowed=sorted(_REGISTRY))
+    return _REGISTRY[arch]
