@@ -17,11 +17,11 @@ import sys
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
+from rich.markup import escape
 
 from memtrain.config.errors import ConfigError, from_hydra
-from memtrain.config.loader import CONF_DIR, compose_config, register_all
+from memtrain.config.loader import CONF_DIR, load_config, register_all
 from memtrain.config.validate import validate
 from memtrain.data.errors import DataFormatError
 
@@ -37,18 +37,8 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> int:
-    err.print(f"[bold red]memtrain:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]memtrain:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return 2
-
-
-def load_config(overrides: list[str]) -> DictConfig:
-    """Compose and validate one job's config; raises ConfigError."""
-    try:
-        cfg = compose_config(overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise from_hydra(exc) from exc
-    validate(cfg)
-    return cfg
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:

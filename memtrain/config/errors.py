@@ -14,15 +14,15 @@ from omegaconf.errors import OmegaConfBaseException
 class ConfigError(Exception):
     """An invalid configuration: `key` is the dotted config key at fault."""
 
-    def __init__(self, key: str, message: str, allowed: Iterable[str] | None = None):
-        self.key, self.message = key, message
+    def __init__(self, key: str, message: str, allowed: Iterable[str] | None = None, allowed_label: str = "Allowed values"):
+        self.key, self.message, self.allowed_label = key, message, allowed_label
         self.allowed = list(allowed) if allowed is not None else None
         super().__init__(self.render())
 
     def render(self) -> str:
         text = f"invalid configuration at '{self.key}': {self.message}"
         if self.allowed is not None:
-            text += f". Allowed values: {', '.join(map(str, self.allowed))}"
+            text += f". {self.allowed_label}: {', '.join(map(str, self.allowed))}"
         return text.rstrip(".") + "."
 
 
@@ -49,7 +49,8 @@ def from_hydra(exc: Exception) -> ConfigError:
         object_type = getattr(cause, "object_type", None)
         if first_line.startswith("Key ") and "not in" in first_line:
             key = cause.full_key
-            return ConfigError(key, f"unknown key '{key.rpartition('.')[2]}'", allowed=_fields_of(object_type))
+            return ConfigError(key, f"unknown key '{key.rpartition('.')[2]}'", allowed=_fields_of(object_type),
+                               allowed_label="Allowed keys")
         return ConfigError(cause.full_key, first_line)
     return ConfigError("<command line>", " ".join(str(exc).split()))
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.schema import register_schemas
 
@@ -33,3 +35,16 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     register_all()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides or []))
+
+
+def load_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose and validate one job's config; every problem is raised as a ConfigError."""
+    from memtrain.config.errors import from_hydra
+    from memtrain.config.validate import validate
+
+    try:
+        cfg = compose_config(overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise from_hydra(exc) from exc
+    validate(cfg)
+    return cfg

@@ -9,18 +9,21 @@ tensor data through torch.load(weights_only=True).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -71,6 +74,15 @@ def _no_dist() -> bool:
     return not (dist.is_available() and dist.is_initialized())
 
 
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every call without a process group, even with no_dist=True; a one-process
+    run is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def _is_rank0() -> bool:
     return _no_dist() or dist.get_rank() == 0
 
@@ -100,7 +112,8 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         if not _no_dist():
             dist.barrier()
-        dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=_no_dist())
+        with _single_process_quiet():
+            dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=_no_dist())
         if _is_rank0():
             (tmp / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
             _fsync_tree(tmp)
@@ -119,7 +132,11 @@ class Checkpointer:
         meta_file = path / "meta.json"
         if not meta_file.is_file():
             raise CheckpointError(f"{path} is not a complete memtrain checkpoint (no meta.json)")
-        dcp.load(state, storage_reader=SafeFileSystemReader(path), no_dist=_no_dist())
+        try:
+            with _single_process_quiet():
+                dcp.load(state, storage_reader=SafeFileSystemReader(path), no_dist=_no_dist())
+        except CheckpointException as exc:
+            raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
         return json.loads(meta_file.read_text())
 
     def _prune(self) -> None:

@@ -130,9 +130,11 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def fit(self) -> list[dict[str, Any]]:
-        """Train to trainer.max_steps; returns the logged records."""
+    def fit(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train to step `until` (default trainer.max_steps, which also shapes the LR schedule);
+        returns the logged records."""
         tcfg = self.tcfg
+        until = tcfg.max_steps if until is None else min(until, tcfg.max_steps)
         path = self.resume_path()
         if path is not None:
             self.load(path)
@@ -143,14 +145,14 @@ class Trainer:
         records, skipped, tokens, t0 = [], 0, 0, time.perf_counter()
         columns = [TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=self.console, transient=True) as progress:
-            task = progress.add_task("train", total=tcfg.max_steps, completed=self.step)
-            while self.step < tcfg.max_steps:
+            task = progress.add_task("train", total=until, completed=self.step)
+            while self.step < until:
                 lr = self.lr
                 result = self.train_step()
                 skipped += result.skipped
                 tokens += result.tokens
                 progress.update(task, completed=self.step)
-                if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
+                if self.step % tcfg.log_every == 0 or self.step == until:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - t0
@@ -170,7 +172,7 @@ class Trainer:
                     records.append(record)
                     progress.console.print(format_line(record, tcfg.max_steps))
                     tokens, t0 = 0, time.perf_counter()
-                if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == tcfg.max_steps):
+                if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")
         metrics.close()
         return records

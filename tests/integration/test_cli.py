@@ -1,0 +1,106 @@
+"""The command line as a user meets it: runs, sweeps, estimates and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from memtrain import cli
+from tests.conftest import TINY, run_cli
+
+REQUIRED_METRICS = {"step", "loss", "lr", "tokens_per_s", "peak_mem_bytes", "mfu"}
+
+
+def read_metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_default_run_writes_metrics(tmp_path):
+    proc = run_cli("train", f"hydra.run.dir={tmp_path}", "trainer.max_steps=6", "trainer.log_every=3")
+    assert proc.returncode == 0, proc.stderr
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [3, 6]
+    assert REQUIRED_METRICS <= records[0].keys()
+    assert "loss" in proc.stdout and "tok/s" in proc.stdout
+
+
+def test_train_recipe_and_multirun_sweep(tmp_path):
+    proc = run_cli("train", "-m", "+recipe=protein_lm", *TINY, "precision=fp32", "trainer.max_steps=2",
+                   "optimizer=adamw,adafactor", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    for job in ("0", "1"):
+        assert len(read_metrics(tmp_path / job)) == 2
+    assert "Adafactor" in (tmp_path / "1" / ".hydra" / "config.yaml").read_text()
+
+
+def test_estimate_json_has_the_byte_counts():
+    proc = run_cli("estimate", "model=gpt_1b", "precision=bf16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert {"params", "grads", "optimizer", "activations", "total"} <= data.keys()
+    assert data["total"] == data["params"] + data["grads"] + data["optimizer"] + data["activations"]
+
+
+def test_estimate_table():
+    proc = run_cli("estimate", "checkpoint=full")
+    assert proc.returncode == 0, proc.stderr
+    for row in ("parameters", "gradients", "optimizer states", "activations", "total"):
+        assert row in proc.stdout
+
+
+BAD_INPUTS = [
+    # (arguments, words the one-paragraph error must contain)
+    (["train", "trainer.max_stepz=3"], ["trainer.max_stepz", "unknown key", "max_steps", "micro_batch_size"]),
+    (["train", "trainer.max_steps=many"], ["trainer.max_steps", "many", "Integer"]),
+    (["train", "model=gpt_huge"], ["'model'", "gpt_huge", "gpt_1b", "gpt_tiny"]),
+    (["train", "checkpoint.mode=sometimes"], ["checkpoint.mode", "none, full, selective"]),
+    (["estimate", "+recipe=alphafoldx"], ["'recipe'", "alphafoldx", "protein_lm"]),
+    (["train", "parallel.tp=2"], ["parallel.tp", "parallel=single", "tp=2"]),
+    (["train", "precision=fp16", "precision.loss_scaling=false"], ["precision.loss_scaling", "float16"]),
+    (["train", "data.seq_len=4096"], ["data.seq_len", "max_seq_len"]),
+    (["train", "trainer.resume=/no/such/ckpt"], ["trainer.resume", "none, auto"]),
+    (["estimate", "--yaml"], ["--yaml", "--json"]),
+    (["fly"], ["fly", "train, estimate"]),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_paragraph_and_exit_2(capsys, args, words):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+    assert "Traceback" not in err
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    proc = run_cli("train", "optimizer.betas=oops", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "optimizer.betas" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()  # refused before anything ran
+
+
+def test_bad_job_in_a_sweep_is_refused_before_any_job_runs(tmp_path):
+    proc = run_cli("train", "-m", *TINY, "trainer.max_steps=1", "checkpoint.every_k=1,0", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "checkpoint.every_k" in proc.stderr
+    assert not (tmp_path / "0").exists()
+
+
+def test_corrupt_data_file_is_named(tmp_path):
+    root = tmp_path / "proteins"
+    root.mkdir()
+    (root / "good.fasta").write_text(">a\nMKTAYIAKQR\n")
+    bad = root / "broken.fasta"
+    bad.write_text("MKTAYIAKQR\n>late header\nMKV\n")
+    proc = run_cli("train", "data=protein", f"data.root={root}", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_a_gpu(capsys):
+    assert cli.main(["train", "trainer.device=cuda"]) == 2
+    assert "trainer.device" in capsys.readouterr().err
