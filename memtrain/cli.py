@@ -87,9 +87,11 @@ def _train_job(cfg: DictConfig) -> None:
     validate(cfg)
     run_dir = cfg.trainer.run_dir or HydraConfig.get().runtime.output_dir
     try:
-        Trainer(cfg, run_dir).fit()
+        trainer = Trainer(cfg, run_dir)
+        trainer.fit()
     except (DataFormatError, FileNotFoundError) as exc:
         raise SystemExit(_fail(str(exc)))
+    Console().print(f"done: step {trainer.step}; metrics in {trainer.run_dir / 'metrics.jsonl'}", highlight=False)
 
 
 def estimate_command(args: list[str]) -> int:

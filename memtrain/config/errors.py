@@ -42,7 +42,8 @@ def from_hydra(exc: Exception) -> ConfigError:
             return ConfigError(group, f"unknown option {option!r} for config group '{group}'", allowed=exc.options or [])
         return ConfigError(missing, "config not found")
     if isinstance(exc, OverrideParseException):
-        return ConfigError(exc.override or "<command line>", f"cannot parse override: {exc.message}")
+        reason = exc.message.splitlines()[0]  # drop the link to Hydra's grammar page
+        return ConfigError(exc.override or "<command line>", f"cannot parse override: {reason}")
     cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         first_line = str(cause).splitlines()[0]
@@ -55,9 +56,10 @@ def from_hydra(exc: Exception) -> ConfigError:
     return ConfigError("<command line>", " ".join(str(exc).split()))
 
 
-def require(condition: bool, key: str, message: str, allowed: Iterable[str] | None = None) -> None:
+def require(condition: bool, key: str, message: str, allowed: Iterable[str] | None = None,
+            allowed_label: str = "Allowed values") -> None:
     if not condition:
-        raise ConfigError(key, message, allowed)
+        raise ConfigError(key, message, allowed, allowed_label)
 
 
 def enum_names(value: object) -> str:

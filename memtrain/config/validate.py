@@ -3,10 +3,11 @@ with the keys at fault, before a process starts or a model is built."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from memtrain.config.errors import enum_names, require
 from memtrain.models import get_spec
@@ -17,6 +18,7 @@ IMPLEMENTED_OFFLOAD = ("none",)
 
 
 def validate(cfg: DictConfig) -> None:
+    _validate_keys(cfg)
     _validate_parallel(cfg.parallel)
     _validate_precision(cfg.precision)
     _validate_trainer(cfg.trainer)
@@ -27,6 +29,18 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
     get_spec(cfg.model.arch).validate(cfg)
+
+
+def _validate_keys(cfg: DictConfig) -> None:
+    """Refuse keys that no schema declares, including those added with Hydra's `+key=value`."""
+    nodes = [("", cfg)] + [(f"{k}.", cfg[k]) for k in cfg if isinstance(cfg[k], DictConfig)]
+    for prefix, node in nodes:
+        schema = OmegaConf.get_type(node)
+        if dataclasses.is_dataclass(schema):
+            fields = [f.name for f in dataclasses.fields(schema)]
+            extra = [k for k in node if k not in fields]
+            require(not extra, f"{prefix}{extra[0] if extra else ''}", f"unknown key '{extra[0] if extra else ''}'",
+                    allowed=[f for f in fields if not f.startswith("_")], allowed_label="Allowed keys")
 
 
 def _validate_parallel(p: DictConfig) -> None:

@@ -53,6 +53,8 @@ def test_estimate_table():
 BAD_INPUTS = [
     # (arguments, words the one-paragraph error must contain)
     (["train", "trainer.max_stepz=3"], ["trainer.max_stepz", "unknown key", "max_steps", "micro_batch_size"]),
+    (["train", "+trainer.max_stepz=3"], ["trainer.max_stepz", "unknown key", "max_steps"]),
+    (["train", "model.dim=0"], ["model.dim", "at least 1"]),
     (["train", "trainer.max_steps=many"], ["trainer.max_steps", "many", "Integer"]),
     (["train", "model=gpt_huge"], ["'model'", "gpt_huge", "gpt_1b", "gpt_tiny"]),
     (["train", "checkpoint.mode=sometimes"], ["checkpoint.mode", "none, full, selective"]),

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
+
+from memtrain.config.loader import compose_config, recipe_names
 
 from memtrain.engine.trainer import Trainer
 from memtrain.models import get_spec
@@ -81,3 +86,29 @@ def test_adafactor_trains(compose, tmp_path):
     trainer = make(compose, tmp_path, "optimizer=adafactor", "data=protein", "trainer.max_steps=15")
     records = trainer.fit()
     assert records[-1]["loss"] < records[0]["loss"]
+
+
+def test_pure_bf16_parameters_train_without_autocast(compose, tmp_path):
+    trainer = make(compose, tmp_path, "precision=bf16", "precision.param_dtype=bfloat16", "data=protein",
+                   "trainer.max_steps=15", "optimizer.lr=3e-3")
+    assert not trainer.precision.uses_autocast
+    records = trainer.fit()
+    assert all(p.dtype == torch.bfloat16 for p in trainer.model.parameters())
+    assert records[-1]["loss"] < records[0]["loss"]
+
+
+def test_tensorboard_events_are_written(compose, tmp_path):
+    pytest.importorskip("tensorboard")
+    make(compose, tmp_path, "trainer.max_steps=2", "trainer.tensorboard=true").fit()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("recipe", recipe_names())
+def test_every_recipe_smoke_runs_on_tiny_shapes(recipe, tmp_path):
+    from tests.conftest import TINY
+
+    shrink = [o for o in TINY if o.startswith(("model.", "trainer.", "data.seq_len"))]
+    cfg = compose_config([f"+recipe={recipe}", *shrink, "trainer.max_steps=2", "trainer.save_every=0"])
+    records = Trainer(cfg, tmp_path).fit()
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)

@@ -89,12 +89,12 @@ def activation_bytes(mcfg: DictConfig, batch: int, seq_len: int, compute_bytes: 
 
 def validate(cfg: DictConfig) -> None:
     m = cfg.model
+    for key in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
+        require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
     require(m.dim % m.n_heads == 0, "model.dim", f"dim={m.dim} must be divisible by n_heads={m.n_heads}")
     require((m.dim // m.n_heads) % 2 == 0, "model.dim", f"head dim {m.dim // m.n_heads} must be even for rotary embeddings")
     kv = m.n_kv_heads or m.n_heads
     require(kv >= 1 and m.n_heads % kv == 0, "model.n_kv_heads", f"n_kv_heads={kv} must divide n_heads={m.n_heads}")
-    require(m.n_layers >= 1, "model.n_layers", "must be at least 1")
-    require(m.vocab_size >= 1, "model.vocab_size", "must be at least 1")
     require(cfg.data.seq_len <= m.max_seq_len, "data.seq_len",
             f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
     source = getattr(cfg.data.source, "name", cfg.data.source)
