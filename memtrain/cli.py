@@ -82,16 +82,25 @@ def _run_hydra(args: list[str]) -> None:
 def _train_job(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from memtrain.distributed.launch import launch_workers, needs_launch
     from memtrain.engine.trainer import Trainer
 
     validate(cfg)
-    run_dir = cfg.trainer.run_dir or HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    run_dir = cfg.trainer.run_dir or hydra_cfg.runtime.output_dir
+    if needs_launch(cfg):
+        launch_workers(cfg, list(hydra_cfg.overrides.task), run_dir)
+        return
     try:
         trainer = Trainer(cfg, run_dir)
-        trainer.fit()
+        try:
+            trainer.fit()
+        finally:
+            trainer.close()
     except (DataFormatError, FileNotFoundError) as exc:
         raise SystemExit(_fail(str(exc)))
-    Console().print(f"done: step {trainer.step}; metrics in {trainer.run_dir / 'metrics.jsonl'}", highlight=False)
+    if trainer.env.is_main:
+        Console().print(f"done: step {trainer.step}; metrics in {trainer.run_dir / 'metrics.jsonl'}", highlight=False)
 
 
 def estimate_command(args: list[str]) -> int:

@@ -85,15 +85,32 @@ class GPTConfig(ModelConfig):
 
 @dataclass
 class ParallelConfig:
-    """Degrees of every parallel dimension; their product must equal the world size."""
+    """Degrees of every parallel dimension; their product must equal the world size. One degree
+    may be -1: it takes whatever the others leave of the world size."""
 
-    name: str = "single"
+    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3
     dp_replicate: int = 1
     dp_shard: int = 1
     tp: int = 1
     pp: int = 1
     sp: int = 1
     dap: int = 1
+    reshard_after_forward: bool = True  # fsdp/hsdp: free gathered parameters after the forward
+    backend: Optional[str] = None  # process-group backend; None: nccl on CUDA, gloo on CPU
+
+
+@dataclass
+class LauncherConfig:
+    """How many processes, on how many nodes (torchrun semantics). A process started by torchrun
+    or srun joins the job from its environment instead of launching."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_backend: str = "c10d"
+    rdzv_endpoint: str = "localhost:0"  # host:port of the rendezvous; port 0 picks a free one (single node)
+    rdzv_id: str = "memtrain"
+    max_restarts: int = 0
 
 
 @dataclass
@@ -110,7 +127,9 @@ class PrecisionConfig:
 
 @dataclass
 class OffloadConfig:
-    name: str = "none"
+    name: str = "none"  # none | optimizer_cpu | params_cpu | nvme | activations_cpu
+    nvme_path: str = "/tmp/memtrain_nvme"  # nvme: folder on a fast local disk
+    pin_memory: bool = True  # page-locked host buffers (CUDA only)
 
 
 @dataclass
@@ -195,6 +214,7 @@ class TrainConfig:
     checkpoint: ActivationCheckpointConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
+    launcher: LauncherConfig = MISSING
 
 
 def register_schemas() -> None:
@@ -211,5 +231,6 @@ def register_schemas() -> None:
         ("optimizer", "adafactor", AdafactorConfig),
         ("data", "data", DataConfig),
         ("trainer", "trainer", TrainerConfig),
+        ("launcher", "launcher", LauncherConfig),
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node)

@@ -4,17 +4,28 @@ with the keys at fault, before a process starts or a model is built."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from memtrain.config.errors import enum_names, require
+from memtrain.distributed.launch import world_size
+from memtrain.distributed.mesh import ParallelDims
 from memtrain.models import get_spec
 
 PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp", "sp", "dap")
-IMPLEMENTED_PARALLEL = ("single",)
-IMPLEMENTED_OFFLOAD = ("none",)
+IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3")
+# which parallel options each offload works with
+OFFLOAD_SUPPORT = {
+    "none": IMPLEMENTED_PARALLEL,
+    "activations_cpu": IMPLEMENTED_PARALLEL,
+    "optimizer_cpu": ("zero1", "zero2", "zero3"),
+    "params_cpu": ("zero3", "fsdp", "hsdp"),
+    "nvme": ("zero3",),
+}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -22,8 +33,8 @@ def validate(cfg: DictConfig) -> None:
     _validate_parallel(cfg.parallel)
     _validate_precision(cfg.precision)
     _validate_trainer(cfg.trainer)
-    require(cfg.offload.name in IMPLEMENTED_OFFLOAD, "offload.name", f"unknown offload {cfg.offload.name!r}",
-            allowed=IMPLEMENTED_OFFLOAD)
+    _validate_offload(cfg)
+    _validate_launch(cfg)
     ac = cfg.checkpoint
     require(ac.every_k >= 1, "checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
@@ -46,12 +57,40 @@ def _validate_keys(cfg: DictConfig) -> None:
 def _validate_parallel(p: DictConfig) -> None:
     require(p.name in IMPLEMENTED_PARALLEL, "parallel.name", f"unknown parallel mode {p.name!r}",
             allowed=IMPLEMENTED_PARALLEL)
-    for key in PARALLEL_DEGREES:
-        require(p[key] >= 1, f"parallel.{key}", f"degrees must be at least 1, got {p[key]}")
     if p.name == "single":
         bad = [f"parallel.{k}={p[k]}" for k in PARALLEL_DEGREES if p[k] != 1]
         require(not bad, bad[0].split("=")[0] if bad else "parallel",
                 f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
+    model_parallel = [f"parallel.{k}={p[k]}" for k in ("tp", "pp", "sp", "dap") if p[k] != 1]
+    require(not model_parallel, model_parallel[0].split("=")[0] if model_parallel else "parallel",
+            f"{', '.join(model_parallel)}: tensor, pipeline, sequence and axial parallelism are not available yet")
+    if p.name.startswith("zero"):
+        require(importlib.util.find_spec("deepspeed") is not None, "parallel",
+                f"parallel={p.name} needs DeepSpeed (pip install deepspeed)")
+
+
+def _validate_offload(cfg: DictConfig) -> None:
+    name, parallel = cfg.offload.name, cfg.parallel.name
+    require(name in OFFLOAD_SUPPORT, "offload.name", f"unknown offload {name!r}", allowed=OFFLOAD_SUPPORT)
+    require(parallel in OFFLOAD_SUPPORT[name], "offload.name",
+            f"offload={name} does not work with parallel={parallel}", allowed_label="It works with parallel",
+            allowed=OFFLOAD_SUPPORT[name])
+
+
+def _validate_launch(cfg: DictConfig) -> None:
+    lc = cfg.launcher
+    for key in ("nproc_per_node", "nnodes"):
+        require(lc[key] >= 1, f"launcher.{key}", f"must be at least 1, got {lc[key]}")
+    require(0 <= lc.node_rank < lc.nnodes, "launcher.node_rank", f"must be in [0, nnodes={lc.nnodes}), got {lc.node_rank}")
+    require(lc.nnodes == 1 or not lc.rdzv_endpoint.endswith(":0"), "launcher.rdzv_endpoint",
+            "a multi-node job needs a reachable rendezvous host:port, the same on every node")
+    world = world_size(cfg)
+    ParallelDims.from_config(cfg.parallel, world)
+    device = enum_names(cfg.trainer.device)
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", lc.nproc_per_node))
+        require(per_node <= max(1, torch.cuda.device_count()), "launcher.nproc_per_node",
+                f"{per_node} processes per node but {torch.cuda.device_count()} CUDA devices are visible")
 
 
 def _validate_precision(p: DictConfig) -> None:
@@ -81,8 +120,5 @@ def _validate_trainer(t: DictConfig) -> None:
     device = enum_names(t.device)
     require(device != "cuda" or torch.cuda.is_available(), "trainer.device", "cuda requested but no CUDA device is visible",
             allowed=["auto", "cpu"])
-    if t.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            require(False, "trainer.tensorboard", "the tensorboard package is not installed (pip install 'memtrain[tensorboard]')")
+    require(not t.tensorboard or importlib.util.find_spec("tensorboard") is not None, "trainer.tensorboard",
+            "the tensorboard package is not installed (pip install tensorboard)")

@@ -10,17 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from memtrain.config.errors import enum_names, to_container
 from memtrain.engine.checkpoint import Checkpointer
+from memtrain.distributed.launch import init_distributed, shutdown
+from memtrain.distributed.mesh import ParallelDims, dp_rank
+from memtrain.engine.strategy import build_strategy
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
 from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
-from memtrain.optim.builder import build_optimizer, lr_at
+from memtrain.optim.builder import lr_at
 from memtrain.precision.amp import Precision
 
 
@@ -42,50 +45,67 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path, console: Console | None = None):
         self.cfg, self.tcfg = cfg, cfg.trainer
         self.run_dir = Path(run_dir)
-        self.console = console or Console()
         self.spec = get_spec(cfg.model.arch)
         self.device = resolve_device(enum_names(self.tcfg.device))
-        torch.manual_seed(self.tcfg.seed)
+        self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=cfg.parallel.name != "single")
+        if self.device.type == "cuda" and self.env.world_size > 1:
+            self.device = torch.device("cuda", self.env.local_rank)
+        self.console = console or Console(quiet=not self.env.is_main)
+        self.dims = ParallelDims.from_config(cfg.parallel, self.env.world_size)
+        self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
+        self.dp_rank = dp_rank(self.mesh)
+        torch.manual_seed(self.tcfg.seed)  # every rank builds the same initial weights
 
         self.precision = Precision.from_config(cfg.precision, self.device.type)
         with torch.device(self.device):
-            self.model = self.spec.build_model(cfg.model)
-        self.model.to(dtype=self.precision.param_dtype)
-        apply_activation_checkpointing(self.model, cfg.checkpoint, self.spec)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device.type)
+            model = self.spec.build_model(cfg.model)
+        model.to(dtype=self.precision.param_dtype)
+        apply_activation_checkpointing(model, cfg.checkpoint, self.spec)
+        self.strategy = build_strategy(cfg, model, self.spec, self.mesh, self.precision, self.device)
         self.data = self.spec.build_data(cfg)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
         self.step = 0
 
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.strategy.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.strategy.optimizer
+
     # -- one optimizer step ---------------------------------------------------------------------
 
-    def train_step(self) -> StepResult:
-        tcfg, scaler = self.tcfg, self.precision.scaler
-        first = self.step * tcfg.grad_accum
-        micro = [self.data.batch(first + j, tcfg.micro_batch_size) for j in range(tcfg.grad_accum)]
-        n_scored = sum(int((t != -100).sum()) for _, t in micro)  # normalise by the whole step's tokens
-        loss_sum = torch.zeros((), device=self.device)
-        for inputs, targets in micro:
-            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            with self.precision.autocast():
-                loss, _ = self.spec.loss_fn(self.model(inputs), targets)
-            scaler.scale(loss / n_scored).backward()
-            loss_sum += loss.detach()
+    def micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's micro-batches for the current step: data-parallel ranks take interleaved
+        micro-batches, so dp ranks x micro_batch_size covers what one rank with a dp-times larger
+        micro-batch would see."""
+        t = self.tcfg
+        first = self.step * t.grad_accum
+        return [self.data.batch((first + j) * self.dims.dp + self.dp_rank, t.micro_batch_size) for j in range(t.grad_accum)]
 
-        scaler.unscale_(self.optimizer)
-        max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
-        skipped = not math.isfinite(grad_norm)
-        if scaler.is_enabled():
-            scaler.step(self.optimizer)  # skips the update itself when it found inf/nan
-            scaler.update()
-        elif not skipped:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def train_step(self) -> StepResult:
+        micro = self.micro_batches()
+        # normalise by the tokens of the whole step on every data-parallel rank; the gradient
+        # reduction averages over those ranks, hence the factor dp
+        n_scored = self._global_sum(sum(float((t != -100).sum()) for _, t in micro))
+        scale = self.dims.dp / n_scored
+        loss_sum = torch.zeros((), device=self.device)
+        for j, (inputs, targets) in enumerate(micro):
+            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            loss_sum += self.strategy.forward_backward(inputs, targets, scale, sync=j == len(micro) - 1)
+        grad_norm, skipped = self.strategy.step(self.lr)
         self.step += 1
-        return StepResult(float(loss_sum) / n_scored, grad_norm, n_scored, skipped)
+        return StepResult(self._global_sum(float(loss_sum)) / n_scored, grad_norm, int(n_scored), skipped)
+
+    def _global_sum(self, value: float) -> float:
+        """Sum over the data-parallel ranks (ranks that share data, e.g. tensor-parallel ones,
+        count once)."""
+        if not dist.is_initialized():
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t) * self.dims.dp / self.env.world_size
 
     @property
     def lr(self) -> float:
@@ -93,32 +113,16 @@ class Trainer:
         base = self.cfg.optimizer.lr
         return lr_at(self.step, base, t.warmup_steps, t.max_steps, enum_names(t.lr_schedule), t.min_lr_ratio)
 
+    def close(self) -> None:
+        shutdown(self.env)
+
     # -- checkpoints ------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """Everything a resumed run needs, as DCP-loadable tensors (model and optimizer keyed by
-        parameter name, through torch.distributed.checkpoint.state_dict)."""
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_sd, "optimizer": optim_sd, "rng": {"cpu": torch.get_rng_state()}}
-        if self.precision.scaler.is_enabled():
-            state["scaler"] = self.precision.scaler.state_dict()
-        if self.device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
     def save(self) -> Path:
-        return self.checkpointer.save(self.step, self.state(), meta={"config": to_container(self.cfg)})
+        return self.strategy.save(self.checkpointer, self.step, {"config": to_container(self.cfg)})
 
     def load(self, path: str | Path) -> None:
-        state = self.state()
-        meta = self.checkpointer.load(path, state)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-        if "scaler" in state:
-            self.precision.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.step = meta["step"]
+        self.step = self.strategy.load(self.checkpointer, Path(path))["step"]
 
     def resume_path(self) -> Path | None:
         resume = self.tcfg.resume
@@ -139,12 +143,12 @@ class Trainer:
         if path is not None:
             self.load(path)
             self.console.print(f"resumed from [bold]{path}[/] at step {self.step}")
-        metrics = MetricsLogger(self.run_dir, tcfg.tensorboard, self.console)
+        metrics = MetricsLogger(self.run_dir, tcfg.tensorboard, self.console) if self.env.is_main else None
         flops_per_token = self.spec.flops_per_token(self.cfg.model, self.cfg.data.seq_len)
         peak = peak_flops(self.device)
         records, skipped, tokens, t0 = [], 0, 0, time.perf_counter()
         columns = [TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=self.console, transient=True) as progress:
+        with Progress(*columns, console=self.console, transient=True, disable=not self.env.is_main) as progress:
             task = progress.add_task("train", total=until, completed=self.step)
             while self.step < until:
                 lr = self.lr
@@ -164,15 +168,17 @@ class Trainer:
                         "grad_norm": result.grad_norm,
                         "tokens_per_s": tps,
                         "peak_mem_bytes": peak_memory_bytes(self.device),
-                        "mfu": tps * flops_per_token / peak if peak else None,
+                        "mfu": tps * flops_per_token / (peak * self.env.world_size) if peak else None,
                         "skipped_steps": skipped,
                         "loss_scale": self.precision.scaler.get_scale() if self.precision.scaler.is_enabled() else None,
                     }
-                    metrics.log(record)
+                    if metrics:
+                        metrics.log(record)
                     records.append(record)
                     progress.console.print(format_line(record, tcfg.max_steps))
                     tokens, t0 = 0, time.perf_counter()
                 if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")
-        metrics.close()
+        if metrics:
+            metrics.close()
         return records

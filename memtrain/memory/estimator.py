@@ -4,6 +4,11 @@ Model states are exact: parameter shapes come from building the model on the met
 memory is touched), and each optimizer's state is counted tensor by tensor as torch allocates it.
 Activations come from the ModelSpec's analytic count of the tensors saved for the backward pass,
 combined here with the activation-checkpointing policy.
+
+Data parallelism divides the model states by the sharding degree as ZeRO does (Rajbhandari et al.
+2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", sec. 5 and Figure 1);
+offloading moves bytes from the device to host memory (`host`) or to disk (`nvme`). Every count is
+per rank; the world size is launcher.nnodes x launcher.nproc_per_node.
 """
 
 from __future__ import annotations
@@ -15,11 +20,24 @@ import torch
 from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, enum_names
+from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
 from memtrain.models import get_spec
 from memtrain.precision.amp import dtype_of
 
 STEP_BYTES = 4  # torch optimizers keep `step` as a float32 scalar tensor per parameter
+FP32 = 4
+
+# The offload options each parallel option has a memory model for.
+OFFLOADS = {
+    "single": ("none", "activations_cpu"),
+    "ddp": ("none", "activations_cpu"),
+    "fsdp": ("none", "params_cpu", "activations_cpu"),
+    "hsdp": ("none", "params_cpu", "activations_cpu"),
+    "zero1": ("none", "optimizer_cpu", "activations_cpu"),
+    "zero2": ("none", "optimizer_cpu", "activations_cpu"),
+    "zero3": ("none", "optimizer_cpu", "params_cpu", "nvme", "activations_cpu"),
+}
 
 
 def _adam_state(shape: torch.Size, param_bytes: int) -> int:
@@ -41,38 +59,162 @@ OPTIMIZER_STATE = {"AdamW": _adam_state, "Adam": _adam_state, "Adafactor": _adaf
 
 
 @dataclass
+class ModelStates:
+    """One rank's model-state bytes, by where they live."""
+
+    params: int = 0
+    grads: int = 0
+    optimizer: int = 0
+    gathered: int = 0  # device: unsharded parameters and gradients of the units being computed
+    host: int = 0
+    nvme: int = 0
+
+
+@dataclass
 class MemoryEstimate:
     params: int
     grads: int
     optimizer: int
     activations: int
-    total: int
+    total: int  # on the device: params + grads + optimizer + gathered + activations
     n_params: int
     activations_per_block: list[int] = field(default_factory=list)
     activations_outside_blocks: int = 0
     recompute_buffer: int = 0  # one block's activations, live while it is recomputed in backward
+    gathered: int = 0  # fsdp/hsdp: parameters and gradients all-gathered for the blocks being computed
+    host: int = 0  # bytes in host memory per rank (offloaded model states and activations)
+    nvme: int = 0  # bytes on disk per rank (offload=nvme)
+    world_size: int = 1
+    dp_replicate: int = 1
+    dp_shard: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def param_shapes(cfg: DictConfig) -> list[torch.Size]:
-    """Shapes of the model's parameters (tied ones once), from a build on the meta device."""
+def param_units(cfg: DictConfig) -> list[list[torch.Size]]:
+    """Parameter shapes by FSDP unit, from a build on the meta device: first the root's own
+    parameters (those outside the blocks, tied ones once), then one list per block."""
+    spec = get_spec(cfg.model.arch)
     with torch.device("meta"):
-        model = get_spec(cfg.model.arch).build_model(cfg.model)
-    return [p.shape for p in model.parameters()]
+        model = spec.build_model(cfg.model)
+    blocks = spec.blocks(model)
+    in_blocks = {id(p) for p in blocks.parameters()}
+    root = [p.shape for p in model.parameters() if id(p) not in in_blocks]
+    return [root, *([p.shape for p in block.parameters()] for block in blocks)]
 
 
-def model_state_bytes(cfg: DictConfig, shapes: list[torch.Size]) -> tuple[int, int, int]:
-    """(parameters, gradients, optimizer states) in bytes."""
-    param_bytes = dtype_of(cfg.precision.param_dtype).itemsize
+def flat(units: list[list[torch.Size]]) -> list[torch.Size]:
+    return [s for unit in units for s in unit]
+
+
+def param_shapes(cfg: DictConfig) -> list[torch.Size]:
+    """Shapes of the model's parameters (tied ones once)."""
+    return flat(param_units(cfg))
+
+
+def numel(shapes: list[torch.Size]) -> int:
+    return sum(math.prod(s) for s in shapes)
+
+
+def shard(shape: torch.Size, n: int) -> torch.Size:
+    """One rank's piece of a tensor split on dim 0 over n ranks, rounded up: ceil(rows / n) rows.
+    Exact for FSDP2, which pads every shard to that size; DeepSpeed splits one flat buffer evenly,
+    so for it this overstates by less than a row per tensor."""
+    return torch.Size((-(-shape[0] // n), *shape[1:])) if shape else shape
+
+
+def optimizer_bytes(cfg: DictConfig, shapes: list[torch.Size], state_bytes: int) -> int:
+    """The optimizer's state for parameters of these shapes, its tensors `state_bytes` wide."""
     name = cfg.optimizer._target_.rpartition(".")[2]
     if name not in OPTIMIZER_STATE:
         raise ConfigError("optimizer._target_", f"the estimator has no memory model of {cfg.optimizer._target_}",
                           allowed=sorted(OPTIMIZER_STATE))
-    numel = sum(math.prod(s) for s in shapes)
-    optimizer = sum(OPTIMIZER_STATE[name](s, param_bytes) for s in shapes)
-    return numel * param_bytes, numel * param_bytes, optimizer
+    return sum(OPTIMIZER_STATE[name](s, state_bytes) for s in shapes)
+
+
+def model_state_bytes(cfg: DictConfig, shapes: list[torch.Size]) -> tuple[int, int, int]:
+    """(parameters, gradients, optimizer states) in bytes, as torch holds them: parameters in
+    param_dtype (autocast keeps them, casting per op), gradients and optimizer states alike."""
+    param_bytes = dtype_of(cfg.precision.param_dtype).itemsize
+    return numel(shapes) * param_bytes, numel(shapes) * param_bytes, optimizer_bytes(cfg, shapes, param_bytes)
+
+
+def fsdp_gathered_bytes(cfg: DictConfig, units: list[list[torch.Size]]) -> int:
+    """FSDP2's unsharded working set: parameters all-gathered in the compute dtype
+    (MixedPrecisionPolicy.param_dtype) for the block being computed and the next one, prefetched
+    (the largest block twice), and the root's (embeddings, final norm, output), which FSDP2 keeps
+    unsharded from the forward through the backward; plus the largest unit's gradient, unsharded
+    in float32 (reduce_dtype) for its reduce-scatter. With parallel.reshard_after_forward=false
+    every unit stays gathered from its forward to its backward: all parameters at once."""
+    compute = dtype_of(cfg.precision.compute_dtype).itemsize
+    sizes = [numel(u) for u in units]
+    root, blocks = sizes[0], sizes[1:]
+    params = min(root + 2 * max(blocks, default=0), sum(sizes)) if cfg.parallel.reshard_after_forward else sum(sizes)
+    return params * compute + max(sizes) * FP32
+
+
+def torch_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelDims) -> ModelStates:
+    """single, ddp: every rank holds all the model states (model_state_bytes); DDP replicates them.
+
+    fsdp, hsdp (FSDP2 fully_shard per block and root): parameters, gradients and optimizer states
+    sharded over dp_shard (ZeRO stage 3's P_os+g+p, sec. 5.3) and replicated over dp_replicate
+    (hsdp), counted per tensor on the rank-0 shard (`shard`), plus `fsdp_gathered_bytes`.
+    offload=params_cpu (CPUOffloadPolicy): the sharded states and the optimizer step live on the
+    host; the device keeps only the gathered working set."""
+    if cfg.parallel.name not in ("fsdp", "hsdp"):
+        return ModelStates(*model_state_bytes(cfg, flat(units)))
+    params, grads, optimizer = model_state_bytes(cfg, [shard(s, dims.dp_shard) for s in flat(units)])
+    gathered = fsdp_gathered_bytes(cfg, units)
+    if cfg.offload.name == "params_cpu":
+        return ModelStates(gathered=gathered, host=params + grads + optimizer)
+    return ModelStates(params, grads, optimizer, gathered)
+
+
+def zero_states(cfg: DictConfig, units: list[list[torch.Size]], stage: int, n_dp: int) -> ModelStates:
+    """DeepSpeed ZeRO stage 1, 2 or 3 over the N_dp data-parallel ranks.
+
+    Mixed precision keeps the parameters and gradients in the compute dtype (2 bytes each) and
+    gives the optimizer an fp32 master copy besides its fp32 states: K = 4 + 8 = 12 bytes per
+    parameter for Adam, the ZeRO paper's accounting (sec. 3.1); for Adafactor the master copy plus
+    its factored state. With precision=fp32 there is no master copy: 4 + 4 + 8 for Adam. Stage 1
+    partitions the optimizer states (P_os), stage 2 also the gradients (P_os+g), stage 3 also the
+    parameters (P_os+g+p) (sec. 5, Figure 1). States are counted per tensor as in torch, partitions
+    on the rank-0 `shard`.
+
+    Offload (ZeRO-Offload, Ren et al. 2021; ZeRO-Infinity, Rajbhandari et al. 2021):
+    optimizer_cpu puts the optimizer states on the host, and from stage 2 the fp32 copy of this
+    rank's gradient partition that the CPU step reads; params_cpu (stage 3) also the parameter
+    partition; nvme (stage 3) puts parameters and optimizer states on disk, the fp32 gradients on
+    the host. Stage 3's transiently gathered parameters (bounded by DeepSpeed's stage3_* prefetch
+    and live-parameter settings) are not modeled."""
+    low = dtype_of(cfg.precision.compute_dtype).itemsize
+    master = FP32 if low < FP32 else 0
+    full = flat(units)
+    part = [shard(s, n_dp) for s in full]
+    params = numel(part if stage >= 3 else full) * low
+    grads = numel(part if stage >= 2 else full) * low
+    optimizer = numel(part) * master + optimizer_bytes(cfg, part, FP32)
+    cpu_grads = numel(part) * FP32 if stage >= 2 else 0
+    offload = cfg.offload.name
+    if offload == "optimizer_cpu":
+        return ModelStates(params, grads, host=optimizer + cpu_grads)
+    if offload == "params_cpu":
+        return ModelStates(grads=grads, host=params + optimizer + cpu_grads)
+    if offload == "nvme":
+        return ModelStates(grads=grads, host=cpu_grads, nvme=params + optimizer)
+    return ModelStates(params, grads, optimizer)
+
+
+def model_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelDims) -> ModelStates:
+    name, offload = cfg.parallel.name, cfg.offload.name
+    if name not in OFFLOADS:
+        raise ConfigError("parallel.name", f"the estimator has no memory model of parallel={name}", allowed=list(OFFLOADS))
+    if offload not in OFFLOADS[name]:
+        raise ConfigError("offload.name", f"offload={offload} does not apply to parallel={name}", allowed=OFFLOADS[name])
+    if name.startswith("zero"):
+        return zero_states(cfg, units, stage=int(name[-1]), n_dp=dims.dp)
+    return torch_states(cfg, units, dims)
 
 
 def activation_bytes(cfg: DictConfig) -> tuple[list[int], int, int]:
@@ -103,18 +245,32 @@ def activation_bytes(cfg: DictConfig) -> tuple[list[int], int, int]:
 
 
 def estimate(cfg: DictConfig) -> MemoryEstimate:
-    shapes = param_shapes(cfg)
-    params, grads, optimizer = model_state_bytes(cfg, shapes)
+    """Per-rank bytes. offload=activations_cpu (torch.autograd.graph.save_on_cpu): the tensors saved
+    for the backward pass live on the host, and the device holds one unit's activations at a time,
+    the largest block's (or the head's) while it is computed, recomputed or unpacked."""
+    dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
+    units = param_units(cfg)
+    states = model_states(cfg, units, dims)
     per_block, outside, buffer = activation_bytes(cfg)
-    activations = sum(per_block) + outside + buffer
+    saved = sum(per_block) + outside
+    if cfg.offload.name == "activations_cpu":
+        activations, host_activations = max(*per_block, outside, buffer), saved
+    else:
+        activations, host_activations = saved + buffer, 0
     return MemoryEstimate(
-        params=params,
-        grads=grads,
-        optimizer=optimizer,
+        params=states.params,
+        grads=states.grads,
+        optimizer=states.optimizer,
         activations=activations,
-        total=params + grads + optimizer + activations,
-        n_params=sum(math.prod(s) for s in shapes),
+        total=states.params + states.grads + states.optimizer + states.gathered + activations,
+        n_params=numel(flat(units)),
         activations_per_block=per_block,
         activations_outside_blocks=outside,
         recompute_buffer=buffer,
+        gathered=states.gathered,
+        host=states.host + host_activations,
+        nvme=states.nvme,
+        world_size=dims.world_size,
+        dp_replicate=dims.dp_replicate,
+        dp_shard=dims.dp_shard,
     )

@@ -22,7 +22,9 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
     title = (
         f"memtrain estimate: {est.n_params / 1e6:,.1f}M parameters, precision={cfg.precision.name}, "
         f"optimizer={cfg.optimizer._target_.rpartition('.')[2]}, checkpoint={enum_names(cfg.checkpoint.mode)}, "
-        f"micro-batch {t.micro_batch_size} x seq {cfg.data.seq_len}"
+        f"micro-batch {t.micro_batch_size} x seq {cfg.data.seq_len}\n"
+        f"parallel={cfg.parallel.name} on {est.world_size} rank(s) (dp_replicate={est.dp_replicate}, "
+        f"dp_shard={est.dp_shard}), offload={cfg.offload.name}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("per device")
@@ -30,7 +32,7 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
     table.add_column("", justify="right")
     table.add_column("share", justify="right")
     rows = [("parameters", est.params), ("gradients", est.grads), ("optimizer states", est.optimizer),
-            ("activations", est.activations)]
+            *([("gathered (transient)", est.gathered)] if est.gathered else []), ("activations", est.activations)]
     for name, value in rows:
         table.add_row(name, f"{value:,}", human(value), f"{100 * value / est.total:.1f}%")
     blocks = est.activations_per_block
@@ -40,4 +42,7 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
         if est.recompute_buffer:
             table.add_row("  recompute buffer", f"{est.recompute_buffer:,}", human(est.recompute_buffer), "", style="dim")
     table.add_row("total", f"{est.total:,}", human(est.total), "100%", style="bold")
+    for name, value in (("host memory (off the device)", est.host), ("nvme (on disk)", est.nvme)):
+        if value:
+            table.add_row(name, f"{value:,}", human(value), "", style="italic")
     return table

@@ -23,7 +23,11 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_validates_and_builds(group, option):
-    cfg = compose_config([f"{group}={option}", "trainer.device=cpu"])
+    world = ["launcher.nproc_per_node=4"] if group == "parallel" and option != "single" else []
+    parallel = {"optimizer_cpu": "zero2", "params_cpu": "zero3", "nvme": "zero3", "activations_cpu": "ddp"}
+    if group == "offload" and option in parallel:
+        world = [f"parallel={parallel[option]}", "launcher.nproc_per_node=4"]
+    cfg = compose_config([f"{group}={option}", "trainer.device=cpu", *world])
     validate(cfg)
     # typed by its schema: a typo'd key under this group is refused
     assert OmegaConf.get_type(cfg[group]) is not dict

@@ -1,0 +1,120 @@
+"""Process launch. A process started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)
+or by srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST) joins the job from its
+environment; otherwise, with launcher.nproc_per_node x launcher.nnodes > 1, memtrain starts its
+workers through torch's elastic agent (torchrun semantics)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    owns_group: bool = False  # this process made the group (and the one-rank environment)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def adopt_slurm_env(environ: dict[str, str] = os.environ) -> None:
+    """Translate an srun task's SLURM_* variables into torch.distributed's (unless already set)."""
+    if "RANK" in environ or "SLURM_PROCID" not in environ or "SLURM_NTASKS" not in environ:
+        return
+    environ["RANK"] = environ["SLURM_PROCID"]
+    environ["WORLD_SIZE"] = environ["SLURM_NTASKS"]
+    environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in environ:
+        nodelist = environ.get("SLURM_JOB_NODELIST", "localhost")
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        environ["MASTER_ADDR"] = hosts.stdout.split()[0]
+    environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def launched() -> bool:
+    """True inside a worker of a multi-process job (started by torchrun, srun or memtrain)."""
+    adopt_slurm_env()
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def world_size(cfg: DictConfig) -> int:
+    if launched():
+        return int(os.environ["WORLD_SIZE"])
+    return cfg.launcher.nnodes * cfg.launcher.nproc_per_node
+
+
+def needs_launch(cfg: DictConfig) -> bool:
+    return not launched() and world_size(cfg) > 1
+
+
+def init_distributed(backend: str | None, device_type: str, need_group: bool) -> DistEnv:
+    """Join the process group of a launched job. A lone process gets rank 0 of 1, with a
+    one-rank group when `need_group` (DDP, FSDP and DeepSpeed want one even on one device)."""
+    if not launched():
+        if not need_group:
+            return DistEnv(0, 0, 1)
+        os.environ.update(_ONE_RANK_ENV, MASTER_PORT=str(_free_port()))
+    owns = not dist.is_initialized()
+    env = DistEnv(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]), owns)
+    if owns:
+        if device_type == "cuda":
+            torch.cuda.set_device(env.local_rank)
+        dist.init_process_group(backend or ("nccl" if device_type == "cuda" else "gloo"),
+                                timeout=datetime.timedelta(minutes=10))
+    return env
+
+
+def shutdown(env: DistEnv) -> None:
+    """Destroy the process group this process made (a gloo job may abort at exit otherwise)."""
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+        if os.environ.get("RANK") == "0" and os.environ.get("WORLD_SIZE") == "1":
+            for key in (*_ONE_RANK_ENV, "MASTER_PORT"):
+                os.environ.pop(key, None)
+
+
+_ONE_RANK_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_workers(cfg: DictConfig, overrides: list[str], run_dir: str) -> None:
+    """Run `memtrain train OVERRIDES` in launcher.nproc_per_node workers on this node, all writing
+    to run_dir, and wait for them (torch.distributed.launcher: the agent torchrun uses)."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    lc = cfg.launcher
+    single_node = lc.nnodes == 1 and lc.rdzv_endpoint.endswith(":0")
+    config = LaunchConfig(
+        min_nodes=lc.nnodes,
+        max_nodes=lc.nnodes,
+        nproc_per_node=lc.nproc_per_node,
+        run_id=str(uuid.uuid4()) if single_node else lc.rdzv_id,
+        rdzv_backend=lc.rdzv_backend,
+        rdzv_endpoint=lc.rdzv_endpoint,
+        rdzv_configs={"rank": lc.node_rank} if not single_node else {},
+        max_restarts=lc.max_restarts,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    # as torchrun does: one thread per worker unless told otherwise, so workers do not oversubscribe
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // lc.nproc_per_node)))
+    args = ["-m", "memtrain.cli", "train", *overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    elastic_launch(config, entrypoint=sys.executable)(*args)

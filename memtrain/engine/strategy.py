@@ -1,0 +1,129 @@
+"""How one optimizer step runs for each parallel option: the wrapped model, the optimizer, the
+backward and the update, and how their state is checkpointed. Chosen once from `parallel.name`.
+
+TorchStrategy covers single, ddp, fsdp and hsdp (torch modules and optimizers, DCP checkpoints);
+memtrain.distributed.zero.DeepSpeedStrategy covers zero1/2/3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+
+from memtrain.engine.checkpoint import Checkpointer
+from memtrain.models.spec import ModelSpec
+from memtrain.optim.builder import build_optimizer
+from memtrain.precision.amp import Precision
+
+
+class Strategy(Protocol):
+    model: nn.Module
+
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+        """Forward, loss and backward of (loss * scale); returns the detached summed loss. With
+        sync=False (all but the last micro-batch of a step) gradients are only accumulated."""
+
+    def step(self, lr: float) -> tuple[float, bool]:
+        """Clip, update with learning rate `lr` and zero the gradients; (grad norm, skipped)."""
+
+    def save(self, checkpointer: Checkpointer, step: int, meta: dict[str, Any]) -> Path: ...
+
+    def load(self, checkpointer: Checkpointer, path: Path) -> dict[str, Any]: ...
+
+
+def activation_context(offload: DictConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """offload=activations_cpu: tensors saved for backward go to (pinned) host memory."""
+    if offload.name != "activations_cpu":
+        return contextlib.nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=offload.pin_memory and device.type == "cuda")
+
+
+class TorchStrategy:
+    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh | None,
+                 precision: Precision, device: torch.device):
+        self.cfg, self.spec, self.precision, self.device = cfg, spec, precision, device
+        name = cfg.parallel.name
+        if name == "ddp":
+            from memtrain.distributed.ddp import apply_ddp
+
+            model = apply_ddp(model, mesh, device)
+        elif name in ("fsdp", "hsdp"):
+            from memtrain.distributed.fsdp import apply_fsdp
+
+            model = apply_fsdp(
+                model, spec.blocks(model), mesh,
+                param_dtype=precision.compute_dtype, reduce_dtype=torch.float32,
+                reshard_after_forward=cfg.parallel.reshard_after_forward,
+                cpu_offload=cfg.offload.name == "params_cpu", pin_memory=cfg.offload.pin_memory and device.type == "cuda",
+            )
+        self.model = model
+        self.optimizer = build_optimizer(cfg.optimizer, model, device.type)
+
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+            self.model.set_requires_gradient_sync(sync)
+        no_sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not sync else contextlib.nullcontext()
+        with no_sync:
+            with self.precision.autocast(), activation_context(self.cfg.offload, self.device):
+                loss, _ = self.spec.loss_fn(self.model(inputs), targets)
+            self.precision.scaler.scale(loss * scale).backward()
+        return loss.detach()
+
+    def step(self, lr: float) -> tuple[float, bool]:
+        scaler, clip = self.precision.scaler, self.cfg.trainer.grad_clip
+        scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        skipped = not math.isfinite(grad_norm)
+        if scaler.is_enabled():
+            scaler.step(self.optimizer)  # skips the update itself when it found inf/nan
+            scaler.update()
+        elif not skipped:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, skipped
+
+    def state(self) -> dict[str, Any]:
+        """Model and optimizer state keyed by parameter name (sharded under FSDP), the scaler and
+        the RNG, as DCP-loadable tensors."""
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optimizer": optim_sd, "rng": {"cpu": torch.get_rng_state()}}
+        if self.precision.scaler.is_enabled():
+            state["scaler"] = self.precision.scaler.state_dict()
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save(self, checkpointer: Checkpointer, step: int, meta: dict[str, Any]) -> Path:
+        return checkpointer.save(step, self.state(), meta)
+
+    def load(self, checkpointer: Checkpointer, path: Path) -> dict[str, Any]:
+        state = self.state()
+        meta = checkpointer.load(path, state)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        if "scaler" in state:
+            self.precision.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        return meta
+
+
+def build_strategy(cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh | None,
+                   precision: Precision, device: torch.device) -> Strategy:
+    if cfg.parallel.name.startswith("zero"):
+        from memtrain.distributed.zero import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(cfg, model, spec, mesh, precision, device)
+    return TorchStrategy(cfg, model, spec, mesh, precision, device)
