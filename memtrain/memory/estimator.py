@@ -221,7 +221,10 @@ def activation_bytes(cfg: DictConfig) -> tuple[list[int], int, int]:
     """(saved bytes per block, saved bytes outside the blocks, recompute buffer) for one micro-batch."""
     spec = get_spec(cfg.model.arch)
     compute = dtype_of(cfg.precision.compute_dtype).itemsize
-    residual = dtype_of(cfg.precision.param_dtype).itemsize
+    # FSDP's mixed-precision policy and DeepSpeed both compute with low-precision parameters, so
+    # the residual stream is in the compute dtype and there are no autocast weight copies
+    casts_params = cfg.parallel.name in ("fsdp", "hsdp", "zero1", "zero2", "zero3")
+    residual = compute if casts_params else dtype_of(cfg.precision.param_dtype).itemsize
     parts = spec.activation_bytes(cfg.model, cfg.trainer.micro_batch_size, cfg.data.seq_len, compute, residual)
     ac = cfg.checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)

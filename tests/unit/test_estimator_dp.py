@@ -48,7 +48,7 @@ def test_fsdp_shards_the_model_states_and_adds_the_gathered_blocks(compose):
     cfg = compose("parallel=fsdp", "launcher.nproc_per_node=4", "precision=bf16", "model.vocab_size=50")
     est, single = estimate(cfg), estimate(compose("precision=bf16", "model.vocab_size=50"))
     root, blocks = shapes_by_unit(cfg)
-    shards = [(math.ceil(s[0] / 4), *s[1:]) for s in root + sum(blocks, [])]
+    shards = [(math.ceil(s[0] / 4), *s[1:]) for s in [*root, *(s for b in blocks for s in b)]]
     n_shard = sum(math.prod(s) for s in shards)
     # fp32 sharded parameters and gradients; Adam's two fp32 moments and a float32 step per tensor
     assert (est.params, est.grads, est.optimizer) == (4 * n_shard, 4 * n_shard, 8 * n_shard + 4 * len(shards))
