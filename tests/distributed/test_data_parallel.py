@@ -56,3 +56,14 @@ def test_matches_single_process(case, reference, tmp_path):
         torch.testing.assert_close(result["grads"][name], g, rtol=1e-5, atol=1e-7, msg=f"{case}: {name}")
     # three optimizer steps later the losses still agree to fp32 round-off
     assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+
+
+def test_fp16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    out = tmp_path / "skip.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("fp16_skip_worker.py")), str(out), *TINY]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = torch.load(out, weights_only=True)["results"]
+    assert results == [(True, False, 32768.0), (True, False, 32768.0)]  # skipped, unchanged, scale halved
