@@ -27,16 +27,46 @@ def full_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
     return grads
 
 
+def zero_full_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """DeepSpeed ZeRO: the reduced gradients, gathered whole from the ranks' partitions
+    (a collective under ZeRO-3: every rank calls it)."""
+    from deepspeed.utils import safe_get_full_grad
+
+    grads = {}
+    for name, p in trainer.model.module.named_parameters():
+        name = name.replace("_checkpoint_wrapped_module.", "")
+        grads[name] = safe_get_full_grad(p).detach().float().cpu().clone()
+    return grads
+
+
+def capture_first_step_grads(trainer: Trainer, grads: dict[str, torch.Tensor]) -> None:
+    """ZeRO keeps reduced gradients in its own partitions, which zero_grad does not clear under
+    every offload; instead of a separate pass, take them inside the first real step, after its
+    last backward and before the update."""
+    step = trainer.strategy.step
+
+    def step_and_capture(lr: float):
+        if not grads:
+            grads.update(zero_full_grads(trainer))
+        return step(lr)
+
+    trainer.strategy.step = step_and_capture
+
+
 def run(out: str, overrides: list[str]) -> dict:
     cfg = load_config(overrides)
     trainer = Trainer(cfg, Path(out).parent / "run")
     try:
-        micro = trainer.micro_batches()
-        n = trainer._global_sum(sum(float((t != -100).sum()) for _, t in micro))
-        for j, (x, y) in enumerate(micro):
-            trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
-        grads = full_grads(trainer) if not cfg.parallel.name.startswith("zero") else {}
-        trainer.optimizer.zero_grad(set_to_none=True)
+        if cfg.parallel.name.startswith("zero"):
+            grads: dict[str, torch.Tensor] = {}
+            capture_first_step_grads(trainer, grads)
+        else:
+            micro = trainer.micro_batches()
+            n = trainer._global_sum(sum(float((t != -100).sum()) for _, t in micro))
+            for j, (x, y) in enumerate(micro):
+                trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
+            grads = full_grads(trainer)
+            trainer.optimizer.zero_grad(set_to_none=True)
         losses = [r["loss"] for r in trainer.fit()]
         result = {"grads": grads, "losses": losses}
         if trainer.env.is_main:
