@@ -33,6 +33,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A tensor, or a dict of tensors (feature dicts), on `device`."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -88,11 +95,11 @@ class Trainer:
         micro = self.micro_batches()
         # normalise by the tokens of the whole step on every data-parallel rank; the gradient
         # reduction averages over those ranks, hence the factor dp
-        n_scored = self._global_sum(sum(float((t != -100).sum()) for _, t in micro))
+        n_scored = self._global_sum(sum(float(self.spec.num_targets(t)) for _, t in micro))
         scale = self.dims.dp / n_scored
         loss_sum = torch.zeros((), device=self.device)
         for j, (inputs, targets) in enumerate(micro):
-            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
             loss_sum += self.strategy.forward_backward(inputs, targets, scale, sync=j == len(micro) - 1)
         grad_norm, skipped = self.strategy.step(self.lr)
         self.step += 1

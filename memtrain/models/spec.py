@@ -4,25 +4,31 @@ branches on a model's name. Specs register themselves by `arch` (the model confi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol, Union
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 
-class TokenBatches(Protocol):
-    """A deterministic source of micro-batches: batch(i) is the i-th micro-batch of the run."""
+Batch = Union[torch.Tensor, dict[str, torch.Tensor]]
 
-    def batch(self, index: int, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+class Batches(Protocol):
+    """A deterministic source of micro-batches: batch(i) is the i-th micro-batch of the run, as
+    (model inputs, loss targets); each a tensor or a dict of feature tensors."""
+
+    def batch(self, index: int, micro_batch_size: int) -> tuple[Batch, Batch]: ...
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     arch: str
     build_model: Callable[[DictConfig], nn.Module]  # model config -> module (on the current default device)
-    build_data: Callable[[DictConfig], TokenBatches]  # full config -> batches
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> (summed loss, count)
+    build_data: Callable[[DictConfig], Batches]  # full config -> batches
+    # (model outputs, targets) -> (loss summed over what num_targets counts, that count)
+    loss_fn: Callable[[Any, Batch], tuple[torch.Tensor, torch.Tensor]]
+    num_targets: Callable[[Batch], torch.Tensor]  # the loss normaliser of a micro-batch (tokens, samples)
     blocks: Callable[[nn.Module], nn.ModuleList]  # the repeated blocks (units of activation checkpointing)
     attention_core: str  # attribute path of the attention core inside a block, e.g. "attention.core"
     flops_per_token: Callable[[DictConfig, int], float]  # (model config, seq_len) -> training FLOPs per token

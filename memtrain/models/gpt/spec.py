@@ -29,6 +29,10 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
     return loss, (targets != -100).sum()
 
 
+def num_targets(targets: torch.Tensor) -> torch.Tensor:
+    return (targets != -100).sum()
+
+
 def blocks(model: nn.Module) -> nn.ModuleList:
     return model.layers
 
@@ -109,6 +113,7 @@ SPEC = register_spec(
         build_model=build_model,
         build_data=build_lm_data,
         loss_fn=loss_fn,
+        num_targets=num_targets,
         blocks=blocks,
         attention_core="attention.core",
         flops_per_token=flops_per_token,
