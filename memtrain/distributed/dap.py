@@ -1,0 +1,127 @@
+"""Dynamic Axial Parallelism (FastFold, Cheng et al. 2022): every rank of the dap group keeps all
+parameters; the MSA representation [*, N_seq, N_res, C_m] and the pair representation
+[*, N_res, N_res, C_z] are split along one axis, and each Evoformer sub-module runs on its
+local shard. The split axis is switched by matched autograd all-to-all pairs (row_to_col /
+col_to_row), and the few operands that need a whole axis are all-gathered.
+
+Gradients: the loss computed after the Evoformer is replicated on every dap rank and scaled by
+1 / dap there; the backward of a gather is a reduce-scatter (sum) and parameter gradients are
+summed over the dap group, which gives every rank the gradient of the single-process loss.
+
+Every collective takes its process group as an argument; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed import ProcessGroup
+
+# -- communication: matched autograd pairs --------------------------------------------------------
+
+
+def _all_gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+    n = dist.get_world_size(group)
+    x0 = x.movedim(dim, 0).contiguous()
+    out = x0.new_empty((n * x0.shape[0], *x0.shape[1:]))
+    dist.all_gather_into_tensor(out, x0, group=group)
+    return out.movedim(0, dim)
+
+
+def _reduce_scatter(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+    n = dist.get_world_size(group)
+    x0 = x.movedim(dim, 0).contiguous()
+    out = x0.new_empty((x0.shape[0] // n, *x0.shape[1:]))
+    dist.reduce_scatter_tensor(out, x0, group=group)
+    return out.movedim(0, dim)
+
+
+def _shard(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+    return x.chunk(dist.get_world_size(group), dim=dim)[dist.get_rank(group)].contiguous()
+
+
+def _all_to_all(x: torch.Tensor, split_dim: int, cat_dim: int, group: ProcessGroup) -> torch.Tensor:
+    """Split x along split_dim into one piece per rank, send piece r to rank r, and concatenate
+    what arrives along cat_dim (in rank order)."""
+    n = dist.get_world_size(group)
+    pieces = torch.stack(x.chunk(n, dim=split_dim))  # [n, ...]
+    received = torch.empty_like(pieces)
+    dist.all_to_all_single(received, pieces.contiguous(), group=group)
+    return torch.cat(received.unbind(0), dim=cat_dim)
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim, group):
+        ctx.dim, ctx.group = dim, group
+        return _all_gather(x, dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter(grad, ctx.dim, ctx.group), None, None
+
+
+class _Scatter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim, group):
+        ctx.dim, ctx.group = dim, group
+        return _shard(x, dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather(grad, ctx.dim, ctx.group), None, None
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, split_dim, cat_dim, group):
+        ctx.split_dim, ctx.cat_dim, ctx.group = split_dim, cat_dim, group
+        return _all_to_all(x, split_dim, cat_dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_to_all(grad, ctx.cat_dim, ctx.split_dim, ctx.group), None, None, None
+
+
+def gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+    """All-gather the shards along `dim`; backward: reduce-scatter (sum) of the gradient."""
+    return _Gather.apply(x, dim, group)
+
+
+def scatter(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+    """This rank's shard of a replicated x along `dim`; backward: all-gather of the gradient."""
+    return _Scatter.apply(x, dim, group)
+
+
+def row_to_col(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """[*, A/n, B, C] (split along A) -> [*, A, B/n, C] (split along B)."""
+    return _AllToAll.apply(x, -2, -3, group)
+
+
+def col_to_row(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """[*, A, B/n, C] -> [*, A/n, B, C]; the inverse (and the backward) of row_to_col."""
+    return _AllToAll.apply(x, -3, -2, group)
+
+
+def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
+    """Zero-pad x along `dim` to a multiple of `multiple` (masks padded this way are 0)."""
+    extra = -x.shape[dim] % multiple
+    if extra == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra]
+    return F.pad(x, pad)
+
+
+def all_reduce_gradients(module: nn.Module, group: ProcessGroup) -> None:
+    """Sum every parameter's gradient over the dap group (one flat buffer per dtype)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    for dtype in {g.dtype for g in grads}:
+        same = [g for g in grads if g.dtype == dtype]
+        flat = torch.cat([g.reshape(-1) for g in same])
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for g in same:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
