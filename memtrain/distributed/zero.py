@@ -13,20 +13,36 @@ DeepSpeed engine and implements the `memtrain.engine.strategy.Strategy` protocol
   1), clips (trainer.grad_clip), updates (or skips on an fp16 overflow) and zeroes the gradients.
 * save/load: DeepSpeed's own checkpoint layout (each rank writes its ZeRO partition), written into
   a temporary folder and renamed to step_<N>/ with meta.json only when every rank is done, so
-  `Checkpointer.latest()` / `checkpoints()` find it and a crash mid-save leaves the last good one.
+  `Checkpointer.latest()` / `checkpoints()` find it and a crash mid-save leaves the last good one:
+
+      step_<N>/meta.json            step and config, as for every memtrain checkpoint
+      step_<N>/deepspeed/           DeepSpeed's files (tag "deepspeed"): *_model_states.pt, one
+                                    *_optim_states.pt per rank (its ZeRO partition)
+      step_<N>/rng_rank<R>.pt       each rank's RNG state
+      step_<N>/latest, zero_to_fp32.py, zero_to_torch.py
+                                    DeepSpeed's pointer to the tag and its conversion scripts:
+                                    `python step_<N>/zero_to_fp32.py step_<N> OUT` gives fp32 weights
 
 Communication uses the process group memtrain already made (gloo on CPU, nccl on CUDA), passed to
 DeepSpeed with dist_init_required=False; with only data parallelism (the only kind validated for
 zero*) DeepSpeed's data-parallel group is the world group, which equals the mesh's dp ranks.
+
+DeepSpeed 0.19.8 behaviour handled here: its CPU shared-memory all-reduce op (a ~35 s JIT build,
+used only for inference) is switched off; its checkpoint loads go through torch.load(weights_only=
+True); on accelerators without fp16 (CPU) ZeRO-3 would give NVMe-swapped fp32 parameters bf16
+buffers (fixed, see _fix_zero3_param_dtype); fp16 is refused where DeepSpeed has none (CPU);
+resuming under offload=nvme is refused (see NVME_RESUME). offload=nvme JIT-builds DeepSpeed's
+async_io and pin_memory ops on first use (needs libaio; ~6 min on 2 cores, then cached in
+TORCH_EXTENSIONS_DIR); no other option builds anything.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +53,27 @@ from torch import nn
 
 from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
-from memtrain.engine.checkpoint import _TMP_PREFIX, Checkpointer, CheckpointError, _fsync_dir, _fsync_tree
+from memtrain.engine.checkpoint import (
+    _TMP_PREFIX,
+    Checkpointer,
+    CheckpointError,
+    _fsync_dir,
+    _fsync_tree,
+)
 from memtrain.engine.strategy import activation_context
 from memtrain.models.spec import ModelSpec
 from memtrain.optim.builder import build_optimizer
 from memtrain.precision.amp import Precision
 
 STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
-_MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's file of the (dp rank 0) module state
+DS_TAG = "deepspeed"  # DeepSpeed's checkpoint tag: the sub-folder of step_<N>/ with its files
+NVME_RESUME = (
+    "offload=nvme cannot resume: DeepSpeed 0.19.8's load_checkpoint under NVMe optimizer offload only copies the "
+    "swapped tensor files back and skips the ZeRO optimizer file, so the optimizer sub-groups it kept in memory "
+    "(tensors under 1 MiB, e.g. every norm weight), the AdamW step counts and the loss scaler restart from "
+    "scratch, and a torch optimizer's moments (created lazily at the first step) are not re-registered with the "
+    "swapper, so the restored exp_avg/exp_avg_sq files are ignored; the resumed run would silently differ"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +141,9 @@ def deepspeed_config(cfg: DictConfig, dims: ParallelDims, device_type: str | Non
     compute = enum_names(p.compute_dtype)
     if compute == "bfloat16":
         # bf16 model copy, fp32 master weights and optimizer states inside ZeRO's partitions
-        config["bf16"] = {"enabled": True}
+        # (also for param_dtype=bfloat16, which in memtrain's own strategies means no fp32 copy)
+        # a non-finite gradient norm skips the step, as for fp16 and memtrain's own strategies
+        config["bf16"] = {"enabled": True, "check_grad_overflow": True}
     elif compute == "float16":
         config["fp16"] = _fp16_section(p)
     return config
@@ -127,8 +158,9 @@ def _fp16_section(p: DictConfig) -> dict[str, Any]:
         raise ConfigError("precision.init_scale", f"DeepSpeed's initial loss scale is a power of two "
                                                   f"(fp16.initial_scale_power), got {p.init_scale}")
     if p.growth_factor != 2.0 or p.backoff_factor != 0.5:
-        raise ConfigError("precision.growth_factor", "DeepSpeed's dynamic loss scaler multiplies by 2 and divides by 2; "
-                                                     f"got growth_factor={p.growth_factor}, backoff_factor={p.backoff_factor}")
+        raise ConfigError("precision.growth_factor",
+                          "DeepSpeed's dynamic loss scaler multiplies by 2 and divides by 2; "
+                          f"got growth_factor={p.growth_factor}, backoff_factor={p.backoff_factor}")
     return {
         "enabled": True,
         "loss_scale": 0,  # 0: dynamic
@@ -147,25 +179,38 @@ def _fp16_section(p: DictConfig) -> dict[str, Any]:
 def _allowed_checkpoint_globals() -> list[Any]:
     """The classes DeepSpeed's checkpoint files are made of, besides tensors and containers."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [DynamicLossScaler, LossScaler, torch.Size]
+    return [DynamicLossScaler, LossScaler, ZeroStageEnum, fragment_address, torch.Size]
 
 
-def _safe_checkpoint_engine(ds_config: Any):
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+def load_checkpoint_file(path: str | Path, map_location: Any = None) -> Any:
+    """torch.load(weights_only=True) of one DeepSpeed checkpoint file: tensors, plain containers
+    and scalars, and only the allow-listed DeepSpeed classes; anything else (a class or function
+    the file names, which unpickling would import and call) raises CheckpointError."""
+    with torch.serialization.safe_globals(_allowed_checkpoint_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # UnpicklingError, or a file that is not a checkpoint
+            raise CheckpointError(f"refusing to load {path}: {exc}") from exc
+
+
+def _safe_checkpoint_engine(engine: Any) -> Any:
+    """The engine's checkpoint engine (DeepSpeed's plain torch one, as the generated config asks)
+    with `load_checkpoint_file` for its load, which DeepSpeed does with weights_only=False."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import (
+        TorchCheckpointEngine,
+    )
+
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise RuntimeError(f"expected DeepSpeed's TorchCheckpointEngine, got {type(engine.checkpoint_engine).__name__}")
 
     class SafeTorchCheckpointEngine(TorchCheckpointEngine):
-        """DeepSpeed's torch checkpoint engine with torch.load(weights_only=True): tensors,
-        containers and the few allow-listed DeepSpeed classes, never arbitrary code."""
-
         def load(self, path: str, map_location=None):
-            with torch.serialization.safe_globals(_allowed_checkpoint_globals()):
-                try:
-                    return torch.load(path, map_location=map_location, weights_only=True)
-                except Exception as exc:  # UnpicklingError, or a file that is not a checkpoint
-                    raise CheckpointError(f"refusing to load {path}: {exc}") from exc
+            return load_checkpoint_file(path, map_location)
 
-    return SafeTorchCheckpointEngine(ds_config)
+    return SafeTorchCheckpointEngine(engine._config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +225,29 @@ def _no_shm_comm_build() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def _fix_zero3_param_dtype() -> None:
+    """DeepSpeed 0.19.8 bug on accelerators without fp16 (the CPU one): zero.Init's _set_dtype reads
+    `dtype or torch.float16 if fp16_supported else torch.bfloat16 ...`, which by precedence ignores
+    the model's dtype there, so ZeRO-3 partitions an fp32 model with bf16 NVMe swap buffers and
+    offload=nvme rounds every swapped parameter to bf16. Honour an explicit dtype, as DeepSpeed
+    does on GPUs; without one its own rule stays."""
+    from deepspeed.runtime.zero.partition_parameters import (
+        InsertPostInitMethodToModuleSubClasses as Base,
+    )
+
+    original = Base._set_dtype
+    if getattr(original, "_memtrain_fixed", False):
+        return
+
+    def _set_dtype(self, ds_config, dtype):
+        original(self, ds_config, dtype)
+        if dtype is not None:
+            self.dtype = dtype
+
+    _set_dtype._memtrain_fixed = True
+    Base._set_dtype = _set_dtype
 
 
 class _LossScaleView:
@@ -204,8 +272,15 @@ class DeepSpeedStrategy:
 
     def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: Any,
                  precision: Precision, device: torch.device):
+        # DeepSpeed picks its accelerator once, at import, by probing for a GPU; make it the
+        # device memtrain trains on (e.g. trainer.device=cpu on a machine with a GPU)
+        os.environ.setdefault("DS_ACCELERATOR", device.type)
         import deepspeed
+        from deepspeed.accelerator import get_accelerator
 
+        if get_accelerator().device_name() != device.type:
+            raise RuntimeError(f"DeepSpeed's accelerator is {get_accelerator().device_name()!r} (DS_ACCELERATOR or "
+                               f"an earlier import of deepspeed), but memtrain trains on {device.type!r}")
         self.cfg, self.spec, self.precision, self.device = cfg, spec, precision, device
         if not dist.is_initialized():
             raise RuntimeError("DeepSpeed needs a process group; memtrain makes one for every zero* run")
@@ -214,16 +289,20 @@ class DeepSpeedStrategy:
             raise ConfigError("parallel", f"ZeRO shards over every rank as data-parallel ranks; got dp={dims.dp} "
                                           f"of world size {dims.world_size}")
         if "Adafactor" in str(cfg.optimizer.get("_target_", "")):
-            raise ConfigError("optimizer", "ZeRO hands the optimizer flat 1-D shards of the parameters, so Adafactor "
-                                           "could not factor its second moment over rows and columns and would silently "
-                                           "become another algorithm; use optimizer=adamw with parallel=zero*")
+            raise ConfigError("optimizer", "ZeRO hands the optimizer flat 1-D shards of the parameters, so "
+                                           "Adafactor could not factor its second moment over rows and columns and "
+                                           "would silently become another algorithm; use optimizer=adamw with zero*")
         self.ds_config = deepspeed_config(cfg, dims, device.type)
+        if "fp16" in self.ds_config and not get_accelerator().is_fp16_supported():
+            raise ConfigError("precision", f"DeepSpeed has no fp16 support on this {device.type} device (its "
+                                           "accelerator reports is_fp16_supported() False); use precision=bf16 or fp32")
         _no_shm_comm_build()
+        _fix_zero3_param_dtype()
         optimizer = build_optimizer(cfg.optimizer, model, device.type)
         engine, ds_optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False,
         )
-        engine.checkpoint_engine = _safe_checkpoint_engine(engine._config)
+        engine.checkpoint_engine = _safe_checkpoint_engine(engine)
         self.model, self.optimizer = engine, ds_optimizer
         self.engine = engine
         if engine.fp16_enabled():
@@ -243,28 +322,32 @@ class DeepSpeedStrategy:
         engine = self.engine
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        engine.set_gradient_accumulation_boundary(True)
-        engine.step()  # clips, updates (skipped on fp16 overflow), zeroes the gradients
+        if not engine.is_gradient_accumulation_boundary():
+            raise RuntimeError("step() after a micro-batch with sync=False: the gradients were not reduced")
+        # clips, updates, zeroes the gradients; with a non-finite gradient norm (fp16 overflow, or
+        # inf/nan in bf16/fp32) DeepSpeed skips the update, reports the norm as inf and, for fp16,
+        # lowers the loss scale
+        engine.step()
         norm = engine.get_global_grad_norm()
-        grad_norm = float(norm) if norm is not None else math.nan
-        skipped = not engine.was_step_applied() or not math.isfinite(grad_norm)
-        return grad_norm, skipped
+        return (math.nan if norm is None else float(norm)), not engine.was_step_applied()
 
     # -- checkpoints ------------------------------------------------------------------------------
 
     def save(self, checkpointer: Checkpointer, step: int, meta: dict[str, Any]) -> Path:
         """DeepSpeed's checkpoint of this step, each rank's RNG state, and meta.json, in
         checkpointer.folder/step_<N>/, renamed into place only once complete."""
+        if self.cfg.offload.name == "nvme" and not getattr(self, "_warned_nvme", False):
+            warnings.warn(f"writing DeepSpeed's checkpoint, but {NVME_RESUME}", stacklevel=2)
+            self._warned_nvme = True
         folder = checkpointer.folder
         name = f"step_{step:08d}"
-        tag = f"{_TMP_PREFIX}{name}"
-        tmp, final = folder / tag, folder / name
+        tmp, final = folder / f"{_TMP_PREFIX}{name}", folder / name
         rank, main = dist.get_rank(), dist.get_rank() == 0
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        self.engine.save_checkpoint(str(folder), tag=tag, client_state={"memtrain_step": step}, save_latest=False)
+        self.engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"memtrain_step": step}, save_latest=True)
         torch.save(_rng_state(self.device), tmp / f"rng_rank{rank:05d}.pt")
         dist.barrier()
         if main:
@@ -280,28 +363,39 @@ class DeepSpeedStrategy:
 
     def load(self, checkpointer: Checkpointer, path: Path) -> dict[str, Any]:
         """Restore model, ZeRO optimizer partitions, loss scaler, DeepSpeed's step counters and
-        this rank's RNG from a checkpoint written by `save` with the same world size.
+        this rank's RNG from a checkpoint written by `save` on as many ranks; a resumed run
+        continues with the same losses as one that never stopped.
 
-        Guaranteed: every file is read with torch.load(weights_only=True), admitting only tensors,
-        plain containers/scalars and DeepSpeed's loss-scaler classes, so loading never runs code
-        from the checkpoint. Not guaranteed: resuming on another number of ranks (ZeRO partitions
-        are per rank; DeepSpeed's universal-checkpoint conversion is not wired in), and loading a
-        DCP checkpoint of parallel=single/ddp/fsdp (refused with a CheckpointError)."""
+        Guaranteed: loading never unpickles arbitrary objects. DeepSpeed's own TorchCheckpointEngine
+        reads with torch.load(weights_only=False); here the engine's checkpoint engine is replaced
+        so every file DeepSpeed reads (model states, each rank's optimizer states) and the RNG files
+        go through `load_checkpoint_file`: torch.load(weights_only=True) with five allow-listed
+        classes (DeepSpeed's LossScaler and DynamicLossScaler, ZeroStageEnum, fragment_address,
+        torch.Size). DeepSpeed's files need no more than that (checked for fp32 and bf16, stages
+        1-3, with and without CPU offload); anything else in a file is refused with a
+        CheckpointError. Not covered: DeepSpeed's universal-checkpoint loader and the
+        zero_to_fp32.py script in the folder (both weights_only=False; memtrain calls neither).
+
+        Not supported, refused with a CheckpointError: another number of ranks (ZeRO partitions
+        are per rank; DeepSpeed's universal-checkpoint conversion is not wired in), a DCP
+        checkpoint of parallel=single/ddp/fsdp/hsdp, and offload=nvme (see NVME_RESUME)."""
         path = Path(path)
+        if self.cfg.offload.name == "nvme":
+            raise CheckpointError(NVME_RESUME)
         meta_file = path / "meta.json"
         if not meta_file.is_file():
             raise CheckpointError(f"{path} is not a complete memtrain checkpoint (no meta.json)")
-        if not (path / _MODEL_STATES).is_file():
-            raise CheckpointError(f"{path} is not a DeepSpeed checkpoint (no {_MODEL_STATES}); it was written by "
-                                  f"another parallel option and cannot be loaded with parallel={self.cfg.parallel.name}")
-        load_path, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_lr_scheduler_states=False)
+        if not (path / DS_TAG).is_dir():
+            raise CheckpointError(f"{path} is not a DeepSpeed checkpoint (no {DS_TAG}/ folder): another parallel "
+                                  f"option wrote it, which parallel={self.cfg.parallel.name} cannot load")
+        written_by, world = len(list(path.glob("rng_rank*.pt"))), dist.get_world_size()
+        if written_by != world:
+            raise CheckpointError(f"{path} was written by {written_by} ranks; ZeRO partitions resume only on as many "
+                                  f"ranks, not {world}")
+        load_path, _ = self.engine.load_checkpoint(str(path), tag=DS_TAG, load_lr_scheduler_states=False)
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load the checkpoint {path}")
-        rank = dist.get_rank()
-        rng_file = path / f"rng_rank{rank:05d}.pt"
-        if not rng_file.is_file():
-            raise CheckpointError(f"{rng_file} is missing: checkpoints resume on the world size that wrote them")
-        _set_rng_state(torch.load(rng_file, weights_only=True), self.device)
+        _set_rng_state(load_checkpoint_file(path / f"rng_rank{dist.get_rank():05d}.pt"), self.device)
         return json.loads(meta_file.read_text())
 
 

@@ -1,6 +1,6 @@
 """A worker for the multi-process tests (started by torch.distributed.run, or in-process for the
-single-process reference): the gradients of the first step's micro-batches, then the losses of a
-few optimizer steps, written by rank 0 to OUT.
+single-process reference): the gradients of the first step's micro-batches, then the losses and
+gradient norms of a few optimizer steps, written by rank 0 to OUT.
 
     python tests/distributed/worker.py OUT [hydra overrides]
 """
@@ -40,9 +40,10 @@ def zero_full_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 def capture_first_step_grads(trainer: Trainer, grads: dict[str, torch.Tensor]) -> None:
-    """ZeRO keeps reduced gradients in its own partitions, which zero_grad does not clear under
-    every offload; instead of a separate pass, take them inside the first real step, after its
-    last backward and before the update."""
+    """ZeRO keeps reduced gradients in its own partitions, and zero_grad does not clear them all
+    (ZeRO-2 with offload_optimizer keeps accumulating into its host buffers until the next
+    step()), so a separate pass would leak into the first step; instead take them inside the
+    first real step, after its last backward and before the update."""
     step = trainer.strategy.step
 
     def step_and_capture(lr: float):
@@ -67,8 +68,9 @@ def run(out: str, overrides: list[str]) -> dict:
                 trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
             grads = full_grads(trainer)
             trainer.optimizer.zero_grad(set_to_none=True)
-        losses = [r["loss"] for r in trainer.fit()]
-        result = {"grads": grads, "losses": losses}
+        records = trainer.fit()
+        result = {"grads": grads, "losses": [r["loss"] for r in records],
+                  "grad_norms": [r["grad_norm"] for r in records]}
         if trainer.env.is_main:
             torch.save(result, out)
         return result

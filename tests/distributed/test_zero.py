@@ -1,0 +1,259 @@
+"""DeepSpeed ZeRO-1/2/3 and their offloads (gloo, CPU, 2 processes) against the single-process run
+of test_data_parallel: same gradients, losses and gradient norms, an exact resume, the generated
+DeepSpeed config, and checkpoint loading that never unpickles code.
+
+Tolerances: everything runs in fp32. The two ranks compute the same per-token terms as the one
+process (micro-batch 4 on each rank instead of 8), summed in another order and averaged over the
+ranks by DeepSpeed's reduce(-scatter), then updated by the same torch AdamW on flat partitions.
+That reorders fp32 sums only: gradients agree to a few ulps of their scale (rtol 1e-5, atol 1e-7,
+as for DDP/FSDP) and three steps later the losses still agree to 1e-6 relative (seen: <= 2e-7).
+A real fault is far larger: gradients accumulated twice under optimizer offload moved the third
+loss by 2e-4, parameters rounded to bf16 by the NVMe swapper moved the first loss by 5e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from memtrain.config.errors import ConfigError
+from memtrain.distributed.mesh import ParallelDims
+from memtrain.engine.checkpoint import Checkpointer, CheckpointError
+from memtrain.engine.trainer import Trainer
+from tests.conftest import TINY
+from tests.distributed import test_data_parallel
+from tests.distributed.test_data_parallel import STEPS, torchrun
+from tests.distributed.worker import run
+
+pytest.importorskip("deepspeed")
+
+from memtrain.distributed.zero import deepspeed_config, load_checkpoint_file
+
+reference = test_data_parallel.reference  # the same single-process run (module-scoped fixture) as DDP/FSDP's
+
+# DeepSpeed JIT-compiles C++ ops on first use; only offload=nvme needs any (async_io and the
+# pin_memory op it loads: ~6.5 min on 2 cores, once per machine), kept in this cache
+EXTENSIONS_DIR = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "memtrain" / "torch_extensions"))
+ZERO_STEPS = ["trainer.micro_batch_size=4", "trainer.grad_accum=2"]  # x 2 ranks = the reference's 8 x 2
+SINGLE = [*TINY, *STEPS, "trainer.micro_batch_size=8", "trainer.grad_accum=2"]  # the reference's run
+
+
+def out(tmp_path: Path, name: str) -> Path:
+    (tmp_path / name).mkdir()
+    return tmp_path / name / "result.pt"
+
+
+@pytest.fixture(autouse=True)
+def extensions_dir(monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", EXTENSIONS_DIR)  # inherited by torchrun's workers
+
+
+def assert_matches(result: dict, expected: dict, case: str) -> None:
+    assert result["grads"].keys() == expected["grads"].keys(), case
+    for name, g in expected["grads"].items():
+        torch.testing.assert_close(result["grads"][name], g, rtol=1e-5, atol=1e-7, msg=f"{case}: {name}")
+    assert result["losses"] == pytest.approx(expected["losses"], rel=1e-6), case
+    assert result["grad_norms"] == pytest.approx(expected["grad_norms"], rel=1e-5), case
+
+
+# -- the same run as one process -----------------------------------------------------------------
+
+CASES = {
+    "zero1": ["parallel=zero1"],
+    "zero2": ["parallel=zero2"],
+    "zero3": ["parallel=zero3"],
+    "zero2-optimizer-cpu": ["parallel=zero2", "offload=optimizer_cpu"],
+    "zero3-params-cpu": ["parallel=zero3", "offload=params_cpu"],
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_zero_matches_single_process(case, reference, tmp_path):
+    result = torchrun(2, out(tmp_path, "zero"), *CASES[case], *ZERO_STEPS)
+    assert_matches(result, reference, case)
+
+
+def test_zero3_clips_like_single_process(tmp_path):
+    """The reference's gradient norms stay under 1; clip at 0.3 so DeepSpeed's clipping acts."""
+    clip = ["trainer.grad_clip=0.3"]
+    ref = run(str(out(tmp_path, "single")), [*SINGLE, *clip])
+    assert max(ref["grad_norms"]) > 0.3
+    result = torchrun(2, out(tmp_path, "zero"), "parallel=zero3", *ZERO_STEPS, *clip)
+    assert_matches(result, ref, "zero3-clipped")
+
+
+@pytest.fixture(scope="module")
+def async_io_op():
+    """Build (or load from EXTENSIONS_DIR) DeepSpeed's async_io op in a fresh interpreter, so a
+    first build does not count against a worker's timeout; skip where it cannot be built."""
+    code = (
+        "import sys\n"
+        "from deepspeed.accelerator import get_accelerator\n"
+        "builder = get_accelerator().create_op_builder('AsyncIOBuilder')\n"
+        "if builder is None or not builder.is_compatible(verbose=True):\n"
+        "    sys.exit(3)\n"
+        "builder.load(verbose=False)\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": EXTENSIONS_DIR, "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1500,
+                          check=False)
+    if proc.returncode == 3:
+        reason = [line for line in (proc.stdout + proc.stderr).splitlines() if "async_io" in line or "libaio" in line]
+        pytest.skip("DeepSpeed's async_io op cannot be built here (ZeRO-Infinity's NVMe offload needs it; "
+                    f"install libaio-dev): {' '.join(reason[-2:])}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.timeout(1800)
+def test_zero3_nvme_matches_single_process(async_io_op, tmp_path):
+    """ZeRO-Infinity: parameters and optimizer states on disk. DeepSpeed swaps only tensors of at
+    least 1 MiB per rank (smaller ones stay in host memory), so the model is widened to dim=512:
+    its feed-forward weights and the flat optimizer partition of the matrices then go to NVMe."""
+    wide = ["model.dim=512"]
+    ref = run(str(out(tmp_path, "single")), [*SINGLE, *wide])
+    nvme = tmp_path / "nvme"
+    result = torchrun(2, out(tmp_path, "zero"), "parallel=zero3", "offload=nvme", f"offload.nvme_path={nvme}",
+                      *ZERO_STEPS, *wide)
+    assert_matches(result, ref, "zero3-nvme")
+    for rank in (0, 1):
+        # the parameters were swapped in their own dtype (float32, not DeepSpeed's CPU default bf16)
+        assert list((nvme / "zero_stage_3" / "float32params" / f"rank{rank}").glob("*_param.tensor.swp"))
+        assert list((nvme / "zero_stage_3" / "optimizer" / f"rank{rank}").glob("exp_avg-*.tensor.swp"))
+
+
+def test_non_finite_gradients_skip_the_step(compose, tmp_path, monkeypatch):
+    """In this process, on a one-rank group: DeepSpeed skips an update whose gradient norm is
+    inf, and the strategy reports it as skipped, as memtrain's own strategies do."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    trainer = Trainer(compose("parallel=zero2", "optimizer.lr=1e-2"), tmp_path)
+    try:
+        weight = trainer.model.module.output.weight
+        before = weight.detach().clone()
+        handle = weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+        result = trainer.train_step()
+        handle.remove()
+        assert result.skipped and math.isinf(result.grad_norm)
+        assert torch.equal(weight, before), "DeepSpeed must not apply a step with inf gradients"
+        result = trainer.train_step()
+        assert not result.skipped and math.isfinite(result.grad_norm)
+        assert not torch.equal(weight, before)
+    finally:
+        trainer.close()
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+
+def test_zero3_resume_continues_with_identical_losses(tmp_path):
+    six = ["parallel=zero3", "trainer.max_steps=6", *ZERO_STEPS]
+    straight = torchrun(2, out(tmp_path, "straight"), *six)
+    saving = torchrun(2, out(tmp_path, "saving"), *six, "trainer.save_every=4")
+    assert saving["losses"] == straight["losses"]  # saving does not disturb the run
+
+    folder = tmp_path / "saving" / "run" / "checkpoints"
+    found = Checkpointer(folder).checkpoints()
+    assert [p.name for p in found] == ["step_00000004", "step_00000006"]
+    assert sorted(p.name for p in folder.iterdir()) == ["step_00000004", "step_00000006"]  # no temporary left
+    step4 = found[0]
+    assert json.loads((step4 / "meta.json").read_text())["step"] == 4
+    assert sorted(p.name for p in step4.glob("rng_rank*.pt")) == ["rng_rank00000.pt", "rng_rank00001.pt"]
+    assert len(list((step4 / "deepspeed").glob("*optim_states.pt"))) == 2  # one ZeRO partition per rank
+
+    resumed = torchrun(2, out(tmp_path, "resumed"), *six, f"trainer.resume={step4}")
+    # same ranks, same data, same operations from the restored state: bitwise the same
+    assert resumed["losses"] == straight["losses"][4:]
+    assert resumed["grad_norms"] == straight["grad_norms"][4:]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_checkpoint_files_load_without_unpickling_code(tmp_path, monkeypatch):
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    fine = tmp_path / "fine.pt"
+    scaler = DynamicLossScaler(init_scale=2**16, scale_window=100, min_scale=1, delayed_shift=1,
+                               consecutive_hysteresis=False)
+    torch.save({"zero_stage": ZeroStageEnum.weights, "loss_scaler": scaler, "shape": torch.Size([2, 2]),
+                "fragment": fragment_address(numel=4, start=0), "t": torch.ones(2)}, fine)
+    state = load_checkpoint_file(fine)
+    assert state["zero_stage"] is ZeroStageEnum.weights and state["loss_scaler"].cur_scale == 2**16
+
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"module": _RunsCode()}, f, protocol=2)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint_file(evil)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+# -- the generated DeepSpeed config (no processes) -------------------------------------------------
+
+DP2 = ParallelDims(dp_replicate=1, dp_shard=2, tp=1, pp=1, sp=1, dap=1, world_size=2)
+
+
+def test_deepspeed_config_zero1_fp32(compose):
+    ds = deepspeed_config(compose("parallel=zero1", "trainer.grad_accum=3", "trainer.grad_clip=0.5"), DP2, "cpu")
+    assert ds["zero_optimization"]["stage"] == 1
+    batch = (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"])
+    assert batch == (4, 3, 24)  # 4 x 3 x 2 ranks
+    assert ds["gradient_clipping"] == 0.5
+    assert "bf16" not in ds and "fp16" not in ds  # fp32
+    assert "offload_optimizer" not in ds["zero_optimization"] and "offload_param" not in ds["zero_optimization"]
+    assert ds["zero_allow_untested_optimizer"] is True and ds["zero_force_ds_cpu_optimizer"] is False
+
+
+def test_deepspeed_config_zero2_bf16_optimizer_cpu(compose):
+    cfg = compose("parallel=zero2", "precision=bf16", "offload=optimizer_cpu", "trainer.grad_clip=0")
+    ds = deepspeed_config(cfg, DP2, "cuda")
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["bf16"] == {"enabled": True, "check_grad_overflow": True} and "fp16" not in ds
+    assert ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert "offload_param" not in ds["zero_optimization"]
+    assert ds["gradient_clipping"] == 0.0  # off
+
+
+def test_deepspeed_config_zero3_fp16_nvme(compose, tmp_path):
+    cfg = compose("parallel=zero3", "precision=fp16", "offload=nvme", f"offload.nvme_path={tmp_path}",
+                  "precision.init_scale=1024", "precision.growth_interval=50")
+    ds = deepspeed_config(cfg, DP2, "cpu")
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3
+    # pin_memory: page-locked buffers only mean something for a GPU
+    assert zero["offload_optimizer"] == {"device": "nvme", "nvme_path": str(tmp_path), "pin_memory": False}
+    assert zero["offload_param"] == {"device": "nvme", "nvme_path": str(tmp_path), "pin_memory": False}
+    fp16 = ds["fp16"]
+    assert fp16["enabled"] and fp16["loss_scale"] == 0  # dynamic
+    assert (fp16["initial_scale_power"], fp16["loss_scale_window"], fp16["hysteresis"]) == (10, 50, 1)
+    assert "bf16" not in ds
+
+
+def test_deepspeed_config_zero3_params_cpu(compose):
+    zero = deepspeed_config(compose("parallel=zero3", "offload=params_cpu"), DP2, "cpu")["zero_optimization"]
+    assert zero["offload_param"] == {"device": "cpu", "pin_memory": False}
+    assert "offload_optimizer" not in zero
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["parallel=zero2", "offload=params_cpu"], "offload.name"),  # parameter offload is ZeRO-3's
+    (["parallel=zero1", "precision=fp16", "precision.init_scale=1000"], "precision.init_scale"),  # not a power of 2
+    (["parallel=zero1", "precision=fp16", "precision.growth_factor=4"], "precision.growth_factor"),  # DeepSpeed: 2
+    (["parallel=ddp"], "parallel.name"),
+])
+def test_deepspeed_config_refuses_what_deepspeed_cannot_do(compose, overrides, key):
+    with pytest.raises(ConfigError) as err:
+        deepspeed_config(compose(*overrides), DP2, "cpu")
+    assert err.value.key == key
