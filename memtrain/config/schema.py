@@ -47,8 +47,14 @@ class LRSchedule(Enum):
 
 
 class DataSource(Enum):
-    protein = "protein"
-    synthetic = "synthetic"
+    protein = "protein"  # sequences (FASTA, A3M, mmCIF) for language models
+    synthetic = "synthetic"  # random tokens for language models
+    structure = "structure"  # mmCIF structures + A3M alignments as AlphaFold features
+
+
+class AttentionBackend(Enum):
+    naive = "naive"  # explicit softmax(QK^T + bias)V, softmax in fp32
+    sdpa = "sdpa"  # torch scaled_dot_product_attention with the biases as a float mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,6 +85,33 @@ class GPTConfig(ModelConfig):
     init_std: float = 0.02
 
 
+@dataclass
+class AlphaFoldConfig(ModelConfig):
+    """AlphaFold 2 (Jumper et al. 2021, Supplement 1.5-1.8): Evoformer and structure module."""
+
+    arch: str = "alphafold"
+    c_m: int = 256
+    c_z: int = 128
+    c_s: int = 384
+    n_blocks: int = 48
+    n_heads_msa: int = 8
+    n_heads_pair: int = 4
+    c_hidden_msa_att: int = 32
+    c_hidden_pair_att: int = 32
+    c_hidden_opm: int = 32
+    c_hidden_mul: int = 128
+    transition_n: int = 4
+    n_structure_layers: int = 8
+    n_heads_ipa: int = 12
+    c_hidden_ipa: int = 16
+    num_recycles: int = 0  # extra no-grad iterations (the paper samples 0-3 during training)
+    msa_dropout: float = 0.15
+    pair_dropout: float = 0.25
+    structure_dropout: float = 0.1
+    chunk_size: Optional[int] = None  # OpenFold-style chunking of attention, outer product mean, transitions
+    attention_backend: AttentionBackend = AttentionBackend.naive
+
+
 # ---------------------------------------------------------------------------------------------
 # parallel, precision, offload, activation checkpointing
 
@@ -88,7 +121,7 @@ class ParallelConfig:
     """Degrees of every parallel dimension; their product must equal the world size. One degree
     may be -1: it takes whatever the others leave of the world size."""
 
-    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3
+    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap
     dp_replicate: int = 1
     dp_shard: int = 1
     tp: int = 1
@@ -183,6 +216,8 @@ class DataConfig:
     formats: list[str] = field(default_factory=lambda: ["fasta", "a3m", "mmcif"])
     seq_len: int = 128
     num_synthetic_tokens: int = 1_000_000  # synthetic: length of the generated token stream
+    crop_size: int = 256  # structure: residues per cropped sample (shorter chains are padded)
+    max_msa: int = 128  # structure: MSA rows sampled per sample (the query first)
 
 
 @dataclass
@@ -223,6 +258,7 @@ def register_schemas() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     for group, name, node in [
         ("model", "gpt", GPTConfig),
+        ("model", "alphafold", AlphaFoldConfig),
         ("parallel", "parallel", ParallelConfig),
         ("precision", "precision", PrecisionConfig),
         ("offload", "offload", OffloadConfig),

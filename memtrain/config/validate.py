@@ -17,7 +17,7 @@ from memtrain.distributed.mesh import ParallelDims
 from memtrain.models import get_spec
 
 PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp", "sp", "dap")
-IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3")
+IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap")
 # which parallel options each offload works with
 OFFLOAD_SUPPORT = {
     "none": IMPLEMENTED_PARALLEL,
@@ -39,7 +39,10 @@ def validate(cfg: DictConfig) -> None:
     require(ac.every_k >= 1, "checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
-    get_spec(cfg.model.arch).validate(cfg)
+    spec = get_spec(cfg.model.arch)
+    require(cfg.parallel.name != "dap" or spec.parallelize is not None, "parallel",
+            f"parallel=dap (Dynamic Axial Parallelism) splits AlphaFold's representations; model.arch={cfg.model.arch} has none")
+    spec.validate(cfg)
 
 
 def _validate_keys(cfg: DictConfig) -> None:
@@ -61,9 +64,12 @@ def _validate_parallel(p: DictConfig) -> None:
         bad = [f"parallel.{k}={p[k]}" for k in PARALLEL_DEGREES if p[k] != 1]
         require(not bad, bad[0].split("=")[0] if bad else "parallel",
                 f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
-    model_parallel = [f"parallel.{k}={p[k]}" for k in ("tp", "pp", "sp", "dap") if p[k] != 1]
+    model_parallel = [f"parallel.{k}={p[k]}" for k in ("tp", "pp", "sp") if p[k] != 1]
     require(not model_parallel, model_parallel[0].split("=")[0] if model_parallel else "parallel",
             f"{', '.join(model_parallel)}: tensor, pipeline, sequence and axial parallelism are not available yet")
+    require(p.dap == 1 or p.name == "dap", "parallel.dap", f"dap={p.dap} needs parallel=dap (got parallel={p.name})")
+    require(p.name != "dap" or p.dp_shard == 1, "parallel.dp_shard",
+            "parallel=dap composes with replicated data parallelism (parallel.dp_replicate), not sharded")
     if p.name.startswith("zero"):
         require(importlib.util.find_spec("deepspeed") is not None, "parallel",
                 f"parallel={p.name} needs DeepSpeed (pip install deepspeed)")

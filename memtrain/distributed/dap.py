@@ -4,9 +4,13 @@ parameters; the MSA representation [*, N_seq, N_res, C_m] and the pair represent
 local shard. The split axis is switched by matched autograd all-to-all pairs (row_to_col /
 col_to_row), and the few operands that need a whole axis are all-gathered.
 
-Gradients: the loss computed after the Evoformer is replicated on every dap rank and scaled by
-1 / dap there; the backward of a gather is a reduce-scatter (sum) and parameter gradients are
-summed over the dap group, which gives every rank the gradient of the single-process loss.
+Gradients follow Megatron's convention for regions of replicated and sharded computation:
+entering the sharded region (`scatter`) the backward all-gathers the shards' gradients; leaving
+it (`gather_replicated`, into computation every rank repeats identically) the backward keeps this
+rank's slice; a gather for local use inside the region (`gather`, e.g. the pair bias each rank's
+rows attend with) reduce-scatters, since every rank contributes part of the gradient. Parameters
+of the sharded region get partial gradients, summed over the dap group by all_reduce_gradients;
+those of the replicated region get identical, complete ones.
 
 Every collective takes its process group as an argument; nothing here is global.
 """
@@ -63,6 +67,17 @@ class _Gather(torch.autograd.Function):
         return _reduce_scatter(grad, ctx.dim, ctx.group), None, None
 
 
+class _GatherReplicated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim, group):
+        ctx.dim, ctx.group = dim, group
+        return _all_gather(x, dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _shard(grad, ctx.dim, ctx.group), None, None
+
+
 class _Scatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dim, group):
@@ -88,6 +103,12 @@ class _AllToAll(torch.autograd.Function):
 def gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     """All-gather the shards along `dim`; backward: reduce-scatter (sum) of the gradient."""
     return _Gather.apply(x, dim, group)
+
+
+def gather_replicated(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+    """All-gather the shards along `dim` into computation every rank repeats identically;
+    backward: this rank's slice of the (identical) gradient."""
+    return _GatherReplicated.apply(x, dim, group)
 
 
 def scatter(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:

@@ -55,12 +55,12 @@ class MetricsLogger:
             self._tb.close()
 
 
-def format_line(record: dict[str, Any], max_steps: int) -> str:
+def format_line(record: dict[str, Any], max_steps: int, unit: str = "tokens") -> str:
     parts = [
         f"step [bold]{record['step']:>6}[/]/{max_steps}",
         f"loss [cyan]{record['loss']:.4f}[/]",
         f"lr {record['lr']:.2e}",
-        f"{record['tokens_per_s']:,.0f} tok/s",
+        f"{record[f'{unit}_per_s']:,.1f} {'tok' if unit == 'tokens' else unit}/s",
         f"mem {record['peak_mem_bytes'] / 2**30:.2f} GiB",
     ]
     if record.get("mfu") is not None:

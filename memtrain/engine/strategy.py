@@ -50,9 +50,12 @@ def activation_context(offload: DictConfig, device: torch.device) -> contextlib.
 class TorchStrategy:
     def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh | None,
                  precision: Precision, device: torch.device):
-        self.cfg, self.spec, self.precision, self.device = cfg, spec, precision, device
+        self.cfg, self.spec, self.precision, self.device, self.mesh = cfg, spec, precision, device, mesh
+        self.module = model  # unwrapped
         name = cfg.parallel.name
-        if name == "ddp":
+        if mesh is not None and spec.parallelize is not None:
+            spec.parallelize(model, mesh, cfg)  # model-specific parallelism first (AlphaFold's DAP)
+        if name == "ddp" or (name == "dap" and mesh["dp_replicate"].size() > 1):
             from memtrain.distributed.ddp import apply_ddp
 
             model = apply_ddp(model, mesh, device)
@@ -80,6 +83,8 @@ class TorchStrategy:
 
     def step(self, lr: float) -> tuple[float, bool]:
         scaler, clip = self.precision.scaler, self.cfg.trainer.grad_clip
+        if self.mesh is not None and self.spec.reduce_gradients is not None:
+            self.spec.reduce_gradients(self.module, self.mesh)
         scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)

@@ -173,16 +173,16 @@ class Trainer:
                         "loss": result.loss,
                         "lr": lr,
                         "grad_norm": result.grad_norm,
-                        "tokens_per_s": tps,
+                        f"{self.spec.target_unit}_per_s": tps,
                         "peak_mem_bytes": peak_memory_bytes(self.device),
-                        "mfu": tps * flops_per_token / (peak * self.env.world_size) if peak else None,
+                        "mfu": tps * flops_per_token / (peak * self.env.world_size) if peak and flops_per_token else None,
                         "skipped_steps": skipped,
                         "loss_scale": self.precision.scaler.get_scale() if self.precision.scaler.is_enabled() else None,
                     }
                     if metrics:
                         metrics.log(record)
                     records.append(record)
-                    progress.console.print(format_line(record, tcfg.max_steps))
+                    progress.console.print(format_line(record, tcfg.max_steps, self.spec.target_unit))
                     tokens, t0 = 0, time.perf_counter()
                 if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")

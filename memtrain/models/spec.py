@@ -31,9 +31,14 @@ class ModelSpec:
     num_targets: Callable[[Batch], torch.Tensor]  # the loss normaliser of a micro-batch (tokens, samples)
     blocks: Callable[[nn.Module], nn.ModuleList]  # the repeated blocks (units of activation checkpointing)
     attention_core: str  # attribute path of the attention core inside a block, e.g. "attention.core"
-    flops_per_token: Callable[[DictConfig, int], float]  # (model config, seq_len) -> training FLOPs per token
+    flops_per_token: Callable[[DictConfig, int], float | None]  # (model config, seq_len) -> training FLOPs per target
     activation_bytes: Callable[..., dict[str, float]]  # analytic activation memory model, see memtrain.memory.estimator
     validate: Callable[[DictConfig], None]  # cross-field checks; raises memtrain.config.errors.ConfigError
+    target_unit: str = "tokens"  # what num_targets counts, for throughput ("tokens_per_s")
+    # model-specific parallelism: (model, mesh, config) -> None, in place (e.g. AlphaFold's DAP);
+    # its gradient reduction after backward: (model, mesh) -> None
+    parallelize: Callable[..., None] | None = None
+    reduce_gradients: Callable[..., None] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from memtrain.distributed.dap import col_to_row, gather, pad_to_multiple, row_to_col, scatter
+from memtrain.distributed.dap import col_to_row, gather, gather_replicated, pad_to_multiple, row_to_col, scatter
 
 dist.init_process_group("gloo")
 group, rank, n = dist.group.WORLD, dist.get_rank(), dist.get_world_size()
@@ -30,6 +30,11 @@ torch.testing.assert_close(g, X, **exact)
 ((V * g).sum() / n).backward()
 # fp32 sum of n copies of V / n: round-off of one addition per rank
 torch.testing.assert_close(x.grad, V.chunk(n, 0)[rank], rtol=1e-6, atol=1e-7)
+
+# gather into a replicated computation (every rank the same loss): backward keeps the own slice
+x = rows.clone().requires_grad_()
+(V * gather_replicated(x, 0, group)).sum().backward()
+torch.testing.assert_close(x.grad, V.chunk(n, 0)[rank], **exact)
 
 # scatter of a replicated leaf: backward all-gathers the shards' gradients
 x = X.clone().requires_grad_()

@@ -63,9 +63,11 @@ def run(out: str, overrides: list[str]) -> dict:
             capture_first_step_grads(trainer, grads)
         else:
             micro = trainer.micro_batches()
-            n = trainer._global_sum(sum(float((t != -100).sum()) for _, t in micro))
+            n = trainer._global_sum(sum(float(trainer.spec.num_targets(t)) for _, t in micro))
             for j, (x, y) in enumerate(micro):
                 trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
+            if trainer.mesh is not None and trainer.spec.reduce_gradients is not None:
+                trainer.spec.reduce_gradients(trainer.strategy.module, trainer.mesh)  # e.g. DAP's partial sums
             grads = full_grads(trainer)
             trainer.optimizer.zero_grad(set_to_none=True)
         records = trainer.fit()

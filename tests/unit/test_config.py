@@ -13,6 +13,13 @@ from memtrain.memory.estimator import estimate
 from memtrain.models import get_spec
 from memtrain.optim.builder import build_optimizer
 
+# options that only make sense together (an AlphaFold model trains on structures, DAP splits its representations)
+COMPANIONS = {
+    ("model", "alphafold"): ["data=structure"],
+    ("model", "alphafold_tiny"): ["data=structure"],
+    ("data", "structure"): ["model=alphafold_tiny"],
+    ("parallel", "dap"): ["model=alphafold_tiny", "data=structure"],
+}
 GROUPS = ["model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
@@ -27,7 +34,7 @@ def test_option_composes_validates_and_builds(group, option):
     parallel = {"optimizer_cpu": "zero2", "params_cpu": "zero3", "nvme": "zero3", "activations_cpu": "ddp"}
     if group == "offload" and option in parallel:
         world = [f"parallel={parallel[option]}", "launcher.nproc_per_node=4"]
-    cfg = compose_config([f"{group}={option}", "trainer.device=cpu", *world])
+    cfg = compose_config([f"{group}={option}", "trainer.device=cpu", *world, *COMPANIONS.get((group, option), [])])
     validate(cfg)
     # typed by its schema: a typo'd key under this group is refused
     assert OmegaConf.get_type(cfg[group]) is not dict

@@ -104,11 +104,19 @@ def test_tensorboard_events_are_written(compose, tmp_path):
     assert events and events[0].stat().st_size > 0
 
 
+# tiny shapes per model family, so every recipe runs a couple of steps in seconds
+SHRINK = {
+    "gpt": ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=32",
+            "trainer.micro_batch_size=4"],
+    "alphafold": ["model=alphafold_tiny", "data.crop_size=16", "data.max_msa=4", "trainer.micro_batch_size=1",
+                  "precision=fp32"],
+}
+
+
 @pytest.mark.parametrize("recipe", recipe_names())
 def test_every_recipe_smoke_runs_on_tiny_shapes(recipe, tmp_path):
-    from tests.conftest import TINY
-
-    shrink = [o for o in TINY if o.startswith(("model.", "trainer.", "data.seq_len"))]
-    cfg = compose_config([f"+recipe={recipe}", *shrink, "trainer.max_steps=2", "trainer.save_every=0"])
+    arch = compose_config([f"+recipe={recipe}"]).model.arch
+    cfg = compose_config([f"+recipe={recipe}", *SHRINK[arch], "trainer.max_steps=2", "trainer.save_every=0",
+                          "trainer.log_every=1", "trainer.device=cpu"])
     records = Trainer(cfg, tmp_path).fit()
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)

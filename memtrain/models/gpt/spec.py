@@ -102,6 +102,8 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.data.seq_len <= m.max_seq_len, "data.seq_len",
             f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
     source = getattr(cfg.data.source, "name", cfg.data.source)
+    require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
+            allowed=["protein", "synthetic"])
     if source == "protein":
         require(m.vocab_size >= PROTEIN_VOCAB, "model.vocab_size",
                 f"vocab_size={m.vocab_size} is smaller than the protein tokenizer's {PROTEIN_VOCAB} tokens")

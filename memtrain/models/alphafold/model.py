@@ -1,0 +1,191 @@
+"""AlphaFold 2 (Jumper et al. 2021; Supplementary Information, "the supplement"): input
+embedding, recycling, the Evoformer stack, the structure module and the auxiliary heads.
+
+Input features (a dict; B batch, N_seq MSA rows, N_res residues), the contract with the data
+pipeline (memtrain.data):
+
+    aatype          [B, N_res]             long   0..20 (20 = unknown); not read (target_feat carries it)
+    residue_index   [B, N_res]             long   residue numbers (gaps allowed), for relpos
+    seq_mask        [B, N_res]             float  1 = residue present (0 = padding)
+    target_feat     [B, N_res, 22]         float  Supplement Table 1 (one-hot aatype + "between segment")
+    msa_feat        [B, N_seq, N_res, 49]  float  Supplement Table 1 (cluster msa one-hot, deletions, profile)
+    msa_mask        [B, N_seq, N_res]      float  1 = MSA entry present
+    true_msa        [B, N_seq, N_res]      long   0..22, the MSA before BERT masking (loss target)
+    bert_mask       [B, N_seq, N_res]      float  1 = entry masked in msa_feat (scored by the MSA loss)
+    backbone_coords [B, N_res, 3, 3]       float  atoms N, CA, C in Angstrom (loss target)
+    backbone_mask   [B, N_res]             float  1 = all three backbone atoms resolved
+
+Outputs (`forward`): msa_logits [B, N_seq, N_res, 23], distogram_logits [B, N_res, N_res, 64],
+frames_rot [L, B, N_res, 3, 3], frames_trans [L, B, N_res, 3] (Angstrom, per structure-module
+layer), backbone_positions [B, N_res, 3, 3], single [B, N_res, C_s], pair [B, N_res, N_res, C_z],
+msa_first_row [B, N_res, C_m]. Losses: memtrain.models.alphafold.loss.alphafold_loss.
+
+The model holds no parallel or memory-saving code. From outside: `set_chunk_size` and
+`set_attention_backend` (primitives.py) set module attributes; activation checkpointing wraps
+the blocks of `model.evoformer.blocks`; the DAP wrapper uses the Evoformer modules' pieces.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from memtrain.models.alphafold.embedders import InputEmbedder, RecyclingEmbedder
+from memtrain.models.alphafold.evoformer import EvoformerStack
+from memtrain.models.alphafold.heads import DistogramHead, MaskedMSAHead
+from memtrain.models.alphafold.structure import StructureModule
+
+# DISCREPANCY: no extra-MSA stack (Algorithm 18) and no template stack (Algorithms 16-17), so
+# no extra_msa / template features; the model sees only the clustered MSA.
+# DISCREPANCY: a fixed number of recycling iterations (`num_recycles` without grad, then one
+# with); the paper samples the number uniformly from 1..4 per batch during training (1.10).
+# DISCREPANCY: no pLDDT, PAE, experimentally-resolved or side-chain outputs (see loss.py).
+
+# Published sizes (Supplement 1.5-1.9; OpenFold's model_1 config): the keyword arguments of AlphaFold.
+PUBLISHED = {
+    "c_m": 256,  # MSA channels
+    "c_z": 128,  # pair channels
+    "c_s": 384,  # single channels
+    "n_blocks": 48,  # Evoformer blocks
+    "n_heads_msa": 8,  # MSA row/column attention (Algorithms 7, 8): 8 heads of 32
+    "c_hidden_msa_att": 32,
+    "n_heads_pair": 4,  # triangle attention (Algorithms 13, 14): 4 heads of 32
+    "c_hidden_pair_att": 32,
+    "c_hidden_opm": 32,  # outer product mean (Algorithm 10)
+    "c_hidden_mul": 128,  # triangle multiplication (Algorithms 11, 12)
+    "transition_n": 4,  # transitions (Algorithms 9, 15)
+    "n_structure_layers": 8,  # structure module (Algorithm 20), shared weights
+    "n_heads_ipa": 12,  # IPA (Algorithm 22): 12 heads of 16, 4 query/key points, 8 value points
+    "c_hidden_ipa": 16,
+    "n_ipa_qk_points": 4,
+    "n_ipa_v_points": 8,
+    "msa_dropout": 0.15,
+    "pair_dropout": 0.25,
+    "structure_dropout": 0.1,
+}
+
+# Parameters of AlphaFold(**PUBLISHED), counted on the meta device by
+# tests/unit/alphafold/test_model.py: 48 Evoformer blocks of 1,829,952 (87,936,384 with the
+# single projection), structure module 1,852,702, embedders 35,840, heads 14,167.
+# DISCREPANCY: AlphaFold 2 has about 93.2M. The 3.39M gap is the parts this model leaves out,
+# sized with these modules at the published widths (OpenFold's model_1 config):
+#   extra-MSA stack, 4 blocks at C_e = 64 with global column attention   2,805,248 (+ embedder 1,664)
+#   template stack (2 pair blocks at C_t = 64, point-wise attention,
+#     pair and angle embedders)                                           329,408
+#   torsion-angle ResNet (Algorithm 20 lines 13-18)                       166,414
+#   pLDDT head 73,010 and experimentally-resolved head 14,245
+# which sum to 3,389,989, i.e. 89,839,093 + 3,389,989 = 93,229,082.
+PUBLISHED_PARAMETERS = 89_839_093
+
+
+class AlphaFold(nn.Module):
+    """batch (see the module docstring) -> dict of outputs for the losses.
+
+    The constructor takes plain numbers (the keys of memtrain.config.schema.AlphaFoldConfig);
+    defaults are the published sizes (PUBLISHED).
+    """
+
+    def __init__(
+        self,
+        c_m: int = 256,
+        c_z: int = 128,
+        c_s: int = 384,
+        n_blocks: int = 48,
+        n_heads_msa: int = 8,
+        n_heads_pair: int = 4,
+        c_hidden_msa_att: int = 32,
+        c_hidden_pair_att: int = 32,
+        c_hidden_opm: int = 32,
+        c_hidden_mul: int = 128,
+        transition_n: int = 4,
+        n_structure_layers: int = 8,
+        n_heads_ipa: int = 12,
+        c_hidden_ipa: int = 16,
+        n_ipa_qk_points: int = 4,
+        n_ipa_v_points: int = 8,
+        num_recycles: int = 0,
+        msa_dropout: float = 0.15,
+        pair_dropout: float = 0.25,
+        structure_dropout: float = 0.1,
+        msa_feat_dim: int = 49,
+        target_feat_dim: int = 22,
+        max_relative_position: int = 32,
+        n_distogram_bins: int = 64,
+        n_msa_classes: int = 23,
+    ):
+        super().__init__()
+        if num_recycles < 0:
+            raise ValueError(f"num_recycles must be >= 0, got {num_recycles}")
+        self.c_m, self.c_z, self.num_recycles = c_m, c_z, num_recycles
+        self.input_embedder = InputEmbedder(target_feat_dim, msa_feat_dim, c_m, c_z, max_relative_position)
+        self.recycling_embedder = RecyclingEmbedder(c_m, c_z)
+        self.evoformer = EvoformerStack(
+            n_blocks,
+            c_m,
+            c_z,
+            c_s,
+            c_hidden_msa_att=c_hidden_msa_att,
+            no_heads_msa=n_heads_msa,
+            c_hidden_opm=c_hidden_opm,
+            c_hidden_mul=c_hidden_mul,
+            c_hidden_pair_att=c_hidden_pair_att,
+            no_heads_pair=n_heads_pair,
+            transition_n=transition_n,
+            msa_dropout=msa_dropout,
+            pair_dropout=pair_dropout,
+        )
+        self.structure_module = StructureModule(
+            c_s,
+            c_z,
+            c_hidden_ipa=c_hidden_ipa,
+            no_heads_ipa=n_heads_ipa,
+            no_qk_points=n_ipa_qk_points,
+            no_v_points=n_ipa_v_points,
+            no_blocks=n_structure_layers,
+            dropout=structure_dropout,
+        )
+        self.distogram_head = DistogramHead(c_z, n_distogram_bins)
+        self.masked_msa_head = MaskedMSAHead(c_m, n_msa_classes)
+
+    def iteration(
+        self,
+        batch: dict[str, torch.Tensor],
+        m1_prev: torch.Tensor,
+        z_prev: torch.Tensor,
+        x_prev: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """One pass of Algorithm 2 (lines 5-14) given the previous iteration's first MSA row
+        m1_prev [B, N_res, C_m], pair z_prev [B, N_res, N_res, C_z] and CA positions x_prev [B, N_res, 3]."""
+        msa_mask, seq_mask = batch["msa_mask"], batch["seq_mask"]
+        pair_mask = seq_mask[..., :, None] * seq_mask[..., None, :]
+        m, z = self.input_embedder(batch["target_feat"], batch["residue_index"], batch["msa_feat"])
+        m1_update, z_update = self.recycling_embedder(m1_prev, z_prev, x_prev)
+        m = torch.cat([m[..., :1, :, :] + m1_update[..., None, :, :], m[..., 1:, :, :]], dim=-3)
+        z = z + z_update
+        m, z, s = self.evoformer(m, z, msa_mask, pair_mask)
+        outputs = self.structure_module(s, z, seq_mask)
+        outputs["pair"], outputs["msa_first_row"] = z, m[..., 0, :, :]
+        outputs["msa"] = m
+        return outputs
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Algorithm 2 with recycling (Supplement 1.10): `num_recycles` iterations without grad
+        feed their first MSA row, pair representation and CA positions to the next; the last
+        iteration runs with grad (when grad is enabled) and feeds the heads."""
+        msa_feat = batch["msa_feat"]
+        b, _, n = msa_feat.shape[:3]
+        m1_prev = msa_feat.new_zeros(b, n, self.c_m)
+        z_prev = msa_feat.new_zeros(b, n, n, self.c_z)
+        x_prev = msa_feat.new_zeros(b, n, 3)
+        grad_enabled = torch.is_grad_enabled()
+        for cycle in range(self.num_recycles + 1):
+            last = cycle == self.num_recycles
+            with torch.set_grad_enabled(grad_enabled and last):
+                outputs = self.iteration(batch, m1_prev, z_prev, x_prev)
+            if not last:
+                m1_prev = outputs["msa_first_row"].detach()
+                z_prev = outputs["pair"].detach()
+                x_prev = outputs["frames_trans"][-1].detach()  # CA positions, Angstrom
+        outputs["msa_logits"] = self.masked_msa_head(outputs.pop("msa"))
+        outputs["distogram_logits"] = self.distogram_head(outputs["pair"])
+        return outputs

@@ -1,0 +1,97 @@
+"""AlphaFold's ModelSpec: build, feed, score, checkpoint and parallelise (DAP) the model."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from memtrain.config.errors import enum_names, require
+from memtrain.models.alphafold.loss import alphafold_loss
+from memtrain.models.alphafold.model import AlphaFold
+from memtrain.models.alphafold.parallelize import apply_dap, reduce_dap_gradients
+from memtrain.models.alphafold.primitives import set_attention_backend, set_chunk_size
+from memtrain.models.spec import ModelSpec, register_spec
+
+_NOT_MODULE_ARGS = ("arch", "chunk_size", "attention_backend")
+
+
+def build_model(mcfg: DictConfig) -> AlphaFold:
+    model = AlphaFold(**{k: v for k, v in mcfg.items() if k not in _NOT_MODULE_ARGS})
+    set_chunk_size(model, mcfg.chunk_size)
+    set_attention_backend(model, enum_names(mcfg.attention_backend))
+    return model
+
+
+def build_data(cfg: DictConfig):
+    from memtrain.data.protein_features import ProteinStructureBatches
+    from memtrain.data.sequences import default_protein_root
+
+    root = cfg.data.root or default_protein_root()
+    return ProteinStructureBatches(root, cfg.data.crop_size, cfg.data.max_msa, cfg.trainer.seed)
+
+
+def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed per-sample AlphaFold loss (FAPE, distogram, masked MSA) and the number of samples."""
+    per_sample = alphafold_loss(outputs, targets)
+    return per_sample.sum(), torch.tensor(per_sample.shape[0])
+
+
+def num_targets(targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.tensor(targets["seq_mask"].shape[0])
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    return model.evoformer.blocks
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh, cfg: DictConfig) -> None:
+    if mesh["dap"].size() > 1:
+        apply_dap(model, mesh["dap"].get_group())
+
+
+def reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
+    if mesh["dap"].size() > 1:
+        reduce_dap_gradients(model, mesh["dap"].get_group())
+
+
+def activation_bytes(mcfg: DictConfig, batch: int, seq_len: int, compute_bytes: int, residual_bytes: int) -> dict[str, float]:
+    raise NotImplementedError  # replaced below once the activation model is written
+
+
+def validate(cfg: DictConfig) -> None:
+    m = cfg.model
+    source = enum_names(cfg.data.source)
+    require(source == "structure", "data", f"the AlphaFold model trains on data=structure, got data={source}",
+            allowed=["structure"])
+    for key in ("c_m", "c_z", "c_s", "n_blocks", "n_heads_msa", "n_heads_pair", "n_structure_layers", "n_heads_ipa"):
+        require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
+    require(m.chunk_size is None or m.chunk_size >= 1, "model.chunk_size", f"must be null or at least 1, got {m.chunk_size}")
+    require(m.num_recycles >= 0, "model.num_recycles", f"must be 0 or more, got {m.num_recycles}")
+    for key in ("msa_dropout", "pair_dropout", "structure_dropout"):
+        require(0 <= m[key] < 1, f"model.{key}", f"must be in [0, 1), got {m[key]}")
+    require(cfg.data.crop_size >= 1 and cfg.data.max_msa >= 1, "data.crop_size",
+            f"crop_size and max_msa must be at least 1, got {cfg.data.crop_size}, {cfg.data.max_msa}")
+    require(not (enum_names(cfg.checkpoint.mode) == "selective" and enum_names(cfg.checkpoint.policy) == "attention"),
+            "checkpoint.policy", "the Evoformer has no single attention core; checkpoint whole blocks",
+            allowed=["every_k"])
+
+
+SPEC = register_spec(
+    ModelSpec(
+        arch="alphafold",
+        build_model=build_model,
+        build_data=build_data,
+        loss_fn=loss_fn,
+        num_targets=num_targets,
+        blocks=blocks,
+        attention_core="",
+        flops_per_token=lambda mcfg, seq_len: None,
+        activation_bytes=activation_bytes,
+        validate=validate,
+        target_unit="samples",
+        parallelize=parallelize,
+        reduce_gradients=reduce_gradients,
+    )
+)

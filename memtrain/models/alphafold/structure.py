@@ -1,0 +1,300 @@
+"""The structure module (Supplement 1.8, Algorithms 20-23): rigid frames, Invariant Point
+Attention and the backbone update.
+
+Shapes: `*` batch dims, N = N_res residues, H heads, P points per head. A frame T = (R, t) maps
+local coordinates x to global ones T . x = R x + t (Supplement 1.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memtrain.models.alphafold.primitives import LayerNorm, Linear, mask_bias
+
+# Idealised backbone atoms in the residue frame (Angstrom), AlphaFold's rigid_group_atom_positions
+# (Engh & Huber 1991 geometry): N, CA at the origin, C on the x axis; N-CA 1.460 A, CA-C 1.526 A,
+# N-CA-C 111.1 degrees.
+BACKBONE_LOCAL = ((-0.525, 1.363, 0.0), (0.0, 0.0, 0.0), (1.526, 0.0, 0.0))
+
+
+# -- rigid frames ---------------------------------------------------------------------------------
+
+
+def quat_to_rot(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternion (a, b, c, d) [*, 4] -> rotation matrix [*, 3, 3] (Algorithm 23, line 3)."""
+    a, b, c, d = q.unbind(-1)
+    rows = (
+        (a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)),
+        (2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)),
+        (2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d),
+    )
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+
+def quat_multiply(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """Hamilton product q1 q2 [*, 4]; quat_to_rot(q1 q2) = quat_to_rot(q1) @ quat_to_rot(q2)."""
+    a1, b1, c1, d1 = q1.unbind(-1)
+    a2, b2, c2, d2 = q2.unbind(-1)
+    return torch.stack(
+        (
+            a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
+            a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
+            a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
+            a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
+        ),
+        dim=-1,
+    )
+
+
+@dataclass
+class Rigid:
+    """A batch of frames: rot [*, 3, 3], trans [*, 3] (batch shape `*`)."""
+
+    rot: torch.Tensor
+    trans: torch.Tensor
+
+    @classmethod
+    def identity(cls, shape: tuple[int, ...], device=None, dtype=torch.float32) -> Rigid:
+        rot = torch.eye(3, device=device, dtype=dtype).expand(*shape, 3, 3).clone()
+        return cls(rot, torch.zeros(*shape, 3, device=device, dtype=dtype))
+
+    @classmethod
+    def from_3_points(cls, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, eps: float = 1e-8) -> Rigid:
+        """Algorithm 21 (Gram-Schmidt): the frame at x2 with e1 along x3 - x2 and x1 in the e1-e2 plane.
+        For backbone frames x1, x2, x3 = N, CA, C. Each [*, 3]."""
+        v1, v2 = x3 - x2, x1 - x2
+        e1 = v1 / torch.sqrt(v1.square().sum(-1, keepdim=True) + eps)
+        u2 = v2 - e1 * (e1 * v2).sum(-1, keepdim=True)
+        e2 = u2 / torch.sqrt(u2.square().sum(-1, keepdim=True) + eps)
+        e3 = torch.cross(e1, e2, dim=-1)
+        return cls(torch.stack((e1, e2, e3), dim=-1), x2)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.trans.shape[:-1]
+
+    def compose(self, other: Rigid) -> Rigid:
+        """self . other: x -> R1 (R2 x + t2) + t1."""
+        return Rigid(self.rot @ other.rot, (self.rot @ other.trans.unsqueeze(-1)).squeeze(-1) + self.trans)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """T . x = R x + t; x [*, 3] with `*` broadcastable against the frames' batch shape."""
+        return (self.rot @ x.unsqueeze(-1)).squeeze(-1) + self.trans
+
+    def invert(self) -> Rigid:
+        rot_t = self.rot.transpose(-1, -2)
+        return Rigid(rot_t, -(rot_t @ self.trans.unsqueeze(-1)).squeeze(-1))
+
+    def invert_apply(self, x: torch.Tensor) -> torch.Tensor:
+        """T^-1 . x = R^T (x - t)."""
+        return (self.rot.transpose(-1, -2) @ (x - self.trans).unsqueeze(-1)).squeeze(-1)
+
+    def unsqueeze(self, dim: int) -> Rigid:
+        """Insert a batch dim (dim < 0 counts from the end of the batch shape)."""
+        if dim >= 0:
+            return Rigid(self.rot.unsqueeze(dim), self.trans.unsqueeze(dim))
+        return Rigid(self.rot.unsqueeze(dim - 2), self.trans.unsqueeze(dim - 1))
+
+    def scale_translation(self, factor: float) -> Rigid:
+        return Rigid(self.rot, self.trans * factor)
+
+
+# -- Invariant Point Attention --------------------------------------------------------------------
+
+
+class InvariantPointAttention(nn.Module):
+    """Algorithm 22. For each head h, residue i attends to residues j with logits
+
+        w_L ( q_i.k_j / sqrt(c) + b_ij - gamma^h w_C / 2 sum_p |T_i . q_ip - T_j . k_jp|^2 )
+
+    w_L = sqrt(1/3), w_C = sqrt(2 / (9 N_query_points)), gamma^h = softplus(head_weights^h); and
+    returns Linear(concat(sum_j a_ij z_ij, sum_j a_ij v_j, T_i^-1 . sum_j a_ij T_j . v_jp, their norms)).
+    The attention is invariant to a global rigid motion of all frames (Supplement 1.8.2).
+    """
+
+    def __init__(
+        self,
+        c_s: int,
+        c_z: int,
+        c_hidden: int = 16,
+        no_heads: int = 12,
+        no_qk_points: int = 4,
+        no_v_points: int = 8,
+        eps: float = 1e-8,
+    ):
+        super().__init__()
+        self.c_hidden, self.no_heads, self.no_qk_points, self.no_v_points, self.eps = (
+            c_hidden, no_heads, no_qk_points, no_v_points, eps,
+        )
+        hc = no_heads * c_hidden
+        # DISCREPANCY: Algorithm 22 writes LinearNoBias for the projections; AlphaFold's and
+        # OpenFold's code give them biases (and so does this module).
+        self.linear_q = Linear(c_s, hc)
+        self.linear_k = Linear(c_s, hc)
+        self.linear_v = Linear(c_s, hc)
+        self.linear_q_points = Linear(c_s, no_heads * no_qk_points * 3)
+        self.linear_k_points = Linear(c_s, no_heads * no_qk_points * 3)
+        self.linear_v_points = Linear(c_s, no_heads * no_v_points * 3)
+        self.linear_b = Linear(c_z, no_heads)
+        # softplus(0.5413) = 1: every head starts with point weight gamma^h = 1
+        self.head_weights = nn.Parameter(torch.full((no_heads,), math.log(math.e - 1.0)))
+        concat_dim = no_heads * (c_z + c_hidden + no_v_points * 4)
+        self.linear_out = Linear(concat_dim, c_s, init="final")
+
+    def forward(self, s: torch.Tensor, z: torch.Tensor, frames: Rigid, mask: torch.Tensor) -> torch.Tensor:
+        """s [*, N, C_s], z [*, N, N, C_z], frames (batch shape [*, N]), mask [*, N] -> [*, N, C_s]."""
+        h, c = self.no_heads, self.c_hidden
+        q = self.linear_q(s).unflatten(-1, (h, c))  # [*, N, H, c]
+        k = self.linear_k(s).unflatten(-1, (h, c))
+        v = self.linear_v(s).unflatten(-1, (h, c))
+        local = frames.unsqueeze(-1).unsqueeze(-1)  # broadcasts over [*, N, H, P]
+        q_pts = local.apply(self.linear_q_points(s).unflatten(-1, (h, self.no_qk_points, 3)))  # [*, N, H, P, 3] global
+        k_pts = local.apply(self.linear_k_points(s).unflatten(-1, (h, self.no_qk_points, 3)))
+        v_pts = local.apply(self.linear_v_points(s).unflatten(-1, (h, self.no_v_points, 3)))
+
+        w_l = math.sqrt(1.0 / 3.0)
+        w_c = math.sqrt(2.0 / (9.0 * self.no_qk_points))
+        logits = torch.einsum("...ihc,...jhc->...hij", q, k) / math.sqrt(c)  # [*, H, N, N]
+        logits = logits + self.linear_b(z).movedim(-1, -3)
+        # sum_p |q_ip - k_jp|^2 = |q_i|^2 + |k_j|^2 - 2 q_i.k_j over the (p, xyz) axes: a matmul instead
+        # of a [*, N, N, H, P, 3] difference tensor (the frames are in nm, so no cancellation trouble in fp32)
+        q_flat, k_flat = q_pts.flatten(-2).transpose(-2, -3), k_pts.flatten(-2).transpose(-2, -3)  # [*, H, N, 3P]
+        sq_dist = (
+            q_flat.square().sum(-1)[..., :, None]
+            + k_flat.square().sum(-1)[..., None, :]
+            - 2.0 * q_flat @ k_flat.transpose(-1, -2)
+        )  # [*, H, N, N]
+        gamma = F.softplus(self.head_weights)[:, None, None]  # [H, 1, 1]
+        logits = w_l * (logits - gamma * (w_c / 2.0) * sq_dist)
+        logits = logits + mask_bias(mask[..., :, None] * mask[..., None, :]).unsqueeze(-3)
+        a = torch.softmax(logits, dim=-1)  # [*, H, N, N]
+
+        o = torch.einsum("...hij,...jhc->...ihc", a, v)  # [*, N, H, c]
+        o_pair = torch.einsum("...hij,...ijc->...ihc", a, z)  # [*, N, H, C_z]
+        o_pts = torch.einsum("...hij,...jhpx->...ihpx", a, v_pts)  # [*, N, H, P_v, 3] global
+        o_pts = local.invert_apply(o_pts)  # back into frame i
+        o_pts_norm = torch.sqrt(o_pts.square().sum(-1) + self.eps)  # [*, N, H, P_v]
+        features = (o_pair.flatten(-2), o.flatten(-2), o_pts.flatten(-3), o_pts_norm.flatten(-2))
+        return self.linear_out(torch.cat(features, dim=-1))
+
+
+class BackboneUpdate(nn.Module):
+    """Algorithm 23: (b, c, d, t) = Linear(s_i); the rotation is the unit quaternion (1, b, c, d) / norm.
+
+    Zero-initialised ("final"), so the first update is the identity."""
+
+    def __init__(self, c_s: int):
+        super().__init__()
+        self.linear = Linear(c_s, 6, init="final")
+
+    def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """s [*, C_s] -> (unit quaternion [*, 4], translation [*, 3])."""
+        bcd, t = self.linear(s).split((3, 3), dim=-1)
+        quat = torch.cat([torch.ones_like(bcd[..., :1]), bcd], dim=-1)
+        return F.normalize(quat, dim=-1), t
+
+
+def compose_quat_update(
+    quat: torch.Tensor, trans: torch.Tensor, quat_update: torch.Tensor, trans_update: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T . T_update with T = (quat [*, 4], trans [*, 3]) (Algorithm 20 line 12). The rotations are
+    composed as quaternions and renormalised, so 8 updates do not drift off SO(3)."""
+    new_quat = F.normalize(quat_multiply(quat, quat_update), dim=-1)
+    new_trans = (quat_to_rot(quat) @ trans_update.unsqueeze(-1)).squeeze(-1) + trans
+    return new_quat, new_trans
+
+
+class StructureModuleTransition(nn.Module):
+    """Algorithm 20, lines 9-10: s <- LayerNorm(Dropout(s + Linear(relu(Linear(relu(Linear(s)))))))."""
+
+    def __init__(self, c_s: int, dropout: float):
+        super().__init__()
+        self.linear_1 = Linear(c_s, c_s, init="relu")
+        self.linear_2 = Linear(c_s, c_s, init="relu")
+        self.linear_3 = Linear(c_s, c_s, init="final")
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = LayerNorm(c_s)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        s = s + self.linear_3(torch.relu(self.linear_2(torch.relu(self.linear_1(s)))))
+        return self.layer_norm(self.dropout(s))
+
+
+# DISCREPANCY: the nm scale of the frames inside the structure module is AlphaFold's and
+# OpenFold's code (position_scale / trans_scale_factor = 10); Algorithm 20 does not spell it out.
+# DISCREPANCY: no torsion-angle ResNet (Algorithm 20 lines 13-18) and no side chains
+# (Algorithm 24): the module predicts backbone frames and, from them, the atoms N, CA, C only.
+class StructureModule(nn.Module):
+    """Algorithm 20 (backbone only): `no_blocks` layers sharing one set of weights of
+
+        s += IPA(s, z, T);  s = LayerNorm(Dropout(s));  s = Transition(s);  T = T . BackboneUpdate(s)
+
+    with the rotations' gradient stopped between layers (line 20).
+
+    Frames are kept internally in nm (translations divided by `trans_scale_factor` = 10) and
+    returned in Angstrom. Backbone only: frames and the atoms N, CA, C.
+
+    The module runs in its parameters' dtype with autocast off: the frame arithmetic over
+    `no_blocks` compositions is precision-sensitive (OpenFold also keeps it in fp32).
+    """
+
+    def __init__(
+        self,
+        c_s: int,
+        c_z: int,
+        c_hidden_ipa: int = 16,
+        no_heads_ipa: int = 12,
+        no_qk_points: int = 4,
+        no_v_points: int = 8,
+        no_blocks: int = 8,
+        dropout: float = 0.1,
+        trans_scale_factor: float = 10.0,
+    ):
+        super().__init__()
+        self.no_blocks, self.trans_scale_factor = no_blocks, trans_scale_factor
+        self.layer_norm_s = LayerNorm(c_s)
+        self.layer_norm_z = LayerNorm(c_z)
+        self.linear_in = Linear(c_s, c_s)
+        self.ipa = InvariantPointAttention(c_s, c_z, c_hidden_ipa, no_heads_ipa, no_qk_points, no_v_points)
+        self.ipa_dropout = nn.Dropout(dropout)
+        self.layer_norm_ipa = LayerNorm(c_s)
+        self.transition = StructureModuleTransition(c_s, dropout)
+        self.backbone_update = BackboneUpdate(c_s)
+
+    def forward(self, s: torch.Tensor, z: torch.Tensor, seq_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """s [*, N, C_s], z [*, N, N, C_z], seq_mask [*, N] -> dict of
+        frames_rot [L, *, N, 3, 3], frames_trans [L, *, N, 3] (Angstrom; the CA positions) per layer,
+        backbone_positions [*, N, 3, 3] (atoms N, CA, C of the last layer, Angstrom),
+        single [*, N, C_s] (the final s)."""
+        dtype = self.linear_in.weight.dtype
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            s, z, seq_mask = s.to(dtype), z.to(dtype), seq_mask.to(dtype)
+            s = self.linear_in(self.layer_norm_s(s))
+            z = self.layer_norm_z(z)
+            quat = s.new_zeros(*s.shape[:-1], 4)
+            quat[..., 0] = 1.0  # identity frames (line 4)
+            trans = s.new_zeros(*s.shape[:-1], 3)
+            rots, transs = [], []
+            for layer in range(self.no_blocks):
+                frames = Rigid(quat_to_rot(quat), trans)
+                s = s + self.ipa(s, z, frames, seq_mask)
+                s = self.layer_norm_ipa(self.ipa_dropout(s))
+                s = self.transition(s)
+                quat, trans = compose_quat_update(quat, trans, *self.backbone_update(s))
+                rots.append(quat_to_rot(quat))
+                transs.append(trans * self.trans_scale_factor)
+                if layer < self.no_blocks - 1:
+                    quat = quat.detach()  # line 20: stop the rotation gradient between layers
+            final = Rigid(rots[-1], transs[-1]).unsqueeze(-1)
+            local = torch.tensor(BACKBONE_LOCAL, device=s.device, dtype=dtype)  # [3 atoms, 3]
+            return {
+                "frames_rot": torch.stack(rots),
+                "frames_trans": torch.stack(transs),
+                "backbone_positions": final.apply(local),
+                "single": s,
+            }
