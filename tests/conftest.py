@@ -42,3 +42,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subpro
         [sys.executable, "-m", "memtrain.cli", *args],
         cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def write_file(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    """tmp_path/name holding `content` (bytes written as they are)."""
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path

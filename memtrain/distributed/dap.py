@@ -56,37 +56,17 @@ def _all_to_all(x: torch.Tensor, split_dim: int, cat_dim: int, group: ProcessGro
     return torch.cat(received.unbind(0), dim=cat_dim)
 
 
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return _all_gather(x, dim, group)
+class _Pair(torch.autograd.Function):
+    """A collective along one dim whose backward is its matching partner."""
 
     @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.dim, ctx.group), None, None
-
-
-class _GatherReplicated(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return _all_gather(x, dim, group)
+    def forward(ctx, x, dim, group, forward_fn, backward_fn):
+        ctx.dim, ctx.group, ctx.backward_fn = dim, group, backward_fn
+        return forward_fn(x, dim, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _shard(grad, ctx.dim, ctx.group), None, None
-
-
-class _Scatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return _shard(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.dim, ctx.group), None, None
+        return ctx.backward_fn(grad, ctx.dim, ctx.group), None, None, None, None
 
 
 class _AllToAll(torch.autograd.Function):
@@ -102,18 +82,18 @@ class _AllToAll(torch.autograd.Function):
 
 def gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     """All-gather the shards along `dim`; backward: reduce-scatter (sum) of the gradient."""
-    return _Gather.apply(x, dim, group)
+    return _Pair.apply(x, dim, group, _all_gather, _reduce_scatter)
 
 
 def gather_replicated(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     """All-gather the shards along `dim` into computation every rank repeats identically;
     backward: this rank's slice of the (identical) gradient."""
-    return _GatherReplicated.apply(x, dim, group)
+    return _Pair.apply(x, dim, group, _all_gather, _shard)
 
 
 def scatter(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     """This rank's shard of a replicated x along `dim`; backward: all-gather of the gradient."""
-    return _Scatter.apply(x, dim, group)
+    return _Pair.apply(x, dim, group, _shard, _all_gather)
 
 
 def row_to_col(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:

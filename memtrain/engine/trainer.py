@@ -3,7 +3,6 @@ with logging and checkpoints. Everything model-specific comes from the ModelSpec
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -10,6 +10,7 @@ import pytest
 from memtrain.data.errors import DataFormatError
 from memtrain.data.mmcif import parse_cif, polymer_sequences, read_mmcif_sequences
 from memtrain.data.sequences import default_protein_root
+from tests.conftest import write_file
 
 MMCIF_DIR = default_protein_root() / "mmcif"
 PDB_IDS = ("1psm", "2crb", "2q2k", "3u8v", "3zee", "4i6p", "4zey", "5kc1")
@@ -165,17 +166,8 @@ def test_malformed_text_names_source_and_line(text: str, line: int, fragment: st
     assert fragment in str(info.value)
 
 
-def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
-    path = tmp_path / name
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content)
-    return path
-
-
 def test_unterminated_text_field_in_file_names_the_file(tmp_path: Path) -> None:
-    path = _write(
+    path = write_file(
         tmp_path,
         "bad_text.cif",
         "data_bad\n_entity_poly.entity_id 1\n_entity_poly.pdbx_seq_one_letter_code_can\n;MKV\n",
@@ -186,7 +178,7 @@ def test_unterminated_text_field_in_file_names_the_file(tmp_path: Path) -> None:
 
 
 def test_loop_with_wrong_value_count_in_file_names_the_file(tmp_path: Path) -> None:
-    path = _write(
+    path = write_file(
         tmp_path,
         "bad_loop.cif",
         "data_bad\nloop_\n_entity_poly.entity_id\n_entity_poly.type\n"
@@ -198,7 +190,7 @@ def test_loop_with_wrong_value_count_in_file_names_the_file(tmp_path: Path) -> N
 
 
 def test_binary_cif_names_the_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "binary.cif", bytes(range(256)) * 4)
+    path = write_file(tmp_path, "binary.cif", bytes(range(256)) * 4)
     with pytest.raises(DataFormatError) as info:
         read_mmcif_sequences(path)
     assert str(path) in str(info.value)

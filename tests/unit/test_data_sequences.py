@@ -16,6 +16,7 @@ from memtrain.data.sequences import (
     read_fasta,
     ungap,
 )
+from tests.conftest import write_file
 
 ROOT = default_protein_root()
 
@@ -27,15 +28,6 @@ requires_data = pytest.mark.skipif(
 SHORT_FASTA_QUERY = "MAAHKGAEHHHKAAEHHEQAAKHHHAAAEHHEKGEHEQAAHHADTAYAHHKHAEEHAAQAAKHDAEHHAPKPH"
 
 
-def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
-    path = tmp_path / name
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content)
-    return path
-
-
 # --- FASTA -----------------------------------------------------------------------------------
 
 
@@ -45,7 +37,7 @@ def test_short_fasta_exact_records() -> None:
 
 
 def test_fasta_joins_lines_and_strips_whitespace(tmp_path: Path) -> None:
-    path = _write(
+    path = write_file(
         tmp_path,
         "multi.fasta",
         ">sp|P1| first protein \nMKV LLA\r\n  GGW*\n\n>second\nac-d.\n",
@@ -54,7 +46,7 @@ def test_fasta_joins_lines_and_strips_whitespace(tmp_path: Path) -> None:
 
 
 def test_empty_fasta_has_no_records(tmp_path: Path) -> None:
-    assert read_fasta(_write(tmp_path, "empty.fasta", "")) == []
+    assert read_fasta(write_file(tmp_path, "empty.fasta", "")) == []
 
 
 @pytest.mark.parametrize(
@@ -67,14 +59,14 @@ def test_empty_fasta_has_no_records(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_fasta_names_file_and_line(tmp_path: Path, content: str, fragment: str) -> None:
-    path = _write(tmp_path, "bad.fasta", content)
+    path = write_file(tmp_path, "bad.fasta", content)
     with pytest.raises(DataFormatError) as info:
         read_fasta(path)
     assert f"{path}, {fragment}" in str(info.value)
 
 
 def test_binary_fasta_names_the_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "binary.fasta", b">x\n\x89PNG\r\n\x1a\n\xff\xfe\x00\x01")
+    path = write_file(tmp_path, "binary.fasta", b">x\n\x89PNG\r\n\x1a\n\xff\xfe\x00\x01")
     with pytest.raises(DataFormatError) as info:
         read_fasta(path)
     assert str(path) in str(info.value)
@@ -108,7 +100,7 @@ def test_bfd_alignment_depth_and_alphabet() -> None:
 
 
 def test_a3m_skips_leading_comment_lines(tmp_path: Path) -> None:
-    path = _write(tmp_path, "hits.a3m", "#73\t1\n>101\nMKV-L\n>hit\n-KVaL\n")
+    path = write_file(tmp_path, "hits.a3m", "#73\t1\n>101\nMKV-L\n>hit\n-KVaL\n")
     assert read_a3m(path) == [("101", "MKV-L"), ("hit", "-KVaL")]
 
 
@@ -167,10 +159,10 @@ def test_load_respects_sources_and_limit() -> None:
 
 
 def test_load_deduplicates_in_path_order(tmp_path: Path) -> None:
-    _write(tmp_path, "b.fasta", ">x\nMKV\n>y\nGGA*\n")
+    write_file(tmp_path, "b.fasta", ">x\nMKV\n>y\nGGA*\n")
     (tmp_path / "a").mkdir()
-    _write(tmp_path / "a", "hits.a3m", ">q\nMK-V\n>h\nggA\n>h2\n---\n")
-    _write(tmp_path, "notes.txt", "not a sequence file")
+    write_file(tmp_path / "a", "hits.a3m", ">q\nMK-V\n>h\nggA\n>h2\n---\n")
+    write_file(tmp_path, "notes.txt", "not a sequence file")
     assert load_protein_sequences(tmp_path) == ["MKV", "GGA"]
     assert load_protein_sequences(tmp_path, sources=("fasta",)) == ["MKV", "GGA"]
 
@@ -183,7 +175,7 @@ def test_load_missing_root_mentions_env_var(tmp_path: Path) -> None:
 
 
 def test_load_empty_root_names_it(tmp_path: Path) -> None:
-    _write(tmp_path, "readme.md", "nothing here")
+    write_file(tmp_path, "readme.md", "nothing here")
     with pytest.raises(DataFormatError) as info:
         load_protein_sequences(tmp_path)
     assert str(tmp_path) in str(info.value)
