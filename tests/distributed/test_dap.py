@@ -73,3 +73,15 @@ def test_alphafold_recipe_with_dap_on_two_processes_trains_on_real_structures(tm
     assert len(losses) == 36
     # per-sample losses are noisy (each step is one cropped chain): compare 6-step means
     assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6 - 1.0, losses
+
+
+def test_dap_composes_with_data_parallelism(tmp_path):
+    """4 ranks: 2 DAP groups of 2, replicated (DDP) across; each group takes its own sample.
+    Dropout off: one process draws one mask for both samples, two replicas one each."""
+    small = [*ALPHAFOLD, "data.crop_size=16", "data.max_msa=4", "trainer.max_steps=2", "model.structure_dropout=0.0"]
+    reference = run(str(tmp_path / "single.pt"), [*small, "trainer.micro_batch_size=2"])
+    result = torchrun_worker(4, tmp_path / "result.pt", *small, "parallel=dap", "parallel.dp_replicate=2")
+    for name, g in reference["grads"].items():
+        # fp32: DAP's sums over shards and DDP's average over 2 replicas, in another order
+        torch.testing.assert_close(result["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5)
