@@ -37,6 +37,7 @@ OFFLOADS = {
     "zero1": ("none", "optimizer_cpu", "activations_cpu"),
     "zero2": ("none", "optimizer_cpu", "activations_cpu"),
     "zero3": ("none", "optimizer_cpu", "params_cpu", "nvme", "activations_cpu"),
+    "dap": ("none", "activations_cpu"),
 }
 
 
@@ -155,7 +156,8 @@ def fsdp_gathered_bytes(cfg: DictConfig, units: list[list[torch.Size]]) -> int:
 
 
 def torch_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelDims) -> ModelStates:
-    """single, ddp: every rank holds all the model states (model_state_bytes); DDP replicates them.
+    """single, ddp, dap: every rank holds all the model states (model_state_bytes); DDP and DAP
+    replicate them.
 
     fsdp, hsdp (FSDP2 fully_shard per block and root): parameters, gradients and optimizer states
     sharded over dp_shard (ZeRO stage 3's P_os+g+p, sec. 5.3) and replicated over dp_replicate
@@ -225,10 +227,15 @@ def activation_bytes(cfg: DictConfig) -> tuple[list[int], int, int]:
     # the residual stream is in the compute dtype and there are no autocast weight copies
     casts_params = cfg.parallel.name in ("fsdp", "hsdp", "zero1", "zero2", "zero3")
     residual = compute if casts_params else dtype_of(cfg.precision.param_dtype).itemsize
-    parts = spec.activation_bytes(cfg.model, cfg.trainer.micro_batch_size, cfg.data.seq_len, compute, residual)
+    parts = spec.activation_bytes(cfg, compute, residual)
+    if cfg.parallel.name == "dap":
+        # DAP splits the Evoformer's representations over the dap ranks (padded to a multiple);
+        # what runs outside the blocks is replicated on every rank
+        dap = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node).dap
+        parts = {**parts, "block": parts["block"] / dap, "block_input": parts["block_input"] / dap}
     ac = cfg.checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
-    n_blocks = cfg.model.n_layers
+    n_blocks = spec.num_blocks(cfg.model)
     recomputed = set(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k))
     per_block = []
     for i in range(n_blocks):

@@ -32,7 +32,10 @@ class ModelSpec:
     blocks: Callable[[nn.Module], nn.ModuleList]  # the repeated blocks (units of activation checkpointing)
     attention_core: str  # attribute path of the attention core inside a block, e.g. "attention.core"
     flops_per_token: Callable[[DictConfig, int], float | None]  # (model config, seq_len) -> training FLOPs per target
-    activation_bytes: Callable[..., dict[str, float]]  # analytic activation memory model, see memtrain.memory.estimator
+    # (config, compute dtype bytes, residual-stream dtype bytes) -> bytes saved for backward per
+    # micro-batch: "block", "block_input", "attention_core_freed", "outside_blocks"
+    activation_bytes: Callable[[DictConfig, int, int], dict[str, float]]
+    num_blocks: Callable[[DictConfig], int]  # model config -> number of blocks
     validate: Callable[[DictConfig], None]  # cross-field checks; raises memtrain.config.errors.ConfigError
     target_unit: str = "tokens"  # what num_targets counts, for throughput ("tokens_per_s")
     # model-specific parallelism: (model, mesh, config) -> None, in place (e.g. AlphaFold's DAP);

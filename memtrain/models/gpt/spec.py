@@ -47,8 +47,9 @@ def flops_per_token(mcfg: DictConfig, seq_len: int) -> float:
     return 6 * n + 12 * layers * d * seq_len
 
 
-def activation_bytes(mcfg: DictConfig, batch: int, seq_len: int, compute_bytes: int, residual_bytes: int) -> dict[str, float]:
-    """Bytes saved for the backward pass, per block and outside the blocks, for one micro-batch.
+def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -> dict[str, float]:
+    """Bytes saved for the backward pass, per block and outside the blocks, for one micro-batch
+    of trainer.micro_batch_size x data.seq_len tokens.
 
     Counted tensor by tensor for this implementation (B S D units; kvr = K / H; F = SwiGLU width):
       attention: norm input (r) + its rstd, norm output and normalized product (2r: nn.RMSNorm's
@@ -60,7 +61,8 @@ def activation_bytes(mcfg: DictConfig, batch: int, seq_len: int, compute_bytes: 
       under autocast, the low-precision copy of every matmul weight (autocast's weight cache).
     Attention is memory-efficient (SDPA flash / efficient kernels): no S x S matrix is kept.
     """
-    b, s, d = batch, seq_len, mcfg.dim
+    mcfg = cfg.model
+    b, s, d = cfg.trainer.micro_batch_size, cfg.data.seq_len, mcfg.dim
     heads = mcfg.n_heads
     kvr = (mcfg.n_kv_heads or heads) / heads
     hidden = ffn_hidden_size(d, mcfg.ffn_hidden, mcfg.multiple_of)
@@ -120,6 +122,7 @@ SPEC = register_spec(
         attention_core="attention.core",
         flops_per_token=flops_per_token,
         activation_bytes=activation_bytes,
+        num_blocks=lambda mcfg: mcfg.n_layers,
         validate=validate,
     )
 )
