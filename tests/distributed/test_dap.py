@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.distributed.harness import HERE, torchrun, torchrun_worker
 from tests.distributed.worker import run
 
-WORKER = str(Path(__file__).with_name("worker.py"))
-
-
-def torchrun_worker(nproc: int, out: Path, *overrides: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", WORKER, str(out),
-           *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return torch.load(out, weights_only=True)
-
-
 def test_communication_pairs_match_the_full_tensors():
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).with_name("dap_comm_worker.py"))]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = torchrun(2, HERE / "dap_comm_worker.py", timeout=180)
     assert proc.stdout.count(": ok") == 2
 
 

@@ -3,28 +3,22 @@ gradients, same resume."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY
+from tests.distributed.harness import HERE, torchrun_worker
+from tests.distributed.harness import torchrun as torchrun_script
 from tests.distributed.worker import run
 
-WORKER = str(Path(__file__).with_name("worker.py"))
 STEPS = ["trainer.max_steps=3", "optimizer.lr=1e-2", "trainer.warmup_steps=0"]
 
 
 def torchrun(nproc: int, out: Path, *overrides: str, timeout: float = 300) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", WORKER, str(out),
-           *TINY, *STEPS, *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return torch.load(out, weights_only=True)
+    """The worker on `nproc` ranks with the tiny model and STEPS."""
+    return torchrun_worker(nproc, out, *TINY, *STEPS, *overrides, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +54,6 @@ def test_matches_single_process(case, reference, tmp_path):
 
 def test_fp16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
     out = tmp_path / "skip.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).with_name("fp16_skip_worker.py")), str(out), *TINY]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun_script(2, HERE / "fp16_skip_worker.py", str(out), *TINY, timeout=300)
     results = torch.load(out, weights_only=True)["results"]
     assert results == [(True, False, 32768.0), (True, False, 32768.0)]  # skipped, unchanged, scale halved
