@@ -13,10 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from memtrain.config.errors import enum_names, require
 from memtrain.distributed.launch import world_size
-from memtrain.distributed.mesh import ParallelDims
+from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.models import get_spec
 
-PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp", "sp", "dap")
 IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap")
 # which parallel options each offload works with
 OFFLOAD_SUPPORT = {
@@ -61,7 +60,7 @@ def _validate_parallel(p: DictConfig) -> None:
     require(p.name in IMPLEMENTED_PARALLEL, "parallel.name", f"unknown parallel mode {p.name!r}",
             allowed=IMPLEMENTED_PARALLEL)
     if p.name == "single":
-        bad = [f"parallel.{k}={p[k]}" for k in PARALLEL_DEGREES if p[k] != 1]
+        bad = [f"parallel.{k}={p[k]}" for k in DIMS if p[k] != 1]
         require(not bad, bad[0].split("=")[0] if bad else "parallel",
                 f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
     model_parallel = [f"parallel.{k}={p[k]}" for k in ("tp", "pp", "sp") if p[k] != 1]

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from memtrain.config.errors import enum_names
 from memtrain.data.errors import DataFormatError
 
 
@@ -64,5 +65,5 @@ def synthetic_windows(cfg: DictConfig) -> PackedWindows:
 
 
 def build_lm_data(cfg: DictConfig) -> PackedWindows:
-    source = getattr(cfg.data.source, "name", cfg.data.source)
+    source = enum_names(cfg.data.source)
     return {"protein": protein_windows, "synthetic": synthetic_windows}[source](cfg)

@@ -42,7 +42,8 @@ def _reduce_scatter(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Ten
     return out.movedim(0, dim)
 
 
-def _shard(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+def local_shard(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+    """This rank's slice of x along `dim` (no autograd pairing: for masks and other constants)."""
     return x.chunk(dist.get_world_size(group), dim=dim)[dist.get_rank(group)].contiguous()
 
 
@@ -88,12 +89,12 @@ def gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
 def gather_replicated(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     """All-gather the shards along `dim` into computation every rank repeats identically;
     backward: this rank's slice of the (identical) gradient."""
-    return _Pair.apply(x, dim, group, _all_gather, _shard)
+    return _Pair.apply(x, dim, group, _all_gather, local_shard)
 
 
 def scatter(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     """This rank's shard of a replicated x along `dim`; backward: all-gather of the gradient."""
-    return _Pair.apply(x, dim, group, _shard, _all_gather)
+    return _Pair.apply(x, dim, group, local_shard, _all_gather)
 
 
 def row_to_col(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:

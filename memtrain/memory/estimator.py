@@ -219,7 +219,7 @@ def model_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelD
     return torch_states(cfg, units, dims)
 
 
-def activation_bytes(cfg: DictConfig) -> tuple[list[int], int, int]:
+def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], int, int]:
     """(saved bytes per block, saved bytes outside the blocks, recompute buffer) for one micro-batch."""
     spec = get_spec(cfg.model.arch)
     compute = dtype_of(cfg.precision.compute_dtype).itemsize
@@ -231,8 +231,7 @@ def activation_bytes(cfg: DictConfig) -> tuple[list[int], int, int]:
     if cfg.parallel.name == "dap":
         # DAP splits the Evoformer's representations over the dap ranks (padded to a multiple);
         # what runs outside the blocks is replicated on every rank
-        dap = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node).dap
-        parts = {**parts, "block": parts["block"] / dap, "block_input": parts["block_input"] / dap}
+        parts = {**parts, "block": parts["block"] / dims.dap, "block_input": parts["block_input"] / dims.dap}
     ac = cfg.checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
     n_blocks = spec.num_blocks(cfg.model)
@@ -261,7 +260,7 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
     dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
     units = param_units(cfg)
     states = model_states(cfg, units, dims)
-    per_block, outside, buffer = activation_bytes(cfg)
+    per_block, outside, buffer = activation_bytes(cfg, dims)
     saved = sum(per_block) + outside
     if cfg.offload.name == "activations_cpu":
         activations, host_activations = max(*per_block, outside, buffer), saved

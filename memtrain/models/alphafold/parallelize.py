@@ -35,17 +35,13 @@ from memtrain.distributed.dap import (
     col_to_row,
     gather,
     gather_replicated,
+    local_shard,
     pad_to_multiple,
     row_to_col,
     scatter,
 )
 from memtrain.models.alphafold.evoformer import EvoformerBlock, EvoformerStack
 from memtrain.models.alphafold.primitives import SharedDropout, residual
-
-
-def _local(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
-    """This rank's slice of a replicated tensor that needs no gradient (masks)."""
-    return x.chunk(dist.get_world_size(group), dim=dim)[dist.get_rank(group)]
 
 
 def _dropout(drop: SharedDropout, x: torch.Tensor, shard_dim: int, true_sizes: dict[int, int],
@@ -65,7 +61,7 @@ def _dropout(drop: SharedDropout, x: torch.Tensor, shard_dim: int, true_sizes: d
     for dim in true_sizes:
         mask = pad_to_multiple(mask, dim, padded[dim])  # true size <= padded: pads up to exactly padded
     if drop.shared_dim % x.dim() != shard_dim % x.dim():
-        mask = _local(mask, shard_dim, group)
+        mask = local_shard(mask, shard_dim, group)
     return x * mask
 
 
@@ -79,8 +75,8 @@ class DAPEvoformerBlock(EvoformerBlock):
         n_seq, n_res: the unpadded sizes, for dropout masks."""
         g = self.dap_group
         msa_sizes, pair_sizes = {-3: n_seq, -2: n_res}, {-3: n_res, -2: n_res}
-        msa_rows, msa_cols = _local(msa_mask, -2, g), _local(msa_mask, -1, g)
-        pair_rows, pair_cols = _local(pair_mask, -2, g), _local(pair_mask, -1, g)
+        msa_rows, msa_cols = local_shard(msa_mask, -2, g), local_shard(msa_mask, -1, g)
+        pair_rows, pair_cols = local_shard(pair_mask, -2, g), local_shard(pair_mask, -1, g)
 
         bias = gather(self.msa_att_row.pair_bias(z), -2, g)  # [*, H, R, R]
         m = residual(m, _dropout(self.msa_dropout_row, self.msa_att_row.attend(m, bias, msa_rows), -3, msa_sizes, g))

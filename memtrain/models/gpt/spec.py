@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import require
+from memtrain.config.errors import enum_names, require
 from memtrain.data.lm import build_lm_data
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.spec import ModelSpec, register_spec
@@ -103,7 +103,7 @@ def validate(cfg: DictConfig) -> None:
     require(kv >= 1 and m.n_heads % kv == 0, "model.n_kv_heads", f"n_kv_heads={kv} must divide n_heads={m.n_heads}")
     require(cfg.data.seq_len <= m.max_seq_len, "data.seq_len",
             f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
-    source = getattr(cfg.data.source, "name", cfg.data.source)
+    source = enum_names(cfg.data.source)
     require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
             allowed=["protein", "synthetic"])
     if source == "protein":
