@@ -205,6 +205,86 @@ class AdafactorConfig(OptimizerConfig):
     foreach: Optional[bool] = None
 
 
+@dataclass
+class LionConfig(OptimizerConfig):
+    """Lion (Chen et al. 2023): sign of an interpolated momentum; one moment per parameter."""
+
+    _target_: str = "memtrain.optim.lion.Lion"
+    lr: float = 1e-4  # the paper: 3-10x smaller than AdamW's
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.1
+
+
+@dataclass
+class SM3Config(OptimizerConfig):
+    """SM3-II (Anil et al. 2019): one accumulator per row and per column (per dim)."""
+
+    _target_: str = "memtrain.optim.sm3.SM3"
+    lr: float = 1e-2
+    momentum: float = 0.0  # > 0 adds a full-size momentum buffer
+    weight_decay: float = 0.0
+
+
+@dataclass
+class CAMEConfig(OptimizerConfig):
+    """CAME (Luo et al. 2023): factored second moment and factored confidence, with momentum."""
+
+    _target_: str = "memtrain.optim.came.CAME"
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999, 0.9999])
+    eps: list[float] = field(default_factory=lambda: [1e-30, 1e-16])
+    d: float = 1.0  # update clipping threshold
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamMiniConfig(OptimizerConfig):
+    """Adam-mini (Zhang et al. 2024): one second moment per head (Q, K), per output neuron
+    (other matrices), per tensor (vectors); AdamW for the modules named in adamw_names."""
+
+    _target_: str = "memtrain.optim.adam_mini.AdamMini"
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    adamw_names: list[str] = field(default_factory=lambda: ["tok_embeddings", "output"])
+
+
+@dataclass
+class AdamWBF16Config(OptimizerConfig):
+    """AdamW with both moments stored in bfloat16 (stochastically rounded)."""
+
+    _target_: str = "memtrain.optim.adamw_bf16.AdamWBF16"
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    stochastic_rounding: bool = True
+    seed: int = 0
+
+
+@dataclass
+class AdamW8bitConfig(OptimizerConfig):
+    """bitsandbytes' 8-bit AdamW (Dettmers et al. 2022): block-wise quantized moments."""
+
+    _target_: str = "bitsandbytes.optim.AdamW8bit"
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    min_8bit_size: int = 4096  # smaller tensors keep 32-bit moments
+
+
+@dataclass
+class MeZOConfig(OptimizerConfig):
+    """MeZO (Malladi et al. 2023): zeroth-order SPSA, forward passes only, no state."""
+
+    _target_: str = "memtrain.optim.mezo.MeZO"
+    lr: float = 1e-6
+    eps: float = 1e-3  # perturbation scale
+    weight_decay: float = 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # data and trainer
 
@@ -265,6 +345,13 @@ def register_schemas() -> None:
         ("checkpoint", "checkpoint", ActivationCheckpointConfig),
         ("optimizer", "adamw", AdamWConfig),
         ("optimizer", "adafactor", AdafactorConfig),
+        ("optimizer", "lion", LionConfig),
+        ("optimizer", "sm3", SM3Config),
+        ("optimizer", "came", CAMEConfig),
+        ("optimizer", "adam_mini", AdamMiniConfig),
+        ("optimizer", "adamw_bf16", AdamWBF16Config),
+        ("optimizer", "adamw_8bit", AdamW8bitConfig),
+        ("optimizer", "mezo", MeZOConfig),
         ("data", "data", DataConfig),
         ("trainer", "trainer", TrainerConfig),
         ("launcher", "launcher", LauncherConfig),

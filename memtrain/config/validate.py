@@ -15,6 +15,7 @@ from memtrain.config.errors import enum_names, require
 from memtrain.distributed.launch import world_size
 from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.models import get_spec
+from memtrain.optim.compat import validate_optimizer
 
 IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap")
 # which parallel options each offload works with
@@ -38,6 +39,7 @@ def validate(cfg: DictConfig) -> None:
     require(ac.every_k >= 1, "checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
+    validate_optimizer(cfg)
     spec = get_spec(cfg.model.arch)
     require(cfg.parallel.name != "dap" or spec.parallelize is not None, "parallel",
             f"parallel=dap (Dynamic Axial Parallelism) splits AlphaFold's representations; model.arch={cfg.model.arch} has none")

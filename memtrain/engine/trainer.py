@@ -19,6 +19,7 @@ from memtrain.engine.checkpoint import Checkpointer
 from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.strategy import build_strategy
+from memtrain.engine.zeroth_order import zeroth_order_step
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
 from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
@@ -91,6 +92,8 @@ class Trainer:
         return [self.data.batch((first + j) * self.dims.dp + self.dp_rank, t.micro_batch_size) for j in range(t.grad_accum)]
 
     def train_step(self) -> StepResult:
+        if getattr(self.optimizer, "zeroth_order", False):  # e.g. MeZO: forward passes only
+            return zeroth_order_step(self)
         micro = self.micro_batches()
         # normalise by the tokens of the whole step on every data-parallel rank; the gradient
         # reduction averages over those ranks, hence the factor dp

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
+from memtrain.memory import optimizer_memory
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
 from memtrain.models import get_spec
 from memtrain.precision.amp import dtype_of
@@ -127,18 +128,15 @@ def shard(shape: torch.Size, n: int) -> torch.Size:
 
 def optimizer_bytes(cfg: DictConfig, shapes: list[torch.Size], state_bytes: int) -> int:
     """The optimizer's state for parameters of these shapes, its tensors `state_bytes` wide."""
-    name = cfg.optimizer._target_.rpartition(".")[2]
-    if name not in OPTIMIZER_STATE:
-        raise ConfigError("optimizer._target_", f"the estimator has no memory model of {cfg.optimizer._target_}",
-                          allowed=sorted(OPTIMIZER_STATE))
-    return sum(OPTIMIZER_STATE[name](s, state_bytes) for s in shapes)
+    return optimizer_memory.state_bytes(cfg, shapes, state_bytes)  # every optimizer's formula
 
 
 def model_state_bytes(cfg: DictConfig, shapes: list[torch.Size]) -> tuple[int, int, int]:
     """(parameters, gradients, optimizer states) in bytes, as torch holds them: parameters in
     param_dtype (autocast keeps them, casting per op), gradients and optimizer states alike."""
     param_bytes = dtype_of(cfg.precision.param_dtype).itemsize
-    return numel(shapes) * param_bytes, numel(shapes) * param_bytes, optimizer_bytes(cfg, shapes, param_bytes)
+    grads = 0 if optimizer_memory.zeroth_order(cfg) else numel(shapes) * param_bytes  # MeZO: no .grad
+    return numel(shapes) * param_bytes, grads, optimizer_bytes(cfg, shapes, param_bytes)
 
 
 def fsdp_gathered_bytes(cfg: DictConfig, units: list[list[torch.Size]]) -> int:
@@ -266,6 +264,8 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         activations, host_activations = max(*per_block, outside, buffer), saved
     else:
         activations, host_activations = saved + buffer, 0
+    if optimizer_memory.zeroth_order(cfg):  # forward passes under no_grad: inference's working set
+        activations, host_activations, buffer = optimizer_memory.inference_activation_bytes(per_block, outside), 0, 0
     return MemoryEstimate(
         params=states.params,
         grads=states.grads,

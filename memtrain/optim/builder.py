@@ -23,10 +23,13 @@ def build_optimizer(ocfg: DictConfig, model: nn.Module, device_type: str) -> tor
     kwargs = OmegaConf.to_container(ocfg, resolve=True)
     if "fused" in kwargs and kwargs["fused"] is None:
         kwargs["fused"] = device_type == "cuda"  # fused kernels where they exist, foreach elsewhere
-    for key in ("betas", "eps"):
+    for key in ("betas", "eps", "adamw_names"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     factory = instantiate(OmegaConf.create(kwargs))
+    build_groups = getattr(factory.func, "build_param_groups", None)  # e.g. Adam-mini's blocks
+    if build_groups is not None:
+        return factory(build_groups(model, ocfg.weight_decay, *[kwargs[k] for k in ("adamw_names",) if k in kwargs]))
     return factory(param_groups(model, ocfg.weight_decay))
 
 

@@ -1,0 +1,76 @@
+"""AdamW (Loshchilov & Hutter 2019, Algorithm 2) with both moments stored in bfloat16.
+
+The step is computed in float32 from the upcast moments and applied to the (float32) parameters
+exactly as AdamW; only the stored moments are rounded to bfloat16, with stochastic rounding
+(round up with probability equal to the dropped fraction: unbiased, E[SR(x)] = x). Round-to-nearest
+would stall the second moment: bfloat16 keeps 8 significant bits, so once (1 - beta2) g^2 / v falls
+under 2^-9 (beta2 = 0.95 and a steady gradient already give 0.05 g^2 / v; beta2 = 0.999 gives 2^-10)
+every update of v rounds back to the old value. The rounding noise comes from a generator seeded
+with `seed`, so data-parallel replicas round alike.
+
+State per parameter: exp_avg and exp_avg_sq, 2 + 2 bytes per element (AdamW in fp32: 8).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.tensor import DTensor
+
+
+def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """float32 x -> bfloat16, rounding up with probability (dropped low 16 bits) / 2^16."""
+    local = x.to_local() if isinstance(x, DTensor) else x
+    bits = local.contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, bits.shape, generator=generator, dtype=torch.int32, device=bits.device)
+    rounded = ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)  # exact: low bits are zero
+    if isinstance(x, DTensor):
+        return DTensor.from_local(rounded, x.device_mesh, x.placements, shape=x.shape, stride=x.stride())
+    return rounded
+
+
+class AdamWBF16(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.0, stochastic_rounding: bool = True, seed: int = 0):
+        if lr <= 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"AdamW needs lr > 0 and betas in [0, 1), got lr={lr}, betas={betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.stochastic_rounding, self.seed = stochastic_rounding, seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def _round(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.stochastic_rounding:
+            return x.to(torch.bfloat16)
+        device = x.device
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device).manual_seed(self.seed)
+        return stochastic_round_bf16(x, self._generators[device])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.float()
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                state["step"] += 1
+                t = float(state["step"])
+                m = state["exp_avg"].float().lerp_(g, 1 - beta1)
+                v = state["exp_avg_sq"].float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.addcdiv_(m.to(p.dtype), denom.to(p.dtype), value=-lr / (1 - beta1**t))
+                state["exp_avg"].copy_(self._round(m))
+                state["exp_avg_sq"].copy_(self._round(v))
+        return loss

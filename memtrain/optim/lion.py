@@ -1,0 +1,47 @@
+"""Lion: EvoLved Sign Momentum (Chen et al. 2023, "Symbolic Discovery of Optimization
+Algorithms", Algorithm 2).
+
+One moment m per parameter (same shape and dtype as the parameter), no second moment:
+
+    c_t = beta1 * m_{t-1} + (1 - beta1) * g_t
+    theta_t = theta_{t-1} - lr * (sign(c_t) + lambda * theta_{t-1})
+    m_t = beta2 * m_{t-1} + (1 - beta2) * g_t
+
+Every operation is elementwise, so it runs unchanged on FSDP2's DTensor shards and on DeepSpeed's
+flat ZeRO partitions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Lion(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
+        if lr <= 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"Lion needs lr > 0 and betas in [0, 1), got lr={lr}, betas={betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                m = state["exp_avg"]
+                update = (m * beta1 + g * (1 - beta1)).sign_()  # sign(c_t)
+                if wd:
+                    p.mul_(1 - lr * wd)  # - lr * lambda * theta_{t-1}
+                p.add_(update, alpha=-lr)
+                m.lerp_(g, 1 - beta2)  # m_t = beta2 m + (1 - beta2) g
+        return loss
