@@ -1,6 +1,6 @@
 """Optimizers under data parallelism (gloo, CPU, 2 processes) against the single-process run of
 the same global batch: Adam-mini and SM3 under FSDP2 (per-head statistics across row shards, a
-column max across shards), Lion under ZeRO-2 (flat partitions).
+column max across shards), Lion under ZeRO-2 (flat partitions), MeZO under DDP.
 
 Tolerances as tests/distributed/test_data_parallel.py: fp32 sums reordered across ranks; three
 steps later losses agree to 1e-5 relative. A wrong partition (e.g. per-row instead of per-head
@@ -19,6 +19,8 @@ CASES = {
     "adam_mini-fsdp": (["optimizer=adam_mini", "optimizer.lr=1e-2"], ["parallel=fsdp"]),
     "sm3-fsdp": (["optimizer=sm3", "optimizer.lr=1e-2"], ["parallel=fsdp"]),
     "lion-zero2": (["optimizer=lion", "optimizer.lr=1e-3"], ["parallel=zero2"]),
+    # one seed on every rank and the loss of the whole batch: the same SPSA step as one process
+    "mezo-ddp": (["optimizer=mezo", "optimizer.lr=1e-3"], ["parallel=ddp"]),
 }
 
 
