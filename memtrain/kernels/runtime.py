@@ -1,7 +1,8 @@
 """Which Triton variant runs a kernel: compiled for CUDA tensors, the interpreter for CPU tensors
-when TRITON_INTERPRET=1. Both variants are built from the same Python source, whatever
-TRITON_INTERPRET was when kernel.py was imported, so the choice is made per call by the tensors'
-device and never depends on import order."""
+when TRITON_INTERPRET=1. Both are built from the kernel's Python source, so the choice is made per
+call by the tensors' device. Triton's own @jit library (tl.sum, tl.max) is interpreted or compiled
+as TRITON_INTERPRET was when Triton was imported, so the interpreter needs the variable set before
+that import (and a process that imported Triton interpreted cannot also compile kernels)."""
 
 from __future__ import annotations
 
