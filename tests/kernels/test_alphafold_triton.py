@@ -8,7 +8,7 @@ import torch
 
 from memtrain.config.errors import ConfigError
 from memtrain.models.alphafold.evoformer import MSARowAttentionWithPairBias, TriangleAttention
-from memtrain.models.alphafold.primitives import FusedLayerNorm, LayerNorm, set_attention_backend
+from memtrain.models.alphafold.primitives import AttentionBackend, FusedLayerNorm, LayerNorm, set_attention_backend
 from tests.unit.alphafold.helpers import randomize_
 
 # fp32 throughout; the naive path rounds nothing the kernel keeps in fp32, so the two differ only
@@ -80,3 +80,26 @@ def test_validation_refuses_triton_without_cuda_or_interpreter(compose, monkeypa
     assert "TRITON_INTERPRET" in str(err.value)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     validate(cfg)  # the interpreter is an explicit opt-in
+
+
+def test_masked_keys_have_exactly_zero_weight_and_masked_rows_stay_finite():
+    """tests/unit/alphafold/test_primitives.py's masking checks, for the triton backend."""
+    from memtrain.models.alphafold.primitives import Attention, mask_bias
+
+    torch.manual_seed(0)
+    att = randomize_(Attention(8, 8, 8, c_hidden=16, no_heads=2))
+    att.backend = AttentionBackend.triton
+    x = torch.randn(3, 6, 8)
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    changed = x.clone()
+    changed[:, [2, 4]] = 100.0 * torch.randn(3, 2, 8)
+    with torch.no_grad():
+        out_a = att(x, x, [mask_bias(mask)])[:, [0, 1, 3, 5]]
+        out_c = att(x, changed, [mask_bias(mask)])[:, [0, 1, 3, 5]]  # masked keys/values changed
+        # exp2 of (-1e4 + O(10)) * log2(e) is exactly 0 in fp32: the masked keys contribute nothing
+        torch.testing.assert_close(out_a, out_c, rtol=0, atol=0)
+        half = copy.deepcopy(att).to(torch.float16)
+        m2 = torch.zeros(2, 6, dtype=torch.float16)
+        m2[0] = 1.0  # batch 1 fully masked
+        out = half(x[:2].half(), x[:2].half(), [mask_bias(m2)[:, None, None, :]])
+        assert torch.isfinite(out).all()
