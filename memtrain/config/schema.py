@@ -55,6 +55,7 @@ class DataSource(Enum):
 class AttentionBackend(Enum):
     naive = "naive"  # explicit softmax(QK^T + bias)V, softmax in fp32
     sdpa = "sdpa"  # torch scaled_dot_product_attention with the biases as a float mask
+    triton = "triton"  # fused Triton kernels (memtrain.kernels): pair-bias attention and layer norm
 
 
 # ---------------------------------------------------------------------------------------------

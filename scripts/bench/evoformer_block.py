@@ -41,6 +41,11 @@ VARIANTS = {  # name -> (attention backend, chunk size, recompute the block in b
     "memtrain sdpa + checkpoint": ("sdpa", None, True),
 }
 
+TRITON_VARIANTS = {  # with --triton: the fused kernels (memtrain.kernels), attention and layer norm
+    "memtrain triton": ("triton", None, False),
+    "memtrain triton + checkpoint": ("triton", None, True),
+}
+
 
 def time_block(block, inputs, checkpoint: bool, dtype, repeats: int, device) -> tuple[float, int | None]:
     m, z, msa_mask, pair_mask = inputs
@@ -77,7 +82,8 @@ def compare(args, device, console) -> list[dict]:
     for col in ("variant", "ms", "vs plain", "peak GiB", "vs plain "):
         table.add_column(col, justify="left" if col == "variant" else "right")
     rows, base = [], None
-    for name, (backend, chunk, ckpt) in VARIANTS.items():
+    variants = dict(VARIANTS, **(TRITON_VARIANTS if args.triton else {}))
+    for name, (backend, chunk, ckpt) in variants.items():
         set_attention_backend(block, backend)
         set_chunk_size(block, chunk)
         try:
@@ -112,6 +118,8 @@ def largest_crop(args, console) -> list[dict]:
         "+ sdpa + chunk 16 + activations_cpu": ["model.attention_backend=sdpa", "model.chunk_size=16",
                                                  "offload=activations_cpu"],
     }
+    if args.triton:
+        configs["+ triton"] = ["model.attention_backend=triton"]
     rows = []
     for name, extra in configs.items():
         lo, hi = 0, 128
@@ -137,6 +145,8 @@ def main() -> None:
     p.add_argument("--max-crop", type=int, default=2048)
     p.add_argument("--timeout", type=float, default=1200)
     p.add_argument("--json", type=Path)
+    p.add_argument("--triton", action="store_true",
+                   help="also run attention_backend=triton (CUDA, or CPU with TRITON_INTERPRET=1 at tiny sizes)")
     args = p.parse_args()
     device = torch.device(args.device)
     console = Console(width=140)

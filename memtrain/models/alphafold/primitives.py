@@ -101,6 +101,20 @@ class LayerNorm(nn.LayerNorm):
         return out.to(x.dtype)
 
 
+class FusedLayerNorm(LayerNorm):
+    """LayerNorm through the fused Triton kernel (memtrain.kernels.layer_norm): same parameters and
+    the same numbers (fp32 statistics, output in the input's dtype). `set_attention_backend(model,
+    "triton")` switches a model's LayerNorm modules to this class in place (same parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from memtrain.kernels.layer_norm import layer_norm
+
+        if len(self.normalized_shape) != 1:
+            return super().forward(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return layer_norm(x, self.weight, self.bias, self.eps)
+
+
 # -- attention ------------------------------------------------------------------------------------
 
 
@@ -109,6 +123,7 @@ class AttentionBackend(Enum):
 
     naive = "naive"  # explicit logits, softmax in fp32; every intermediate is a plain tensor
     sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention, biases summed into a float mask
+    triton = "triton"  # memtrain.kernels.evoformer_attention: fused, the pair bias never expanded over rows
 
 
 def resolve_backend(backend: Any) -> AttentionBackend:
@@ -168,7 +183,28 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: li
     return out.reshape(*batch, *out.shape[-3:])
 
 
-_BACKENDS = {AttentionBackend.naive: naive_attention, AttentionBackend.sdpa: sdpa_attention}
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: list[torch.Tensor]) -> torch.Tensor:
+    """Same contract as naive_attention, through the fused Triton kernel. Biases whose head and
+    query dims are 1 ([*, 1, 1, K]: mask biases) are summed into one per-key bias that takes no
+    gradient; the others are summed into the pair bias, which keeps its broadcast dims (the kernel
+    reduces its gradient over them). The [*, H, Q, D] views are passed as [*, Q, H, D] views."""
+    from memtrain.kernels.evoformer_attention import evoformer_attention
+
+    key_biases = [b for b in biases if b.dim() >= 3 and b.shape[-3] == 1 and b.shape[-2] == 1]
+    pair = _sum_biases([b for b in biases if not any(b is kb for kb in key_biases)])
+    key = _sum_biases([b.squeeze(-2).squeeze(-2) for b in key_biases])
+    if key is not None and key.requires_grad:
+        # DISCREPANCY: the kernel gives per-key (mask) biases no gradient; one that needs it joins the pair bias
+        pair, key = (key[..., None, None, :] if pair is None else pair + key[..., None, None, :]), None
+    o = evoformer_attention(q.transpose(-2, -3), k.transpose(-2, -3), v.transpose(-2, -3), bias=pair, key_bias=key)
+    return o.transpose(-2, -3)
+
+
+_BACKENDS = {
+    AttentionBackend.naive: naive_attention,
+    AttentionBackend.sdpa: sdpa_attention,
+    AttentionBackend.triton: triton_attention,
+}
 
 
 class Attention(nn.Module):
@@ -221,6 +257,9 @@ def set_attention_backend(model: nn.Module, backend: Any) -> None:
     for module in model.modules():
         if isinstance(module, Attention):
             module.backend = resolved
+        elif isinstance(module, LayerNorm):
+            # the fused layer norm goes with the fused attention; parameters stay the same objects
+            module.__class__ = FusedLayerNorm if resolved is AttentionBackend.triton else LayerNorm
 
 
 def set_chunk_size(model: nn.Module, chunk_size: int | None) -> int:
