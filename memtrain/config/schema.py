@@ -129,7 +129,6 @@ class ParallelConfig:
     pp: int = 1
     sp: int = 1
     dap: int = 1
-    spatial: int = 1  # weather models: ranks sharing one sample, its token grid split along latitude
     reshard_after_forward: bool = True  # fsdp/hsdp: free gathered parameters after the forward
     backend: Optional[str] = None  # process-group backend; None: nccl on CUDA, gloo on CPU
 
@@ -295,7 +294,6 @@ class PanguConfig(ModelConfig):
     heads: list[int] = field(default_factory=lambda: [6, 12, 12, 6])
     mlp_ratio: float = 4.0
     drop_path: float = 0.2  # stochastic depth, linearly increasing to this rate
-    lat_window_multiple: int = 1  # pad each stage's latitude windows to a multiple of this (spatial sharding)
 
 
 @dataclass
@@ -316,7 +314,6 @@ class FuXiConfig(ModelConfig):
     heads: int = 24
     mlp_ratio: float = 4.0
     drop_path: float = 0.2
-    lat_window_multiple: int = 1
 
 
 def register_schemas() -> None:
