@@ -50,6 +50,7 @@ class DataSource(Enum):
     protein = "protein"  # sequences (FASTA, A3M, mmCIF) for language models
     synthetic = "synthetic"  # random tokens for language models
     structure = "structure"  # mmCIF structures + A3M alignments as AlphaFold features
+    era5 = "era5"  # ERA5-format gridded weather fields (NetCDF or Zarr) as lead-time pairs
 
 
 class AttentionBackend(Enum):
@@ -333,6 +334,69 @@ class TrainConfig:
     launcher: LauncherConfig = MISSING
 
 
+# ---------------------------------------------------------------------------------------------
+# weather: ERA5-format data and the Pangu-Weather / FuXi models (memtrain.models.weather)
+
+PRESSURE_LEVELS = [1000, 925, 850, 700, 600, 500, 400, 300, 250, 200, 150, 100, 50]  # hPa, ERA5's 13
+
+
+@dataclass
+class ERA5DataConfig(DataConfig):
+    """Gridded fields in ERA5's layout (time, level, latitude, longitude), read with xarray from
+    NetCDF (*.nc) or Zarr (*.zarr) under `root`; each sample is (fields at t, fields at t + lead_time).
+    root=None: a small synthetic dataset on the model's grid is generated in the run directory."""
+
+    source: DataSource = DataSource.era5
+    upper_variables: list[str] = field(default_factory=lambda: ["z", "q", "t", "u", "v"])
+    surface_variables: list[str] = field(default_factory=lambda: ["msl", "u10", "v10", "t2m"])
+    levels: list[int] = field(default_factory=lambda: list(PRESSURE_LEVELS))  # hPa, selected from the files
+    lead_time: int = 1  # target = input time step + lead_time (in the files' time steps)
+    time_steps: Optional[int] = None  # use the first N time steps of the files; None: all
+    stats: Optional[str] = None  # normalization file (<var>_mean, <var>_std per level); None: computed from the data
+    format: str = "netcdf"  # netcdf | zarr: what the synthetic generator writes when root is None
+    synthetic_time_steps: int = 24  # time steps the generator writes (6-hourly)
+
+
+@dataclass
+class PanguConfig(ModelConfig):
+    """Pangu-Weather's 3D Earth-specific transformer (Bi et al. 2023, Nature 619; Methods and its
+    pseudocode). Defaults are the published model at 0.25 degrees."""
+
+    arch: str = "pangu"
+    n_levels: int = 13  # pressure levels of the upper-air variables
+    n_lat: int = 721
+    n_lon: int = 1440
+    n_upper: int = 5  # z, q, t, u, v
+    n_surface: int = 4  # msl, u10, v10, t2m
+    patch_size: list[int] = field(default_factory=lambda: [2, 4, 4])  # (level, lat, lon); surface uses (lat, lon)
+    window_size: list[int] = field(default_factory=lambda: [2, 6, 12])  # (level, lat, lon) tokens per window
+    dim: int = 192  # C of the first stage; the second stage has 2C
+    depths: list[int] = field(default_factory=lambda: [2, 6, 6, 2])
+    heads: list[int] = field(default_factory=lambda: [6, 12, 12, 6])
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.2  # stochastic depth, linearly increasing to this rate
+
+
+@dataclass
+class FuXiConfig(ModelConfig):
+    """FuXi's Swin V2 U-transformer (Chen et al. 2023, npj Clim. Atmos. Sci. 6:190). Defaults are
+    the published width and depth at 0.25 degrees."""
+
+    arch: str = "fuxi"
+    n_levels: int = 13
+    n_lat: int = 721
+    n_lon: int = 1440
+    n_upper: int = 5
+    n_surface: int = 4
+    patch_size: int = 4  # cube embedding's spatial patch (lat, lon)
+    window_size: list[int] = field(default_factory=lambda: [9, 9])  # (lat, lon) tokens per window
+    dim: int = 1536
+    depth: int = 48
+    heads: int = 24
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.2
+
+
 def register_schemas() -> None:
     """Register every schema under /schema/<group>/<name> (idempotent)."""
     cs = ConfigStore.instance()
@@ -356,5 +420,8 @@ def register_schemas() -> None:
         ("data", "data", DataConfig),
         ("trainer", "trainer", TrainerConfig),
         ("launcher", "launcher", LauncherConfig),
+        ("model", "pangu", PanguConfig),
+        ("model", "fuxi", FuXiConfig),
+        ("data", "era5", ERA5DataConfig),
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node)

@@ -68,3 +68,21 @@ def format_line(record: dict[str, Any], max_steps: int, unit: str = "tokens") ->
     if record.get("skipped_steps"):
         parts.append(f"[yellow]skipped {record['skipped_steps']}[/]")
     return "  ".join(parts)
+
+
+class MetricMeans:
+    """Running means of a model's extra metrics (ModelSpec.metrics) between two logged steps."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+        self.sums, self.count = {}, 0
+        return out

@@ -20,6 +20,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
 from memtrain.engine.checkpoint import Checkpointer
+from memtrain.engine.metrics import MetricMeans
 from memtrain.models.spec import ModelSpec
 from memtrain.optim.builder import build_optimizer
 from memtrain.precision.amp import Precision
@@ -70,6 +71,8 @@ class TorchStrategy:
             )
         self.model = model
         self.optimizer = build_optimizer(cfg.optimizer, model, device.type)
+        self.metric_fn = spec.metrics(cfg) if spec.metrics is not None else None
+        self.extra_metrics = MetricMeans()
 
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
         if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
@@ -77,7 +80,10 @@ class TorchStrategy:
         no_sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not sync else contextlib.nullcontext()
         with no_sync:
             with self.precision.autocast(), activation_context(self.cfg.offload, self.device):
-                loss, _ = self.spec.loss_fn(self.model(inputs), targets)
+                outputs = self.model(inputs)
+                loss, _ = self.spec.loss_fn(outputs, targets)
+                if self.metric_fn is not None:
+                    self.extra_metrics.add(self.metric_fn(outputs, targets))
             self.precision.scaler.scale(loss * scale).backward()
         return loss.detach()
 

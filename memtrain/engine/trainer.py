@@ -181,6 +181,8 @@ class Trainer:
                         "skipped_steps": skipped,
                         "loss_scale": self.precision.scaler.get_scale() if self.precision.scaler.is_enabled() else None,
                     }
+                    if hasattr(self.strategy, "extra_metrics"):  # per-variable metrics (ModelSpec.metrics)
+                        record.update(self.strategy.extra_metrics.pop())
                     if metrics:
                         metrics.log(record)
                     records.append(record)

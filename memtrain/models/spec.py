@@ -42,6 +42,9 @@ class ModelSpec:
     # its gradient reduction after backward: (model, mesh) -> None
     parallelize: Callable[..., None] | None = None
     reduce_gradients: Callable[..., None] | None = None
+    # extra logged metrics: config -> ((model outputs, targets) -> {name: value}) per micro-batch,
+    # averaged over the micro-batches of each logging interval (e.g. per-variable RMSE)
+    metrics: Callable[[DictConfig], Callable[[Any, Batch], dict[str, float]]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

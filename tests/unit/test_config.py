@@ -19,6 +19,11 @@ COMPANIONS = {
     ("model", "alphafold_tiny"): ["data=structure"],
     ("data", "structure"): ["model=alphafold_tiny"],
     ("parallel", "dap"): ["model=alphafold_tiny", "data=structure"],
+    ("model", "pangu"): ["data=era5"],
+    ("model", "pangu_tiny"): ["data=era5"],
+    ("model", "fuxi"): ["data=era5"],
+    ("model", "fuxi_tiny"): ["data=era5"],
+    ("data", "era5"): ["model=pangu_tiny"],
 }
 GROUPS = ["model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]

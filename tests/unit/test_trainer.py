@@ -110,6 +110,11 @@ SHRINK = {
             "trainer.micro_batch_size=4"],
     "alphafold": ["model=alphafold_tiny", "data.crop_size=16", "data.max_msa=4", "trainer.micro_batch_size=1",
                   "precision=fp32"],
+    "pangu": ["model=pangu_tiny", "model.n_lat=16", "model.n_lon=32", "model.n_levels=3", "data.levels=[1000,850,500]",
+              "model.dim=16", "model.window_size=[2,2,4]", "data.synthetic_time_steps=4", "trainer.micro_batch_size=1"],
+    "fuxi": ["model=fuxi_tiny", "model.n_lat=16", "model.n_lon=32", "model.n_levels=3", "data.levels=[1000,850,500]",
+             "model.dim=16", "model.depth=2", "model.window_size=[2,4]", "data.synthetic_time_steps=4",
+             "trainer.micro_batch_size=1"],
 }
 
 
