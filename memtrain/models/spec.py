@@ -42,6 +42,10 @@ class ModelSpec:
     # its gradient reduction after backward: (model, mesh) -> None
     parallelize: Callable[..., None] | None = None
     reduce_gradients: Callable[..., None] | None = None
+    # pipeline parallelism: (model, stage ids, number of stages) -> one module per stage id, each
+    # taking the previous stage's output (the first the model inputs, the last giving the model
+    # outputs), sharing the model's modules and parameter names; None: no pipeline split
+    pipeline_fn: Callable[[nn.Module, list[int], int], list[nn.Module]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
