@@ -162,20 +162,20 @@ class PipelineStrategy(TorchStrategy):
         self._scale = 1.0
 
     def _wrap(self, stage: nn.Module) -> nn.Module:
-        """The model's own parallelism inside the stage, then data parallelism over the stage."""
+        """The model's own parallelism inside the stage, then data parallelism over the stage:
+        FSDP2 over dp_shard (and dp_replicate: HSDP). Replicas alone (parallel=pp or ddp with
+        dp_replicate > 1) are FSDP2 on the (dp_replicate, dp_shard=1) mesh, i.e. replicated
+        parameters with all-reduced gradients, since the schedules' per-micro-batch backward does
+        not fit DDP's reducer (its first-iteration bucket rebuild counts every micro-batch)."""
         cfg, mesh = self.cfg, self.mesh
         if self.spec.parallelize is not None:
             self.spec.parallelize(stage, mesh, cfg)
-        if cfg.parallel.name in ("fsdp", "hsdp"):
+        if cfg.parallel.name in ("fsdp", "hsdp") or mesh["dp_replicate"].size() > 1:
             from memtrain.distributed.fsdp import apply_fsdp
 
             return apply_fsdp(stage, self.spec.blocks(stage), mesh, param_dtype=self.precision.compute_dtype,
                               reduce_dtype=torch.float32, reshard_after_forward=cfg.parallel.reshard_after_forward,
                               cpu_offload=False, pin_memory=False)
-        if mesh["dp_replicate"].size() > 1:
-            from memtrain.distributed.ddp import apply_ddp
-
-            return apply_ddp(stage, mesh, self.device)
         return stage
 
     def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
