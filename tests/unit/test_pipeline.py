@@ -114,5 +114,5 @@ def test_estimator_by_schedule(compose):
     cfg = compose(*base, tiny=False)
     boundary = cfg.trainer.micro_batch_size * cfg.data.seq_len * cfg.model.dim * 4
     assert one_f.comm_bytes == {"pp": boundary}
-    # ZB-V rank 0 holds stages 0 and 3 of 4: stage 0 sends activations, stage 3 gradients
-    assert zbv.comm_bytes == {"pp": 2 * boundary}
+    # ZB-V rank 1 holds the middle stages 1 and 2 of 4, each sending activations and gradients
+    assert zbv.comm_bytes == {"pp": 4 * boundary}
