@@ -100,6 +100,9 @@ def validate_pipeline(cfg: DictConfig, pp: int, num_blocks: int, spec: ModelSpec
                 f"must be fewer than pp or a multiple of {rounds} rounds")
     require(not cfg.precision.loss_scaling, "precision.loss_scaling",
             "dynamic loss scaling is not wired through the pipeline schedules; use precision=bf16 or fp32 with parallel.pp")
+    require(cfg.trainer.resume == "none", "trainer.resume",
+            "resuming a pipeline-parallel run is not supported yet (its checkpoints are saved, but the "
+            "optimizer's parameter groups differ per pipeline rank); use trainer.resume=none with parallel.pp")
     require(cfg.offload.name in PIPELINE_OFFLOAD, "offload.name",
             f"offload={cfg.offload.name} does not work with parallel.pp={pp}", allowed_label="It works with",
             allowed=PIPELINE_OFFLOAD)

@@ -35,6 +35,7 @@ PP2 = ["parallel=pp", "launcher.nproc_per_node=2", "model.n_layers=4", "trainer.
     (["precision=fp16"], "precision.loss_scaling", "loss scaling"),
     (["parallel.name=fsdp", "offload=params_cpu"], "offload.name", "does not work with parallel.pp"),
     (["model.tie_embeddings=true"], "model.tie_embeddings", "first and the last pipeline stage"),
+    (["trainer.resume=auto"], "trainer.resume", "not supported yet"),
 ])
 def test_bad_pipeline_configs_are_refused(compose, overrides, key, words):
     cfg = compose(*PP2, *overrides, tiny=False)
