@@ -132,6 +132,12 @@ class ParallelConfig:
     dap: int = 1
     reshard_after_forward: bool = True  # fsdp/hsdp: free gathered parameters after the forward
     backend: Optional[str] = None  # process-group backend; None: nccl on CUDA, gloo on CPU
+    # pipeline parallelism (parallel.pp > 1): schedule, micro-batches a trainer micro-batch is
+    # split into, and model stages held by each pipeline rank (interleaved, zero bubble, ZB-V)
+    # gpipe | 1f1b | interleaved_1f1b | zero_bubble | zbv (a string: "1f1b" is no Python name)
+    pp_schedule: str = "1f1b"
+    pp_microbatches: int = 4
+    pp_stages_per_rank: int = 1
 
 
 @dataclass

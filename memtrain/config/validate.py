@@ -14,10 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from memtrain.config.errors import enum_names, require
 from memtrain.distributed.launch import world_size
 from memtrain.distributed.mesh import DIMS, ParallelDims
+from memtrain.distributed.pipeline import validate_pipeline
 from memtrain.models import get_spec
 from memtrain.optim.compat import validate_optimizer
 
-IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap")
+IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap", "pp")
 # which parallel options each offload works with
 OFFLOAD_SUPPORT = {
     "none": IMPLEMENTED_PARALLEL,
@@ -45,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.parallel.name != "dap" or spec.parallelize is not None, "parallel",
             f"parallel=dap (Dynamic Axial Parallelism) splits AlphaFold's representations; model.arch={cfg.model.arch} has none")
     spec.validate(cfg)
+    validate_pipeline(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).pp, spec.num_blocks(cfg.model), spec)
 
 
 def _validate_keys(cfg: DictConfig) -> None:
@@ -66,9 +68,9 @@ def _validate_parallel(p: DictConfig) -> None:
         bad = [f"parallel.{k}={p[k]}" for k in DIMS if p[k] != 1]
         require(not bad, bad[0].split("=")[0] if bad else "parallel",
                 f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
-    model_parallel = [f"parallel.{k}={p[k]}" for k in ("tp", "pp", "sp") if p[k] != 1]
+    model_parallel = [f"parallel.{k}={p[k]}" for k in ("tp", "sp") if p[k] != 1]
     require(not model_parallel, model_parallel[0].split("=")[0] if model_parallel else "parallel",
-            f"{', '.join(model_parallel)}: tensor, pipeline, sequence and axial parallelism are not available yet")
+            f"{', '.join(model_parallel)}: tensor and sequence parallelism are not available yet")
     require(p.dap == 1 or p.name == "dap", "parallel.dap", f"dap={p.dap} needs parallel=dap (got parallel={p.name})")
     require(p.name != "dap" or p.dp_shard == 1, "parallel.dp_shard",
             "parallel=dap composes with replicated data parallelism (parallel.dp_replicate), not sharded")

@@ -137,4 +137,8 @@ def build_strategy(cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: Dev
         from memtrain.distributed.zero import DeepSpeedStrategy
 
         return DeepSpeedStrategy(cfg, model, spec, mesh, precision, device)
+    if mesh is not None and mesh["pp"].size() > 1:
+        from memtrain.distributed.pipeline import PipelineStrategy
+
+        return PipelineStrategy(cfg, model, spec, mesh, precision, device)
     return TorchStrategy(cfg, model, spec, mesh, precision, device)

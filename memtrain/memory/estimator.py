@@ -39,6 +39,7 @@ OFFLOADS = {
     "zero2": ("none", "optimizer_cpu", "activations_cpu"),
     "zero3": ("none", "optimizer_cpu", "params_cpu", "nvme", "activations_cpu"),
     "dap": ("none", "activations_cpu"),
+    "pp": ("none", "activations_cpu"),
 }
 
 
@@ -89,6 +90,8 @@ class MemoryEstimate:
     world_size: int = 1
     dp_replicate: int = 1
     dp_shard: int = 1
+    pp: int = 1
+    comm_bytes: dict = field(default_factory=dict)  # communication bytes per device per step, by dimension
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -257,6 +260,10 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
     the largest block's (or the head's) while it is computed, recomputed or unpacked."""
     dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
     units = param_units(cfg)
+    if dims.pp > 1:  # the pipeline rank with the largest total (memtrain.memory.pipeline_memory)
+        from memtrain.memory.pipeline_memory import pipeline_estimate
+
+        return pipeline_estimate(cfg, dims, numel(flat(units)), model_states, activation_bytes, MemoryEstimate)
     states = model_states(cfg, units, dims)
     per_block, outside, buffer = activation_bytes(cfg, dims)
     saved = sum(per_block) + outside

@@ -45,6 +45,10 @@ class ModelSpec:
     # extra logged metrics: config -> ((model outputs, targets) -> {name: value}) per micro-batch,
     # averaged over the micro-batches of each logging interval (e.g. per-variable RMSE)
     metrics: Callable[[DictConfig], Callable[[Any, Batch], dict[str, float]]] | None = None
+    # pipeline parallelism: (model, stage ids, number of stages) -> one module per stage id, each
+    # taking the previous stage's output (the first the model inputs, the last giving the model
+    # outputs), sharing the model's modules and parameter names; None: no pipeline split
+    pipeline_fn: Callable[[nn.Module, list[int], int], list[nn.Module]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

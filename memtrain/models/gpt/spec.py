@@ -10,6 +10,7 @@ from torch import nn
 from memtrain.config.errors import enum_names, require
 from memtrain.data.lm import build_lm_data
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
+from memtrain.models.gpt.pipeline import pipeline_stages
 from memtrain.models.spec import ModelSpec, register_spec
 
 PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
@@ -34,6 +35,8 @@ def num_targets(targets: torch.Tensor) -> torch.Tensor:
 
 
 def blocks(model: nn.Module) -> nn.ModuleList:
+    if isinstance(model.layers, nn.ModuleDict):  # a pipeline stage (memtrain.models.gpt.pipeline)
+        return nn.ModuleList(model.layers.values())
     return model.layers
 
 
@@ -103,6 +106,8 @@ def validate(cfg: DictConfig) -> None:
     require(kv >= 1 and m.n_heads % kv == 0, "model.n_kv_heads", f"n_kv_heads={kv} must divide n_heads={m.n_heads}")
     require(cfg.data.seq_len <= m.max_seq_len, "data.seq_len",
             f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+    require(not (m.tie_embeddings and cfg.parallel.pp != 1), "model.tie_embeddings",
+            "tied embeddings would live on the first and the last pipeline stage; use tie_embeddings=false with parallel.pp")
     source = enum_names(cfg.data.source)
     require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
             allowed=["protein", "synthetic"])
@@ -124,5 +129,6 @@ SPEC = register_spec(
         activation_bytes=activation_bytes,
         num_blocks=lambda mcfg: mcfg.n_layers,
         validate=validate,
+        pipeline_fn=pipeline_stages,
     )
 )

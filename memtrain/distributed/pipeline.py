@@ -1,0 +1,215 @@
+"""Pipeline parallelism through torch.distributed.pipelining: the model is split into stages by
+its ModelSpec's `pipeline_fn`, each pipeline rank (the mesh's "pp" dimension) runs its stages,
+and a schedule interleaves the forwards and backwards of the micro-batches. The loss is computed
+on the last stage.
+
+One trainer micro-batch (trainer.micro_batch_size samples) is split along the batch into
+parallel.pp_microbatches pipeline micro-batches; gradient accumulation (trainer.grad_accum) runs
+the schedule once per trainer micro-batch. The loss of every pipeline micro-batch is the model's
+summed loss times the trainer's scale (data-parallel degree / targets of the whole step), so the
+gradients are those of the plain run (the schedule's own 1/n_microbatches scaling is off).
+
+Order of the wrappers on each stage module: the model's own parallelism first (spec.parallelize,
+e.g. a tensor-parallel plan on mesh["tp"], applied inside the stage), then FSDP2 or DDP over the
+data-parallel dimensions, as torchtitan does (TP -> activation checkpointing -> FSDP, per stage).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+
+from memtrain.config.errors import require
+from memtrain.engine.strategy import TorchStrategy, activation_context
+from memtrain.models.spec import ModelSpec
+from memtrain.optim.builder import build_optimizer
+from memtrain.precision.amp import Precision
+
+
+@dataclass(frozen=True)
+class ScheduleRule:
+    torch_name: str  # class in torch.distributed.pipelining
+    min_stages_per_rank: int
+    max_stages_per_rank: int | None  # None: no upper bound
+    style: str  # stage placement: "loop" (stage s on rank s mod pp) or "v" (ZB-V)
+
+    @property
+    def multi_stage(self) -> bool:
+        return self.max_stages_per_rank != 1
+
+
+SCHEDULES = {
+    "gpipe": ScheduleRule("ScheduleGPipe", 1, 1, "loop"),
+    "1f1b": ScheduleRule("Schedule1F1B", 1, 1, "loop"),
+    "interleaved_1f1b": ScheduleRule("ScheduleInterleaved1F1B", 2, None, "loop"),
+    "zero_bubble": ScheduleRule("ScheduleInterleavedZeroBubble", 2, None, "loop"),
+    "zbv": ScheduleRule("ScheduleZBVZeroBubble", 2, 2, "v"),
+}
+PIPELINE_PARALLEL = ("pp", "ddp", "fsdp", "hsdp")  # parallel options pipeline stages compose with
+PIPELINE_OFFLOAD = ("none", "activations_cpu")
+
+
+def stage_ids(pp_rank: int, pp: int, stages_per_rank: int, style: str) -> list[int]:
+    """The stages rank `pp_rank` runs: looped (rank r holds r, r + pp, r + 2 pp, ...) or V-shaped
+    (rank r holds r and 2 pp - 1 - r), as torch.distributed.pipelining places them."""
+    if style == "v":
+        return [pp_rank, 2 * pp - 1 - pp_rank]
+    return [pp_rank + k * pp for k in range(stages_per_rank)]
+
+
+def validate_pipeline(cfg: DictConfig, pp: int, num_blocks: int, spec: ModelSpec) -> None:
+    """Refuse a pipeline configuration that cannot run: pp is the resolved pipeline degree."""
+    p = cfg.parallel
+    require(p.pp_schedule in SCHEDULES, "parallel.pp_schedule", f"unknown pipeline schedule {p.pp_schedule!r}",
+            allowed=SCHEDULES)
+    if pp == 1:
+        return
+    rule, v, m = SCHEDULES[p.pp_schedule], p.pp_stages_per_rank, p.pp_microbatches
+    require(p.name in PIPELINE_PARALLEL, "parallel.pp",
+            f"pipeline parallelism (pp={pp}) does not compose with parallel={p.name}", allowed_label="It composes with parallel",
+            allowed=PIPELINE_PARALLEL)
+    require(spec.pipeline_fn is not None, "parallel.pp",
+            f"model.arch={cfg.model.arch} has no pipeline split (ModelSpec.pipeline_fn); use parallel.pp=1")
+    require(v >= rule.min_stages_per_rank and (rule.max_stages_per_rank is None or v <= rule.max_stages_per_rank),
+            "parallel.pp_stages_per_rank",
+            f"pp_schedule={p.pp_schedule} runs " + (
+                f"exactly {rule.min_stages_per_rank}" if rule.max_stages_per_rank == rule.min_stages_per_rank
+                else f"at least {rule.min_stages_per_rank}") + f" stage(s) per rank, got pp_stages_per_rank={v}")
+    stages = pp * v
+    require(num_blocks % stages == 0, "parallel.pp",
+            f"the model's {num_blocks} blocks do not split evenly into parallel.pp x parallel.pp_stages_per_rank "
+            f"= {pp} x {v} = {stages} stages")
+    require(m >= 1, "parallel.pp_microbatches", f"must be at least 1, got {m}")
+    mbs = cfg.trainer.micro_batch_size
+    require(mbs % m == 0, "parallel.pp_microbatches",
+            f"trainer.micro_batch_size={mbs} must be divisible by parallel.pp_microbatches={m}")
+    if p.pp_schedule == "1f1b":
+        require(m >= stages, "parallel.pp_microbatches",
+                f"pp_schedule=1f1b needs at least as many micro-batches as stages ({stages}), got pp_microbatches={m}")
+    if rule.multi_stage:
+        rounds = max(1, m // pp)
+        require(m % rounds == 0, "parallel.pp_microbatches",
+                f"pp_schedule={p.pp_schedule} runs micro-batches in rounds of parallel.pp={pp}: pp_microbatches={m} "
+                f"must be fewer than pp or a multiple of {rounds} rounds")
+    require(not cfg.precision.loss_scaling, "precision.loss_scaling",
+            "dynamic loss scaling is not wired through the pipeline schedules; use precision=bf16 or fp32 with parallel.pp")
+    require(cfg.trainer.resume == "none", "trainer.resume",
+            "resuming a pipeline-parallel run is not supported yet (its checkpoints are saved, but the "
+            "optimizer's parameter groups differ per pipeline rank); use trainer.resume=none with parallel.pp")
+    require(cfg.offload.name in PIPELINE_OFFLOAD, "offload.name",
+            f"offload={cfg.offload.name} does not work with parallel.pp={pp}", allowed_label="It works with",
+            allowed=PIPELINE_OFFLOAD)
+
+
+class RankModules(nn.Module):
+    """The union of one rank's stage modules under the whole model's parameter names: what the
+    optimizer updates and checkpoints save. Module dicts (blocks keyed by their global index)
+    are merged; other children belong to one stage."""
+
+    def __init__(self, stages: list[nn.Module]):
+        super().__init__()
+        for stage in stages:
+            for name, child in stage.named_children():
+                if isinstance(child, nn.ModuleDict):
+                    if name not in self._modules:
+                        self.add_module(name, nn.ModuleDict())
+                    self._modules[name].update(child)
+                else:
+                    self.add_module(name, child)
+
+
+def grad_norm(parameters: list[nn.Parameter], pp_group: dist.ProcessGroup) -> torch.Tensor:
+    """The 2-norm of all gradients of the model: each rank's (DTensor shards gathered) squared
+    norm, summed over the pipeline ranks."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, 2.0)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    squared = norm.double() ** 2
+    dist.all_reduce(squared, group=pp_group)
+    return squared.sqrt().float()
+
+
+class PipelineStrategy(TorchStrategy):
+    """A Strategy (memtrain.engine.strategy) that runs each trainer micro-batch through a
+    pipeline schedule; checkpoints and everything else as TorchStrategy."""
+
+    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh,
+                 precision: Precision, device: torch.device):
+        from torch.distributed import pipelining
+
+        self.cfg, self.spec, self.precision, self.device, self.mesh = cfg, spec, precision, device, mesh
+        p = cfg.parallel
+        rule = SCHEDULES[p.pp_schedule]
+        pp_mesh = mesh["pp"]
+        self.pp_group, pp = pp_mesh.get_group(), pp_mesh.size()
+        num_stages = pp * p.pp_stages_per_rank
+        ids = stage_ids(pp_mesh.get_local_rank(), pp, p.pp_stages_per_rank, rule.style)
+        stages = spec.pipeline_fn(model, ids, num_stages)
+        self.module = RankModules(stages)  # unwrapped, under the model's parameter names
+        self.stages = [pipelining.PipelineStage(self._wrap(stage), i, num_stages, device, group=self.pp_group)
+                       for stage, i in zip(stages, ids)]
+        self.is_last = any(i == num_stages - 1 for i in ids)
+        schedule = getattr(pipelining, rule.torch_name)
+        self.schedule = schedule(self.stages if rule.multi_stage else self.stages[0], n_microbatches=p.pp_microbatches,
+                                 loss_fn=self._loss, scale_grads=False)
+        self.model = self.module
+        self.optimizer = build_optimizer(cfg.optimizer, self.module, device.type)
+        self._scale = 1.0
+
+    def _wrap(self, stage: nn.Module) -> nn.Module:
+        """The model's own parallelism inside the stage, then data parallelism over the stage:
+        FSDP2 over dp_shard (and dp_replicate: HSDP). Replicas alone (parallel=pp or ddp with
+        dp_replicate > 1) are FSDP2 on the (dp_replicate, dp_shard=1) mesh, i.e. replicated
+        parameters with all-reduced gradients, since the schedules' per-micro-batch backward does
+        not fit DDP's reducer (its first-iteration bucket rebuild counts every micro-batch)."""
+        cfg, mesh = self.cfg, self.mesh
+        if self.spec.parallelize is not None:
+            self.spec.parallelize(stage, mesh, cfg)
+        if cfg.parallel.name in ("fsdp", "hsdp") or mesh["dp_replicate"].size() > 1:
+            from memtrain.distributed.fsdp import apply_fsdp
+
+            return apply_fsdp(stage, self.spec.blocks(stage), mesh, param_dtype=self.precision.compute_dtype,
+                              reduce_dtype=torch.float32, reshard_after_forward=cfg.parallel.reshard_after_forward,
+                              cpu_offload=False, pin_memory=False)
+        return stage
+
+    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Called by the schedule on the last stage for each pipeline micro-batch (and once more
+        while the stages infer their shapes on the first step)."""
+        loss, _ = self.spec.loss_fn(outputs, targets)
+        return loss * self._scale
+
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+        """One schedule step over the pipeline micro-batches of this trainer micro-batch. The
+        stages reduce data-parallel gradients at the end of every step (`sync` is not used: a
+        reduction of accumulated gradients is still exact). Returns the summed loss on every
+        pipeline rank."""
+        self._scale, losses = scale, []
+        with self.precision.autocast(), activation_context(self.cfg.offload, self.device):
+            self.schedule.step(inputs, target=targets, losses=losses, return_outputs=False)
+        # the schedule's losses are the scaled ones, one per pipeline micro-batch (last stage only)
+        loss = torch.stack(losses).detach().float().sum() / scale if losses else torch.zeros((), device=self.device)
+        dist.all_reduce(loss, group=self.pp_group)  # from the last stage to the others
+        return loss
+
+    def step(self, lr: float) -> tuple[float, bool]:
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        norm = grad_norm(params, self.pp_group)
+        grad_norm_value, clip = float(norm), self.cfg.trainer.grad_clip
+        skipped = not math.isfinite(grad_norm_value)
+        if clip > 0 and not skipped:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if not skipped:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm_value, skipped
