@@ -52,6 +52,13 @@ class DataSource(Enum):
     structure = "structure"  # mmCIF structures + A3M alignments as AlphaFold features
 
 
+class SequenceParallelImpl(Enum):
+    """How parallel.sp splits attention over the sequence shards."""
+
+    ulysses = "ulysses"  # DeepSpeed-Ulysses: all-to-all from sequence to heads and back
+    ring = "ring"  # Ring Attention: K/V blocks passed around the ring, online-softmax merge
+
+
 class AttentionBackend(Enum):
     naive = "naive"  # explicit softmax(QK^T + bias)V, softmax in fp32
     sdpa = "sdpa"  # torch scaled_dot_product_attention with the biases as a float mask
@@ -121,7 +128,7 @@ class ParallelConfig:
     """Degrees of every parallel dimension; their product must equal the world size. One degree
     may be -1: it takes whatever the others leave of the world size."""
 
-    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap
+    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap | tp | sp
     dp_replicate: int = 1
     dp_shard: int = 1
     tp: int = 1
@@ -130,6 +137,8 @@ class ParallelConfig:
     dap: int = 1
     reshard_after_forward: bool = True  # fsdp/hsdp: free gathered parameters after the forward
     backend: Optional[str] = None  # process-group backend; None: nccl on CUDA, gloo on CPU
+    tp_sp: bool = False  # tp>1: Megatron sequence parallelism (norms and residuals sharded along the sequence)
+    sp_impl: SequenceParallelImpl = SequenceParallelImpl.ulysses  # sp>1: how attention crosses the shards
 
 
 @dataclass

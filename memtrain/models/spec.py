@@ -42,6 +42,10 @@ class ModelSpec:
     # its gradient reduction after backward: (model, mesh) -> None
     parallelize: Callable[..., None] | None = None
     reduce_gradients: Callable[..., None] | None = None
+    # the model-parallel mesh dimensions `parallelize` implements, e.g. ("tp", "sp")
+    model_parallel: tuple[str, ...] = ()
+    # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.sp)
+    shard_batches: Callable[..., Batches] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -10,6 +10,7 @@ from torch import nn
 from memtrain.config.errors import enum_names, require
 from memtrain.data.lm import build_lm_data
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
+from memtrain.models.gpt.parallelize import parallelize, reduce_gradients, shard_batches, validate_parallel
 from memtrain.models.spec import ModelSpec, register_spec
 
 PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
@@ -103,6 +104,7 @@ def validate(cfg: DictConfig) -> None:
     require(kv >= 1 and m.n_heads % kv == 0, "model.n_kv_heads", f"n_kv_heads={kv} must divide n_heads={m.n_heads}")
     require(cfg.data.seq_len <= m.max_seq_len, "data.seq_len",
             f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+    validate_parallel(cfg)
     source = enum_names(cfg.data.source)
     require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
             allowed=["protein", "synthetic"])
@@ -124,5 +126,9 @@ SPEC = register_spec(
         activation_bytes=activation_bytes,
         num_blocks=lambda mcfg: mcfg.n_layers,
         validate=validate,
+        parallelize=parallelize,
+        reduce_gradients=reduce_gradients,
+        model_parallel=("tp", "sp"),
+        shard_batches=shard_batches,
     )
 )
