@@ -91,6 +91,9 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
         # the checkpoint's inputs and its output as the output projection's input.
         "attention_core_freed": lse,
         "outside_blocks": head + logits + cast_head + 8 * b * s,  # + token ids
+        # of "block": the norms' tensors, outside the tensor-parallel regions (replicated over tp
+        # ranks unless parallel.tp_sp shards them along the sequence)
+        "tp_replicated": norm_attn + norm_ffn,
     }
 
 
