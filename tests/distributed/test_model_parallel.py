@@ -1,5 +1,5 @@
 """Tensor parallelism (with and without Megatron sequence parallelism), Ulysses and Ring Attention
-on 2 gloo processes, and FSDP x TP on 4, against the single-process run of the same model."""
+on 2 gloo processes, and FSDP x TP and FSDP x Ring on 4, against the single-process run of the same model."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ CASES = {
     "ulysses2": (2, 4, ["parallel=ulysses"]),
     "ring2-checkpoint-full": (2, 4, ["parallel=ring", "checkpoint=full"]),
     "fsdp2-x-tp2": (4, 8, ["parallel=fsdp_tp"]),
+    "fsdp2-x-ring2": (4, 8, ["parallel=fsdp", "parallel.sp=2", "parallel.sp_impl=ring"]),
 }
 
 

@@ -19,6 +19,8 @@ COMPANIONS = {
     ("model", "alphafold_tiny"): ["data=structure"],
     ("data", "structure"): ["model=alphafold_tiny"],
     ("parallel", "dap"): ["model=alphafold_tiny", "data=structure"],
+    ("parallel", "tp"): ["model.n_kv_heads=4"],  # tp=4 over the 4 ranks splits the 4 key/value heads
+    ("parallel", "tp_sp"): ["model.n_kv_heads=4"],
 }
 GROUPS = ["model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
