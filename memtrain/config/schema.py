@@ -53,6 +53,13 @@ class DataSource(Enum):
     era5 = "era5"  # ERA5-format gridded weather fields (NetCDF or Zarr) as lead-time pairs
 
 
+class SequenceParallelImpl(Enum):
+    """How parallel.sp splits attention over the sequence shards."""
+
+    ulysses = "ulysses"  # DeepSpeed-Ulysses: all-to-all from sequence to heads and back
+    ring = "ring"  # Ring Attention: K/V blocks passed around the ring, online-softmax merge
+
+
 class AttentionBackend(Enum):
     naive = "naive"  # explicit softmax(QK^T + bias)V, softmax in fp32
     sdpa = "sdpa"  # torch scaled_dot_product_attention with the biases as a float mask
@@ -123,7 +130,7 @@ class ParallelConfig:
     """Degrees of every parallel dimension; their product must equal the world size. One degree
     may be -1: it takes whatever the others leave of the world size."""
 
-    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap
+    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap | tp | sp
     dp_replicate: int = 1
     dp_shard: int = 1
     tp: int = 1
@@ -138,6 +145,8 @@ class ParallelConfig:
     pp_schedule: str = "1f1b"
     pp_microbatches: int = 4
     pp_stages_per_rank: int = 1
+    tp_sp: bool = False  # tp>1: Megatron sequence parallelism (norms and residuals sharded along the sequence)
+    sp_impl: SequenceParallelImpl = SequenceParallelImpl.ulysses  # sp>1: how attention crosses the shards
 
 
 @dataclass

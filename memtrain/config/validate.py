@@ -18,7 +18,7 @@ from memtrain.distributed.pipeline import validate_pipeline
 from memtrain.models import get_spec
 from memtrain.optim.compat import validate_optimizer
 
-IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap", "pp")
+IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap", "pp", "tp", "sp")
 # which parallel options each offload works with
 OFFLOAD_SUPPORT = {
     "none": IMPLEMENTED_PARALLEL,
@@ -43,6 +43,10 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
     validate_optimizer(cfg)
     spec = get_spec(cfg.model.arch)
+    for dim in ("tp", "sp"):
+        require(cfg.parallel[dim] == 1 or dim in spec.model_parallel, f"parallel.{dim}",
+                f"model.arch={cfg.model.arch} does not support parallel.{dim} (its model-parallel dimensions: "
+                f"{', '.join(spec.model_parallel) or 'none'})")
     require(cfg.parallel.name != "dap" or spec.parallelize is not None, "parallel",
             f"parallel=dap (Dynamic Axial Parallelism) splits AlphaFold's representations; model.arch={cfg.model.arch} has none")
     spec.validate(cfg)
@@ -68,15 +72,34 @@ def _validate_parallel(p: DictConfig) -> None:
         bad = [f"parallel.{k}={p[k]}" for k in DIMS if p[k] != 1]
         require(not bad, bad[0].split("=")[0] if bad else "parallel",
                 f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
-    model_parallel = [f"parallel.{k}={p[k]}" for k in ("tp", "sp") if p[k] != 1]
-    require(not model_parallel, model_parallel[0].split("=")[0] if model_parallel else "parallel",
-            f"{', '.join(model_parallel)}: tensor and sequence parallelism are not available yet")
+    _validate_model_parallel(p)
     require(p.dap == 1 or p.name == "dap", "parallel.dap", f"dap={p.dap} needs parallel=dap (got parallel={p.name})")
     require(p.name != "dap" or p.dp_shard == 1, "parallel.dp_shard",
             "parallel=dap composes with replicated data parallelism (parallel.dp_replicate), not sharded")
     if p.name.startswith("zero"):
         require(importlib.util.find_spec("deepspeed") is not None, "parallel",
                 f"parallel={p.name} needs DeepSpeed (pip install deepspeed)")
+
+
+def _validate_model_parallel(p: DictConfig) -> None:
+    """Which parallel options tensor (tp) and sequence (sp) parallelism compose with."""
+    tp, sp = p.tp != 1, p.sp != 1
+    require(not p.tp_sp or tp, "parallel.tp_sp", "sequence parallelism of the norms needs parallel.tp > 1")
+    require(not (tp and sp), "parallel.sp", f"parallel.tp={p.tp} with parallel.sp={p.sp}: tensor and sequence "
+                                            "parallelism together are not supported; choose one")
+    require(not ((tp or sp) and p.pp != 1), "parallel.pp",
+            f"parallel.pp={p.pp} with parallel.tp={p.tp}, parallel.sp={p.sp}: pipeline stages do not take a "
+            "tensor- or sequence-parallel plan yet; use pipeline parallelism with data parallelism only")
+    with_tp, with_sp = ("tp", "fsdp", "hsdp"), ("sp", "ddp", "fsdp", "hsdp")
+    require(not tp or p.name in with_tp, "parallel.tp", f"parallel.tp={p.tp} composes with parallel=tp, fsdp or hsdp "
+                                                        f"(DTensor parameters), not parallel={p.name}", allowed=with_tp)
+    require(not sp or p.name in with_sp, "parallel.sp", f"parallel.sp={p.sp} composes with parallel=sp, ddp, fsdp or hsdp, "
+                                                        f"not parallel={p.name}", allowed=with_sp)
+    for name, key in (("tp", "parallel.tp"), ("sp", "parallel.sp")):
+        if p.name == name:
+            bad = [f"parallel.{k}={p[k]}" for k in ("dp_replicate", "dp_shard") if p[k] != 1]
+            require(not bad, bad[0].split("=")[0] if bad else key,
+                    f"parallel={name} has no data parallelism (got {', '.join(bad)}); use parallel=fsdp or ddp with {key}")
 
 
 def _validate_offload(cfg: DictConfig) -> None:

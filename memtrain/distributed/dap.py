@@ -81,6 +81,12 @@ class _AllToAll(torch.autograd.Function):
         return _all_to_all(grad, ctx.cat_dim, ctx.split_dim, ctx.group), None, None, None
 
 
+def all_to_all(x: torch.Tensor, split_dim: int, cat_dim: int, group: ProcessGroup) -> torch.Tensor:
+    """Split x along split_dim, piece r to rank r, concatenate what arrives along cat_dim (rank
+    order); backward: the inverse all-to-all (split along cat_dim, concatenate along split_dim)."""
+    return _AllToAll.apply(x, split_dim, cat_dim, group)
+
+
 def gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     """All-gather the shards along `dim`; backward: reduce-scatter (sum) of the gradient."""
     return _Pair.apply(x, dim, group, _all_gather, _reduce_scatter)

@@ -51,6 +51,13 @@ class ParallelDims:
     def dp(self) -> int:
         return self.dp_replicate * self.dp_shard
 
+    @property
+    def batch_shards(self) -> int:
+        """Ranks that score disjoint targets: data-parallel ranks take different samples and
+        sequence-parallel ranks different positions of them; tensor-parallel (and dap) ranks
+        score the same ones."""
+        return self.dp * self.sp
+
     def build_mesh(self, device_type: str) -> DeviceMesh:
         shape = tuple(getattr(self, d) for d in DIMS)
         return init_device_mesh(device_type, shape, mesh_dim_names=DIMS)

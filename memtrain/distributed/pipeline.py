@@ -9,9 +9,10 @@ the schedule once per trainer micro-batch. The loss of every pipeline micro-batc
 summed loss times the trainer's scale (data-parallel degree / targets of the whole step), so the
 gradients are those of the plain run (the schedule's own 1/n_microbatches scaling is off).
 
-Order of the wrappers on each stage module: the model's own parallelism first (spec.parallelize,
-e.g. a tensor-parallel plan on mesh["tp"], applied inside the stage), then FSDP2 or DDP over the
-data-parallel dimensions, as torchtitan does (TP -> activation checkpointing -> FSDP, per stage).
+Order of the wrappers: the model's own parallelism (spec.parallelize, applied by the trainer to the
+whole model before the split; a tensor-parallel plan on mesh["tp"] composes there once pp x tp is
+allowed), activation checkpointing, then FSDP2 over the data-parallel dimensions per stage, as
+torchtitan does (TP -> activation checkpointing -> FSDP).
 """
 
 from __future__ import annotations
@@ -171,8 +172,8 @@ class PipelineStrategy(TorchStrategy):
         parameters with all-reduced gradients, since the schedules' per-micro-batch backward does
         not fit DDP's reducer (its first-iteration bucket rebuild counts every micro-batch)."""
         cfg, mesh = self.cfg, self.mesh
-        if self.spec.parallelize is not None:
-            self.spec.parallelize(stage, mesh, cfg)
+        # the model's own parallelism (spec.parallelize) was applied by the trainer to the whole
+        # model before the split, and pp with tp/sp is refused by validation for now
         if cfg.parallel.name in ("fsdp", "hsdp") or mesh["dp_replicate"].size() > 1:
             from memtrain.distributed.fsdp import apply_fsdp
 

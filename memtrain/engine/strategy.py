@@ -54,8 +54,8 @@ class TorchStrategy:
         self.cfg, self.spec, self.precision, self.device, self.mesh = cfg, spec, precision, device, mesh
         self.module = model  # unwrapped
         name = cfg.parallel.name
-        if mesh is not None and spec.parallelize is not None:
-            spec.parallelize(model, mesh, cfg)  # model-specific parallelism first (AlphaFold's DAP)
+        # model-specific parallelism (TP, SP, AlphaFold's DAP) was applied by the trainer, before
+        # activation checkpointing; data parallelism wraps last
         if name == "ddp" or (name == "dap" and mesh["dp_replicate"].size() > 1):
             from memtrain.distributed.ddp import apply_ddp
 

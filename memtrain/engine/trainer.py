@@ -67,9 +67,13 @@ class Trainer:
         with torch.device(self.device):
             model = self.spec.build_model(cfg.model)
         model.to(dtype=self.precision.param_dtype)
+        if self.mesh is not None and self.spec.parallelize is not None:
+            self.spec.parallelize(model, self.mesh, cfg)  # model parallelism first: TP -> AC -> FSDP (torchtitan's order)
         apply_activation_checkpointing(model, cfg.checkpoint, self.spec)
         self.strategy = build_strategy(cfg, model, self.spec, self.mesh, self.precision, self.device)
         self.data = self.spec.build_data(cfg)
+        if self.mesh is not None and self.spec.shard_batches is not None:
+            self.data = self.spec.shard_batches(self.data, self.mesh, cfg)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
         self.step = 0
 
@@ -108,13 +112,13 @@ class Trainer:
         return StepResult(self._global_sum(float(loss_sum)) / n_scored, grad_norm, int(n_scored), skipped)
 
     def _global_sum(self, value: float) -> float:
-        """Sum over the data-parallel ranks (ranks that share data, e.g. tensor-parallel ones,
-        count once)."""
+        """Sum over the ranks that hold disjoint targets (data- and sequence-parallel ones; ranks
+        that share data, e.g. tensor-parallel ones, count once)."""
         if not dist.is_initialized():
             return value
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return float(t) * self.dims.dp / self.env.world_size
+        return float(t) * self.dims.batch_shards / self.env.world_size
 
     @property
     def lr(self) -> float:

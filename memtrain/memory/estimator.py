@@ -23,6 +23,7 @@ from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory import optimizer_memory
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
+from memtrain.memory.comm import comm_bytes
 from memtrain.models import get_spec
 from memtrain.precision.amp import dtype_of
 
@@ -40,6 +41,8 @@ OFFLOADS = {
     "zero3": ("none", "optimizer_cpu", "params_cpu", "nvme", "activations_cpu"),
     "dap": ("none", "activations_cpu"),
     "pp": ("none", "activations_cpu"),
+    "tp": ("none", "activations_cpu"),
+    "sp": ("none", "activations_cpu"),
 }
 
 
@@ -91,7 +94,8 @@ class MemoryEstimate:
     dp_replicate: int = 1
     dp_shard: int = 1
     pp: int = 1
-    comm_bytes: dict = field(default_factory=dict)  # communication bytes per device per step, by dimension
+    # {mesh dimension: {collective: bytes sent per device per optimizer step}} (memtrain.memory.comm)
+    comm_bytes: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -233,6 +237,7 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], in
         # DAP splits the Evoformer's representations over the dap ranks (padded to a multiple);
         # what runs outside the blocks is replicated on every rank
         parts = {**parts, "block": parts["block"] / dims.dap, "block_input": parts["block_input"] / dims.dap}
+    parts = model_parallel_activations(parts, cfg, dims)
     ac = cfg.checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
     n_blocks = spec.num_blocks(cfg.model)
@@ -254,12 +259,40 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], in
     return [int(b) for b in per_block], int(parts["outside_blocks"]), int(buffer)
 
 
+def tp_units(units: list[list[torch.Size]], tp: int) -> list[list[torch.Size]]:
+    """One tensor-parallel rank's parameters: every matrix (column- or row-parallel projections,
+    the vocabulary-parallel embedding and output) split tp ways; vectors (norm scales) replicated."""
+    if tp == 1:
+        return units
+    return [[torch.Size((-(-s[0] // tp), *s[1:])) if len(s) >= 2 else s for s in unit] for unit in units]
+
+
+def model_parallel_activations(parts: dict[str, float], cfg: DictConfig, dims: ParallelDims) -> dict[str, float]:
+    """Saved activations under tensor and sequence parallelism. tp: the tensors inside the column/row
+    parallel regions (q, k, v, attention, FFN hidden) split tp ways; the spec's `tp_replicated`
+    share of a block (norms and their inputs) and the block input split too only with tp_sp
+    (Korthikanti et al. 2022, Table 2). The logits are all-gathered for the loss: what lies outside
+    the blocks is not split. sp: every per-token tensor, inside and outside the blocks, is split sp
+    ways (Ulysses holds all positions of H / sp heads inside attention: the same bytes)."""
+    parts = dict(parts)
+    if dims.tp > 1:
+        repl = parts.get("tp_replicated", 0.0)
+        split_repl = cfg.parallel.tp_sp
+        parts["block"] = (parts["block"] - repl) / dims.tp + (repl / dims.tp if split_repl else repl)
+        if split_repl:
+            parts["block_input"] /= dims.tp
+    if dims.sp > 1:
+        for key in ("block", "block_input", "attention_core_freed", "outside_blocks"):
+            parts[key] /= dims.sp
+    return parts
+
+
 def estimate(cfg: DictConfig) -> MemoryEstimate:
     """Per-rank bytes. offload=activations_cpu (torch.autograd.graph.save_on_cpu): the tensors saved
     for the backward pass live on the host, and the device holds one unit's activations at a time,
     the largest block's (or the head's) while it is computed, recomputed or unpacked."""
     dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
-    units = param_units(cfg)
+    units = tp_units(param_units(cfg), dims.tp)
     if dims.pp > 1:  # the pipeline rank with the largest total (memtrain.memory.pipeline_memory)
         from memtrain.memory.pipeline_memory import pipeline_estimate
 
@@ -289,4 +322,5 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         world_size=dims.world_size,
         dp_replicate=dims.dp_replicate,
         dp_shard=dims.dp_shard,
+        comm_bytes=comm_bytes(cfg, dims, numel(flat(units))),
     )

@@ -126,5 +126,13 @@ def pipeline_estimate(cfg: DictConfig, dims: ParallelDims, n_params: int, model_
         params=states.params, grads=states.grads, optimizer=states.optimizer, activations=rank.activations,
         total=total, n_params=n_params, gathered=states.gathered, host=states.host, nvme=states.nvme,
         world_size=dims.world_size, dp_replicate=dims.dp_replicate, dp_shard=dims.dp_shard, pp=dims.pp,
-        comm_bytes={"pp": max(r.sent_bytes for r in ranks)},
+        comm_bytes={**_dp_comm(cfg, dims, rank), "pp": {"send_recv_activations": max(r.sent_bytes for r in ranks)}},
     )
+
+
+def _dp_comm(cfg: DictConfig, dims: ParallelDims, rank: RankPipeline) -> dict:
+    """The data-parallel dimensions' communication for this rank's stages (memtrain.memory.comm)."""
+    from memtrain.memory.comm import comm_bytes
+    from memtrain.memory.estimator import flat, numel
+
+    return comm_bytes(cfg, dims, numel(flat(rank.units)))

@@ -49,6 +49,10 @@ class ModelSpec:
     # taking the previous stage's output (the first the model inputs, the last giving the model
     # outputs), sharing the model's modules and parameter names; None: no pipeline split
     pipeline_fn: Callable[[nn.Module, list[int], int], list[nn.Module]] | None = None
+    # the model-parallel mesh dimensions `parallelize` implements, e.g. ("tp", "sp")
+    model_parallel: tuple[str, ...] = ()
+    # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.sp)
+    shard_batches: Callable[..., Batches] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

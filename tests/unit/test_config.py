@@ -24,6 +24,8 @@ COMPANIONS = {
     ("model", "fuxi"): ["data=era5"],
     ("model", "fuxi_tiny"): ["data=era5"],
     ("data", "era5"): ["model=pangu_tiny"],
+    ("parallel", "tp"): ["model.n_kv_heads=4"],  # tp=4 over the 4 ranks splits the 4 key/value heads
+    ("parallel", "tp_sp"): ["model.n_kv_heads=4"],
 }
 GROUPS = ["model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]

@@ -11,6 +11,7 @@ from memtrain.config.errors import enum_names, require
 from memtrain.data.lm import build_lm_data
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.gpt.pipeline import pipeline_stages
+from memtrain.models.gpt.parallelize import parallelize, reduce_gradients, shard_batches, validate_parallel
 from memtrain.models.spec import ModelSpec, register_spec
 
 PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
@@ -93,6 +94,9 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
         # the checkpoint's inputs and its output as the output projection's input.
         "attention_core_freed": lse,
         "outside_blocks": head + logits + cast_head + 8 * b * s,  # + token ids
+        # of "block": the norms' tensors, outside the tensor-parallel regions (replicated over tp
+        # ranks unless parallel.tp_sp shards them along the sequence)
+        "tp_replicated": norm_attn + norm_ffn,
     }
 
 
@@ -108,6 +112,7 @@ def validate(cfg: DictConfig) -> None:
             f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
     require(not (m.tie_embeddings and cfg.parallel.pp != 1), "model.tie_embeddings",
             "tied embeddings would live on the first and the last pipeline stage; use tie_embeddings=false with parallel.pp")
+    validate_parallel(cfg)
     source = enum_names(cfg.data.source)
     require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
             allowed=["protein", "synthetic"])
@@ -130,5 +135,9 @@ SPEC = register_spec(
         num_blocks=lambda mcfg: mcfg.n_layers,
         validate=validate,
         pipeline_fn=pipeline_stages,
+        parallelize=parallelize,
+        reduce_gradients=reduce_gradients,
+        model_parallel=("tp", "sp"),
+        shard_batches=shard_batches,
     )
 )

@@ -1,0 +1,166 @@
+"""Model parallelism for the GPT decoder, applied from outside the model (in place):
+
+Tensor parallelism (Shoeybi et al. 2019, "Megatron-LM", Section 3): DTensor `parallelize_module`
+plans. q/k/v and w1/w3 are column-parallel (each rank holds H/tp heads and F/tp hidden units), wo
+and w2 row-parallel (partial sums all-reduced), the embedding row-parallel over the vocabulary and
+the output projection column-parallel over it, its logits all-gathered for the loss.
+# DISCREPANCY: the cross entropy runs on all-gathered logits [B, S, V] on every tp rank, not
+# Megatron's vocabulary-parallel cross entropy (loss_parallel), which would keep [B, S, V/tp].
+
+With parallel.tp_sp (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+Transformer Models", Section 4.2.2) the residual stream and the norms are sharded along the
+sequence between the tensor-parallel regions: all-gather before q/k/v and w1/w3, reduce-scatter
+after wo and w2.
+
+Sequence parallelism (memtrain.distributed.sequence_parallel): the attention core is replaced by
+Ulysses' or the ring's, and each attention's rotary tables are those of the rank's positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from memtrain.config.errors import enum_names
+from memtrain.distributed.sequence_parallel import (
+    RingAttention,
+    SequenceShardedBatches,
+    UlyssesAttention,
+    all_reduce_gradients,
+    shard_positions,
+)
+from memtrain.models.gpt.model import rotary_tables
+
+
+class ReplicateParallel(ParallelStyle):
+    """Parameters replicated over the tp mesh as DTensors (so every parameter is a DTensor on it,
+    as clipping and the optimizer need), computing on replicated plain-tensor inputs."""
+
+    def _apply(self, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+        def inputs(mod, args, mesh):
+            return tuple(DTensor.from_local(a, mesh, [Replicate()], run_check=False) for a in args)
+
+        def outputs(mod, out, mesh):
+            return out.to_local()
+
+        return distribute_module(module, mesh, input_fn=inputs, output_fn=outputs)
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
+    """Shard `model` (a memtrain.models.gpt.model.GPT) over `tp_mesh`. tokens [B, S] stay whole on
+    every tp rank; the residual stream is [B, S, D] (replicated) or [B, S/tp, D] (tp_sp)."""
+    tp = tp_mesh.size()
+    seq = Shard(1) if sequence_parallel else Replicate()
+    norm = SequenceParallel() if sequence_parallel else ReplicateParallel()
+    parallelize_module(model, tp_mesh, {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
+        "norm": norm,
+        "output": ColwiseParallel(input_layouts=seq, output_layouts=Replicate()),
+    })
+    for block in model.layers:
+        plan = {
+            "attention_norm": norm,
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=seq),
+            "ffn_norm": norm,
+            "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w3": ColwiseParallel(),
+            "feed_forward.w2": RowwiseParallel(output_layouts=seq),
+        }
+        if sequence_parallel:  # gather the sequence before the column-parallel projections
+            plan["attention"] = PrepareModuleInput(input_layouts=(seq, None, None), desired_input_layouts=(Replicate(), None, None))
+            plan["feed_forward"] = PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),))
+        parallelize_module(block, tp_mesh, plan)
+        attention = block.attention
+        attention.n_heads, attention.n_kv_heads = attention.n_heads // tp, attention.n_kv_heads // tp  # local heads
+
+
+def _rotary_hook(positions: torch.Tensor, head_dim: int, theta: float):
+    """A forward pre-hook on an Attention module: its (x, cos, sin) get the rotary tables of this
+    rank's positions instead of those of 0..S/sp-1."""
+    cache: dict = {}
+
+    def hook(module, args):
+        x, cos, sin = args
+        key = x.device
+        if key not in cache:
+            full_cos, full_sin = rotary_tables(int(positions.max()) + 1, head_dim, theta, x.device)
+            idx = positions.to(x.device)
+            cache[key] = (full_cos[idx], full_sin[idx])
+        return (x, *cache[key])
+
+    return hook
+
+
+def apply_sp(model: nn.Module, sp_mesh: DeviceMesh, impl: str, seq_len: int) -> None:
+    group, n, r = sp_mesh.get_group(), sp_mesh.size(), sp_mesh.get_local_rank()
+    positions = shard_positions(seq_len, n, r, impl)
+    for block in model.layers:
+        attention = block.attention
+        attention.core = UlyssesAttention(attention.core, group) if impl == "ulysses" else RingAttention(group)
+        attention.register_forward_pre_hook(_rotary_hook(positions, model.head_dim, model.rope_theta))
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh, cfg: DictConfig) -> None:
+    if mesh["tp"].size() > 1:
+        apply_tp(model, mesh["tp"], cfg.parallel.tp_sp)
+    if mesh["sp"].size() > 1:
+        apply_sp(model, mesh["sp"], enum_names(cfg.parallel.sp_impl), cfg.data.seq_len)
+
+
+def reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
+    """Sequence-parallel ranks scored different positions: sum their gradients."""
+    if mesh["sp"].size() > 1:
+        all_reduce_gradients(model, mesh["sp"].get_group())
+
+
+def shard_batches(batches, mesh: DeviceMesh, cfg: DictConfig):
+    """Each sequence-parallel rank reads its own positions of every sequence."""
+    if mesh["sp"].size() == 1:
+        return batches
+    positions = shard_positions(cfg.data.seq_len, mesh["sp"].size(), mesh["sp"].get_local_rank(), enum_names(cfg.parallel.sp_impl))
+    return SequenceShardedBatches(batches, positions)
+
+
+def validate_parallel(cfg: DictConfig) -> None:
+    """Degrees the decoder can be split by, each refused with the keys at fault."""
+    from memtrain.config.errors import require
+    from memtrain.distributed.launch import world_size
+    from memtrain.distributed.mesh import ParallelDims
+    from memtrain.models.gpt.model import ffn_hidden_size
+
+    m, p = cfg.model, cfg.parallel
+    dims = ParallelDims.from_config(p, world_size(cfg))
+    kv, seq = m.n_kv_heads or m.n_heads, cfg.data.seq_len
+    if dims.tp > 1:
+        require(m.n_heads % dims.tp == 0, "parallel.tp", f"model.n_heads={m.n_heads} must be divisible by parallel.tp={dims.tp}")
+        require(kv % dims.tp == 0, "parallel.tp", f"model.n_kv_heads={kv} must be divisible by parallel.tp={dims.tp}")
+        hidden = ffn_hidden_size(m.dim, m.ffn_hidden, m.multiple_of)
+        require(hidden % dims.tp == 0, "parallel.tp", f"the feed-forward width {hidden} (model.ffn_hidden) must be divisible by parallel.tp={dims.tp}")
+        require(m.vocab_size % dims.tp == 0, "parallel.tp", f"model.vocab_size={m.vocab_size} must be divisible by parallel.tp={dims.tp}")
+        require(not m.tie_embeddings, "model.tie_embeddings", "tied embeddings are not supported with parallel.tp > 1")
+        require(not p.tp_sp or seq % dims.tp == 0, "data.seq_len",
+                f"seq_len={seq} must be divisible by parallel.tp={dims.tp} with parallel.tp_sp=true")
+    if dims.sp > 1:
+        impl = enum_names(p.sp_impl)
+        if impl == "ulysses":
+            require(m.n_heads % dims.sp == 0, "parallel.sp",
+                    f"model.n_heads={m.n_heads} must be divisible by parallel.sp={dims.sp} for parallel.sp_impl=ulysses")
+            require(seq % dims.sp == 0, "data.seq_len", f"seq_len={seq} must be divisible by parallel.sp={dims.sp}")
+        else:
+            require(seq % (2 * dims.sp) == 0, "data.seq_len",
+                    f"seq_len={seq} must be divisible by 2 x parallel.sp={2 * dims.sp} for parallel.sp_impl=ring "
+                    "(two chunks per rank for causal load balance)")
