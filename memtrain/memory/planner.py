@@ -145,6 +145,7 @@ class PlanRow:
     choices: dict[str, str]
     estimate: MemoryEstimate
     cost: StepCost
+    seq_len: int = 1  # tokens per sample (language models), for measured step times
 
     @property
     def peak_bytes(self) -> int:
@@ -296,7 +297,8 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
                 result.invalid += 1
                 continue
             overrides = [*user, *(s for o in _launcher(ctx) for s in o.strings()), *(s for o in chosen for s in o.strings())]
-            row = PlanRow(overrides, {a.name: o.label for a, o in zip(axes, chosen)}, est, step_cost(cfg, est))
+            row = PlanRow(overrides, {a.name: o.label for a, o in zip(axes, chosen)}, est, step_cost(cfg, est),
+                          cfg.data.seq_len)
             fits = est.total <= usable_dev and est.host * min(ctx.world, hw.gpus) <= usable_host
             (result.rows if fits else result.too_big).append(row)
         result.rows.sort(key=lambda r: (r.cost.total_s, r.peak_bytes))
