@@ -237,6 +237,7 @@ class TrainerConfig:
     min_lr_ratio: float = 0.1
     tensorboard: bool = False
     run_dir: Optional[str] = None  # None: Hydra's output directory of the job
+    compile: bool = False  # regional torch.compile of every block (memtrain.engine.fast_path)
 
 
 @dataclass

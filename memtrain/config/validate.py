@@ -35,6 +35,8 @@ def validate(cfg: DictConfig) -> None:
     _validate_offload(cfg)
     _validate_launch(cfg)
     _validate_hardware(cfg.hardware)
+    require(not (cfg.trainer.compile and cfg.parallel.name.startswith("zero")), "trainer.compile",
+            f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
     ac = cfg.checkpoint
     require(ac.every_k >= 1, "checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")

@@ -55,6 +55,10 @@ class TorchStrategy:
         name = cfg.parallel.name
         if mesh is not None and spec.parallelize is not None:
             spec.parallelize(model, mesh, cfg)  # model-specific parallelism first (AlphaFold's DAP)
+        if cfg.trainer.get("compile", False):  # after checkpointing and model parallelism, before FSDP
+            from memtrain.engine.fast_path import compile_blocks
+
+            compile_blocks(spec.blocks(model))
         if name == "ddp" or (name == "dap" and mesh["dp_replicate"].size() > 1):
             from memtrain.distributed.ddp import apply_ddp
 
