@@ -334,6 +334,31 @@ class TrainerConfig:
     min_lr_ratio: float = 0.1
     tensorboard: bool = False
     run_dir: Optional[str] = None  # None: Hydra's output directory of the job
+    compile: bool = False  # regional torch.compile of every block (memtrain.engine.fast_path)
+
+
+@dataclass
+class HardwareConfig:
+    """The machine `memtrain plan` plans for (training itself does not read it). Memory in GiB,
+    bandwidths in GB/s (1e9 bytes) per GPU and direction, peaks in dense TFLOP/s. The presets
+    (conf/hardware/) give their sources; docs/planner.md explains every constant."""
+
+    name: str = "h100"
+    gpus: int = 8  # GPUs per node
+    nodes: int = 1
+    gpu_mem_gb: float = 80.0  # device memory per GPU, GiB
+    host_mem_gb: float = 2048.0  # host memory per node, GiB
+    peak_tflops_bf16: float = 989.0
+    peak_tflops_fp16: float = 989.0
+    peak_tflops_fp32: float = 67.0  # without TF32 (torch's default for float32 matmuls)
+    hbm_gbps: float = 3350.0
+    intra_node_gbps: float = 450.0  # NVLink, per GPU and direction
+    inter_node_gbps: float = 50.0  # network, per GPU and direction
+    pcie_gbps: float = 64.0  # host <-> device, per GPU and direction
+    mfu: float = 0.4  # the fraction of peak the model's matmuls reach (stated, to calibrate)
+    block_latency_us: float = 50.0  # fixed cost per block and micro-batch (kernel launches)
+    cpu_optimizer_gparams_per_s: float = 2.0  # host optimizer step, parameters per second per node
+    mem_usable: float = 0.9  # fraction of device and host memory a plan may fill
 
 
 @dataclass
@@ -347,6 +372,7 @@ class TrainConfig:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     launcher: LauncherConfig = MISSING
+    hardware: HardwareConfig = MISSING
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,5 +464,6 @@ def register_schemas() -> None:
         ("model", "pangu", PanguConfig),
         ("model", "fuxi", FuXiConfig),
         ("data", "era5", ERA5DataConfig),
+        ("hardware", "hardware", HardwareConfig),
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node)

@@ -37,6 +37,11 @@ def validate(cfg: DictConfig) -> None:
     _validate_offload(cfg)
     _validate_launch(cfg)
     _validate_kernels(cfg)
+    _validate_hardware(cfg.hardware)
+    require(not (cfg.trainer.compile and cfg.parallel.name.startswith("zero")), "trainer.compile",
+            f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
+    require(not (cfg.trainer.compile and cfg.parallel.pp != 1), "trainer.compile",
+            f"regional compilation is not applied to pipeline stages (parallel.pp={cfg.parallel.pp}); use trainer.compile=false")
     ac = cfg.checkpoint
     require(ac.every_k >= 1, "checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
@@ -167,3 +172,15 @@ def _validate_trainer(t: DictConfig) -> None:
             allowed=["auto", "cpu"])
     require(not t.tensorboard or importlib.util.find_spec("tensorboard") is not None, "trainer.tensorboard",
             "the tensorboard package is not installed (pip install tensorboard)")
+
+
+def _validate_hardware(h: DictConfig) -> None:
+    """The machine `memtrain plan` plans for: counts at least 1, sizes and rates positive."""
+    for key in ("gpus", "nodes"):
+        require(h[key] >= 1, f"hardware.{key}", f"must be at least 1, got {h[key]}")
+    for key in ("gpu_mem_gb", "host_mem_gb", "peak_tflops_bf16", "peak_tflops_fp16", "peak_tflops_fp32", "hbm_gbps",
+                "intra_node_gbps", "inter_node_gbps", "pcie_gbps", "cpu_optimizer_gparams_per_s"):
+        require(h[key] > 0, f"hardware.{key}", f"must be positive, got {h[key]}")
+    for key in ("mfu", "mem_usable"):
+        require(0 < h[key] <= 1, f"hardware.{key}", f"must be in (0, 1], got {h[key]}")
+    require(h.block_latency_us >= 0, "hardware.block_latency_us", f"must be 0 or more, got {h.block_latency_us}")

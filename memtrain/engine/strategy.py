@@ -55,7 +55,11 @@ class TorchStrategy:
         self.module = model  # unwrapped
         name = cfg.parallel.name
         # model-specific parallelism (TP, SP, AlphaFold's DAP) was applied by the trainer, before
-        # activation checkpointing; data parallelism wraps last
+        # activation checkpointing; then regional compilation; data parallelism wraps last
+        if cfg.trainer.get("compile", False):
+            from memtrain.engine.fast_path import compile_blocks
+
+            compile_blocks(spec.blocks(model))
         if name == "ddp" or (name == "dap" and mesh["dp_replicate"].size() > 1):
             from memtrain.distributed.ddp import apply_ddp
 

@@ -37,6 +37,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
     """A tensor, or a dict of tensors (feature dicts), on `device`."""
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
+    if device.type == "cuda" and batch.device.type == "cpu":  # pinned, so the copy is truly asynchronous
+        batch = batch.pin_memory()
     return batch.to(device, non_blocking=True)
 
 

@@ -13,11 +13,12 @@ per rank; the world size is launcher.nnodes x launcher.nproc_per_node.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
@@ -103,14 +104,20 @@ class MemoryEstimate:
 
 def param_units(cfg: DictConfig) -> list[list[torch.Size]]:
     """Parameter shapes by FSDP unit, from a build on the meta device: first the root's own
-    parameters (those outside the blocks, tied ones once), then one list per block."""
-    spec = get_spec(cfg.model.arch)
+    parameters (those outside the blocks, tied ones once), then one list per block. Cached per
+    model config (memtrain plan estimates many configurations of one model)."""
+    return [list(u) for u in _param_units(OmegaConf.to_yaml(cfg.model), cfg.model.arch)]
+
+
+@functools.lru_cache(maxsize=16)
+def _param_units(model_yaml: str, arch: str) -> tuple[tuple[torch.Size, ...], ...]:
+    spec = get_spec(arch)
     with torch.device("meta"):
-        model = spec.build_model(cfg.model)
+        model = spec.build_model(OmegaConf.create(model_yaml))
     blocks = spec.blocks(model)
     in_blocks = {id(p) for p in blocks.parameters()}
-    root = [p.shape for p in model.parameters() if id(p) not in in_blocks]
-    return [root, *([p.shape for p in block.parameters()] for block in blocks)]
+    root = tuple(p.shape for p in model.parameters() if id(p) not in in_blocks)
+    return (root, *(tuple(p.shape for p in block.parameters()) for block in blocks))
 
 
 def flat(units: list[list[torch.Size]]) -> list[torch.Size]:

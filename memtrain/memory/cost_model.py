@@ -1,0 +1,207 @@
+"""A simple, stated cost model of one optimizer step, per device, for `memtrain plan`.
+
+    step = compute + recompute + exposed data-parallel communication + axial (DAP) communication
+           + offload traffic and host optimizer + fixed per-block latency
+
+compute: forward FLOPs x 3 (the backward pass costs two forwards) at hardware.mfu of the peak of the
+compute dtype (fp32: the non-tensor-core peak, torch's default without TF32). recompute: one more
+forward of every checkpointed block (checkpoint=full or selective every_k). Data-parallel
+communication (ring collectives, (n-1)/n of the bytes per rank) over NVLink inside a node and the
+network across nodes; DDP/ZeRO overlap it with the backward, FSDP/ZeRO-3 with the whole step, so
+only the part longer than that is exposed. DAP's all-to-alls and gathers sit on the critical path.
+Offload moves bytes over PCIe and runs the optimizer on the host (hardware.cpu_optimizer_*).
+The constants and their sources are in docs/planner.md; the model ranks options, it does not
+promise absolute times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from omegaconf import DictConfig, OmegaConf
+
+from memtrain.config.errors import enum_names
+from memtrain.distributed.mesh import ParallelDims
+from memtrain.memory.activation_checkpoint import checkpointed_block_ids
+from memtrain.memory.estimator import MemoryEstimate
+from memtrain.models import get_spec
+from memtrain.precision.amp import dtype_of
+
+GiB = 2**30
+
+
+def alphafold_forward_flops(cfg: DictConfig) -> tuple[float, float]:
+    """(one Evoformer block, everything outside the blocks) forward FLOPs of one micro-batch,
+    counting matmuls and einsums (2 FLOPs per multiply-add), B crops of N residues, S MSA rows
+    (Supplement Algorithms 7-15 for the block; 20-23 and the heads outside)."""
+    m = cfg.model
+    b, n, s = cfg.trainer.micro_batch_size, cfg.data.crop_size, cfg.data.max_msa
+    cm, cz, cs = m.c_m, m.c_z, m.c_s
+    hm, hz = m.n_heads_msa, m.n_heads_pair
+    hcm, hcz = hm * m.c_hidden_msa_att, hz * m.c_hidden_pair_att
+    co, cmul, tn = m.c_hidden_opm, m.c_hidden_mul, m.transition_n
+    sn, nn = s * n, n * n
+    block = (
+        2 * (2 * sn * cm * 5 * hcm)  # row and column attention: q, k, v, gate and output projections
+        + 2 * nn * cz * hm  # row attention's pair bias
+        + 2 * 2 * s * nn * hcm + 2 * 2 * n * s * s * hcm  # logits and weighted values, rows and columns
+        + 2 * 2 * sn * cm * tn * cm  # MSA transition
+        + 2 * 2 * sn * cm * co + 2 * nn * s * co * co + 2 * nn * co * co * cz  # outer product mean
+        + 2 * (2 * nn * cz * (4 * cmul + cz) + 2 * nn * n * cmul + 2 * nn * cmul * cz)  # triangle mult. x2
+        + 2 * (2 * nn * cz * (5 * hcz + hz) + 2 * 2 * nn * n * hcz)  # triangle attention x2
+        + 2 * 2 * nn * cz * tn * cz  # pair transition
+    )
+    ipa_h, ipa_c, layers = m.n_heads_ipa, m.c_hidden_ipa, m.n_structure_layers
+    ipa = 2 * nn * cz * ipa_h + 2 * 2 * nn * ipa_h * (ipa_c + 3 * 4 + 3 * 8) + 2 * nn * ipa_h * cz + 2 * n * cs * cs * 8
+    outside = (
+        2 * nn * (2 * 32 + 1) * cz  # relative position embedding
+        + layers * ipa
+        + 2 * nn * cz * 64 + 2 * sn * cm * 23  # distogram and masked-MSA heads
+    )
+    return float(b * block), float(b * outside)
+
+
+@lru_cache(maxsize=256)
+def _flops(model_yaml: str, arch: str, micro_batch: int, seq_len: int, crop: int, msa: int) -> tuple[float, float, float]:
+    cfg = OmegaConf.create({"model": OmegaConf.create(model_yaml), "trainer": {"micro_batch_size": micro_batch},
+                            "data": {"seq_len": seq_len, "crop_size": crop, "max_msa": msa}})
+    spec = get_spec(arch)
+    n_blocks = spec.num_blocks(cfg.model)
+    per_token = spec.flops_per_token(cfg.model, seq_len)
+    if per_token is not None:
+        # a decoder: training FLOPs per token (6N + 12 L D S) -> forward per micro-batch; the
+        # output projection (V x D) outside the blocks, the attention core 4 D S per layer and token
+        tokens = micro_batch * seq_len
+        forward = per_token * tokens / 3
+        outside = 2 * cfg.model.vocab_size * cfg.model.dim * tokens
+        core = 4 * cfg.model.dim * seq_len * tokens
+        return (forward - outside) / n_blocks, outside, core
+    block, outside = alphafold_forward_flops(cfg)
+    return block, outside, 0.0
+
+
+def forward_flops(cfg: DictConfig) -> tuple[float, float, float]:
+    """(one block, outside the blocks, one block's attention core) forward FLOPs per micro-batch."""
+    return _flops(OmegaConf.to_yaml(cfg.model), cfg.model.arch, cfg.trainer.micro_batch_size, cfg.data.seq_len,
+                  cfg.data.crop_size, cfg.data.max_msa)
+
+
+@dataclass
+class StepCost:
+    compute_s: float
+    recompute_s: float
+    dp_comm_s: float  # exposed (not hidden behind compute)
+    axial_comm_s: float
+    offload_s: float
+    latency_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.recompute_s + self.dp_comm_s + self.axial_comm_s + self.offload_s + self.latency_s
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total_s": self.total_s}
+
+
+def peak_flops(hw: DictConfig, compute_dtype: str) -> float:
+    return 1e12 * {"bfloat16": hw.peak_tflops_bf16, "float16": hw.peak_tflops_fp16, "float32": hw.peak_tflops_fp32}[compute_dtype]
+
+
+def dp_comm_bytes(cfg: DictConfig, n_params: int, n: int) -> float:
+    """Bytes each rank sends per step for the data-parallel gradient/parameter collectives over n
+    ranks (ring: (n-1)/n of the tensor per rank for a reduce-scatter or all-gather, twice that for an
+    all-reduce). DDP/DAP replicas all-reduce gradients in the parameter dtype; ZeRO-1/2 reduce-scatter
+    gradients and all-gather parameters in the compute dtype; ZeRO-3 gathers parameters twice (forward,
+    backward) and reduce-scatters gradients (ZeRO paper sec. 7.2: 1.5x DDP); FSDP2 gathers in the
+    compute dtype (twice with reshard_after_forward) and reduce-scatters in fp32."""
+    if n <= 1:
+        return 0.0
+    ring = (n - 1) / n
+    c = dtype_of(cfg.precision.compute_dtype).itemsize
+    p = dtype_of(cfg.precision.param_dtype).itemsize
+    name = cfg.parallel.name
+    if name in ("ddp", "dap"):
+        return 2 * ring * n_params * p
+    if name in ("zero1", "zero2"):
+        return 2 * ring * n_params * c
+    if name == "zero3":
+        return 3 * ring * n_params * c
+    if name in ("fsdp", "hsdp"):
+        gathers = 2 if cfg.parallel.reshard_after_forward else 1
+        return ring * n_params * (gathers * c + 4)
+    return 0.0
+
+
+def dap_bytes_per_block(cfg: DictConfig, dap: int) -> float:
+    """Bytes each rank receives in one Evoformer block's forward under DAP (memtrain.models.alphafold.
+    parallelize): gathers of the row attention's pair bias, the outer product's b, one triangle
+    multiplication operand each way and both triangle attentions' biases ((n-1)/n of the full tensor),
+    and the all-to-alls m <-> columns (x2) and z <-> columns (x4) ((n-1)/n^2 of it)."""
+    m = cfg.model
+    b, n, s = cfg.trainer.micro_batch_size, cfg.data.crop_size, cfg.data.max_msa
+    c = dtype_of(cfg.precision.compute_dtype).itemsize
+    gathers = n * n * (m.n_heads_msa + 2 * m.c_hidden_mul + 2 * m.n_heads_pair) + s * n * m.c_hidden_opm
+    all_to_all = 2 * s * n * m.c_m + 4 * n * n * m.c_z
+    return b * c * ((dap - 1) / dap * gathers + (dap - 1) / dap**2 * all_to_all)
+
+
+def offload_bytes(cfg: DictConfig, n_params: int, dims: ParallelDims) -> tuple[float, float]:
+    """(bytes over PCIe per rank per step, parameters this rank's host optimizer updates)."""
+    name, offload = cfg.parallel.name, cfg.offload.name
+    c = dtype_of(cfg.precision.compute_dtype).itemsize
+    part = n_params / max(dims.dp, 1)
+    if offload == "optimizer_cpu":  # gradients out, updated parameters back
+        return 2 * part * c, part
+    if offload == "params_cpu" and name == "zero3":  # also the parameter partition for forward and backward
+        return 4 * part * c, part
+    if offload == "params_cpu":  # FSDP2 CPUOffloadPolicy: fp32 shards in twice, gradients out
+        return 3 * part * dtype_of(cfg.precision.param_dtype).itemsize, part
+    if offload == "activations_cpu":
+        return 0.0, 0.0
+    return 0.0, 0.0
+
+
+def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
+    hw = cfg.hardware
+    dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
+    spec = get_spec(cfg.model.arch)
+    n_blocks = spec.num_blocks(cfg.model)
+    accum = cfg.trainer.grad_accum
+    block, outside, core = forward_flops(cfg)
+    block /= dims.dap  # DAP splits the Evoformer's work; what runs outside the blocks is replicated
+    rate = peak_flops(hw, enum_names(cfg.precision.compute_dtype)) * hw.mfu
+    forward = n_blocks * block + outside
+    ac = cfg.checkpoint
+    mode, policy = enum_names(ac.mode), enum_names(ac.policy)
+    recomputed = len(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k)) * block
+    if mode == "selective" and policy == "attention":
+        recomputed = n_blocks * core
+    compute = accum * 3 * forward / rate
+    recompute = accum * recomputed / rate
+
+    world = dims.world_size
+    crosses_nodes = world > hw.gpus and dims.dp > 1
+    bw = 1e9 * (hw.inter_node_gbps if crosses_nodes else hw.intra_node_gbps)
+    if cfg.parallel.name == "hsdp":  # reduce-scatter inside the node, all-reduce the shards across nodes
+        dp_bytes = dp_comm_bytes(cfg, est.n_params, dims.dp_shard) / (1e9 * hw.intra_node_gbps)
+        dp_bytes += 2 * est.n_params / dims.dp_shard * 4 / (1e9 * hw.inter_node_gbps)
+        dp_time = dp_bytes
+    else:
+        n_dp = dims.dp if cfg.parallel.name != "dap" else dims.dp_replicate
+        dp_time = dp_comm_bytes(cfg, est.n_params, n_dp) / bw
+    hidden = compute + recompute if cfg.parallel.name in ("fsdp", "hsdp", "zero3") else 2 / 3 * compute
+    exposed = max(0.0, dp_time - hidden)
+
+    axial = 0.0
+    if cfg.parallel.name == "dap" and dims.dap > 1:
+        passes = 2 + len(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k)) / n_blocks  # fwd, bwd, recompute
+        axial = accum * n_blocks * passes * dap_bytes_per_block(cfg, dims.dap) / (1e9 * hw.intra_node_gbps)
+
+    pcie, host_params = offload_bytes(cfg, est.n_params, dims)
+    ranks_per_node = min(world, hw.gpus)
+    offload = pcie / (1e9 * hw.pcie_gbps) + host_params * ranks_per_node / (1e9 * hw.cpu_optimizer_gparams_per_s)
+    if cfg.offload.name == "activations_cpu":
+        offload = 2 * est.host / (1e9 * hw.pcie_gbps)
+    latency = accum * 3 * n_blocks * hw.block_latency_us * 1e-6
+    return StepCost(compute, recompute, exposed, axial, offload, latency)

@@ -1,0 +1,360 @@
+"""`memtrain plan`: which combination of memory techniques fits the hardware and runs fastest.
+
+    memtrain plan +recipe=alphafold hardware.gpu_mem_gb=80 hardware.gpus=8 hardware.host_mem_gb=512
+    memtrain plan +recipe=protein_lm model=gpt_1b hardware=a100 hardware.gpus=1 --top 5 --json
+
+The candidate space is the table AXES below: each Axis names the override key it sets, the values
+it tries, and a predicate saying when it applies. Candidates are the product of the axes (an axis
+the user already set on the command line is kept fixed). Each candidate's config is the recipe's
+config composed once by Hydra, with every group option composed once and swapped in, and key
+overrides applied with OmegaConf; the project's validator (memtrain.config.validate.validate) runs
+on every candidate and those it refuses are dropped; the rows printed are composed again from their
+override strings with load_config (the command line's own path) before they are shown. Each
+survivor gets the estimator's per-device peak (memtrain.memory.estimator) and the cost model's step
+time (memtrain.memory.cost_model); those that do not fit hardware.gpu_mem_gb x mem_usable (and the
+host memory) are dropped, and the rest are ranked by predicted step time, then peak memory.
+
+The global batch stays fixed across candidates: the recipe's micro-batch x grad_accum per GPU times
+the GPUs of the hardware (or --global-batch); the micro-batch axis splits each data-parallel rank's
+share into micro_batch_size x grad_accum.
+
+Adding an axis (tensor parallelism, pipeline stages, another optimizer, fp8, a kernel backend) is
+one entry in AXES, e.g.
+
+    Axis("tp", "parallel.tp", values=lambda ctx, cfg: divisors(ctx.gpus_per_node),
+         applies=lambda ctx, cfg: cfg.parallel.name in ("fsdp", "ddp"))
+    Axis("optimizer", "optimizer", values=("adamw", "adafactor", "lion"))
+
+placed before "micro_batch" (which reads the data-parallel degree the earlier axes leave). Values
+are plain option names or values (`key=value`), or `Option`s setting several keys at once; the
+estimator and the cost model must know the new technique's memory and time (their docs say how).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from memtrain.config.errors import ConfigError, from_hydra
+from memtrain.config.loader import CONF_DIR, load_config, register_all
+from memtrain.config.validate import validate
+from memtrain.distributed.mesh import ParallelDims
+from memtrain.memory.cost_model import GiB, StepCost, step_cost
+from memtrain.memory.estimator import MemoryEstimate, estimate
+
+GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher", "hardware")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One value of an axis: a label and the (key, value) overrides it sets. A key that is a config
+    group (`precision`) selects that group's option; any other key is a dotted config key."""
+
+    label: str
+    overrides: tuple[tuple[str, Any], ...]
+
+    def strings(self) -> list[str]:
+        return [f"{k}={_fmt(v)}" for k, v in self.overrides]
+
+
+@dataclass
+class PlanContext:
+    base: list[str]  # the user's overrides (recipe, model, hardware, ...)
+    base_cfg: DictConfig
+    gpus_per_node: int
+    nodes: int
+    global_batch: int
+
+    @property
+    def world(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+Values = Union[Sequence[Any], Callable[[PlanContext, DictConfig], Sequence[Any]]]
+
+
+def _always(ctx: PlanContext, cfg: DictConfig) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str  # column label
+    key: str  # the override key it sets (a group or a dotted key); the user setting it pins the axis
+    values: Values  # option names / values, or (ctx, candidate so far) -> values
+    applies: Callable[[PlanContext, DictConfig], bool] = _always
+
+    def options(self, ctx: PlanContext, cfg: DictConfig) -> list[Option]:
+        values = self.values(ctx, cfg) if callable(self.values) else self.values
+        return [v if isinstance(v, Option) else Option(_fmt(v), ((self.key, v),)) for v in values]
+
+
+def _fmt(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
+    """Every data-parallel option over the whole machine; DAP at each degree dividing a node."""
+    if ctx.world == 1:
+        return [Option("single", (("parallel", "single"),))]
+    layouts = [Option(name, (("parallel", name),)) for name in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
+    if ctx.nodes > 1:
+        layouts.append(Option(f"hsdp(r={ctx.nodes})", (("parallel", "hsdp"), ("parallel.dp_replicate", ctx.nodes))))
+    if "chunk_size" in cfg.model:  # DAP splits AlphaFold's representations
+        for d in divisors(ctx.gpus_per_node)[1:]:
+            layouts.append(Option(f"dap={d}", (("parallel", "dap"), ("parallel.dap", d), ("parallel.dp_replicate", -1))))
+    return layouts
+
+
+def micro_batches(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
+    """Split this rank's share of the global batch into micro_batch_size x grad_accum."""
+    dims = ParallelDims.from_config(cfg.parallel, ctx.world)
+    n_dp = dims.dp
+    if ctx.global_batch % n_dp:
+        return []
+    share = ctx.global_batch // n_dp
+    return [Option(f"{m}x{share // m}", (("trainer.micro_batch_size", m), ("trainer.grad_accum", share // m)))
+            for m in divisors(share)]
+
+
+AXES: list[Axis] = [
+    Axis("parallel", "parallel", parallel_layouts),
+    Axis("offload", "offload", ("none", "optimizer_cpu", "params_cpu")),
+    Axis("precision", "precision", ("bf16", "fp16", "fp32")),
+    Axis("optimizer", "optimizer", ("adamw", "adafactor")),
+    Axis("checkpoint", "checkpoint", ("none", "selective", "full")),
+    Axis("chunk", "model.chunk_size", (None, 64), applies=lambda ctx, cfg: "chunk_size" in cfg.model),
+    Axis("micro_batch", "trainer.micro_batch_size", micro_batches),
+]
+
+
+@dataclass
+class PlanRow:
+    overrides: list[str]  # runnable: memtrain train <overrides>
+    choices: dict[str, str]
+    estimate: MemoryEstimate
+    cost: StepCost
+    seq_len: int = 1  # tokens per sample (language models), for measured step times
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.estimate.total
+
+    def as_dict(self) -> dict:
+        return {"overrides": self.overrides, "command": "memtrain train " + " ".join(self.overrides),
+                "choices": self.choices, "step_s": self.cost.total_s, "cost": self.cost.as_dict(),
+                "peak_bytes": self.estimate.total, "host_bytes": self.estimate.host, "estimate": self.estimate.as_dict()}
+
+
+@dataclass
+class Plan:
+    hardware: dict
+    global_batch: int
+    rows: list[PlanRow]  # fitting, ranked
+    considered: int = 0
+    invalid: int = 0
+    too_big: list[PlanRow] = field(default_factory=list)
+
+    @property
+    def smallest(self) -> PlanRow | None:
+        return min(self.too_big, key=lambda r: r.peak_bytes, default=None)
+
+
+def _pinned(base: list[str]) -> set[str]:
+    keys = set()
+    for o in base:
+        key = o.split("=", 1)[0].lstrip("+~")
+        keys.add(key)
+        if key in ("trainer.micro_batch_size", "trainer.grad_accum"):
+            keys.add("trainer.micro_batch_size")
+    return keys
+
+
+class _Composer:
+    """Hydra compositions, each done once: the base config, and each group option over it."""
+
+    def __init__(self, base: list[str]):
+        self.base = base
+        self._groups: dict[tuple[str, str], DictConfig | None] = {}
+        register_all()
+        self._ctx = initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
+        self._ctx.__enter__()
+        self.base_cfg = self._compose([])
+
+    def _compose(self, extra: list[str]) -> DictConfig:
+        try:
+            return compose(config_name="train", overrides=[*self.base, *extra])
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise from_hydra(exc) from exc
+
+    def group(self, group: str, option: str) -> DictConfig | None:
+        if (group, option) not in self._groups:
+            try:
+                self._groups[group, option] = self._compose([f"{group}={option}"])[group]
+            except ConfigError:
+                self._groups[group, option] = None  # e.g. a recipe key this option's schema lacks
+        return self._groups[group, option]
+
+    def close(self) -> None:
+        self._ctx.__exit__(None, None, None)
+
+
+def _apply(composer: _Composer, cfg: DictConfig, option: Option) -> DictConfig | None:
+    out = cfg.copy()
+    for key, value in option.overrides:
+        if key in GROUPS:
+            node = composer.group(key, str(value))
+            if node is None:
+                return None
+            with open_dict(out):
+                out[key] = node.copy()
+        else:
+            try:
+                OmegaConf.update(out, key, value, merge=True)
+            except OmegaConfBaseException:
+                return None
+    return out
+
+
+def _launcher(ctx: PlanContext) -> list[Option]:
+    if ctx.world == 1:
+        return []
+    pairs: list[tuple[str, Any]] = [("launcher.nproc_per_node", ctx.gpus_per_node)]
+    if ctx.nodes > 1:
+        pairs += [("launcher.nnodes", ctx.nodes), ("launcher.rdzv_endpoint", "head-node:29500")]
+    return [Option("launcher", tuple(pairs))]
+
+
+def _validated(cfg: DictConfig, ctx: PlanContext) -> bool:
+    """The project's validator on the candidate. Checks about the machine the plan is made on
+    (visible CUDA devices) are left out: the plan is for the target hardware."""
+    probe = cfg
+    if torch.cuda.device_count() < ctx.gpus_per_node:
+        probe = cfg.copy()
+        probe.trainer.device = "cpu"
+    try:
+        validate(probe)
+    except ConfigError:
+        return False
+    return True
+
+
+def plan(base: list[str], global_batch: int | None = None, verify_top: int | None = None) -> Plan:
+    """Enumerate, validate, estimate and rank; `verify_top` rows (all when None) are composed
+    again from their override strings with load_config, and any that fails is dropped."""
+    composer = _Composer(base)
+    try:
+        base_cfg = composer.base_cfg
+        hw = base_cfg.hardware
+        gb = global_batch or base_cfg.trainer.micro_batch_size * base_cfg.trainer.grad_accum * hw.gpus * hw.nodes
+        ctx = PlanContext(base, base_cfg, hw.gpus, hw.nodes, gb)
+        pinned = _pinned(base)
+        axes = [a for a in AXES if a.key not in pinned]
+        user = [o for o in base if not o.split("=", 1)[0].lstrip("+").startswith("hardware")]
+        result = Plan(hardware=OmegaConf.to_container(hw), global_batch=gb, rows=[])
+        start = base_cfg
+        for opt in _launcher(ctx):
+            start = _apply(composer, start, opt)
+        usable_dev = hw.gpu_mem_gb * GiB * hw.mem_usable
+        usable_host = hw.host_mem_gb * GiB * hw.mem_usable
+
+        def walk(i: int, cfg: DictConfig, chosen: list[Option]) -> Iterable[tuple[DictConfig, list[Option]]]:
+            if i == len(axes):
+                yield cfg, chosen
+                return
+            axis = axes[i]
+            if not axis.applies(ctx, cfg):
+                yield from walk(i + 1, cfg, chosen)
+                return
+            try:
+                options = axis.options(ctx, cfg)
+            except ConfigError:
+                return
+            for opt in options:
+                nxt = _apply(composer, cfg, opt)
+                if nxt is not None:
+                    yield from walk(i + 1, nxt, [*chosen, opt])
+
+        for cfg, chosen in walk(0, start, []):
+            result.considered += 1
+            if not _validated(cfg, ctx):
+                result.invalid += 1
+                continue
+            try:
+                est = estimate(cfg)
+            except ConfigError:
+                result.invalid += 1
+                continue
+            overrides = [*user, *(s for o in _launcher(ctx) for s in o.strings()), *(s for o in chosen for s in o.strings())]
+            row = PlanRow(overrides, {a.name: o.label for a, o in zip(axes, chosen)}, est, step_cost(cfg, est),
+                          cfg.data.seq_len)
+            fits = est.total <= usable_dev and est.host * min(ctx.world, hw.gpus) <= usable_host
+            (result.rows if fits else result.too_big).append(row)
+        result.rows.sort(key=lambda r: (r.cost.total_s, r.peak_bytes))
+    finally:
+        composer.close()
+    checked, kept = 0, []
+    for row in result.rows:
+        if verify_top is not None and checked >= verify_top:
+            kept.append(row)
+            continue
+        checked += 1
+        try:
+            cfg = load_config(row.overrides) if torch.cuda.device_count() >= ctx.gpus_per_node else \
+                load_config([*row.overrides, "trainer.device=cpu"])
+        except ConfigError:
+            result.invalid += 1
+            continue
+        kept.append(row)
+        del cfg
+    result.rows = kept
+    return result
+
+
+def no_fit_message(p: Plan) -> str:
+    hw = p.hardware
+    usable = hw["gpu_mem_gb"] * hw["mem_usable"]
+    if p.smallest is None:
+        return (f"no valid configuration to plan: all {p.considered} candidates were refused by validation "
+                f"(check the recipe and hardware.gpus={hw['gpus']}, hardware.nodes={hw['nodes']})")
+    s = p.smallest
+    return (f"nothing fits: of {p.considered} candidates ({p.invalid} refused by validation), the smallest needs "
+            f"{s.peak_bytes / GiB:.2f} GiB per device ({' '.join(s.overrides)}), but hardware.gpu_mem_gb="
+            f"{hw['gpu_mem_gb']} leaves {usable:.2f} GiB usable (mem_usable={hw['mem_usable']}). "
+            f"Use more or larger GPUs, a smaller model, crop or sequence, or a smaller global batch (--global-batch).")
+
+
+def render_plan(p: Plan, top: int):
+    from rich.table import Table
+
+    hw = p.hardware
+    title = (f"memtrain plan: {hw['name']} x {hw['gpus']} GPU(s) x {hw['nodes']} node(s), {hw['gpu_mem_gb']} GiB "
+             f"per GPU, {hw['host_mem_gb']} GiB host per node; global batch {p.global_batch}; "
+             f"{len(p.rows)} of {p.considered} candidates fit ({p.invalid} refused by validation)\n"
+             f"step time from the cost model at mfu={hw['mfu']} (docs/planner.md); run a row with memtrain train <overrides>")
+    table = Table(title=title, title_justify="left")
+    for col in ("#", "overrides", "step s", "x best", "GiB/device", "host GiB/rank", "compute", "recompute", "comm",
+                "offload"):
+        table.add_column(col, justify="left" if col == "overrides" else "right")
+    best = p.rows[0].cost.total_s if p.rows else 1.0
+    for i, r in enumerate(p.rows[:top], 1):
+        c = r.cost
+        table.add_row(str(i), " ".join(r.overrides), f"{c.total_s:.3f}", f"{c.total_s / best:.2f}",
+                      f"{r.peak_bytes / GiB:.2f}", f"{r.estimate.host / GiB:.2f}", f"{c.compute_s:.3f}",
+                      f"{c.recompute_s:.3f}", f"{c.dp_comm_s + c.axial_comm_s:.3f}", f"{c.offload_s:.3f}")
+    return table
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
