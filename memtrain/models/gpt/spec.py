@@ -9,6 +9,7 @@ from torch import nn
 
 from memtrain.config.errors import enum_names, require
 from memtrain.data.lm import build_lm_data
+from memtrain.models.gpt.attention import ATTENTION_KEYS, core_activation_bytes, set_attention_cores
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.spec import ModelSpec, register_spec
 
@@ -16,8 +17,10 @@ PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
 
 
 def build_model(mcfg: DictConfig) -> GPT:
-    kwargs = {k: v for k, v in mcfg.items() if k != "arch"}
-    return GPT(**kwargs)
+    kwargs = {k: v for k, v in mcfg.items() if k != "arch" and k not in ATTENTION_KEYS}
+    model = GPT(**kwargs)
+    set_attention_cores(model, blocks(model), mcfg, SPEC.attention_core)
+    return model
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +62,9 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
       feed-forward: norm as above, w1/w3 inputs (per projection under autocast), w1 and w3
         outputs, silu output and the product (4 p F/D).
       under autocast, the low-precision copy of every matmul weight (autocast's weight cache).
-    Attention is memory-efficient (SDPA flash / efficient kernels): no S x S matrix is kept.
+    Attention is memory-efficient (SDPA flash / efficient kernels): no S x S matrix is kept. With
+    model.attention=linformer|performer the core's own saved tensors (attention.core_activation_bytes)
+    take the place of the log-sum-exp.
     """
     mcfg = cfg.model
     b, s, d = cfg.trainer.micro_batch_size, cfg.data.seq_len, mcfg.dim
@@ -75,6 +80,8 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
     else:
         norm_attn = norm_ffn = norm
     lse = 4 * b * heads * s
+    if enum_names(mcfg.get("attention", "softmax")) != "softmax":  # approximate core: its own saved tensors
+        lse = core_activation_bytes(mcfg, b, s, compute_bytes)
     core = compute_bytes * bsd * (2 + 2 * kvr) + lse  # q, k, v, out, logsumexp
     attn = norm_attn + core
     ffn = norm_ffn + 4 * compute_bytes * b * s * hidden
@@ -103,6 +110,10 @@ def validate(cfg: DictConfig) -> None:
     require(kv >= 1 and m.n_heads % kv == 0, "model.n_kv_heads", f"n_kv_heads={kv} must divide n_heads={m.n_heads}")
     require(cfg.data.seq_len <= m.max_seq_len, "data.seq_len",
             f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+    if enum_names(m.get("attention", "softmax")) != "softmax":
+        for key in ("linformer_k", "performer_features", "attention_chunk"):
+            require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
+        require(m.performer_redraw >= 0, "model.performer_redraw", f"must be 0 (never) or positive, got {m.performer_redraw}")
     source = enum_names(cfg.data.source)
     require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
             allowed=["protein", "synthetic"])
