@@ -24,6 +24,7 @@ from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.optim.builder import lr_at
 from memtrain.precision.amp import Precision
+from memtrain.precision.transforms import apply_precision_transforms
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +67,7 @@ class Trainer:
         with torch.device(self.device):
             model = self.spec.build_model(cfg.model)
         model.to(dtype=self.precision.param_dtype)
+        apply_precision_transforms(model, cfg.precision, self.spec, self.device)  # QAT / FP8 module swaps
         apply_activation_checkpointing(model, cfg.checkpoint, self.spec)
         self.strategy = build_strategy(cfg, model, self.spec, self.mesh, self.precision, self.device)
         self.data = self.spec.build_data(cfg)
