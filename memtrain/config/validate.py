@@ -15,6 +15,7 @@ from memtrain.config.errors import enum_names, require
 from memtrain.distributed.launch import world_size
 from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.models import get_spec
+from memtrain.precision.validate import validate_quantization
 
 IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap")
 # which parallel options each offload works with
@@ -31,6 +32,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_keys(cfg)
     _validate_parallel(cfg.parallel)
     _validate_precision(cfg.precision)
+    validate_quantization(cfg)
     _validate_trainer(cfg.trainer)
     _validate_offload(cfg)
     _validate_launch(cfg)
