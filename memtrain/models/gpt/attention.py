@@ -197,8 +197,9 @@ def core_activation_bytes(mcfg: DictConfig, b: int, s: int, compute_bytes: int) 
     micro-batch of b x s tokens (per block). With C = attention_chunk, per block of C positions:
     linformer: the masked q k^T and p F products (2 C^2), the scores and probabilities (2 C k; the
     softmax runs in fp32), the two running k x Dh states, and the expanded K and V for GQA;
-    performer: phi(q), phi(k) (fp32, S x m), the masked a = phi(q) phi(k)^T (C^2, fp32), its row
-    sums, the two running states (m x Dh + m, fp32) and fp32 copies of V."""
+    performer (all fp32): for q the scaled input, the projection, its row max, exp and phi; for k the
+    scaled input, exp and phi; per block the masked a = phi(q) phi(k)^T (C^2), the two running
+    states read (m x Dh + m), the numerator and denominator of the ratio."""
     h, dh = mcfg.n_heads, mcfg.dim // mcfg.n_heads
     kind = enum_names(mcfg.get("attention", "softmax"))
     c = min(mcfg.attention_chunk, s)
@@ -210,6 +211,7 @@ def core_activation_bytes(mcfg: DictConfig, b: int, s: int, compute_bytes: int) 
         return b * h * (n_chunks * per_chunk + expanded)
     if kind == "performer":
         m = mcfg.performer_features
-        per_chunk = 4 * (c * c + c + m * dh + m)
-        return b * h * (4 * 2 * s * m + 4 * s * dh + n_chunks * per_chunk)
+        features = 5 * s * m + 2 * s * dh + s  # q: scaled input, projection, its max, exp, phi; k: input, exp, phi
+        per_chunk = c * c + m * dh + m + c * dh + c  # a, the two states read, numerator, denominator
+        return 4 * b * h * (features + n_chunks * per_chunk)
     return 0.0
