@@ -29,6 +29,7 @@ USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydr
        memtrain estimate [hydra overrides] [--json]   per-device memory, before a GPU is touched
        memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]]
                                                   what fits hardware.* and runs fastest
+       memtrain export CHECKPOINT OUT               a precision.qat checkpoint with integer weights
 
 overrides: group choices (model=gpt_1b precision=bf16 checkpoint=full), keys
 (trainer.max_steps=100), recipes (+recipe=protein_lm). Groups: model parallel precision optimizer
@@ -129,6 +130,17 @@ def plan_command(args: list[str]) -> int:
     from memtrain.memory.plan_cli import plan_main
 
     return plan_main(args, _fail)
+def export_command(args: list[str]) -> int:
+    from memtrain.precision.export import export_quantized
+
+    if len(args) != 2:
+        return _fail("usage: memtrain export CHECKPOINT_DIR OUT_DIR (a step_<N>/ folder of a precision.qat run)")
+    try:
+        out = export_quantized(args[0], args[1])
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail(str(exc))
+    Console().print(f"exported {args[0]} to {out}", highlight=False)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "estimate": estimate_command, "plan": plan_command}
+    commands = {"train": train_command, "estimate": estimate_command, "plan": plan_command, "export": export_command}
     if command not in commands:
         return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)})\n{USAGE}")
     return commands[command](rest)

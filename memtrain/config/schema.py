@@ -60,6 +60,29 @@ class SequenceParallelImpl(Enum):
     ring = "ring"  # Ring Attention: K/V blocks passed around the ring, online-softmax merge
 
 
+class QATScheme(Enum):
+    none = "none"
+    int8 = "int8"  # LLM-QAT: int8 weights per output channel
+    int4 = "int4"  # LLM-QAT: int4 weights per output channel
+    bitnet = "bitnet"  # BitNet b1.58 BitLinear: ternary weights, absmean scale
+
+
+class QATActivations(Enum):
+    none = "none"
+    int8 = "int8"  # symmetric per-token absmax
+
+
+class FP8Scaling(Enum):
+    dynamic = "dynamic"  # scale from the current tensor's amax
+    delayed = "delayed"  # scale from the max over an amax history of past steps
+
+
+class GPTAttention(Enum):
+    softmax = "softmax"  # exact causal softmax attention (SDPA)
+    linformer = "linformer"  # learned sequence projections of K and V (Wang et al. 2020), causal prefix variant
+    performer = "performer"  # FAVOR+ positive orthogonal random features (Choromanski et al. 2021), causal
+
+
 class AttentionBackend(Enum):
     naive = "naive"  # explicit softmax(QK^T + bias)V, softmax in fp32
     sdpa = "sdpa"  # torch scaled_dot_product_attention with the biases as a float mask
@@ -92,6 +115,11 @@ class GPTConfig(ModelConfig):
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
+    attention: GPTAttention = GPTAttention.softmax  # the attention core of every block
+    linformer_k: int = 64  # linformer: projected length k of K and V
+    performer_features: int = 128  # performer: random features m per head
+    performer_redraw: int = 1000  # performer: redraw the features every this many training forwards (0: never)
+    attention_chunk: int = 64  # linformer/performer: block size of the causal prefix-sum scan
 
 
 @dataclass
@@ -173,6 +201,11 @@ class PrecisionConfig:
     growth_factor: float = 2.0
     backoff_factor: float = 0.5
     growth_interval: int = 2000
+    qat: QATScheme = QATScheme.none  # quantization-aware training of the blocks' linear layers
+    qat_activations: QATActivations = QATActivations.int8  # int8/int4 QAT: per-token input quantization
+    fp8: bool = False  # FP8 (e4m3/e5m2) GEMMs for the blocks' linear layers, CUDA capability >= 8.9
+    fp8_scaling: FP8Scaling = FP8Scaling.dynamic
+    fp8_amax_history: int = 16  # fp8_scaling=delayed: steps of amax history per tensor
 
 
 @dataclass

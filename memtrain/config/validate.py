@@ -17,6 +17,7 @@ from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.distributed.pipeline import validate_pipeline
 from memtrain.models import get_spec
 from memtrain.optim.compat import validate_optimizer
+from memtrain.precision.validate import validate_quantization
 
 IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap", "pp", "tp", "sp")
 # which parallel options each offload works with
@@ -33,6 +34,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_keys(cfg)
     _validate_parallel(cfg.parallel)
     _validate_precision(cfg.precision)
+    validate_quantization(cfg)
     _validate_trainer(cfg.trainer)
     _validate_offload(cfg)
     _validate_launch(cfg)

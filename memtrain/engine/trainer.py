@@ -25,6 +25,7 @@ from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.optim.builder import lr_at
 from memtrain.precision.amp import Precision
+from memtrain.precision.transforms import apply_precision_transforms
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,6 +70,7 @@ class Trainer:
         with torch.device(self.device):
             model = self.spec.build_model(cfg.model)
         model.to(dtype=self.precision.param_dtype)
+        apply_precision_transforms(model, cfg.precision, self.spec, self.device)  # QAT / FP8 module swaps
         if self.mesh is not None and self.spec.parallelize is not None:
             self.spec.parallelize(model, self.mesh, cfg)  # model parallelism first: TP -> AC -> FSDP (torchtitan's order)
         apply_activation_checkpointing(model, cfg.checkpoint, self.spec)

@@ -25,6 +25,7 @@ from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory import optimizer_memory
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
 from memtrain.memory.comm import comm_bytes
+from memtrain.memory.precision_memory import precision_activation_parts, precision_state_bytes
 from memtrain.models import get_spec
 from memtrain.precision.amp import dtype_of
 
@@ -97,6 +98,7 @@ class MemoryEstimate:
     pp: int = 1
     # {mesh dimension: {collective: bytes sent per device per optimizer step}} (memtrain.memory.comm)
     comm_bytes: dict = field(default_factory=dict)
+    precision_state: int = 0  # fp8 delayed scaling's amax histories
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -240,6 +242,7 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], in
     casts_params = cfg.parallel.name in ("fsdp", "hsdp", "zero1", "zero2", "zero3")
     residual = compute if casts_params else dtype_of(cfg.precision.param_dtype).itemsize
     parts = spec.activation_bytes(cfg, compute, residual)
+    parts = precision_activation_parts(cfg, parts, compute, residual)  # QAT copies, FP8 1-byte saves
     if cfg.parallel.name == "dap":
         # DAP splits the Evoformer's representations over the dap ranks (padded to a multiple);
         # what runs outside the blocks is replicated on every rank
@@ -307,6 +310,7 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
     states = model_states(cfg, units, dims)
     per_block, outside, buffer = activation_bytes(cfg, dims)
     saved = sum(per_block) + outside
+    precision_state = precision_state_bytes(cfg)
     if cfg.offload.name == "activations_cpu":
         activations, host_activations = max(*per_block, outside, buffer), saved
     else:
@@ -318,7 +322,7 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         grads=states.grads,
         optimizer=states.optimizer,
         activations=activations,
-        total=states.params + states.grads + states.optimizer + states.gathered + activations,
+        total=states.params + states.grads + states.optimizer + states.gathered + activations + precision_state,
         n_params=numel(flat(units)),
         activations_per_block=per_block,
         activations_outside_blocks=outside,
@@ -330,4 +334,5 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         dp_replicate=dims.dp_replicate,
         dp_shard=dims.dp_shard,
         comm_bytes=comm_bytes(cfg, dims, numel(flat(units))),
+        precision_state=precision_state,
     )

@@ -9,6 +9,7 @@ from torch import nn
 
 from memtrain.config.errors import enum_names, require
 from memtrain.data.lm import build_lm_data
+from memtrain.models.gpt.attention import ATTENTION_KEYS, core_activation_bytes, set_attention_cores
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.gpt.pipeline import pipeline_stages
 from memtrain.models.gpt.parallelize import parallelize, reduce_gradients, shard_batches, validate_parallel
@@ -18,8 +19,10 @@ PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
 
 
 def build_model(mcfg: DictConfig) -> GPT:
-    kwargs = {k: v for k, v in mcfg.items() if k != "arch"}
-    return GPT(**kwargs)
+    kwargs = {k: v for k, v in mcfg.items() if k != "arch" and k not in ATTENTION_KEYS}
+    model = GPT(**kwargs)
+    set_attention_cores(model, blocks(model), mcfg, SPEC.attention_core)
+    return model
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +66,9 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
       feed-forward: norm as above, w1/w3 inputs (per projection under autocast), w1 and w3
         outputs, silu output and the product (4 p F/D).
       under autocast, the low-precision copy of every matmul weight (autocast's weight cache).
-    Attention is memory-efficient (SDPA flash / efficient kernels): no S x S matrix is kept.
+    Attention is memory-efficient (SDPA flash / efficient kernels): no S x S matrix is kept. With
+    model.attention=linformer|performer the core's own saved tensors (attention.core_activation_bytes)
+    take the place of the log-sum-exp.
     """
     mcfg = cfg.model
     b, s, d = cfg.trainer.micro_batch_size, cfg.data.seq_len, mcfg.dim
@@ -79,6 +84,8 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
     else:
         norm_attn = norm_ffn = norm
     lse = 4 * b * heads * s
+    if enum_names(mcfg.get("attention", "softmax")) != "softmax":  # approximate core: its own saved tensors
+        lse = core_activation_bytes(mcfg, b, s, compute_bytes)
     core = compute_bytes * bsd * (2 + 2 * kvr) + lse  # q, k, v, out, logsumexp
     attn = norm_attn + core
     ffn = norm_ffn + 4 * compute_bytes * b * s * hidden
@@ -113,6 +120,13 @@ def validate(cfg: DictConfig) -> None:
     require(not (m.tie_embeddings and cfg.parallel.pp != 1), "model.tie_embeddings",
             "tied embeddings would live on the first and the last pipeline stage; use tie_embeddings=false with parallel.pp")
     validate_parallel(cfg)
+    require(enum_names(m.get("attention", "softmax")) == "softmax" or cfg.parallel.sp == 1, "model.attention",
+            f"model.attention={enum_names(m.attention)} replaces the attention core that parallel.sp={cfg.parallel.sp} "
+            "distributes; sequence parallelism needs model.attention=softmax")
+    if enum_names(m.get("attention", "softmax")) != "softmax":
+        for key in ("linformer_k", "performer_features", "attention_chunk"):
+            require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
+        require(m.performer_redraw >= 0, "model.performer_redraw", f"must be 0 (never) or positive, got {m.performer_redraw}")
     source = enum_names(cfg.data.source)
     require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
             allowed=["protein", "synthetic"])
