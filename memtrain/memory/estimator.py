@@ -38,6 +38,7 @@ OFFLOADS = {
     "zero2": ("none", "optimizer_cpu", "activations_cpu"),
     "zero3": ("none", "optimizer_cpu", "params_cpu", "nvme", "activations_cpu"),
     "dap": ("none", "activations_cpu"),
+    "spatial": ("none", "activations_cpu"),
 }
 
 
@@ -232,6 +233,9 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], in
         # DAP splits the Evoformer's representations over the dap ranks (padded to a multiple);
         # what runs outside the blocks is replicated on every rank
         parts = {**parts, "block": parts["block"] / dims.dap, "block_input": parts["block_input"] / dims.dap}
+    if cfg.parallel.name == "spatial":
+        # the blocks run on latitude slabs; the fields outside them (embedding, loss) are whole on every rank
+        parts = {**parts, "block": parts["block"] / dims.spatial, "block_input": parts["block_input"] / dims.spatial}
     ac = cfg.checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
     n_blocks = spec.num_blocks(cfg.model)

@@ -24,6 +24,7 @@ COMPANIONS = {
     ("model", "fuxi"): ["data=era5"],
     ("model", "fuxi_tiny"): ["data=era5"],
     ("data", "era5"): ["model=pangu_tiny"],
+    ("parallel", "spatial"): ["model=pangu_tiny", "data=era5", "model.n_lat=128"],  # 32 latitude tokens: 2 x 4 x 4 divides
 }
 GROUPS = ["model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
