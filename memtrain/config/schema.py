@@ -158,13 +158,14 @@ class ParallelConfig:
     """Degrees of every parallel dimension; their product must equal the world size. One degree
     may be -1: it takes whatever the others leave of the world size."""
 
-    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap | tp | sp
+    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap | tp | sp | pp | spatial
     dp_replicate: int = 1
     dp_shard: int = 1
     tp: int = 1
     pp: int = 1
     sp: int = 1
     dap: int = 1
+    spatial: int = 1  # parallel=spatial: ranks sharing one sample, its latitude axis split over them
     reshard_after_forward: bool = True  # fsdp/hsdp: free gathered parameters after the forward
     backend: Optional[str] = None  # process-group backend; None: nccl on CUDA, gloo on CPU
     # pipeline parallelism (parallel.pp > 1): schedule, micro-batches a trainer micro-batch is

@@ -19,7 +19,7 @@ from memtrain.models import get_spec
 from memtrain.optim.compat import validate_optimizer
 from memtrain.precision.validate import validate_quantization
 
-IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap", "pp", "tp", "sp")
+IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap", "pp", "tp", "sp", "spatial")
 # which parallel options each offload works with
 OFFLOAD_SUPPORT = {
     "none": IMPLEMENTED_PARALLEL,
@@ -56,6 +56,8 @@ def validate(cfg: DictConfig) -> None:
                 f"{', '.join(spec.model_parallel) or 'none'})")
     require(cfg.parallel.name != "dap" or spec.parallelize is not None, "parallel",
             f"parallel=dap (Dynamic Axial Parallelism) splits AlphaFold's representations; model.arch={cfg.model.arch} has none")
+    require(cfg.parallel.name != "spatial" or spec.spatial, "parallel",
+            f"parallel=spatial splits a weather model's latitude grid; model.arch={cfg.model.arch} has none (use model=pangu*)")
     spec.validate(cfg)
     validate_pipeline(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).pp, spec.num_blocks(cfg.model), spec)
 
@@ -83,6 +85,9 @@ def _validate_parallel(p: DictConfig) -> None:
     require(p.dap == 1 or p.name == "dap", "parallel.dap", f"dap={p.dap} needs parallel=dap (got parallel={p.name})")
     require(p.name != "dap" or p.dp_shard == 1, "parallel.dp_shard",
             "parallel=dap composes with replicated data parallelism (parallel.dp_replicate), not sharded")
+    require(p.spatial == 1 or p.name == "spatial", "parallel.spatial", f"spatial={p.spatial} needs parallel=spatial (got parallel={p.name})")
+    require(p.name != "spatial" or (p.dp_shard == 1 and p.dp_replicate == 1), "parallel.dp_replicate",
+            "parallel=spatial does not compose with data parallelism yet: parallel.dp_replicate and parallel.dp_shard must be 1")
     if p.name.startswith("zero"):
         require(importlib.util.find_spec("deepspeed") is not None, "parallel",
                 f"parallel={p.name} needs DeepSpeed (pip install deepspeed)")

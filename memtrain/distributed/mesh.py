@@ -12,7 +12,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from memtrain.config.errors import ConfigError
 
 # Outermost first: pipeline stages span nodes, tensor parallelism stays inside a node.
-DIMS = ("pp", "dp_replicate", "dp_shard", "sp", "dap", "tp")
+DIMS = ("pp", "dp_replicate", "dp_shard", "spatial", "sp", "dap", "tp")
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class ParallelDims:
     sp: int
     dap: int
     world_size: int
+    spatial: int = 1  # one sample's grid split in slabs (weather models)
 
     @classmethod
     def from_config(cls, p: DictConfig, world_size: int) -> "ParallelDims":

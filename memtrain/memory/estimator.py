@@ -45,6 +45,7 @@ OFFLOADS = {
     "pp": ("none", "activations_cpu"),
     "tp": ("none", "activations_cpu"),
     "sp": ("none", "activations_cpu"),
+    "spatial": ("none", "activations_cpu"),
 }
 
 
@@ -248,6 +249,9 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], in
         # what runs outside the blocks is replicated on every rank
         parts = {**parts, "block": parts["block"] / dims.dap, "block_input": parts["block_input"] / dims.dap}
     parts = model_parallel_activations(parts, cfg, dims)
+    if cfg.parallel.name == "spatial":
+        # the blocks run on latitude slabs; the fields outside them (embedding, loss) are whole on every rank
+        parts = {**parts, "block": parts["block"] / dims.spatial, "block_input": parts["block_input"] / dims.spatial}
     ac = cfg.checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
     n_blocks = spec.num_blocks(cfg.model)

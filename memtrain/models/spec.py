@@ -42,6 +42,7 @@ class ModelSpec:
     # its gradient reduction after backward: (model, mesh) -> None
     parallelize: Callable[..., None] | None = None
     reduce_gradients: Callable[..., None] | None = None
+    spatial: bool = False  # parallelize supports parallel=spatial (a sample's grid split over ranks)
     # extra logged metrics: config -> ((model outputs, targets) -> {name: value}) per micro-batch,
     # averaged over the micro-batches of each logging interval (e.g. per-variable RMSE)
     metrics: Callable[[DictConfig], Callable[[Any, Batch], dict[str, float]]] | None = None

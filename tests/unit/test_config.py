@@ -27,6 +27,7 @@ COMPANIONS = {
     ("data", "era5"): ["model=pangu_tiny"],
     ("parallel", "tp"): ["model.n_kv_heads=4"],  # tp=4 over the 4 ranks splits the 4 key/value heads
     ("parallel", "tp_sp"): ["model.n_kv_heads=4"],
+    ("parallel", "spatial"): ["model=pangu_tiny", "data=era5", "model.n_lat=128"],  # 32 latitude tokens: 2 x 4 x 4 divides
 }
 GROUPS = ["model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]

@@ -15,6 +15,7 @@ from memtrain.models.spec import ModelSpec, register_spec
 from memtrain.models.weather.fuxi import FuXi
 from memtrain.models.weather.loss import rmse_per_variable, weather_loss
 from memtrain.models.weather.pangu import Pangu, padded, token_grid
+from memtrain.models.weather.parallelize import parallelize, reduce_gradients, validate_spatial
 
 FP32 = 4
 
@@ -122,6 +123,11 @@ def validate_pangu(cfg: DictConfig) -> None:
     w1 = m.n_lon // m.patch_size[2]
     require(w1 % 2 == 0, "model.n_lon", f"{w1} longitude tokens cannot be merged 2 by 2")
     _validate_common(cfg, [w1, w1 // 2], m.window_size[2])
+    if cfg.parallel.name == "spatial":
+        from memtrain.distributed.launch import world_size
+        from memtrain.distributed.mesh import ParallelDims
+
+        validate_spatial(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).spatial)
 
 
 def validate_fuxi(cfg: DictConfig) -> None:
@@ -151,4 +157,5 @@ for _arch, _build, _act, _validate in (("pangu", build_pangu, _pangu_activation_
         validate=_validate,
         target_unit="samples",
         metrics=metrics,
+        **({"parallelize": parallelize, "reduce_gradients": reduce_gradients, "spatial": True} if _arch == "pangu" else {}),
     ))

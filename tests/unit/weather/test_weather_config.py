@@ -15,10 +15,26 @@ from memtrain.memory.estimator import estimate
     (["model=pangu_tiny", "data=era5", "model.n_lon=72"], "'model.n_lon'"),
     (["model=fuxi_tiny", "data=era5", "model.heads=3"], "'model.heads'"),
     (["model=gpt_tiny", "data=era5"], "'data'"),
+    # spatial parallelism: weather (Pangu) only, latitude tokens a multiple of 2 x window x degree
+    (["model=gpt_tiny", "parallel=spatial", "launcher.nproc_per_node=2"], "'parallel'"),
+    (["model=fuxi_tiny", "data=era5", "parallel=spatial", "launcher.nproc_per_node=2"], "'parallel'"),
+    (["model=pangu_tiny", "data=era5", "parallel=spatial", "launcher.nproc_per_node=2"], "'model.n_lat'"),
+    (["model=pangu_tiny", "data=era5", "parallel=spatial", "parallel.spatial=2", "launcher.nproc_per_node=2",
+      "model.n_lat=66"], "'model.n_lat'"),
+    (["model=pangu_tiny", "data=era5", "parallel=ddp", "parallel.spatial=2", "launcher.nproc_per_node=2"], "'parallel.spatial'"),
+    (["model=pangu_tiny", "data=era5", "parallel=spatial", "parallel.dp_replicate=2", "parallel.spatial=2",
+      "launcher.nproc_per_node=4", "model.n_lat=64"], "'parallel.dp_replicate'"),
 ])
 def test_bad_weather_combinations_are_refused(overrides, key):
     with pytest.raises(ConfigError, match=key):
         load_config([*overrides, "trainer.device=cpu"])
+
+
+def test_spatial_pangu_grid_that_divides_is_accepted_and_splits_the_blocks():
+    base = ["model=pangu_tiny", "data=era5", "trainer.device=cpu", "model.n_lat=64"]
+    one = estimate(load_config(base))
+    two = estimate(load_config([*base, "parallel=spatial", "launcher.nproc_per_node=2"]))
+    assert two.activations < one.activations
 
 
 def test_estimator_sizes_pangu_at_quarter_degree():
