@@ -27,6 +27,7 @@ from memtrain.data.errors import DataFormatError
 
 USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydra multirun sweep)
        memtrain estimate [hydra overrides] [--json]   per-device memory, before a GPU is touched
+       memtrain submit [slurm options] -- [hydra overrides]   sbatch a run (memtrain submit --help)
 
 overrides: group choices (model=gpt_1b precision=bf16 checkpoint=full), keys
 (trainer.max_steps=100), recipes (+recipe=protein_lm). Groups: model parallel precision optimizer
@@ -123,13 +124,19 @@ def estimate_command(args: list[str]) -> int:
     return 0
 
 
+def submit_command(args: list[str]) -> int:
+    from memtrain.slurm.submit import submit_command as submit
+
+    return submit(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "estimate": estimate_command}
+    commands = {"train": train_command, "estimate": estimate_command, "submit": submit_command}
     if command not in commands:
         return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)})\n{USAGE}")
     return commands[command](rest)

@@ -20,6 +20,7 @@ from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.strategy import build_strategy
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
+from memtrain.engine.preemption import Preemption
 from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.optim.builder import lr_at
@@ -70,6 +71,7 @@ class Trainer:
         self.strategy = build_strategy(cfg, model, self.spec, self.mesh, self.precision, self.device)
         self.data = self.spec.build_data(cfg)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
+        self.preemption = Preemption(self.device)  # SIGUSR1/SIGTERM under Slurm: checkpoint and stop
         self.step = 0
 
     @property
@@ -185,6 +187,10 @@ class Trainer:
                     tokens, t0 = 0, time.perf_counter()
                 if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")
+                if self.step < until and self.preemption.should_stop():  # every rank stops after this step
+                    self.console.print(f"stopping for a signal: saved [bold]{self.save()}[/]")
+                    self.preemption.stopped(self.run_dir, self.step, self.env.is_main)
+                    break
         if metrics:
             metrics.close()
         return records
