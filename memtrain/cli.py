@@ -77,7 +77,9 @@ def _run_hydra(args: list[str]) -> None:
 
     register_all()
     sys.argv = ["memtrain train", *args]
-    hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(_train_job)()
+    from memtrain.cli import _train_job as job  # by module name, also under `python -m`: launchers pickle it
+
+    hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(job)()
 
 
 def _train_job(cfg: DictConfig) -> None:

@@ -77,6 +77,8 @@ def test_sigusr1_checkpoints_requeues_and_resumes_without_losing_a_step(referenc
     # what `#SBATCH --signal=USR1@N` sends before the time limit: SIGUSR1 to every process of the steps
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
     wait_until(lambda: int(job_fields(job).get("Restarts", "0")) >= 1, 120, "the job to requeue")
+    # Slurm holds a requeued job back for a while (BeginTime); let it start now to keep the test short
+    subprocess.run(["scontrol", "update", f"JobId={job}", "BeginTime=now"], check=True)
     assert wait_done(job) == "COMPLETED", log_of(run_dir, job)[-3000:]
     log = log_of(run_dir, job)
     assert "requeueing job" in log and "(restart 1)" in log and "resumed from" in log, log[-3000:]
@@ -98,7 +100,7 @@ def test_srun_one_task_per_rank_without_torchrun(reference, tmp_path):
 
 def test_sweep_with_the_submitit_launcher_runs_every_job(slurm_cluster, tmp_path):
     t0 = time.monotonic()
-    proc = run_cli("train", "-m", "hydra/launcher=slurm", *TINY, "trainer.max_steps=3",
+    proc = run_cli("train", "-m", "hydra/launcher=slurm", *TINY, "trainer.max_steps=3", "trainer.warmup_steps=0",
                    "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path}", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for num, lr in ((0, 1e-3), (1, 2e-3)):
