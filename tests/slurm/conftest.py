@@ -41,6 +41,12 @@ def slurm_cluster():
     try:
         yield os.environ["SLURM_CONF"]
     finally:
+        # jobs left by a failed test would outlive the daemons: cancel them first (our own cluster)
+        ids = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["scancel", *ids])
+            wait_until(lambda: not subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
+                                                  text=True).stdout.split(), 90, "cancelled jobs to end")
         subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], timeout=120)
         if previous is None:
             os.environ.pop("SLURM_CONF", None)

@@ -78,7 +78,10 @@ def test_sigusr1_checkpoints_requeues_and_resumes_without_losing_a_step(referenc
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
     wait_until(lambda: int(job_fields(job).get("Restarts", "0")) >= 1, 120, "the job to requeue")
     # Slurm holds a requeued job back for a while (BeginTime); let it start now to keep the test short
-    subprocess.run(["scontrol", "update", f"JobId={job}", "BeginTime=now"], check=True)
+    # (possible once the job is pending again, not while it still completes)
+    wait_until(lambda: subprocess.run(["scontrol", "update", f"JobId={job}", "BeginTime=now"],
+                                      capture_output=True).returncode == 0
+               or job_fields(job).get("JobState") in ("RUNNING", "COMPLETED"), 120, "the requeued job to be pending")
     assert wait_done(job) == "COMPLETED", log_of(run_dir, job)[-3000:]
     log = log_of(run_dir, job)
     assert "requeueing job" in log and "(restart 1)" in log and "resumed from" in log, log[-3000:]
