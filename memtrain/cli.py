@@ -30,10 +30,11 @@ USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydr
        memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]]
                                                   what fits hardware.* and runs fastest
        memtrain export CHECKPOINT OUT               a precision.qat checkpoint with integer weights
+       memtrain submit [slurm options] -- [hydra overrides]   sbatch a run (memtrain submit --help)
 
 overrides: group choices (model=gpt_1b precision=bf16 checkpoint=full), keys
 (trainer.max_steps=100), recipes (+recipe=protein_lm). Groups: model parallel precision optimizer
-offload checkpoint data trainer."""
+offload checkpoint data trainer hardware."""
 
 MAX_SWEEP_JOBS_CHECKED = 256
 err = Console(stderr=True)
@@ -79,7 +80,9 @@ def _run_hydra(args: list[str]) -> None:
 
     register_all()
     sys.argv = ["memtrain train", *args]
-    hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(_train_job)()
+    from memtrain.cli import _train_job as job  # by module name, also under `python -m`: launchers pickle it
+
+    hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(job)()
 
 
 def _train_job(cfg: DictConfig) -> None:
@@ -130,6 +133,8 @@ def plan_command(args: list[str]) -> int:
     from memtrain.memory.plan_cli import plan_main
 
     return plan_main(args, _fail)
+
+
 def export_command(args: list[str]) -> int:
     from memtrain.precision.export import export_quantized
 
@@ -143,13 +148,20 @@ def export_command(args: list[str]) -> int:
     return 0
 
 
+def submit_command(args: list[str]) -> int:
+    from memtrain.slurm.submit import submit_command as submit
+
+    return submit(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "estimate": estimate_command, "plan": plan_command, "export": export_command}
+    commands = {"train": train_command, "estimate": estimate_command, "plan": plan_command, "export": export_command,
+                "submit": submit_command}
     if command not in commands:
         return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)})\n{USAGE}")
     return commands[command](rest)

@@ -31,17 +31,25 @@ class DistEnv:
 
 
 def adopt_slurm_env(environ: dict[str, str] = os.environ) -> None:
-    """Translate an srun task's SLURM_* variables into torch.distributed's (unless already set)."""
-    if "RANK" in environ or "SLURM_PROCID" not in environ or "SLURM_NTASKS" not in environ:
+    """Translate an srun task's SLURM_* variables into torch.distributed's (unless already set).
+    Only a task of a job step counts: the batch script itself also has SLURM_PROCID=0 and the
+    job's SLURM_NTASKS, but no SLURM_STEP_ID; a step's own task count is SLURM_STEP_NUM_TASKS."""
+    if "RANK" in environ or "SLURM_PROCID" not in environ or "SLURM_STEP_ID" not in environ:
+        return
+    ntasks = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS"))
+    if ntasks is None:
         return
     environ["RANK"] = environ["SLURM_PROCID"]
-    environ["WORLD_SIZE"] = environ["SLURM_NTASKS"]
+    environ["WORLD_SIZE"] = ntasks
     environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
     if "MASTER_ADDR" not in environ:
-        nodelist = environ.get("SLURM_JOB_NODELIST", "localhost")
+        nodelist = environ.get("SLURM_STEP_NODELIST", environ.get("SLURM_JOB_NODELIST", "localhost"))
         hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
         environ["MASTER_ADDR"] = hosts.stdout.split()[0]
     environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000))
+    per_node = environ.get("SLURM_STEP_TASKS_PER_NODE", "").split("(")[0].split(",")[0]  # e.g. "2(x4)"
+    if per_node.isdigit():
+        environ.setdefault("LOCAL_WORLD_SIZE", per_node)
 
 
 def launched() -> bool:

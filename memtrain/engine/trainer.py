@@ -21,6 +21,7 @@ from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.strategy import build_strategy
 from memtrain.engine.zeroth_order import zeroth_order_step
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
+from memtrain.engine.preemption import Preemption
 from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.optim.builder import lr_at
@@ -79,6 +80,7 @@ class Trainer:
         if self.mesh is not None and self.spec.shard_batches is not None:
             self.data = self.spec.shard_batches(self.data, self.mesh, cfg)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
+        self.preemption = Preemption(self.device)  # SIGUSR1/SIGTERM under Slurm: checkpoint and stop
         self.step = 0
 
     @property
@@ -198,6 +200,10 @@ class Trainer:
                     tokens, t0 = 0, time.perf_counter()
                 if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")
+                if self.step < until and self.preemption.should_stop():  # every rank stops after this step
+                    self.console.print(f"stopping for a signal: saved [bold]{self.save()}[/]")
+                    self.preemption.stopped(self.run_dir, self.step, self.env.is_main)
+                    break
         if metrics:
             metrics.close()
         return records

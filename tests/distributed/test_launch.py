@@ -56,7 +56,7 @@ def test_bad_mesh_or_combination_is_refused_before_any_worker_starts(tmp_path, a
 
 
 def test_srun_environment_is_adopted():
-    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1234",
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_STEP_ID": "0", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1234",
            "MASTER_ADDR": "node7"}
     adopt_slurm_env(env)
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_ADDR"], env["MASTER_PORT"]) == (
