@@ -18,16 +18,18 @@ The global batch stays fixed across candidates: the recipe's micro-batch x grad_
 the GPUs of the hardware (or --global-batch); the micro-batch axis splits each data-parallel rank's
 share into micro_batch_size x grad_accum.
 
-Adding an axis (tensor parallelism, pipeline stages, another optimizer, fp8, a kernel backend) is
-one entry in AXES, e.g.
+Adding an axis (another optimizer, a kernel backend, a parallel dimension) is one entry in AXES
+(or one more Option from parallel_layouts), e.g.
 
-    Axis("tp", "parallel.tp", values=lambda ctx, cfg: divisors(ctx.gpus_per_node),
-         applies=lambda ctx, cfg: cfg.parallel.name in ("fsdp", "ddp"))
-    Axis("optimizer", "optimizer", values=("adamw", "adafactor", "lion"))
+    Axis("attention", "model.attention_backend", attention_backends,
+         applies=lambda ctx, cfg: "chunk_size" in cfg.model and "attention_backend" in cfg.model)
 
 placed before "micro_batch" (which reads the data-parallel degree the earlier axes leave). Values
-are plain option names or values (`key=value`), or `Option`s setting several keys at once; the
-estimator and the cost model must know the new technique's memory and time (their docs say how).
+are plain option names or values (`key=value`), or `Option`s setting several keys at once; a values
+function leaves out what the validator would refuse, so the space stays small (power-of-two
+degrees, optimizers only where memtrain.optim.compat lets them run), and every composed candidate
+still goes through the validator. The estimator and the cost model must know the new technique's
+memory and time (their docs say how).
 """
 
 from __future__ import annotations
