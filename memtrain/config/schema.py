@@ -393,6 +393,7 @@ class HardwareConfig:
     block_latency_us: float = 50.0  # fixed cost per block and micro-batch (kernel launches)
     cpu_optimizer_gparams_per_s: float = 2.0  # host optimizer step, parameters per second per node
     mem_usable: float = 0.9  # fraction of device and host memory a plan may fill
+    fp8: bool = True  # fp8 tensor cores (Hopper and later); the planner offers precision=fp8 only here
 
 
 @dataclass

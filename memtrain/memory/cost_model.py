@@ -1,14 +1,18 @@
 """A simple, stated cost model of one optimizer step, per device, for `memtrain plan`.
 
-    step = compute + recompute + exposed data-parallel communication + axial (DAP) communication
-           + offload traffic and host optimizer + fixed per-block latency
+    step = compute + recompute + exposed data-parallel communication + model-parallel (dap, tp,
+           sp, pp) communication + offload traffic and host optimizer + fixed per-block latency
 
 compute: forward FLOPs x 3 (the backward pass costs two forwards) at hardware.mfu of the peak of the
 compute dtype (fp32: the non-tensor-core peak, torch's default without TF32). recompute: one more
-forward of every checkpointed block (checkpoint=full or selective every_k). Data-parallel
-communication (ring collectives, (n-1)/n of the bytes per rank) over NVLink inside a node and the
-network across nodes; DDP/ZeRO overlap it with the backward, FSDP/ZeRO-3 with the whole step, so
-only the part longer than that is exposed. DAP's all-to-alls and gathers sit on the critical path.
+forward of every checkpointed block (checkpoint=full or selective every_k). Model parallelism
+divides a block's FLOPs by dap x tp x sp and the blocks by pp; pipeline stages add the schedule's
+bubble (bubble_fraction). MeZO (a zeroth-order optimizer) runs two forwards and no backward.
+Communication: the bytes each device sends per step in every mesh dimension, from
+memtrain.memory.comm (est.comm_bytes), over NVLink when the dimension's groups stay inside a node
+and over the network when they span nodes (spans_nodes). DDP/ZeRO overlap the data-parallel part
+with the backward, FSDP/ZeRO-3 with the whole step, so only the part longer than that is exposed;
+DAP, tp, sp and pp communication sits on the critical path.
 Offload moves bytes over PCIe and runs the optimizer on the host (hardware.cpu_optimizer_*).
 The constants and their sources are in docs/planner.md; the model ranks options, it does not
 promise absolute times.
@@ -108,31 +112,6 @@ def peak_flops(hw: DictConfig, compute_dtype: str) -> float:
     return 1e12 * {"bfloat16": hw.peak_tflops_bf16, "float16": hw.peak_tflops_fp16, "float32": hw.peak_tflops_fp32}[compute_dtype]
 
 
-def dp_comm_bytes(cfg: DictConfig, n_params: int, n: int) -> float:
-    """Bytes each rank sends per step for the data-parallel gradient/parameter collectives over n
-    ranks (ring: (n-1)/n of the tensor per rank for a reduce-scatter or all-gather, twice that for an
-    all-reduce). DDP/DAP replicas all-reduce gradients in the parameter dtype; ZeRO-1/2 reduce-scatter
-    gradients and all-gather parameters in the compute dtype; ZeRO-3 gathers parameters twice (forward,
-    backward) and reduce-scatters gradients (ZeRO paper sec. 7.2: 1.5x DDP); FSDP2 gathers in the
-    compute dtype (twice with reshard_after_forward) and reduce-scatters in fp32."""
-    if n <= 1:
-        return 0.0
-    ring = (n - 1) / n
-    c = dtype_of(cfg.precision.compute_dtype).itemsize
-    p = dtype_of(cfg.precision.param_dtype).itemsize
-    name = cfg.parallel.name
-    if name in ("ddp", "dap"):
-        return 2 * ring * n_params * p
-    if name in ("zero1", "zero2"):
-        return 2 * ring * n_params * c
-    if name == "zero3":
-        return 3 * ring * n_params * c
-    if name in ("fsdp", "hsdp"):
-        gathers = 2 if cfg.parallel.reshard_after_forward else 1
-        return ring * n_params * (gathers * c + 4)
-    return 0.0
-
-
 def dap_bytes_per_block(cfg: DictConfig, dap: int) -> float:
     """Bytes each rank receives in one Evoformer block's forward under DAP (memtrain.models.alphafold.
     parallelize): gathers of the row attention's pair bias, the outer product's b, one triangle
@@ -162,46 +141,107 @@ def offload_bytes(cfg: DictConfig, n_params: int, dims: ParallelDims) -> tuple[f
     return 0.0, 0.0
 
 
+# Pipeline bubble: the fraction of a schedule's time the average rank idles, with m pipeline
+# micro-batches on pp ranks and v stages per rank. GPipe and 1F1B: (pp-1)/(m+pp-1) (Huang et al.
+# 2019 sec. 2.2; Narayanan et al. 2021 sec. 2.2.1). Interleaved 1F1B divides the bubble time by v
+# (Narayanan et al. 2021 sec. 2.2.2). ZB-H1 ("zero_bubble") keeps a third of 1F1B's bubble and
+# ZB-V none, with the forward, input-gradient and weight-gradient passes of equal time (Qi et al.
+# 2024, sec. 3.1 and 6).
+BUBBLE_SHARE = {"gpipe": 1.0, "1f1b": 1.0, "zero_bubble": 1.0 / 3, "zbv": 0.0}
+
+
+def bubble_fraction(schedule: str, pp: int, m: int, v: int) -> float:
+    if pp <= 1:
+        return 0.0
+    idle = (pp - 1) / v if schedule == "interleaved_1f1b" else (pp - 1) * BUBBLE_SHARE[schedule]
+    return idle / (m + idle)
+
+
+def spans_nodes(dims: ParallelDims, dim: str, gpus_per_node: int) -> bool:
+    """Whether a mesh dimension's groups cross nodes: ranks are laid out in DIMS order (the last
+    dimension innermost), so `dim`'s group spans degree x (product of the later degrees) ranks."""
+    from memtrain.distributed.mesh import DIMS
+
+    inner = 1
+    for d in DIMS[DIMS.index(dim) + 1:]:
+        inner *= getattr(dims, d)
+    return inner * getattr(dims, dim) > gpus_per_node
+
+
+# dimensions whose collectives overlap with compute (gradient buckets, FSDP prefetch); the model-
+# parallel ones (tp, sp, pp, dap) sit on the critical path
+DATA_PARALLEL = ("dp_replicate", "dp_shard")
+
+
+def comm_seconds(cfg: DictConfig, est: MemoryEstimate, dims: ParallelDims) -> dict[str, float]:
+    """Seconds per step of every mesh dimension's communication: memtrain.memory.comm's bytes sent
+    per device (est.comm_bytes), plus DAP's, over NVLink when the dimension stays inside a node and
+    over the network when it spans nodes."""
+    hw = cfg.hardware
+    out = {}
+    volumes = {dim: sum(c.values()) for dim, c in est.comm_bytes.items()}
+    if cfg.parallel.name == "dap" and dims.dap > 1 and "dap" not in volumes:
+        ac = cfg.checkpoint
+        n_blocks = get_spec(cfg.model.arch).num_blocks(cfg.model)
+        passes = 2 + len(checkpointed_block_ids(n_blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k)) / n_blocks
+        volumes["dap"] = cfg.trainer.grad_accum * n_blocks * passes * dap_bytes_per_block(cfg, dims.dap)
+    for dim, nbytes in volumes.items():
+        gbps = hw.inter_node_gbps if spans_nodes(dims, dim, hw.gpus) else hw.intra_node_gbps
+        out[dim] = nbytes / (1e9 * gbps)
+    return out
+
+
 def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
+    """Per-device seconds of one optimizer step (see the module's docstring)."""
+    from memtrain.memory.optimizer_memory import zeroth_order
+
     hw = cfg.hardware
     dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
     spec = get_spec(cfg.model.arch)
     n_blocks = spec.num_blocks(cfg.model)
     accum = cfg.trainer.grad_accum
     block, outside, core = forward_flops(cfg)
-    block /= dims.dap  # DAP splits the Evoformer's work; what runs outside the blocks is replicated
+    # model parallelism splits each block's work: DAP the Evoformer's representations, tp the heads
+    # and hidden units, sp the tokens; what runs outside the blocks is replicated under DAP and split
+    # under tp (vocabulary-parallel output) and sp (its tokens)
+    split = dims.dap * dims.tp * dims.sp
+    block, core, outside = block / split, core / split, outside / (dims.tp * dims.sp)
     rate = peak_flops(hw, enum_names(cfg.precision.compute_dtype)) * hw.mfu
-    forward = n_blocks * block + outside
+    # pipeline stages: a rank runs its n_blocks / pp blocks (and, the last rank, the head)
+    forward = n_blocks / dims.pp * block + outside
     ac = cfg.checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
-    recomputed = len(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k)) * block
+    recomputed = len(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k)) / dims.pp * block
     if mode == "selective" and policy == "attention":
-        recomputed = n_blocks * core
-    compute = accum * 3 * forward / rate
-    recompute = accum * recomputed / rate
-
-    world = dims.world_size
-    crosses_nodes = world > hw.gpus and dims.dp > 1
-    bw = 1e9 * (hw.inter_node_gbps if crosses_nodes else hw.intra_node_gbps)
-    if cfg.parallel.name == "hsdp":  # reduce-scatter inside the node, all-reduce the shards across nodes
-        dp_bytes = dp_comm_bytes(cfg, est.n_params, dims.dp_shard) / (1e9 * hw.intra_node_gbps)
-        dp_bytes += 2 * est.n_params / dims.dp_shard * 4 / (1e9 * hw.inter_node_gbps)
-        dp_time = dp_bytes
+        recomputed = n_blocks / dims.pp * core
+    zo = zeroth_order(cfg)
+    if zo:  # MeZO: two forwards (theta + eps z, theta - eps z), no backward, nothing recomputed,
+        # and four passes over the parameters (perturb, perturb back, restore, update: read + write)
+        compute = accum * 2 * forward / rate + 4 * 2 * est.n_params * 4 / (1e9 * hw.hbm_gbps)
+        recompute = 0.0
     else:
-        n_dp = dims.dp if cfg.parallel.name != "dap" else dims.dp_replicate
-        dp_time = dp_comm_bytes(cfg, est.n_params, n_dp) / bw
+        compute = accum * 3 * forward / rate
+        recompute = accum * recomputed / rate
+    stretch, launches = 1.0, accum * (2 if zo else 3) * n_blocks / dims.pp
+    if dims.pp > 1:  # idle ranks in the schedule's bubble stretch the step
+        f = bubble_fraction(cfg.parallel.pp_schedule, dims.pp, cfg.parallel.pp_microbatches,
+                            cfg.parallel.pp_stages_per_rank)
+        stretch = 1 / (1 - f)
+        compute, recompute = compute * stretch, recompute * stretch
+        launches *= cfg.parallel.pp_microbatches  # every pipeline micro-batch runs the stage's blocks
+
+    comm = comm_seconds(cfg, est, dims)
+    if zo:  # the replicas only all-reduce a scalar projected gradient, not the gradients
+        comm = {d: t for d, t in comm.items() if d not in DATA_PARALLEL}
+    dp_time = sum(t for d, t in comm.items() if d in DATA_PARALLEL)
     hidden = compute + recompute if cfg.parallel.name in ("fsdp", "hsdp", "zero3") else 2 / 3 * compute
     exposed = max(0.0, dp_time - hidden)
-
-    axial = 0.0
-    if cfg.parallel.name == "dap" and dims.dap > 1:
-        passes = 2 + len(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k)) / n_blocks  # fwd, bwd, recompute
-        axial = accum * n_blocks * passes * dap_bytes_per_block(cfg, dims.dap) / (1e9 * hw.intra_node_gbps)
+    axial = sum(t for d, t in comm.items() if d not in DATA_PARALLEL)
 
     pcie, host_params = offload_bytes(cfg, est.n_params, dims)
-    ranks_per_node = min(world, hw.gpus)
+    ranks_per_node = min(dims.world_size, hw.gpus)
     offload = pcie / (1e9 * hw.pcie_gbps) + host_params * ranks_per_node / (1e9 * hw.cpu_optimizer_gparams_per_s)
     if cfg.offload.name == "activations_cpu":
         offload = 2 * est.host / (1e9 * hw.pcie_gbps)
-    latency = accum * 3 * n_blocks * hw.block_latency_us * 1e-6
+    latency = launches * stretch * hw.block_latency_us * 1e-6
     return StepCost(compute, recompute, exposed, axial, offload, latency)

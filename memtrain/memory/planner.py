@@ -18,20 +18,23 @@ The global batch stays fixed across candidates: the recipe's micro-batch x grad_
 the GPUs of the hardware (or --global-batch); the micro-batch axis splits each data-parallel rank's
 share into micro_batch_size x grad_accum.
 
-Adding an axis (tensor parallelism, pipeline stages, another optimizer, fp8, a kernel backend) is
-one entry in AXES, e.g.
+Adding an axis (another optimizer, a kernel backend, a parallel dimension) is one entry in AXES
+(or one more Option from parallel_layouts), e.g.
 
-    Axis("tp", "parallel.tp", values=lambda ctx, cfg: divisors(ctx.gpus_per_node),
-         applies=lambda ctx, cfg: cfg.parallel.name in ("fsdp", "ddp"))
-    Axis("optimizer", "optimizer", values=("adamw", "adafactor", "lion"))
+    Axis("attention", "model.attention_backend", attention_backends,
+         applies=lambda ctx, cfg: "chunk_size" in cfg.model and "attention_backend" in cfg.model)
 
 placed before "micro_batch" (which reads the data-parallel degree the earlier axes leave). Values
-are plain option names or values (`key=value`), or `Option`s setting several keys at once; the
-estimator and the cost model must know the new technique's memory and time (their docs say how).
+are plain option names or values (`key=value`), or `Option`s setting several keys at once; a values
+function leaves out what the validator would refuse, so the space stays small (power-of-two
+degrees, optimizers only where memtrain.optim.compat lets them run), and every composed candidate
+still goes through the validator. The estimator and the cost model must know the new technique's
+memory and time (their docs say how).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, Union
@@ -42,12 +45,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from memtrain.config.errors import ConfigError, from_hydra
+from memtrain.config.errors import ConfigError, enum_names, from_hydra
 from memtrain.config.loader import CONF_DIR, load_config, register_all
-from memtrain.config.validate import validate
+from memtrain.config.validate import OFFLOAD_SUPPORT, validate
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory.cost_model import GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
+from memtrain.models import get_spec
 
 GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher", "hardware")
 
@@ -104,8 +108,14 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def powers_of_two(n: int) -> list[int]:
+    """Model-parallel degrees tried: the powers of two above 1 that divide n (a node's GPUs)."""
+    return [d for d in divisors(n) if d > 1 and d & (d - 1) == 0]
+
+
 def parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
-    """Every data-parallel option over the whole machine; DAP at each degree dividing a node."""
+    """Every data-parallel option over the whole machine; DAP at each degree dividing a node; the
+    model's tensor, sequence and pipeline parallelism (model_parallel_layouts)."""
     if ctx.world == 1:
         return [Option("single", (("parallel", "single"),))]
     layouts = [Option(name, (("parallel", name),)) for name in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
@@ -114,27 +124,129 @@ def parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
     if "chunk_size" in cfg.model:  # DAP splits AlphaFold's representations
         for d in divisors(ctx.gpus_per_node)[1:]:
             layouts.append(Option(f"dap={d}", (("parallel", "dap"), ("parallel.dap", d), ("parallel.dp_replicate", -1))))
-    return layouts
+    return layouts + model_parallel_layouts(ctx, cfg)
+
+
+PP_SCHEDULES = (("1f1b", 1), ("interleaved_1f1b", 2), ("zbv", 2))  # (schedule, stages per rank)
+
+
+def model_parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
+    """Tensor (tp), sequence (Ulysses, Ring) and pipeline (pp) parallelism at power-of-two degrees
+    dividing a node's GPUs, for the models that support them. A degree that takes the whole machine
+    uses parallel=tp|ulysses|ring; a smaller one composes with FSDP over the remaining ranks
+    (pipelines with DDP replicas). Degrees the model cannot split (heads for tp and Ulysses, blocks
+    for pp stages, tied embeddings for pp) are left out before composing; the validator still judges
+    every candidate."""
+    spec = get_spec(cfg.model.arch)
+    m, out = cfg.model, []
+    degrees = powers_of_two(ctx.gpus_per_node)
+    if "tp" in spec.model_parallel:
+        kv = m.get("n_kv_heads") or m.n_heads
+        for d in degrees:
+            if m.n_heads % d == 0 and kv % d == 0:
+                out.append(Option(f"tp={d}", (("parallel", "tp"), ("parallel.tp", d))) if d == ctx.world else
+                           Option(f"fsdp+tp={d}", (("parallel", "fsdp"), ("parallel.tp", d), ("parallel.dp_shard", -1))))
+    if "sp" in spec.model_parallel:
+        for d in degrees:
+            for impl in ("ulysses", "ring"):
+                if impl == "ulysses" and m.n_heads % d:
+                    continue
+                out.append(Option(f"{impl}={d}", (("parallel", impl), ("parallel.sp", d))) if d == ctx.world else
+                           Option(f"fsdp+{impl}={d}", (("parallel", "fsdp"), ("parallel.sp", d),
+                                                       ("parallel.sp_impl", impl), ("parallel.dp_shard", -1))))
+    if spec.pipeline_fn is not None and not m.get("tie_embeddings", False):
+        n_blocks = spec.num_blocks(m)
+        for d in degrees:
+            for schedule, v in PP_SCHEDULES:
+                if n_blocks % (d * v) == 0:
+                    out.append(Option(f"pp={d}/{schedule}", (
+                        ("parallel", "pp"), ("parallel.pp", d), ("parallel.dp_replicate", -1),
+                        ("parallel.pp_schedule", schedule), ("parallel.pp_stages_per_rank", v),
+                        ("parallel.pp_microbatches", d * v))))
+    return out
+
+
+def _model_parallel(cfg: DictConfig) -> bool:
+    p = cfg.parallel
+    return p.tp != 1 or p.sp != 1 or p.pp != 1
+
+
+def offloads(ctx: PlanContext, cfg: DictConfig) -> list[str]:
+    """The offloads the parallel option takes (the validator's OFFLOAD_SUPPORT); none with model
+    parallelism, whose estimates and pipelines have no offload."""
+    if _model_parallel(cfg):
+        return ["none"]
+    return [o for o in ("none", "optimizer_cpu", "params_cpu") if cfg.parallel.name in OFFLOAD_SUPPORT[o]]
+
+
+def precisions(ctx: PlanContext, cfg: DictConfig) -> list[str]:
+    """bf16, fp16 (not in pipelines: no loss scaling there), fp32; fp8 only on hardware with fp8
+    tensor cores (hardware.fp8) and once a precision option named fp8 exists."""
+    out = ["bf16", "fp32"] if cfg.parallel.pp != 1 else ["bf16", "fp16", "fp32"]
+    if cfg.hardware.fp8 and fp8_option_exists():
+        out.append("fp8")
+    return out
+
+
+def fp8_option_exists() -> bool:
+    return (CONF_DIR / "precision" / "fp8.yaml").is_file()
+
+
+SHAPE_AWARE = ("adafactor", "sm3", "came", "adam_mini")  # memtrain.optim.compat.SHAPE_AWARE, by option name
+OPTIMIZERS = ("adamw", "adafactor", "lion", "came", "sm3", "adam_mini", "adamw_bf16", "adamw_8bit", "mezo")
+
+
+def optimizers(ctx: PlanContext, cfg: DictConfig) -> list[str]:
+    """The optimizers memtrain.optim.compat lets run with the parallel, precision and offload chosen:
+    shape-aware ones not under DeepSpeed ZeRO, 8-bit AdamW where bitsandbytes is installed and not
+    under FSDP2, MeZO with single or DDP, fp32 parameters, no loss scaling and no offload; Adam-mini
+    not with pipeline stages (the estimator's blocks of one stage have no Adam-mini partition)."""
+    name, prec = cfg.parallel.name, cfg.precision
+    out = []
+    for opt in OPTIMIZERS:
+        if opt in SHAPE_AWARE and name.startswith("zero"):
+            continue
+        if opt == "adam_mini" and cfg.parallel.pp != 1:  # the estimator has no per-stage Adam-mini model
+            continue
+        if opt == "adamw_8bit" and (importlib.util.find_spec("bitsandbytes") is None or name in ("fsdp", "hsdp")):
+            continue
+        if opt == "mezo" and (name not in ("single", "ddp") or _model_parallel(cfg) or prec.loss_scaling
+                              or enum_names(prec.param_dtype) != "float32" or cfg.offload.name != "none"):
+            continue
+        out.append(opt)
+    return out
+
+
+def attention_backends(ctx: PlanContext, cfg: DictConfig) -> list[str]:
+    """AlphaFold's attention as configured, and the fused Triton kernels where they can run."""
+    from memtrain.kernels.runtime import unavailable_reason
+
+    current = enum_names(cfg.model.attention_backend)
+    return [current] + (["triton"] if current != "triton" and unavailable_reason("cuda") is None else [])
 
 
 def micro_batches(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
-    """Split this rank's share of the global batch into micro_batch_size x grad_accum."""
+    """Split this rank's share of the global batch into micro_batch_size x grad_accum (a micro-batch
+    divisible by the pipeline's micro-batches under pp)."""
     dims = ParallelDims.from_config(cfg.parallel, ctx.world)
     n_dp = dims.dp
     if ctx.global_batch % n_dp:
         return []
     share = ctx.global_batch // n_dp
+    step = cfg.parallel.pp_microbatches if dims.pp > 1 else 1
     return [Option(f"{m}x{share // m}", (("trainer.micro_batch_size", m), ("trainer.grad_accum", share // m)))
-            for m in divisors(share)]
+            for m in divisors(share) if m % step == 0]
 
 
 AXES: list[Axis] = [
     Axis("parallel", "parallel", parallel_layouts),
-    Axis("offload", "offload", ("none", "optimizer_cpu", "params_cpu")),
-    Axis("precision", "precision", ("bf16", "fp16", "fp32")),
-    Axis("optimizer", "optimizer", ("adamw", "adafactor")),
+    Axis("offload", "offload", offloads),
+    Axis("precision", "precision", precisions),
+    Axis("optimizer", "optimizer", optimizers),
     Axis("checkpoint", "checkpoint", ("none", "selective", "full")),
     Axis("chunk", "model.chunk_size", (None, 64), applies=lambda ctx, cfg: "chunk_size" in cfg.model),
+    Axis("attention", "model.attention_backend", attention_backends,
+         applies=lambda ctx, cfg: "chunk_size" in cfg.model and "attention_backend" in cfg.model),
     Axis("micro_batch", "trainer.micro_batch_size", micro_batches),
 ]
 
