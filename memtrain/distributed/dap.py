@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed import ProcessGroup
+from torch.distributed.tensor import DTensor
 
 # -- communication: matched autograd pairs --------------------------------------------------------
 
@@ -123,8 +124,10 @@ def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
 
 
 def all_reduce_gradients(module: nn.Module, group: ProcessGroup) -> None:
-    """Sum every parameter's gradient over the dap group (one flat buffer per dtype)."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    """Sum every parameter's gradient over `group` (one flat buffer per dtype). DTensor gradients
+    (FSDP, TP) are summed shard by shard: the group's ranks hold the same shard of each."""
+    grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+             for p in module.parameters() if p.grad is not None]
     for dtype in {g.dtype for g in grads}:
         same = [g for g in grads if g.dtype == dtype]
         flat = torch.cat([g.reshape(-1) for g in same])

@@ -41,7 +41,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
-from torch.distributed.tensor import DTensor
 
 from memtrain.distributed.dap import all_to_all
 
@@ -77,23 +76,6 @@ class SequenceShardedBatches:
         inputs, targets = self.batches.batch(index, micro_batch_size)
         return inputs[:, self.positions].contiguous(), targets[:, self.positions].contiguous()
 
-
-def all_reduce_gradients(module: nn.Module, group: ProcessGroup) -> None:
-    """Sum every parameter's gradient over the sequence-parallel group: each rank's gradient
-    comes from its own positions only. DTensor gradients (FSDP, TP) are summed shard by shard
-    (the sp ranks hold the same shard of each)."""
-    grads = []
-    for p in module.parameters():
-        if p.grad is not None:
-            grads.append(p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad)
-    for dtype in {g.dtype for g in grads}:
-        same = [g for g in grads if g.dtype == dtype]
-        flat = torch.cat([g.reshape(-1) for g in same])
-        dist.all_reduce(flat, group=group)
-        offset = 0
-        for g in same:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
 
 
 # -- Ulysses -------------------------------------------------------------------------------------

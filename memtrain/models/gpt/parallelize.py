@@ -33,11 +33,11 @@ from torch.distributed.tensor.parallel import (
 )
 
 from memtrain.config.errors import enum_names
+from memtrain.distributed.dap import all_reduce_gradients
 from memtrain.distributed.sequence_parallel import (
     RingAttention,
     SequenceShardedBatches,
     UlyssesAttention,
-    all_reduce_gradients,
     shard_positions,
 )
 from memtrain.models.gpt.model import rotary_tables
