@@ -1,3 +1,18 @@
+"""Shared by every test: the tiny model, the CLI runner, and the suite's conventions (tests/README.md):
+
+- Threads are set deliberately: THREADS (MEMTRAIN_TEST_THREADS, default 1) for this process's torch
+  and, through OMP_NUM_THREADS, for every process a test starts (CLI runs, torchrun workers, Slurm
+  jobs' own setting aside). The suite runs on 2 cores with pytest-xdist's 2 workers; two threads per
+  process there made in-process CPU training ~30x slower once the cores were shared.
+- Markers: `slow` (left out of the fast tier, `pytest -m "not slow"`), `multiprocess` (starts
+  several processes: torchrun, memtrain's launcher) and `slurm` (a real Slurm cluster). Under
+  pytest-xdist the multiprocess and slurm tests all go to one worker, one at a time (xdist group
+  "serial"), so they never compete with each other for the 2 cores or for ports.
+- One-time builds live in cache folders under ~/.cache/memtrain (DeepSpeed's C++ ops in
+  TORCH_EXTENSIONS_DIR, torch.compile's in TORCHINDUCTOR_CACHE_DIR, Triton's in TRITON_CACHE_DIR),
+  which .ci/run fills before the tests (scripts/build_ops.py).
+"""
+
 from __future__ import annotations
 
 import os
@@ -7,9 +22,28 @@ from pathlib import Path
 
 import pytest
 
-from memtrain.config.loader import compose_config
-
 REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("MEMTRAIN_CACHE_DIR", Path.home() / ".cache" / "memtrain"))
+THREADS = int(os.environ.get("MEMTRAIN_TEST_THREADS", "1"))
+
+# before torch is imported (here or in any process a test starts)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE / "torchinductor"))
+os.environ.setdefault("TRITON_CACHE_DIR", str(CACHE / "triton"))
+
+import torch  # noqa: E402
+
+from memtrain.config.loader import compose_config  # noqa: E402
+
+torch.set_num_threads(THREADS)
+SERIAL = ("multiprocess", "slurm")  # markers whose tests run one at a time, on one xdist worker
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(m) for m in SERIAL):
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 # A model and batch small enough that a few optimizer steps take well under a second on 2 cores.
 TINY = [

@@ -23,7 +23,8 @@ def train(run_dir, *overrides):
     return losses(run_dir)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_launched_workers_match_single_and_resume_identically(parallel, tmp_path):
     single = train(tmp_path / "single", "trainer.micro_batch_size=8")
     two = [f"parallel={parallel}", "launcher.nproc_per_node=2", "trainer.micro_batch_size=4"]
