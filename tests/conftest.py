@@ -44,6 +44,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.get_closest_marker(m) for m in SERIAL):
             item.add_marker(pytest.mark.xdist_group("serial"))
+        if "launched" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
+            # the first test of a world size waits for that size's whole batched launch
+            item.add_marker(pytest.mark.timeout(3600))
 
 # A model and batch small enough that a few optimizer steps take well under a second on 2 cores.
 TINY = [
