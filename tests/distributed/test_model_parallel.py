@@ -43,8 +43,8 @@ def mp(nproc: int, *overrides: str, slow: bool = False) -> Case:
 
 
 CASES = {  # name: (the reference's micro-batch, the case)
-    "tp2": (4, mp(2, "parallel=tp")),
-    "tp2-sequence-parallel": (4, mp(2, "parallel=tp_sp", slow=True)),
+    "tp2": (4, mp(2, "parallel=tp", slow=True)),
+    "tp2-sequence-parallel": (4, mp(2, "parallel=tp_sp")),
     "ulysses2": (4, mp(2, "parallel=ulysses", slow=True)),
     "ring2-checkpoint-full": (4, mp(2, "parallel=ring", "checkpoint=full")),
     "fsdp2-x-tp2": (8, mp(4, "parallel=fsdp_tp", slow=True)),

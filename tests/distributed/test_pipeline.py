@@ -26,7 +26,7 @@ SCHEDULES = {
                                              "parallel.pp_stages_per_rank=2")),
     "zero_bubble": Case(2, "pipeline", (*TWO, "parallel.pp_schedule=zero_bubble", "parallel.pp_stages_per_rank=2"),
                         slow=True),
-    "zbv": Case(2, "pipeline", (*TWO, "parallel.pp_schedule=zbv", "parallel.pp_stages_per_rank=2"), slow=True),
+    "zbv": Case(2, "pipeline", (*TWO, "parallel.pp_schedule=zbv", "parallel.pp_stages_per_rank=2")),
 }
 COMPOSED = {
     "pp2-ddp2": Case(4, "pipeline", (*FOUR, "parallel=pp", "parallel.pp=2", "parallel.dp_replicate=2",

@@ -69,8 +69,8 @@ def assert_matches(result: dict, expected: dict, case: str) -> None:
 CASES = {
     "zero1": zero("parallel=zero1", slow=True),
     "zero2": zero("parallel=zero2"),
-    "zero3": zero("parallel=zero3", slow=True),
-    "zero2-optimizer-cpu": zero("parallel=zero2", "offload=optimizer_cpu", slow=True),
+    "zero3": zero("parallel=zero3"),
+    "zero2-optimizer-cpu": zero("parallel=zero2", "offload=optimizer_cpu"),
     "zero3-params-cpu": zero("parallel=zero3", "offload=params_cpu", slow=True),
 }
 
