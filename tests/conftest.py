@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,12 +42,18 @@ SERIAL = ("multiprocess", "slurm")  # markers whose tests run one at a time, on 
 
 
 def pytest_collection_modifyitems(config, items):
+    batched = [item for item in items if "launched" in getattr(item, "fixturenames", ())]
     for item in items:
         if any(item.get_closest_marker(m) for m in SERIAL):
             item.add_marker(pytest.mark.xdist_group("serial"))
-        if "launched" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
-            # the first test of a world size waits for that size's whole batched launch
-            item.add_marker(pytest.mark.timeout(3600))
+    if batched:
+        from tests.distributed.batch import launch_timeout
+
+        # the first test of a world size waits for that size's whole batched launch (bounded by
+        # its own timeout), plus a single-process reference
+        for item in batched:
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(600 + 2 * launch_timeout(len(batched))))
 
 # A model and batch small enough that a few optimizer steps take well under a second on 2 cores.
 TINY = [
@@ -72,13 +79,47 @@ def compose():
     return _compose
 
 
+def end_session(proc: subprocess.Popen) -> None:
+    """End `proc`, started with start_new_session=True, and every process it started (workers of
+    torchrun or of memtrain's launcher): SIGTERM, then SIGKILL after 30 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_bounded(cmd: list[str], timeout: float, **kwargs) -> int | None:
+    """Run `cmd` in a session of its own; past `timeout` seconds, end it and everything it
+    started. The exit code, or None when it was stopped."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        end_session(proc)
+        proc.wait()
+        return None
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run `memtrain ARGS` in a fresh interpreter, as a user would."""
+    """Run `memtrain ARGS` in a fresh interpreter, as a user would; past `timeout` seconds it and
+    any workers it started are ended and subprocess.TimeoutExpired is raised."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "memtrain.cli", *args],
-        cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    cmd = [sys.executable, "-m", "memtrain.cli", *args]
+    proc = subprocess.Popen(cmd, cwd=cwd or REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        end_session(proc)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def write_file(tmp_path: Path, name: str, content: str | bytes) -> Path:

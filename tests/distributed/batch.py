@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_bounded
 
 HERE = Path(__file__).parent
 BATCH_WORKER = HERE / "batch_worker.py"
@@ -93,10 +93,6 @@ def batched(module: str, cases: dict[str, Case]) -> list:
 
 def _folder_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
-
-
-class LaunchError(Exception):
-    pass
 
 
 class Launches:
@@ -164,16 +160,12 @@ class Launches:
         spec_file = self.root / f"launch-{tag}.json"
         spec_file.write_text(json.dumps({"collective_timeout_s": COLLECTIVE_TIMEOUT_S, "cases": spec}, indent=1))
         log = self.root / f"launch-{tag}.log"
-        # a generous bound: under load a case takes up to a minute or two; a hang ends here
-        timeout = 300 + 180 * len(keys)
+        timeout = launch_timeout(len(keys))
         with log.open("w") as f:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                    str(BATCH_WORKER), str(spec_file)]
-            try:
-                subprocess.run(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
-                ended = None
-            except subprocess.TimeoutExpired:
-                ended = f"the launch was stopped after {timeout} s"
+            returncode = run_bounded(cmd, timeout, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+            ended = f"the launch was stopped after {timeout} s" if returncode is None else None
         self.last_log = log
         for key in keys:
             folder = self.folder(key)
@@ -190,6 +182,12 @@ class Launches:
                                           f"the launch's log ({log}) ends:\n{_tail(log)}")
             return True
         return False
+
+
+def launch_timeout(n_cases: int) -> float:
+    """Seconds a launch of n cases may take: generous (under load a case takes a minute or two,
+    a launch's start tens of seconds); a hang ends there."""
+    return 300 + 180 * n_cases
 
 
 def _tail(path: Path, chars: int = 6000) -> str:

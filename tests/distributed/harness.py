@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_bounded
 from tests.distributed.batch import worker_env
 
 HERE = Path(__file__).parent
 WORKER = HERE / "worker.py"
 
 
-def torchrun(nproc: int, script: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, script: Path, *args: str, timeout: float = 600) -> None:
+    """`script` on `nproc` ranks; fails with the end of its output if it fails or outlives `timeout`
+    (then it and its workers are ended)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=worker_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    with tempfile.TemporaryFile("w+") as log:
+        code = run_bounded(cmd, timeout, cwd=REPO, env=worker_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+        log.seek(0)
+        assert code == 0, f"{'stopped after %d s' % timeout if code is None else f'exit {code}'}:\n{log.read()[-4000:]}"
 
 
 def torchrun_worker(nproc: int, out: Path, *overrides: str, timeout: float = 600) -> dict:
