@@ -41,6 +41,7 @@ torch.set_num_threads(THREADS)
 SERIAL = ("multiprocess", "slurm")  # markers whose tests run one at a time, on one xdist worker
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group markers
 def pytest_collection_modifyitems(config, items):
     batched = [item for item in items if "launched" in getattr(item, "fixturenames", ())]
     for item in items:
