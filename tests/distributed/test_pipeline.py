@@ -32,7 +32,7 @@ COMPOSED = {
     "pp2-ddp2": Case(4, "pipeline", (*FOUR, "parallel=pp", "parallel.pp=2", "parallel.dp_replicate=2",
                                      "parallel.pp_schedule=1f1b"), slow=True),
     "pp2-fsdp2": Case(4, "pipeline", (*FOUR, "parallel=fsdp", "parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
-                                      "parallel.pp_stages_per_rank=2"), slow=True),
+                                      "parallel.pp_stages_per_rank=2")),
 }
 
 
