@@ -1,4 +1,4 @@
-"""The AlphaFold activation model (`activation_bytes` in memtrain/models/alphafold/spec.py) against
+"""The AlphaFold activation model (`activation_bytes` in memtrain/models/alphafold/memory.py) against
 what a real forward pass leaves allocated on this CPU, and its direction at the published sizes."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from memtrain.memory.activation_checkpoint import (
 )
 from memtrain.memory.measure import forward_held_bytes
 from memtrain.models import get_spec
-from memtrain.models.alphafold.spec import activation_bytes as af_activation_bytes
+from memtrain.models.alphafold.memory import activation_bytes as af_activation_bytes
 from memtrain.precision.amp import Precision, dtype_of
 from tests.unit.alphafold.helpers import random_batch
 
