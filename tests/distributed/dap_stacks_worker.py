@@ -9,7 +9,9 @@ import copy
 
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    checkpoint_wrapper,
+)
 
 from memtrain.distributed.dap import all_reduce_gradients
 from memtrain.models.alphafold.extra_msa import ExtraMSAStack

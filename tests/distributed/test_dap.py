@@ -11,6 +11,7 @@ from tests.distributed.harness import HERE, torchrun, torchrun_worker
 from tests.distributed.worker import run
 from tests.unit.alphafold.helpers import aligned_chain_root
 
+
 def test_communication_pairs_match_the_full_tensors():
     proc = torchrun(2, HERE / "dap_comm_worker.py", timeout=180)
     assert proc.stdout.count(": ok") == 2
