@@ -1,8 +1,8 @@
 """Template features for AlphaFold 2 (Supplement 1.2.2-1.2.3 and Table 1): structures of
 homologues aligned to the target, as atom37 coordinates, pseudo-beta positions and torsion angles.
 
-Where AlphaFold searches PDB70 with HHsearch, this module searches the chains of the data folder
-itself: every protein chain of another mmCIF entry is aligned to the target with Biopython's
+DISCREPANCY: AlphaFold searches PDB70 with HHsearch and realigns hits with Kalign; this module
+searches the chains of the data folder itself: every protein chain of another mmCIF entry is aligned to the target with Biopython's
 PairwiseAligner (local, BLOSUM62, gap open -11, extend -1). A hit must be significant, an
 E-value K m n exp(-lambda S) below 1e-5 for its score S and the lengths m, n (Karlin-Altschul with
 BLAST's lambda = 0.267, K = 0.041 for these scores; HHsearch's own statistics in AlphaFold), and

@@ -70,12 +70,16 @@ def template_pair_feat(batch: dict[str, torch.Tensor], use_unit_vector: bool = F
     False), though the supplement lists them."""
     pb, pb_mask = batch["template_pseudo_beta"], batch["template_pseudo_beta_mask"]
     dtype = pb.dtype
+    # the recycling embedder's binning (AlphaFold's dgram_from_positions: lower^2 < d^2 < upper^2, the
+    # last bin open); which bin a distance exactly on an edge falls in follows distance_bins
     dgram = distance_bins(pb, DGRAM_MIN_BIN, DGRAM_MAX_BIN, DGRAM_NO_BINS).to(dtype)
     pb_mask_2d = pb_mask[..., :, None] * pb_mask[..., None, :]
     aatype = F.one_hot(batch["template_aatype"], NUM_TEMPLATE_AATYPES).to(dtype)  # [*, T, N, 22]
     n_res = aatype.shape[-2]
     aatype_j = aatype[..., None, :, :].expand(*aatype.shape[:-2], n_res, n_res, NUM_TEMPLATE_AATYPES)
     aatype_i = aatype[..., :, None, :].expand(*aatype.shape[:-2], n_res, n_res, NUM_TEMPLATE_AATYPES)
+    # DISCREPANCY: the supplement (Table 1) lists the unit vectors; AlphaFold's monomer models and
+    # OpenFold's model_1 zero them (use_template_unit_vector false), and so do we by default.
     positions, atom_mask = batch["template_all_atom_positions"], batch["template_all_atom_mask"]
     frames = Rigid.from_3_points(positions[..., _N, :], positions[..., _CA, :], positions[..., _C, :])
     backbone_mask = atom_mask[..., _N] * atom_mask[..., _CA] * atom_mask[..., _C]

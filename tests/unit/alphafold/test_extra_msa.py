@@ -159,3 +159,15 @@ def test_chunked_equals_unchunked(inputs, chunk_size):
             assert (a is None) == (b is None)
             if a is not None:
                 torch.testing.assert_close(a, b, **GRAD_TOL)
+
+
+def test_validation_needs_extra_rows_for_the_stack(compose):
+    from memtrain.config.errors import ConfigError
+    from memtrain.config.validate import validate
+
+    cfg = compose("+recipe=alphafold_tiny", "data.max_extra_msa=0", "trainer.device=cpu", tiny=False)
+    with pytest.raises(ConfigError, match="data.max_extra_msa") as err:
+        validate(cfg)
+    assert "model.n_extra_msa_blocks" in str(err.value)
+    validate(compose("+recipe=alphafold_tiny", "data.max_extra_msa=0", "model.n_extra_msa_blocks=0",
+                     "trainer.device=cpu", tiny=False))

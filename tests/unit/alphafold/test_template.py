@@ -201,3 +201,15 @@ def test_pair_stack_ends_with_a_layer_norm():
     mask = torch.ones(1, 2, N, N)
     expected = stack.layer_norm(stack.blocks[0](stack.embedder(feat), mask))
     torch.testing.assert_close(stack(feat, mask), expected, rtol=0, atol=0)
+
+
+def test_validation_needs_template_slots_for_the_stack(compose):
+    from memtrain.config.errors import ConfigError
+    from memtrain.config.validate import validate
+
+    cfg = compose("+recipe=alphafold_tiny", "data.max_templates=0", "trainer.device=cpu", tiny=False)
+    with pytest.raises(ConfigError, match="data.max_templates") as err:
+        validate(cfg)
+    assert "model.templates" in str(err.value)
+    validate(compose("+recipe=alphafold_tiny", "data.max_templates=0", "model.templates=false",
+                     "trainer.device=cpu", tiny=False))
