@@ -7,9 +7,17 @@ import pytest
 import torch
 
 from memtrain.config.errors import ConfigError
-from memtrain.models.alphafold.evoformer import MSARowAttentionWithPairBias, TriangleAttention
+from memtrain.models.alphafold.evoformer import (
+    MSARowAttentionWithPairBias,
+    TriangleAttention,
+)
 from memtrain.models.alphafold.extra_msa import ExtraMSABlock
-from memtrain.models.alphafold.primitives import AttentionBackend, FusedLayerNorm, LayerNorm, set_attention_backend
+from memtrain.models.alphafold.primitives import (
+    AttentionBackend,
+    FusedLayerNorm,
+    LayerNorm,
+    set_attention_backend,
+)
 from memtrain.models.alphafold.template import TemplatePointwiseAttention
 from tests.unit.alphafold.helpers import randomize_
 

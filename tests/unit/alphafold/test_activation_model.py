@@ -196,3 +196,30 @@ def test_sizes_come_from_the_crop_and_the_msa_not_seq_len():
     assert by_keywords["attention_core_freed"] == 0
     with pytest.raises(ConfigError, match="crop size"):
         af_activation_bytes(cfg.model, 1, cfg.data.seq_len, 4, 4)
+
+
+def test_cost_model_counts_the_stacks_flops():
+    """The planner's FLOPs: the template rows enlarge the Evoformer's MSA, the extra-MSA and
+    template pair stacks add their blocks' work (spread over the Evoformer blocks, so DAP splits
+    and checkpointing recomputes it), the point-wise attention and embedders add to the outside."""
+    from memtrain.memory.cost_model import alphafold_forward_flops
+
+    def flops(**keys):
+        return alphafold_forward_flops(compose_af("alphafold", "bf16", data__crop_size=64, data__max_msa=32, **keys))
+
+    off = flops(model__n_extra_msa_blocks=0, model__templates=False)
+    e256, e512, e1024 = (flops(model__templates=False, data__max_extra_msa=e) for e in (256, 512, 1024))
+    templates = flops(model__n_extra_msa_blocks=0, data__max_templates=4)
+    assert off[0] < e256[0] < e512[0] < e1024[0] and off[1] < e256[1] < e1024[1]
+    assert templates[0] > off[0] and templates[1] > off[1]
+    # every extra-MSA term is linear in E (global column attention included): equal steps
+    assert e1024[0] - e512[0] == pytest.approx(2 * (e512[0] - e256[0]), rel=1e-12)
+    # what does not grow with E, spread over the 48 blocks: per extra block its pair modules, the
+    # row attention's pair bias, the outer product mean's output Linear, the averaged query
+    from memtrain.memory.cost_model import _pair_flops
+
+    m, n = compose_af("alphafold").model, 64
+    hc = m.n_heads_msa * m.c_hidden_extra_msa_att
+    fixed = (_pair_flops(n, m.c_z, m.c_hidden_mul, m.n_heads_pair, m.n_heads_pair * m.c_hidden_pair_att, m.transition_n)
+             + 2 * n * n * m.c_z * m.n_heads_msa + 2 * n * n * m.c_hidden_opm**2 * m.c_z + 2 * n * m.c_e * hc)
+    assert e256[0] - off[0] - (e512[0] - e256[0]) == pytest.approx(4 * fixed / 48, rel=1e-9)
