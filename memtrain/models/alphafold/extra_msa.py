@@ -46,7 +46,7 @@ def extra_msa_feat(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class ExtraMSAEmbedder(nn.Module):
-    """Algorithm 2, line 12: e_si = Linear(extra_msa_feat_si), 25 -> C_e channels."""
+    """Supplement 1.7.2: e_si = Linear(extra_msa_feat_si), 25 -> C_e channels (the input of Algorithm 18)."""
 
     def __init__(self, c_in: int = EXTRA_MSA_FEAT_DIM, c_e: int = 64):
         super().__init__()

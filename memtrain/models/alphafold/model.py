@@ -210,9 +210,9 @@ class AlphaFold(nn.Module):
         m = torch.cat([m[..., :1, :, :] + m1_update[..., None, :, :], m[..., 1:, :, :]], dim=-3)
         z = z + z_update
         n_seq = m.shape[-3]
-        if self.template_embedder is not None:  # Algorithm 2 lines 7-8: templates into z, then into m
+        if self.template_embedder is not None:  # Supplement 1.7.1: the templates into z (and below into m)
             z = z + self.template_embedder.pair_update(batch, z, pair_mask)
-        if self.extra_msa_stack is not None:  # Algorithm 2 lines 12-13
+        if self.extra_msa_stack is not None:  # Supplement 1.7.2: the extra MSA into z (Algorithm 18)
             e = self.extra_msa_embedder(extra_msa_feat(batch).to(z.dtype))
             z = self.extra_msa_stack(e, z, batch["extra_msa_mask"].to(msa_mask.dtype), pair_mask)
         if self.template_embedder is not None:

@@ -1,11 +1,11 @@
-"""The template stack (Supplement 1.7.1, Algorithms 2 lines 7-8, 16 and 17).
+"""The template stack (Supplement 1.7.1, Algorithms 16 and 17).
 
 Each template's pair features (Table 1 "template_pair_feat": distogram of the pseudo-beta atoms,
 masks, residue types, unit vectors between backbone frames) are embedded, run through the template
 pair stack (Algorithm 16: triangle attention and multiplication, pair transition, at C_t = 64) and
 attended to by the pair representation with the template point-wise attention (Algorithm 17). The
-templates' backbone and side-chain torsion angles are embedded as extra MSA rows (Algorithm 2
-lines 7-8: "template_angle_feat").
+templates' backbone and side-chain torsion angles are embedded as extra MSA rows (1.7.1,
+"template_angle_feat").
 
 Shapes: `*` batch dims, T = N_templ templates, N_res residues, C_t / C_z / C_m template-pair / pair /
 MSA channels.
@@ -200,7 +200,7 @@ class TemplatePointwiseAttention(nn.Module):
 
 
 class TemplateAngleEmbedder(nn.Module):
-    """Algorithm 2, lines 7-8: a_ti = Linear(relu(Linear(template_angle_feat_ti))), 57 -> C_m -> C_m
+    """Supplement 1.7.1: a_ti = Linear(relu(Linear(template_angle_feat_ti))), 57 -> C_m -> C_m
     (relu init on both, as AlphaFold's template_single_embedding and template_projection). The rows
     a_t are concatenated to the MSA representation."""
 

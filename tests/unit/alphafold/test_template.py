@@ -1,4 +1,4 @@
-"""The template stack (Supplement 1.7.1, Algorithms 16, 17, Algorithm 2 lines 7-8): the pair and
+"""The template stack (Supplement 1.7.1, Algorithms 16, 17 and the torsion-angle rows): the pair and
 angle features against a computation written out per template and residue pair, point-wise
 attention against a loop over pairs and heads, the pair block's composition, the embedder's
 masking rules, chunked == unchunked.
