@@ -48,11 +48,7 @@ class PackedWindows:
 
 def protein_windows(cfg: DictConfig) -> PackedWindows:
     """Real protein sequences under data.root, tokenized per residue and packed with bos/eos."""
-    from memtrain.data.sequences import (
-        ProteinTokenizer,
-        default_protein_root,
-        load_protein_sequences,
-    )
+    from memtrain.data.sequences import ProteinTokenizer, default_protein_root, load_protein_sequences
 
     root = Path(cfg.data.root) if cfg.data.root else default_protein_root()
     tokenizer = ProteinTokenizer()
