@@ -244,3 +244,18 @@ def era5_32x64(folder: Path) -> None:
     from memtrain.data.era5_synthetic import write
 
     write(folder / "era5", 32, 64, time_steps=8)
+
+
+def dap_stacks(folder: Path) -> list[str]:
+    """The extra-MSA and template pair stacks under DAP against one process (dap_stacks.py)."""
+    from tests.distributed.dap_stacks import check_stacks
+
+    return check_stacks(dist.group.WORLD)
+
+
+def aligned_chain_data(folder: Path) -> None:
+    """A data root in FOLDER/data holding only 2Q2K (chain A's alignment has several rows, so every
+    sample has extra-MSA rows): links to the real files."""
+    from tests.unit.alphafold.helpers import aligned_chain_root
+
+    aligned_chain_root(folder / "data")

@@ -20,16 +20,37 @@ def test_communication_pairs_match_the_full_tensors(case, launched):
     assert launched(case) == "ok"  # every rank asserted its shards (a failure names the rank and the check)
 
 
+STACK_CHECKS = [f"{stack}, {variant}" for stack in ("extra-MSA stack", "template pair stack")
+                for variant in ("plain", "checkpointed", "chunked")]
+
+
+@pytest.mark.parametrize("case", batched(__name__, {"extra-msa-and-template-stacks": Case(2, "dap_stacks")}))
+def test_dap_extra_msa_and_template_stacks_match_one_process(case, launched):
+    """The extra-MSA stack and the template pair stack under DAP on 2 ranks against one process:
+    outputs, input and parameter gradients; dropout on; plain, checkpointed and chunked blocks;
+    sizes that need padding (tests/distributed/dap_stacks.py; every rank asserts)."""
+    assert launched(case) == STACK_CHECKS
+
+
 ALPHAFOLD = ["+recipe=alphafold_tiny", "data.crop_size=24", "data.max_msa=6", "trainer.max_steps=3",
              "trainer.warmup_steps=0", "trainer.log_every=1", "model.num_recycles=1", "trainer.device=cpu"]
 DROPOUT = ["model.msa_dropout=0.15", "model.pair_dropout=0.25"]  # on: the DAP run must draw the same masks
 PADDED = ["data.crop_size=23", "data.max_msa=5"]  # odd sizes: residues and MSA rows padded to a multiple of 2
+# The tiny recipe runs the template and extra-MSA stacks too. "stacks": only 2Q2K's chains, whose
+# chain A has an alignment of 4 rows (with 2 MSA rows, 2 extra rows and 1 padding), and every
+# sample with a template (its own structure, sequence masked); checkpointed and chunked. The data
+# root is written into the case's folder before the launch (cases.aligned_chain_data).
+STACKS = ["data.template_source=self", "data.max_msa=2", "data.max_extra_msa=3", "checkpoint=full", "model.chunk_size=5",
+          "data.root={dir}/data"]
 FULL_MODEL = {
     "dap2": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap")),
     "dap2-checkpoint-chunked": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", "checkpoint=full",
                                                  "model.chunk_size=4"), slow=True),
     "dap2-padded": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", *PADDED), slow=True),
+    "dap2-stacks": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", *STACKS), slow=True,
+                        prepare="aligned_chain_data"),
 }
+OWN_SAMPLES = {"dap::dap2-padded": PADDED, "dap::dap2-stacks": STACKS}  # other samples: their own reference
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +63,10 @@ def alphafold_reference(tmp_path_factory):
 @pytest.mark.parametrize("case", batched(__name__, FULL_MODEL))
 def test_dap_full_model_step_matches_one_process(case, launched, alphafold_reference, tmp_path):
     reference = alphafold_reference
-    if case.endswith("padded"):
-        reference = run(str(tmp_path / "single.pt"), [*ALPHAFOLD, *DROPOUT, *PADDED])
     result = launched(case)
+    if case in OWN_SAMPLES:
+        extra = [a.replace("{dir}", str(launched.folder(case))) for a in OWN_SAMPLES[case]]
+        reference = run(str(tmp_path / "single.pt"), [*ALPHAFOLD, *DROPOUT, *extra])
     assert result["grads"].keys() == reference["grads"].keys(), case
     for name, g in reference["grads"].items():
         # fp32: the same terms, summed over the dap group's shards in another order
