@@ -141,6 +141,8 @@ class AlphaFoldConfig(ModelConfig):
     n_structure_layers: int = 8
     n_heads_ipa: int = 12
     c_hidden_ipa: int = 16
+    c_resnet: int = 128  # torsion-angle ResNet (Algorithm 20 lines 11-14)
+    c_hidden_plddt: int = 128  # pLDDT head (Algorithm 29)
     num_recycles: int = 0  # extra no-grad iterations (the paper samples 0-3 during training)
     msa_dropout: float = 0.15
     pair_dropout: float = 0.25

@@ -24,6 +24,7 @@ Residue alphabet (AlphaFold's ``restype_order``): 0..19 = ``ARNDCQEGHILKMFPSTWYV
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from Bio.PDB.PDBExceptions import PDBConstructionException
 from memtrain.data.errors import DataFormatError
 from memtrain.data.mmcif import PROTEIN_POLYMER_TYPE
 from memtrain.data.sequences import default_protein_root, read_a3m
+from memtrain.models.alphafold import residue_constants
 
 RESTYPES = "ARNDCQEGHILKMFPSTWYV"
 RESTYPE_ORDER = {aa: i for i, aa in enumerate(RESTYPES)}
@@ -84,6 +86,24 @@ class Chain:
     backbone_mask: np.ndarray  # [N_res] float32, 1 where N, CA and C are all observed
     atom_mask: np.ndarray = field(repr=False)  # [N_res, 3] float32, per backbone atom
     label_asym_id: str = ""  # the mmCIF (label) chain id, e.g. 'B' for 2q2k chain A
+    # every heavy atom in the atom14 layout of the residue's type (residue_constants.GT_ATOM14_NAMES;
+    # unknown residues: N, CA, C, O); None for a chain built without them
+    atom14: np.ndarray | None = field(default=None, repr=False)  # [N_res, 14, 3] float32, Angstrom
+    atom14_mask: np.ndarray | None = field(default=None, repr=False)  # [N_res, 14] float32
+    resolution: float = 0.0  # Angstrom; 0 where the file states none (NMR), as AlphaFold's parser
+
+    @functools.cached_property
+    def torsion_angles(self) -> dict[str, np.ndarray]:
+        """The 7 torsion angles of every residue (sin, cos) [N_res, 7, 2], their pi-shifted
+        alternatives and mask [N_res, 7] (memtrain.models.alphafold.all_atom.atom14_torsion_angles),
+        computed over the whole chain, so a crop's first residue keeps its omega and phi."""
+        from memtrain.models.alphafold.all_atom import atom14_torsion_angles
+
+        if self.atom14 is None:
+            raise ValueError(f"{self.name}: no atom14 coordinates to compute torsion angles from")
+        aatype = torch.from_numpy(sequence_to_aatype(self.sequence))
+        out = atom14_torsion_angles(aatype, torch.from_numpy(self.atom14), torch.from_numpy(self.atom14_mask))
+        return {k: v.numpy().astype(np.float32) for k, v in out.items()}
 
     @property
     def num_resolved(self) -> int:
@@ -190,6 +210,35 @@ def _seqres_by_chain(
     return result
 
 
+def _read_atom14(residue, letter: str, positions: np.ndarray, mask: np.ndarray) -> None:
+    """Fill one residue's atom14 row (positions [14, 3], mask [14]) from a Biopython residue, by
+    the atom names of its sequence letter's type (residue_constants.GT_ATOM14_NAMES). Selenium of
+    selenomethionine (MSE, read as M) is taken as its sulphur SD, as AlphaFold's parser does;
+    hydrogens, OXT and atoms of other names are not kept."""
+    resname = residue_constants.RESNAMES[RESTYPE_ORDER.get(letter, UNK_ID)]
+    selenomethionine = residue.get_resname() == "MSE"
+    for slot, atom_name in enumerate(residue_constants.GT_ATOM14_NAMES[resname]):
+        source = "SE" if selenomethionine and atom_name == "SD" else atom_name
+        if source in residue:
+            positions[slot] = residue[source].get_coord()
+            mask[slot] = 1.0
+
+
+# Where mmCIF files state the resolution (X-ray, then electron microscopy, then the reflections).
+_RESOLUTION_ITEMS = ("_refine.ls_d_res_high", "_em_3d_reconstruction.resolution", "_reflns.d_resolution_high")
+
+
+def _resolution(cif: dict[str, list[str]]) -> float:
+    """The structure's resolution in Angstrom, or 0.0 where none is stated (AlphaFold's parser)."""
+    for item in _RESOLUTION_ITEMS:
+        for value in cif.get(item, []):
+            try:
+                return float(value)
+            except ValueError:  # '?' or '.'
+                continue
+    return 0.0
+
+
 def read_chains(path: str | Path) -> list[Chain]:
     """The protein chains of the first model of an mmCIF file, in ``_pdbx_poly_seq_scheme`` order.
 
@@ -228,10 +277,14 @@ def read_chains(path: str | Path) -> list[Chain]:
     model = models[0]
 
     chains: list[Chain] = []
+    resolution = _resolution(cif)
     for asym_id, (strand, _, residues) in seqres.items():
         n_res = len(residues)
         coords = np.zeros((n_res, 3, 3), dtype=np.float32)
         atom_mask = np.zeros((n_res, 3), dtype=np.float32)
+        atom14 = np.zeros((n_res, 14, 3), dtype=np.float32)
+        atom14_mask = np.zeros((n_res, 14), dtype=np.float32)
+        sequence = "".join(one_letter(mon) for mon, _ in residues)
         if asym_id in model:
             for residue in model[asym_id]:
                 position = residue.id[1] - 1
@@ -249,14 +302,18 @@ def read_chains(path: str | Path) -> list[Chain]:
                     if atom_name in residue:
                         coords[position, k] = residue[atom_name].get_coord()
                         atom_mask[position, k] = 1.0
+                _read_atom14(residue, sequence[position], atom14[position], atom14_mask[position])
         chains.append(
             Chain(
                 name=f"{path.stem.lower()}_{strand}",
-                sequence="".join(one_letter(mon) for mon, _ in residues),
+                sequence=sequence,
                 backbone=coords,
                 backbone_mask=atom_mask.min(axis=1),
                 atom_mask=atom_mask,
                 label_asym_id=asym_id,
+                atom14=atom14,
+                atom14_mask=atom14_mask,
+                resolution=resolution,
             )
         )
     if not any(chain.atom_mask.any() for chain in chains):
@@ -448,7 +505,10 @@ def make_features(
 
     Returns numpy arrays: aatype, residue_index (0-based SEQRES position, kept through the crop),
     seq_mask, target_feat, msa_feat, msa_mask, true_msa (0..21, the sampled rows before masking),
-    bert_mask, backbone_coords [N, 3, 3] (N, CA, C), backbone_mask.
+    bert_mask, backbone_coords [N, 3, 3] (N, CA, C), backbone_mask, and the all-atom targets
+    (suppl. 1.8-1.9): atom14_gt_positions [N, 14, 3], atom14_gt_exists [N, 14],
+    torsion_angles_sin_cos and alt_torsion_angles_sin_cos [N, 7, 2], torsion_angles_mask [N, 7],
+    resolution [].
     """
     if crop_size < 1 or max_msa < 1:
         raise ValueError(f"crop_size and max_msa must be positive, got {crop_size}, {max_msa}")
@@ -504,6 +564,33 @@ def make_features(
         "bert_mask": _pad(bert_mask, (S, L)),
         "backbone_coords": _pad(chain.backbone[window], (L, 3, 3)),
         "backbone_mask": _pad(chain.backbone_mask[window].astype(np.float32), (L,)),
+        **_all_atom_features(chain, window, L),
+    }
+
+
+def _all_atom_features(chain: Chain, window: slice, crop_size: int) -> dict[str, np.ndarray]:
+    """The all-atom targets of a crop, padded to crop_size residues: atom14_gt_positions [L, 14, 3],
+    atom14_gt_exists [L, 14], torsion_angles_sin_cos and alt_torsion_angles_sin_cos [L, 7, 2],
+    torsion_angles_mask [L, 7] (computed over the whole chain) and the resolution [] (Angstrom).
+    A chain without atom14 coordinates gets its backbone N, CA, C there and no torsion angles."""
+    n, L = window.stop - window.start, crop_size
+    if chain.atom14 is None:
+        atom14 = np.zeros((n, 14, 3), np.float32)
+        atom14_mask = np.zeros((n, 14), np.float32)
+        atom14[:, :3], atom14_mask[:, :3] = chain.backbone[window], chain.atom_mask[window]
+        torsions = {
+            "torsion_angles_sin_cos": np.zeros((n, 7, 2), np.float32),
+            "alt_torsion_angles_sin_cos": np.zeros((n, 7, 2), np.float32),
+            "torsion_angles_mask": np.zeros((n, 7), np.float32),
+        }
+    else:
+        atom14, atom14_mask = chain.atom14[window], chain.atom14_mask[window]
+        torsions = {k: v[window] for k, v in chain.torsion_angles.items()}
+    return {
+        "atom14_gt_positions": _pad(atom14, (L, 14, 3)),
+        "atom14_gt_exists": _pad(atom14_mask, (L, 14)),
+        **{k: _pad(v, (L,) + v.shape[1:]) for k, v in torsions.items()},
+        "resolution": np.array(chain.resolution, np.float32),
     }
 
 
@@ -512,7 +599,11 @@ def make_features(
 # --------------------------------------------------------------------------------------------
 
 INPUT_KEYS = ("aatype", "residue_index", "seq_mask", "target_feat", "msa_feat", "msa_mask")
-TARGET_KEYS = ("true_msa", "bert_mask", "backbone_coords", "backbone_mask", "seq_mask", "msa_mask")
+TARGET_KEYS = (
+    "true_msa", "bert_mask", "backbone_coords", "backbone_mask", "seq_mask", "msa_mask",
+    "aatype", "atom14_gt_positions", "atom14_gt_exists", "torsion_angles_sin_cos",
+    "alt_torsion_angles_sin_cos", "torsion_angles_mask", "resolution",
+)
 _LONG_KEYS = {"aatype", "residue_index", "true_msa"}
 
 

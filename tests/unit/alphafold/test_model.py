@@ -37,7 +37,10 @@ def test_published_parameter_count_on_meta():
         model = AlphaFold(**PUBLISHED)
     assert len(model.evoformer.blocks) == 48
     assert sum(p.numel() for p in model.evoformer.blocks[0].parameters()) == 1_829_952
-    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMETERS == 89_839_093
+    assert sum(p.numel() for p in model.structure_module.angle_resnet.parameters()) == 166_414
+    assert sum(p.numel() for p in model.lddt_head.parameters()) == 73_010
+    assert sum(p.numel() for p in model.experimentally_resolved_head.parameters()) == 14_245
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMETERS == 90_092_762
 
 
 def test_tiny_forward_backward_is_finite_for_every_parameter():
@@ -138,12 +141,15 @@ def test_padding_does_not_change_the_real_residues():
     model = tiny_model().eval()
     batch = random_batch(b=1, n_seq=4, n_res=10)
     padded = random_batch(b=1, n_seq=6, n_res=13, seed=9)  # junk everywhere
+    msa_keys = ("msa_feat", "msa_mask", "true_msa", "bert_mask")
     for key, value in batch.items():
-        if value.dim() >= 3 and key not in ("target_feat", "backbone_coords"):  # [B, N_seq, N_res, ...]
+        if key in msa_keys:  # [B, N_seq, N_res, ...]
             padded[key][:, :4, :10] = value
+        elif key == "resolution":  # [B]
+            padded[key] = value
         else:  # [B, N_res, ...]
             padded[key][:, :10] = value
-    for key in ("seq_mask", "backbone_mask"):
+    for key in ("seq_mask", "backbone_mask", "atom14_gt_exists", "torsion_angles_mask"):
         padded[key][:, 10:] = 0.0
     for key in ("msa_mask", "bert_mask"):
         padded[key][:, 4:] = 0.0
