@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from memtrain.models.alphafold.primitives import LayerNorm, Linear
+from memtrain.models.alphafold.primitives import LayerNorm, Linear, compute_dtype
 
 
 class DistogramHead(nn.Module):
@@ -58,9 +58,9 @@ class PerResidueLDDTCaPredictor(nn.Module):
 
 def plddt_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-residue pLDDT in [0, 100] from the lDDT head's logits [*, N_res, no_bins] -> [*, N_res]."""
-    no_bins = logits.shape[-1]
-    centres = (torch.arange(no_bins, device=logits.device, dtype=torch.float32) + 0.5) / no_bins
-    return 100.0 * (torch.softmax(logits.float(), dim=-1) * centres).sum(-1)
+    no_bins, dtype = logits.shape[-1], compute_dtype(logits)
+    centres = (torch.arange(no_bins, device=logits.device, dtype=dtype) + 0.5) / no_bins
+    return 100.0 * (torch.softmax(logits.to(dtype), dim=-1) * centres).sum(-1)
 
 
 class ExperimentallyResolvedHead(nn.Module):

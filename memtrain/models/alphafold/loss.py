@@ -29,6 +29,7 @@ from memtrain.models.alphafold.all_atom import (
     rename_symmetric_ground_truth,
     restype_table,
 )
+from memtrain.models.alphafold.primitives import compute_dtype
 from memtrain.models.alphafold.rigid import Rigid
 
 # DISCREPANCY: FAPE is always clamped at 10 A; the paper leaves 10% of training batches unclamped
@@ -48,11 +49,6 @@ LOSS_WEIGHTS = {
     "experimentally_resolved": 0.01,
 }
 MIN_RESOLUTION, MAX_RESOLUTION = 0.1, 3.0  # Angstrom: the structures the confidence losses learn from (1.9.6)
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """max(float32, x.dtype): fp32 for half types, fp64 stays fp64 (gradient checks)."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def fape(
@@ -143,7 +139,7 @@ def torsion_angle_loss(
                         l the angle ResNet's unnormalised (sin, cos) output
     """
     angles, raw = outputs["angles"], outputs["unnormalized_angles"]  # [L, B, N, 7, 2]
-    dtype = _compute_dtype(angles)
+    dtype = compute_dtype(angles)
     angles, raw = angles.to(dtype), raw.to(dtype)
     true = batch["torsion_angles_sin_cos"].to(dtype)[..., 3:, :]  # [B, N, 4, 2]
     alt = batch["alt_torsion_angles_sin_cos"].to(dtype)[..., 3:, :]
@@ -159,7 +155,7 @@ def torsion_angle_loss(
 
 def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """logits [*, C] (computed in max(float32, their dtype)), target [*] (long) -> cross-entropy [*]."""
-    logits = logits.to(_compute_dtype(logits))
+    logits = logits.to(compute_dtype(logits))
     flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
     return flat.reshape(target.shape)
 
@@ -217,7 +213,7 @@ def experimentally_resolved_loss(logits: torch.Tensor, batch: dict[str, torch.Te
     residue type has (atom37 layout), for samples with a resolution in [0.1, 3] A.
     logits [B, N, 37] -> [B]."""
     aatype = batch["aatype"]
-    logits = logits.to(_compute_dtype(logits))
+    logits = logits.to(compute_dtype(logits))
     target = atom14_to_atom37_mask(aatype, batch["atom14_gt_exists"].to(logits.dtype))
     exists = restype_table("ATOM37_MASK", aatype, logits.dtype) * batch["seq_mask"].to(logits.dtype)[..., None]
     errors = F.binary_cross_entropy_with_logits(logits, target, reduction="none")

@@ -15,7 +15,7 @@ geometry is that of Engh & Huber (1991, Acta Cryst. A47, 392-400; 2001 update). 
 
 Everything after the tables is derived from them here, by the same construction as AlphaFold's
 `_make_rigid_group_constants`, as numpy arrays indexed by residue type (0..19 in the order
-`RESTYPES`, 20 = unknown):
+`RESTYPES`, 20 = unknown; geometry in float64, masks in float32):
 
     ATOM14_MASK              [21, 14]        1 where the residue type has that atom14 slot
     ATOM14_TO_GROUP          [21, 14]        rigid group (0..7) of each atom
@@ -255,8 +255,8 @@ def _build() -> dict[str, np.ndarray]:
     a = {
         "ATOM14_MASK": np.zeros((NUM_RESTYPES, 14), np.float32),
         "ATOM14_TO_GROUP": np.zeros((NUM_RESTYPES, 14), np.int64),
-        "ATOM14_LITERATURE": np.zeros((NUM_RESTYPES, 14, 3), np.float32),
-        "DEFAULT_FRAMES": np.tile(np.eye(4, dtype=np.float32), (NUM_RESTYPES, NUM_GROUPS, 1, 1)),
+        "ATOM14_LITERATURE": np.zeros((NUM_RESTYPES, 14, 3), np.float64),
+        "DEFAULT_FRAMES": np.tile(np.eye(4), (NUM_RESTYPES, NUM_GROUPS, 1, 1)),
         "ATOM14_TO_ATOM37": np.zeros((NUM_RESTYPES, 14), np.int64),
         "ATOM37_MASK": np.zeros((NUM_RESTYPES, 37), np.float32),
         "CHI_MASK": np.zeros((NUM_RESTYPES, 4), np.float32),
@@ -267,7 +267,7 @@ def _build() -> dict[str, np.ndarray]:
         "GROUP_IS_AMBIGUOUS": np.zeros((NUM_RESTYPES, NUM_GROUPS), np.float32),
         "ATOM14_IS_AMBIGUOUS": np.zeros((NUM_RESTYPES, 14), np.float32),
         "ATOM14_SWAP": np.tile(np.arange(14), (NUM_RESTYPES, 1)),
-        "BACKBONE_LITERATURE": np.zeros((NUM_RESTYPES, 3, 3), np.float32),
+        "BACKBONE_LITERATURE": np.zeros((NUM_RESTYPES, 3, 3), np.float64),
     }
     for restype, resname in enumerate(RESNAMES[:20]):
         names = ATOM14_NAMES[resname]
