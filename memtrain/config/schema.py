@@ -351,6 +351,7 @@ class DataConfig:
     num_synthetic_tokens: int = 1_000_000  # synthetic: length of the generated token stream
     crop_size: int = 256  # structure: residues per cropped sample (shorter chains are padded)
     max_msa: int = 128  # structure: MSA rows sampled per sample (the query first)
+    eval_chains: list[str] = field(default_factory=list)  # structure: chains held out of training for trainer.eval_every, e.g. [4zey_A]
 
 
 @dataclass
@@ -371,6 +372,7 @@ class TrainerConfig:
     tensorboard: bool = False
     run_dir: Optional[str] = None  # None: Hydra's output directory of the job
     compile: bool = False  # regional torch.compile of every block (memtrain.engine.fast_path)
+    eval_every: int = 0  # evaluate held-out data every N steps (ModelSpec.build_evaluator); 0: never
 
 
 @dataclass

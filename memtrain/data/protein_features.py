@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -625,7 +626,9 @@ class ProteinStructureBatches:
     """Deterministic micro-batches of AlphaFold-style features for the chains under ``root``.
 
     The chains are those of every ``root/mmcif/*.cif`` (files in sorted order, chains in file
-    order) with at least ``min_resolved`` residues whose N, CA and C are all observed; each uses
+    order) with at least ``min_resolved`` residues whose N, CA and C are all observed, named in
+    ``only`` (when given) and not in ``exclude`` (chain names ``<pdb id>_<author chain>``, e.g. held
+    out for evaluation); each uses
     ``root/alignments/<pdbid>_<chain>.a3m`` if present, else a single-sequence MSA. All files are
     parsed once, here.
 
@@ -642,6 +645,8 @@ class ProteinStructureBatches:
         max_msa: int,
         seed: int,
         min_resolved: int = 16,
+        only: Collection[str] | None = None,
+        exclude: Collection[str] = (),
     ) -> None:
         if crop_size < 1 or max_msa < 1:
             raise ValueError(f"crop_size and max_msa must be positive, got {crop_size}, {max_msa}")
@@ -654,10 +659,14 @@ class ProteinStructureBatches:
         files = sorted(mmcif_dir.glob("*.cif")) if mmcif_dir.is_dir() else []
         if not files:
             raise FileNotFoundError(f"no mmCIF files (*.cif) in {mmcif_dir}")
+        if only is not None:  # parse only the files that can hold the chains asked for
+            files = [p for p in files if p.stem.lower() in {name.rsplit("_", 1)[0] for name in only}]
         self.entries: list[_Entry] = []
         for path in files:
             for chain in read_chains(path):
-                if chain.num_resolved < min_resolved:
+                if chain.num_resolved < min_resolved or chain.name in exclude:
+                    continue
+                if only is not None and chain.name not in only:
                     continue
                 a3m = find_a3m(alignments_dir, chain.name)
                 if a3m is None:

@@ -102,8 +102,8 @@ def test_activation_checkpointed_blocks_give_the_same_gradients():
     loss_ckpt, grads_ckpt = loss_and_grads(model, batch)
     torch.testing.assert_close(loss_ckpt, loss_ref, rtol=0, atol=0)
     for name, g in grads_ref.items():
-        ckpt_name = name.replace("blocks.0.", "blocks.0._checkpoint_wrapped_module.").replace(
-            "blocks.1.", "blocks.1._checkpoint_wrapped_module."
+        ckpt_name = name.replace("evoformer.blocks.0.", "evoformer.blocks.0._checkpoint_wrapped_module.").replace(
+            "evoformer.blocks.1.", "evoformer.blocks.1._checkpoint_wrapped_module."
         )
         torch.testing.assert_close(grads_ckpt[ckpt_name], g, **TOL)
 
