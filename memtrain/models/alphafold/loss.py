@@ -51,6 +51,14 @@ LOSS_WEIGHTS = {
 MIN_RESOLUTION, MAX_RESOLUTION = 0.1, 3.0  # Angstrom: the structures the confidence losses learn from (1.9.6)
 
 
+def _positions_in_frames(frames: Rigid, positions: torch.Tensor) -> torch.Tensor:
+    """T_i^-1 . x_j = R_i^T (x_j - t_i) for every frame i [*, F] and position j [*, P, 3] -> [*, F, P, 3].
+    As an einsum over the frames' own rotations: a broadcast matmul would expand (and keep for the
+    backward pass) a 3x3 rotation per frame-position pair; this keeps the 3 differences."""
+    diff = positions.unsqueeze(-3) - frames.trans.unsqueeze(-2)  # [*, F, P, 3]
+    return torch.einsum("...fpj,...fji->...fpi", diff, frames.rot)
+
+
 def fape(
     pred_frames: Rigid,
     target_frames: Rigid,
@@ -73,8 +81,8 @@ def fape(
     positions_mask [*, P] -> [*]. Because eps sits inside the sqrt, identical structures give
     about sqrt(eps) / Z (1e-3), not 0.
     """
-    local_pred = pred_frames.unsqueeze(-1).invert_apply(pred_positions.unsqueeze(-3))  # [*, F, P, 3]
-    local_true = target_frames.unsqueeze(-1).invert_apply(target_positions.unsqueeze(-3))
+    local_pred = _positions_in_frames(pred_frames, pred_positions)  # [*, F, P, 3]
+    local_true = _positions_in_frames(target_frames, target_positions)
     d = torch.sqrt((local_pred - local_true).square().sum(-1) + eps)  # [*, F, P]
     if clamp_distance is not None:
         d = d.clamp(max=clamp_distance)
@@ -222,7 +230,17 @@ def experimentally_resolved_loss(logits: torch.Tensor, batch: dict[str, torch.Te
 
 
 def alphafold_loss_terms(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The unweighted loss terms (the keys of LOSS_WEIGHTS), each [B]."""
+    """The unweighted loss terms (the keys of LOSS_WEIGHTS), each [B].
+
+    Computed with autocast off, every floating output in max(fp32, its dtype): under bf16 autocast
+    the frames' matmuls would otherwise round 100 A coordinates to bf16's 8-bit mantissa (~0.4 A)."""
+    device = batch["aatype"].device.type
+    with torch.autocast(device_type=device, enabled=False):
+        outputs = {k: v.to(compute_dtype(v)) if v.is_floating_point() else v for k, v in outputs.items()}
+        return _loss_terms(outputs, batch)
+
+
+def _loss_terms(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     cb, cb_mask = pseudo_beta(batch["aatype"], batch["atom14_gt_positions"], batch["atom14_gt_exists"])
     return {
         "fape_backbone": backbone_fape_loss(outputs, batch),
