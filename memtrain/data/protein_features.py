@@ -478,6 +478,7 @@ def make_features(
     max_msa: int,
     rng: np.random.Generator,
     profile: np.ndarray | None = None,
+    crop_start: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The features of one training sample of ``chain``, cropped and padded to fixed shapes.
 
@@ -485,7 +486,7 @@ def make_features(
     and ``profile`` [N_res, 22] its MSA profile (computed from ``msa`` if not given).
 
     1. Crop (suppl. 1.2.8): a contiguous window of ``crop_size`` residues at a uniformly random
-       start; shorter chains are kept whole.
+       start (or at ``crop_start``, for evaluation); shorter chains are kept whole.
     2. MSA sampling (suppl. 1.2.5): the query row always first, then ``max_msa - 1`` of the
        other rows drawn without replacement (in random order).
     3. BERT masking of the sampled rows (suppl. 1.2.7), see :func:`make_masked_msa`; the profile
@@ -524,6 +525,10 @@ def make_features(
 
     # 1. crop
     start = int(rng.integers(0, n_res - crop_size + 1)) if n_res > crop_size else 0
+    if crop_start is not None:
+        if not 0 <= crop_start <= max(n_res - crop_size, 0):
+            raise ValueError(f"{chain.name}: crop_start {crop_start} outside 0..{max(n_res - crop_size, 0)}")
+        start = crop_start
     window = slice(start, start + min(crop_size, n_res))
     n = window.stop - window.start
     # 2. sample MSA rows

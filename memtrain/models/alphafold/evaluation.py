@@ -25,13 +25,24 @@ from memtrain.models.alphafold.structure_io import write_structure
 EVAL_SEED = 0  # the crops, MSA rows and BERT masks of the held-out chains: the same at every evaluation
 
 
+def best_crop_start(chain, crop_size: int) -> int:
+    """The start of the crop_size window with the most residues whose backbone is resolved (the
+    first such window), so a held-out chain is scored where it has a structure."""
+    resolved = np.asarray(chain.backbone_mask, dtype=np.float64)
+    if len(resolved) <= crop_size:
+        return 0
+    window_sums = np.convolve(resolved, np.ones(crop_size), mode="valid")
+    return int(np.argmax(window_sums))
+
+
 def chain_features(chain, msa: np.ndarray, deletions: np.ndarray, crop_size: int, max_msa: int, seed: int = EVAL_SEED):
     """(inputs, targets) of one chain as a batch of 1: memtrain.data.protein_features.make_features
-    with a fixed seed, so the crop (when the chain is longer than crop_size), the MSA rows and the
-    BERT masking are the same every time."""
+    on the crop_size window with the most resolved residues (best_crop_start), with a fixed seed for
+    the MSA rows and the BERT masking, so the sample is the same every time."""
     from memtrain.data.protein_features import INPUT_KEYS, TARGET_KEYS, make_features
 
-    features = make_features(chain, msa, deletions, crop_size, max_msa, np.random.default_rng([seed]))
+    features = make_features(chain, msa, deletions, crop_size, max_msa, np.random.default_rng([seed]),
+                             crop_start=best_crop_start(chain, crop_size))
     batch = {k: torch.from_numpy(np.asarray(v))[None] for k, v in features.items()}
     for k in ("aatype", "residue_index", "true_msa"):
         batch[k] = batch[k].long()
@@ -77,8 +88,8 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 class HeldOutEvaluation:
     """lDDT-Ca and pLDDT of the model's predictions for the chains named in data.eval_chains (left out
-    of training), each cropped to data.crop_size with data.max_msa rows as in training but with a
-    fixed seed. Called on every rank (the model may be sharded: DAP, FSDP); the main rank writes each
+    of training), each cropped to its data.crop_size window with the most resolved residues, with
+    data.max_msa rows as in training but sampled with a fixed seed. Called on every rank (the model may be sharded: DAP, FSDP); the main rank writes each
     prediction to <run dir>/eval/step_<N>/<chain>.pdb."""
 
     def __init__(self, cfg: DictConfig):

@@ -8,7 +8,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from memtrain.config.errors import enum_names, require
-from memtrain.models.alphafold.evaluation import build_evaluator, lddt_ca, predict
+from memtrain.models.alphafold.evaluation import build_evaluator, predict
 from memtrain.models.alphafold.loss import alphafold_loss, alphafold_loss_terms
 from memtrain.models.alphafold.memory import activation_bytes
 from memtrain.models.alphafold.model import AlphaFold
@@ -42,14 +42,12 @@ def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) 
 
 
 def metrics(cfg: DictConfig):
-    """Every unweighted loss term (loss_<name>, averaged over the micro-batch's samples) and the
-    training structures' lDDT-Ca, logged with the loss."""
+    """Every unweighted loss term (loss_<name>, averaged over the micro-batch's samples), logged
+    with the loss."""
 
     def terms(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, float]:
         with torch.no_grad():
-            values = {f"loss_{k}": float(v.float().mean()) for k, v in alphafold_loss_terms(outputs, targets).items()}
-            values["lddt_ca"] = float(lddt_ca(outputs, targets).mean())
-        return values
+            return {f"loss_{k}": float(v.float().mean()) for k, v in alphafold_loss_terms(outputs, targets).items()}
 
     return terms
 
