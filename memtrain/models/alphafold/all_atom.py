@@ -105,7 +105,7 @@ def atom14_torsion_angles(
     chi_index = restype_table("CHI_ATOM14_INDICES", aatype)  # [*, N, 4 chis, 4 atoms]
     flat = chi_index.flatten(-2)  # [*, N, 16]
     chi_atoms = torch.gather(positions, -2, flat[..., None].expand(*flat.shape, 3)).unflatten(-2, (4, 4))
-    chi_mask = restype_table("CHI_MASK", aatype, mask.dtype) * torch.gather(mask, -1, flat).unflatten(-1, (4, 4)).prod(-1)
+    chi_mask = restype_table("CHI_ANGLES_MASK", aatype, mask.dtype) * torch.gather(mask, -1, flat).unflatten(-1, (4, 4)).prod(-1)
 
     atoms = torch.cat((omega[..., None, :, :], phi[..., None, :, :], psi[..., None, :, :], chi_atoms), dim=-3)
     frames = Rigid.from_3_points_neg_x(atoms[..., 1, :], atoms[..., 2, :], atoms[..., 0, :])
@@ -114,7 +114,7 @@ def atom14_torsion_angles(
     sin_cos = sin_cos / torch.sqrt(sin_cos.square().sum(-1, keepdim=True) + eps)
     flip = sin_cos.new_tensor([1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0])  # psi from O: turned by pi
     sin_cos = sin_cos * flip[:, None]
-    periodic = restype_table("CHI_PI_PERIODIC_ARRAY", aatype, sin_cos.dtype)
+    periodic = restype_table("CHI_PI_PERIODIC", aatype, sin_cos.dtype)
     mirror = torch.cat((torch.ones_like(periodic[..., :3]), 1.0 - 2.0 * periodic), dim=-1)
     return {
         "torsion_angles_sin_cos": sin_cos,

@@ -7,7 +7,7 @@ geometry is that of Engh & Huber (1991, Acta Cryst. A47, 392-400; 2001 update). 
 - `RIGID_GROUP_ATOM_POSITIONS`: each heavy atom of each residue type, the rigid group it belongs to
   and its position (Angstrom) in that group's frame ("literature positions", Supplement Table 3);
 - `CHI_ANGLES_ATOMS`: the four atoms that define each side-chain torsion chi1..chi4;
-- `CHI_PI_PERIODIC`: the chi angles that a rotation by pi maps onto themselves (symmetric rings and
+- `PI_PERIODIC_CHIS`: the chi angles that a rotation by pi maps onto themselves (symmetric rings and
   carboxylates, Supplement 1.9.1);
 - `ATOM14_NAMES`: the compact per-residue-type atom order ("atom14"), and `ATOM_TYPES`, the 37
   atom names of the residue-independent layout ("atom37");
@@ -24,8 +24,8 @@ Everything after the tables is derived from them here, by the same construction 
                                              (chi2..4: the previous chi group; others: the backbone)
     ATOM14_TO_ATOM37         [21, 14]        atom37 index of each atom14 slot (0 where empty)
     ATOM37_MASK              [21, 37]
-    CHI_MASK                 [21, 4]         which chi angles the residue type has
-    CHI_PI_PERIODIC_ARRAY    [21, 4]
+    CHI_ANGLES_MASK          [21, 4]         which chi angles the residue type has
+    CHI_PI_PERIODIC          [21, 4]         which of them are pi-periodic
     CHI_ATOM14_INDICES       [21, 4, 4]      the atom14 indices of the four atoms of each chi
     GROUP_BASE_ATOM14        [21, 8, 3]      the atoms (point on -x, origin, point in the xy plane)
                                              that define each group's frame from coordinates
@@ -81,8 +81,8 @@ CHI_ANGLES_ATOMS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
     "VAL": (("N", "CA", "CB", "CG1"),),
 }
 
-# chi angles that are pi-periodic, per residue type in RESTYPES order (unknown last)
-CHI_PI_PERIODIC = {"ASP": (0, 1, 0, 0), "GLU": (0, 0, 1, 0), "PHE": (0, 1, 0, 0), "TYR": (0, 1, 0, 0)}
+# chi angles that are pi-periodic (the others: none)
+PI_PERIODIC_CHIS = {"ASP": (0, 1, 0, 0), "GLU": (0, 0, 1, 0), "PHE": (0, 1, 0, 0), "TYR": (0, 1, 0, 0)}
 
 # (atom name, rigid group, position in the group's frame in Angstrom). The x axis of a group's
 # frame runs along its rotation axis, ending at the origin; the y axis puts the atom that defines
@@ -259,8 +259,8 @@ def _build() -> dict[str, np.ndarray]:
         "DEFAULT_FRAMES": np.tile(np.eye(4), (NUM_RESTYPES, NUM_GROUPS, 1, 1)),
         "ATOM14_TO_ATOM37": np.zeros((NUM_RESTYPES, 14), np.int64),
         "ATOM37_MASK": np.zeros((NUM_RESTYPES, 37), np.float32),
-        "CHI_MASK": np.zeros((NUM_RESTYPES, 4), np.float32),
-        "CHI_PI_PERIODIC_ARRAY": np.zeros((NUM_RESTYPES, 4), np.float32),
+        "CHI_ANGLES_MASK": np.zeros((NUM_RESTYPES, 4), np.float32),
+        "CHI_PI_PERIODIC": np.zeros((NUM_RESTYPES, 4), np.float32),
         "CHI_ATOM14_INDICES": np.zeros((NUM_RESTYPES, 4, 4), np.int64),
         "GROUP_BASE_ATOM14": np.zeros((NUM_RESTYPES, NUM_GROUPS, 3), np.int64),
         "GROUP_MASK": np.zeros((NUM_RESTYPES, NUM_GROUPS), np.float32),
@@ -297,11 +297,11 @@ def _build() -> dict[str, np.ndarray]:
             end = positions[chis[k][2]]
             frames[4 + k] = _rigid_4x4(end, np.array([-1.0, 0.0, 0.0]), end)
         for k, atoms in enumerate(chis):
-            a["CHI_MASK"][restype, k] = 1.0
+            a["CHI_ANGLES_MASK"][restype, k] = 1.0
             a["CHI_ATOM14_INDICES"][restype, k] = [index[n] for n in atoms]
             a["GROUP_BASE_ATOM14"][restype, 4 + k] = [index[n] for n in atoms[1:]]
             a["GROUP_MASK"][restype, 4 + k] = 1.0
-        a["CHI_PI_PERIODIC_ARRAY"][restype] = CHI_PI_PERIODIC.get(resname, (0, 0, 0, 0))
+        a["CHI_PI_PERIODIC"][restype] = PI_PERIODIC_CHIS.get(resname, (0, 0, 0, 0))
         a["GROUP_BASE_ATOM14"][restype, 0] = [index[n] for n in ("C", "CA", "N")]
         a["GROUP_BASE_ATOM14"][restype, 3] = [index[n] for n in ("CA", "C", "O")]
         a["GROUP_MASK"][restype, [0, 3]] = 1.0
@@ -329,8 +329,8 @@ ATOM14_LITERATURE = _ARRAYS["ATOM14_LITERATURE"]
 DEFAULT_FRAMES = _ARRAYS["DEFAULT_FRAMES"]
 ATOM14_TO_ATOM37 = _ARRAYS["ATOM14_TO_ATOM37"]
 ATOM37_MASK = _ARRAYS["ATOM37_MASK"]
-CHI_MASK = _ARRAYS["CHI_MASK"]
-CHI_PI_PERIODIC_ARRAY = _ARRAYS["CHI_PI_PERIODIC_ARRAY"]
+CHI_ANGLES_MASK = _ARRAYS["CHI_ANGLES_MASK"]
+CHI_PI_PERIODIC = _ARRAYS["CHI_PI_PERIODIC"]
 CHI_ATOM14_INDICES = _ARRAYS["CHI_ATOM14_INDICES"]
 GROUP_BASE_ATOM14 = _ARRAYS["GROUP_BASE_ATOM14"]
 GROUP_MASK = _ARRAYS["GROUP_MASK"]

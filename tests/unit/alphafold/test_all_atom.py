@@ -94,7 +94,7 @@ def test_placed_side_chains_have_the_requested_chi_angles_and_literature_bond_le
             i, j = names.index(four[2]), names.index(four[3])
             torch.testing.assert_close((atoms[r, i] - atoms[r, j]).norm(), (zero_atoms[r, i] - zero_atoms[r, j]).norm())
             checked += 1
-    assert checked == int(rc.CHI_MASK.sum())  # every chi of every residue type
+    assert checked == int(rc.CHI_ANGLES_MASK.sum())  # every chi of every residue type
 
 
 def test_torsion_angles_round_trip_through_the_frames():
@@ -107,17 +107,17 @@ def test_torsion_angles_round_trip_through_the_frames():
     mask = restype_table("ATOM14_MASK", ALL_TYPES, torch.float64)
     out = atom14_torsion_angles(ALL_TYPES, atoms, mask)
     got, tmask = out["torsion_angles_sin_cos"], out["torsion_angles_mask"]
-    assert torch.equal(tmask[:, 2:], torch.cat((torch.ones(20, 1, dtype=torch.float64), torch.as_tensor(rc.CHI_MASK[:20], dtype=torch.float64)), -1))
+    assert torch.equal(tmask[:, 2:], torch.cat((torch.ones(20, 1, dtype=torch.float64), torch.as_tensor(rc.CHI_ANGLES_MASK[:20], dtype=torch.float64)), -1))
     expected = torch.stack((angles.sin(), angles.cos()), -1)
     torch.testing.assert_close(got[:, 2:] * tmask[:, 2:, None], expected[:, 2:] * tmask[:, 2:, None], rtol=0, atol=1e-7)
     # pi-periodic chis: the alternative is the angle + pi
     alt = out["alt_torsion_angles_sin_cos"]
-    periodic = torch.as_tensor(rc.CHI_PI_PERIODIC_ARRAY[:20], dtype=torch.float64)
+    periodic = torch.as_tensor(rc.CHI_PI_PERIODIC[:20], dtype=torch.float64)
     torch.testing.assert_close(alt[:, 3:], got[:, 3:] * (1 - 2 * periodic)[..., None], rtol=0, atol=0)
     gt = atom14_to_frames(ALL_TYPES, atoms, mask)
     exists = gt["exists"].bool()
     assert torch.equal(gt["exists"][:, [1, 2]], torch.zeros(20, 2, dtype=torch.float64))
-    assert torch.equal(gt["exists"][:, 4:], torch.as_tensor(rc.CHI_MASK[:20], dtype=torch.float64))
+    assert torch.equal(gt["exists"][:, 4:], torch.as_tensor(rc.CHI_ANGLES_MASK[:20], dtype=torch.float64))
     torch.testing.assert_close(gt["frames"].rot[exists], frames.rot[exists], rtol=0, atol=1e-7)
     torch.testing.assert_close(gt["frames"].trans[exists], frames.trans[exists], rtol=0, atol=1e-9)
     # the backbone group's frame is Algorithm 21's (N, CA, C) frame
