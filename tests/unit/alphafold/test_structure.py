@@ -158,7 +158,7 @@ def test_structure_module_outputs_and_backbone_geometry():
     torch.testing.assert_close(pos[..., 1, :], out["frames_trans"][-1], rtol=0, atol=0)  # CA = frame origin
     n_ca = (pos[..., 0, :] - pos[..., 1, :]).norm(dim=-1)
     ca_c = (pos[..., 2, :] - pos[..., 1, :]).norm(dim=-1)
-    lit = torch.as_tensor(rc.BACKBONE_LITERATURE)[aatype]  # [2, 8, 3, 3]
+    lit = torch.as_tensor(rc.BACKBONE_LITERATURE, dtype=torch.float32)[aatype]  # [2, 8, 3, 3]
     torch.testing.assert_close(n_ca, lit[..., 0, :].norm(dim=-1), **TOL)
     torch.testing.assert_close(ca_c, lit[..., 2, :].norm(dim=-1), **TOL)
     torch.testing.assert_close(n_ca[0, 0], torch.tensor((0.572 ** 2 + 1.337 ** 2) ** 0.5), **TOL)  # glycine
