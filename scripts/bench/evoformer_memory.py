@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["naive", "sdpa"])
     parser.add_argument("--chunks", nargs="+", default=["none", "64"], help="chunk sizes ('none': unchunked)")
     parser.add_argument("--dropout", nargs="+", default=["off", "on"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (0: saved bytes only)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables for docs/benchmarks.md")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -245,7 +245,7 @@ def main() -> None:
                 fn = lambda blk=blk: blk(*inputs)  # noqa: E731
                 measured[(backend, chunk)] = saved_bytes(run_fn(fn, dtype), [*blk.parameters(), *inputs])
                 steps[f"{backend}/{chunk}"] = run_step(fn, dtype)
-            times = timed(steps, args.repeats)
+            times = timed(steps, args.repeats) if args.repeats > 0 else dict.fromkeys(steps, math.nan)
             for (backend, chunk), nbytes in measured.items():
                 rows.append(dict(size=f"{b} x {s} x {n}", precision=prec, dropout="on" if dropout_on else "off",
                                  backend=backend, chunk=chunk, memtrain=nbytes / MIB, reference=ref_bytes / MIB,

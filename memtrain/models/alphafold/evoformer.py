@@ -122,7 +122,12 @@ class Transition(nn.Module):
 
     def _mlp(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         out = self.linear_2(torch.relu(self.linear_1(x)))
-        return out if mask is None else out * mask[..., None].to(out.dtype)
+        if mask is None:
+            return out
+        # under autocast the fp32 mask as it is (a low-precision copy would be kept for the backward
+        # pass; the update joins the fp32 stream anyway); without, in the stream's dtype
+        mask = mask[..., None]
+        return out * (mask if torch.is_autocast_enabled(out.device.type) else mask.to(out.dtype))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [*, N, C], mask [*, N] or None -> [*, N, C]."""
@@ -156,10 +161,8 @@ class OuterProductMean(nn.Module):
         """m [*, S, N_res, C_m], msa_mask [*, S, N_res] -> a, b [*, S, N_res, c], zero at masked entries.
         Per element of m: any subset of residues (or sequences) gives the matching slice."""
         m = self.layer_norm(m)
-        a, b = self.linear_1(m), self.linear_2(m)
-        # the mask in the projections' dtype (under autocast: the compute dtype), so a and b stay in
-        # it and the einsum keeps them as they are instead of casting (and keeping) a copy, per chunk
-        return a * msa_mask[..., None].to(a.dtype), b * msa_mask[..., None].to(b.dtype)
+        mask = msa_mask[..., None].to(m.dtype)
+        return self.linear_1(m) * mask, self.linear_2(m) * mask
 
     def combine(
         self, a: torch.Tensor, b: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor
@@ -167,6 +170,10 @@ class OuterProductMean(nn.Module):
         """a [*, S, I, c], b [*, S, J, c], mask_a [*, S, I], mask_b [*, S, J] -> z update [*, I, J, C_z].
 
         a and b may cover different residue ranges (a DAP shard of i against all j)."""
+        if self.chunk_size is not None and torch.is_autocast_enabled(a.device.type):
+            # cast once here: each chunk's einsum would otherwise cast (and keep) all of b again
+            dtype = torch.get_autocast_dtype(a.device.type)
+            a, b = a.to(dtype), b.to(dtype)
         a_t, mask_a_t = a.transpose(-2, -3), mask_a.transpose(-1, -2)  # [*, I, S, c], [*, I, S]: i leads
         if self.chunk_size is None:
             return self._outer_mean(a_t, mask_a_t, b.unsqueeze(-4), mask_b.unsqueeze(-3))

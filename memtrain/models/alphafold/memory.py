@@ -79,14 +79,14 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
         # the LayerNorm reads the transposed MSA, so its output is laid out as the projections read it
         "msa_column_attention": ln(ms * cm, ms) + lin(4, ms * cm)
         + _gated_attention_bytes(ms, hc_m, b * n * h_m * s * s, b * n * h_m * s, b * n * s, False, sdpa, c),
-        "msa_transition": ln(ms * cm, ms) + lin(1, ms * cm) + c * ms * tn * cm + mask_cast(ms, FP32, c),
-        # a and b (masked projections in the compute dtype, kept by the einsum as they are, chunked
-        # or not; the mask cast to that dtype for each), the outer product [*, I, J, c^2] (the output
-        # Linear's input) and the divisor [*, I, J, 1]
+        "msa_transition": ln(ms * cm, ms) + lin(1, ms * cm) + c * ms * tn * cm + mask_cast(ms, FP32, st),
+        # a and b (masked projections, kept by the einsum in the compute dtype, cast once whether
+        # chunked or not), the outer product [*, I, J, c^2] (the output Linear's input) and the
+        # divisor [*, I, J, 1]
         # its LayerNorm's input is the block's output m: counted as the next block's input (or outside)
         # unless the stream is below fp32, where the LayerNorm keeps its own fp32 copy
         "outer_product_mean": ln(ms * cm, ms) - (FP32 * ms * cm if st == FP32 else 0) + lin(2, ms * cm)
-        + 2 * mask_cast(ms, FP32, c)
+        + mask_cast(ms, FP32, st)
         + 2 * c * ms * c_opm + c * pr * c_opm**2 + c * pr,
         # x2 (outgoing, incoming): per gated projection sigmoid(g), mask * sigmoid(g) (promoted to the
         # mask's dtype) and the projection; the gate; the einsum's permuted copies of a and b; the
@@ -101,7 +101,7 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
             ln(pr * cz, pr) + lin(5, pr * cz)
             + _gated_attention_bytes(pr, hc_z, b * n * h_z * n * n, 0, 0, True, sdpa, c)
         ),
-        "pair_transition": ln(pr * cz, pr) + lin(1, pr * cz) + c * pr * tn * cz + mask_cast(pr, FP32, c),
+        "pair_transition": ln(pr * cz, pr) + lin(1, pr * cz) + c * pr * tn * cz + mask_cast(pr, FP32, st),
         # SharedDropout keeps its mask [*, 1, N_res, C] ([*, N_res, 1, C] column-wise) in the update's dtype
         "dropout_masks": (c * b * n * cm if mcfg.msa_dropout > 0 else 0)
         + (4 * c * b * n * cz if mcfg.pair_dropout > 0 else 0),
