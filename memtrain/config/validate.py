@@ -60,6 +60,8 @@ def validate(cfg: DictConfig) -> None:
             f"parallel=spatial splits a weather model's latitude grid; model.arch={cfg.model.arch} has none (use model=pangu*)")
     require(cfg.trainer.eval_every == 0 or spec.build_evaluator is not None, "trainer.eval_every",
             f"model.arch={cfg.model.arch} has no evaluation step; use trainer.eval_every=0")
+    require(cfg.trainer.eval_every == 0 or cfg.parallel.pp == 1, "trainer.eval_every",
+            f"the evaluation step runs the whole model, not pipeline stages (parallel.pp={cfg.parallel.pp})")
     spec.validate(cfg)
     validate_pipeline(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).pp, spec.num_blocks(cfg.model), spec)
 

@@ -79,15 +79,23 @@ def test_evaluation_every_n_steps_writes_predictions_and_holds_the_chain_out(tmp
     # the same fixed crop and MSA each time: a second evaluation of the same weights agrees
     again = trainer.evaluator(trainer.model, 2, None, trainer.device)
     assert again["val_lddt_ca"] == pytest.approx(records[1]["val_lddt_ca"], abs=1e-6)
+    # evaluating draws no random numbers and changes no weights: training is the same without it
+    plain = Trainer(compose_config([*TINY_RUN, "trainer.max_steps=2", "data.eval_chains=[4zey_A]"]), tmp_path / "plain")
+    assert [r["loss"] for r in plain.fit()] == [r["loss"] for r in records]
 
 
 @needs_data
-def test_eval_every_needs_held_out_chains():
+def test_eval_every_needs_held_out_chains_and_the_whole_model():
     from memtrain.config.errors import ConfigError
     from memtrain.config.validate import validate
 
     with pytest.raises(ConfigError, match="data.eval_chains"):
         validate(compose_config([*TINY_RUN, "trainer.eval_every=2"]))
+    with pytest.raises(ConfigError, match="pipeline stages"):
+        validate(compose_config([*TINY_RUN, "trainer.eval_every=2", "data.eval_chains=[4zey_A]", "parallel=pp",
+                                 "launcher.nproc_per_node=2"]))
+    with pytest.raises(ConfigError, match="no evaluation step"):
+        validate(compose_config(["model=gpt_tiny", "data=synthetic", "trainer.eval_every=2"]))
 
 
 @needs_data
