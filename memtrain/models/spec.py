@@ -61,6 +61,10 @@ class ModelSpec:
     # `memtrain predict`: (model with its trained weights, the run's config, input file, output file,
     # msa=..., chain=...) -> {"output": path, ...}; None: the family has no predict
     predict: Callable[..., dict[str, Any]] | None = None
+    # further stacks of blocks that activation checkpointing wraps by the same policy as `blocks`,
+    # each counted from its own first block (AlphaFold's extra-MSA and template pair stacks); their
+    # saved bytes come from activation_bytes' "stacks"
+    block_stacks: Callable[[nn.Module], list[nn.ModuleList]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from memtrain.config.errors import enum_names
 from memtrain.data.errors import DataFormatError
 from memtrain.models.alphafold import residue_constants as rc
 from memtrain.models.alphafold.all_atom import ATOM_CA, lddt
@@ -35,18 +36,24 @@ def best_crop_start(chain, crop_size: int) -> int:
     return int(np.argmax(window_sums))
 
 
-def chain_features(chain, msa: np.ndarray, deletions: np.ndarray, crop_size: int, max_msa: int, seed: int = EVAL_SEED):
+def chain_features(chain, msa: np.ndarray, deletions: np.ndarray, crop_size: int, max_msa: int, seed: int = EVAL_SEED,
+                   max_extra_msa: int = 0, templates: list[dict[str, np.ndarray]] | None = None, max_templates: int = 0):
     """(inputs, targets) of one chain as a batch of 1: memtrain.data.protein_features.make_features
     on the crop_size window with the most resolved residues (best_crop_start), with a fixed seed for
-    the MSA rows and the BERT masking, so the sample is the same every time."""
-    from memtrain.data.protein_features import INPUT_KEYS, TARGET_KEYS, make_features
+    the MSA rows and the BERT masking, so the sample is the same every time. max_extra_msa > 0 adds
+    the extra MSA; max_templates > 0 the first max_templates of ``templates`` (hit features,
+    memtrain.data.templates.hit_features), as make_features does."""
+    from memtrain.data.protein_features import EXTRA_MSA_KEYS, INPUT_KEYS, TARGET_KEYS, _LONG_KEYS, make_features
+    from memtrain.data.templates import TEMPLATE_KEYS
 
     features = make_features(chain, msa, deletions, crop_size, max_msa, np.random.default_rng([seed]),
-                             crop_start=best_crop_start(chain, crop_size))
+                             crop_start=best_crop_start(chain, crop_size), max_extra_msa=max_extra_msa,
+                             templates=(templates or [])[:max_templates], max_templates=max_templates)
     batch = {k: torch.from_numpy(np.asarray(v))[None] for k, v in features.items()}
-    for k in ("aatype", "residue_index", "true_msa"):
+    for k in _LONG_KEYS & batch.keys():
         batch[k] = batch[k].long()
-    return {k: batch[k] for k in INPUT_KEYS}, {k: batch[k] for k in TARGET_KEYS}
+    inputs = {k: batch[k] for k in (*INPUT_KEYS, *EXTRA_MSA_KEYS, *TEMPLATE_KEYS) if k in batch}
+    return inputs, {k: batch[k] for k in TARGET_KEYS}
 
 
 def predicted_atoms(outputs: dict[str, torch.Tensor], aatype: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,16 +96,20 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 class HeldOutEvaluation:
     """lDDT-Ca and pLDDT of the model's predictions for the chains named in data.eval_chains (left out
     of training), each cropped to its data.crop_size window with the most resolved residues, with
-    data.max_msa rows as in training but sampled with a fixed seed. Called on every rank (the model may be sharded: DAP, FSDP); the main rank writes each
+    data.max_msa rows (and data.max_extra_msa extra rows) as in training but sampled with a fixed
+    seed, and the best data.max_templates template hits (by alignment score, searched among all the
+    chains of the data folder as in training) for a model with the template stack. Called on every rank (the model may be sharded: DAP, FSDP); the main rank writes each
     prediction to <run dir>/eval/step_<N>/<chain>.pdb."""
 
     def __init__(self, cfg: DictConfig):
         from memtrain.data.protein_features import ProteinStructureBatches
         from memtrain.data.sequences import default_protein_root
+        from memtrain.models.alphafold.spec import stack_data_kwargs
 
         root = cfg.data.root or default_protein_root()
         names = list(cfg.data.eval_chains)
-        data = ProteinStructureBatches(root, cfg.data.crop_size, cfg.data.max_msa, cfg.trainer.seed, only=names)
+        stacks = stack_data_kwargs(cfg)
+        data = ProteinStructureBatches(root, cfg.data.crop_size, cfg.data.max_msa, cfg.trainer.seed, only=names, **stacks)
         found = {e.chain.name for e in data.entries}
         missing = [n for n in names if n not in found]
         if missing:
@@ -106,8 +117,10 @@ class HeldOutEvaluation:
                 f"data.eval_chains: no chain {', '.join(missing)} with enough resolved residues in {Path(root) / 'mmcif'}"
             )
         self.samples = [
-            (e.chain.name, *chain_features(e.chain, e.msa, e.deletion_matrix, cfg.data.crop_size, cfg.data.max_msa))
-            for e in data.entries
+            (e.chain.name, *chain_features(e.chain, e.msa, e.deletion_matrix, cfg.data.crop_size, cfg.data.max_msa,
+                                           max_extra_msa=stacks["max_extra_msa"], max_templates=stacks["max_templates"],
+                                           templates=data.template_features(i) if stacks["max_templates"] else None))
+            for i, e in enumerate(data.entries)
         ]
 
     @torch.no_grad()
@@ -133,6 +146,22 @@ def build_evaluator(cfg: DictConfig) -> HeldOutEvaluation:
     return HeldOutEvaluation(cfg)
 
 
+def _predict_templates(cfg: DictConfig, target) -> list[dict[str, np.ndarray]]:
+    """Template hit features for `memtrain predict`, by the run's data.template_source: "self", the
+    target's own structure with its sequence masked (none for an A3M input); "homologues", the hits
+    among the chains of the run's data folder (memtrain.data.templates.search_templates; none when
+    the folder holds no mmCIF files)."""
+    from memtrain.data.protein_features import read_chains
+    from memtrain.data.sequences import default_protein_root
+    from memtrain.data.templates import hit_features, search_templates, self_template
+
+    if enum_names(cfg.data.template_source) == "self":
+        return [hit_features(self_template(target))] if target.all_atom_mask is not None else []
+    mmcif_dir = Path(cfg.data.root or default_protein_root()) / "mmcif"
+    pool = [c for path in sorted(mmcif_dir.glob("*.cif")) for c in read_chains(path)] if mmcif_dir.is_dir() else []
+    return [hit_features(hit) for hit in search_templates(target, pool)]
+
+
 def predict(model: nn.Module, cfg: DictConfig, input_path: Path, output: Path, msa: Path | None = None,
             chain: str | None = None) -> dict[str, Any]:
     """Predict the structure of one chain and write it to `output` (.pdb or .cif).
@@ -140,8 +169,9 @@ def predict(model: nn.Module, cfg: DictConfig, input_path: Path, output: Path, m
     input_path: an mmCIF file (the chain `chain`, by author chain id, or the first protein chain;
     its resolved atoms give lDDT-Ca) or an A3M alignment (its query is the sequence). msa: an A3M
     for the chain (default: the input A3M, else a single-sequence MSA). The whole chain is
-    predicted (no crop); the MSA's first data.max_msa rows after the query are sampled with a fixed
-    seed. Returns {"output", "residues", "plddt", "lddt_ca" (None without a true structure)}.
+    predicted (no crop); data.max_msa MSA rows (the query first) and, for a model with the
+    extra-MSA stack, data.max_extra_msa extra rows are sampled with a fixed seed; a model with the
+    template stack gets the best data.max_templates hits (see _predict_templates). Returns {"output", "residues", "plddt", "lddt_ca" (None without a true structure)}.
     """
     from memtrain.data.protein_features import (
         Chain,
@@ -150,6 +180,7 @@ def predict(model: nn.Module, cfg: DictConfig, input_path: Path, output: Path, m
         single_sequence_msa,
     )
     from memtrain.data.sequences import read_a3m, ungap
+    from memtrain.models.alphafold.spec import stack_data_kwargs
 
     input_path = Path(input_path)
     if not input_path.is_file():
@@ -172,7 +203,11 @@ def predict(model: nn.Module, cfg: DictConfig, input_path: Path, output: Path, m
     else:
         raise DataFormatError(f"{input_path}: the input must be an mmCIF (.cif) or A3M (.a3m) file")
     rows, deletions = msa_from_a3m(msa, target.sequence) if msa is not None else single_sequence_msa(target.sequence)
-    inputs, targets = chain_features(target, rows, deletions, len(target.sequence), cfg.data.max_msa)
+    stacks = stack_data_kwargs(cfg)
+    templates = _predict_templates(cfg, target) if stacks["max_templates"] else None
+    inputs, targets = chain_features(target, rows, deletions, len(target.sequence), cfg.data.max_msa,
+                                     max_extra_msa=stacks["max_extra_msa"], templates=templates,
+                                     max_templates=stacks["max_templates"])
     device = next(model.parameters()).device
     inputs, targets = _to(inputs, device), _to(targets, device)
     model.eval()

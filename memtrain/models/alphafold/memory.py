@@ -54,6 +54,51 @@ def _gated_attention_bytes(
     return 3 * c * pos * hc + FP32 * lse + c * mask + gate  # o is the flash kernel's output
 
 
+def _pair_terms(
+    b: int, n: int, cz: int, c_mul: int, h_z: int, hc_z: int, tn: int, sdpa: bool, c: int, st: int,
+    amp: bool | None = None,
+) -> dict[str, int]:
+    """Bytes the pair modules of one block keep (both triangle multiplications and attentions and
+    the pair transition) for b pair representations [b, N, N, C_z] (b = B, or B T for the
+    templates). st: the pair stream's bytes per element; amp: whether autocast is on (default
+    c != st; the template stream is in the compute dtype under autocast)."""
+    autocast = c != st
+    amp = autocast if amp is None else amp
+    pr = b * n * n
+
+    def ln(elems: int, rows: int) -> int:  # LayerNorm: its input in fp32 (a copy if not fp32), mean, rstd
+        return FP32 * elems + 2 * FP32 * rows
+
+    def lin(k: int, elems: int) -> int:  # k Linear layers reading one contiguous LayerNorm output
+        return (k * c if autocast else st) * elems  # autocast casts it once per layer (uncached)
+
+    def mask_cast(elems: int, src: int, dst: int) -> int:  # a fp32 mask cast to another dtype; a view if fp32
+        return dst * elems if dst != src else 0
+
+    return {
+        # x2 (outgoing, incoming): per gated projection sigmoid(g), mask * sigmoid(g) (promoted to the
+        # mask's dtype) and the projection; the gate; the einsum's permuted copies of a and b; the
+        # LayerNorm of the product; its output (linear_z's input) and linear_z's output
+        "triangle_multiplication": 2 * (
+            ln(pr * cz, pr) + lin(5, pr * cz) + mask_cast(pr, FP32, st)
+            + 2 * (2 * c + max(c, st)) * pr * c_mul + c * pr * cz
+            + 2 * c * pr * c_mul + ln(pr * c_mul, pr) + c * pr * c_mul + c * pr * cz
+        ),
+        # x2 (starting, ending node): LayerNorm read by the bias Linear and q, k, v, g
+        "triangle_attention": 2 * (
+            ln(pr * cz, pr) + lin(5, pr * cz)
+            + _gated_attention_bytes(pr, hc_z, b * n * h_z * n * n, 0, 0, True, sdpa, c)
+        ),
+        # under autocast the transition multiplies by the fp32 mask as it is; otherwise by its cast
+        "pair_transition": ln(pr * cz, pr) + lin(1, pr * cz) + c * pr * tn * cz + (0 if amp else mask_cast(pr, FP32, st)),
+    }
+
+
+def _pair_weights(cz: int, c_mul: int, h_z: int, hc_z: int, tn: int) -> int:
+    """Elements of the pair modules' Linear weights (their c-byte copies under autocast)."""
+    return 2 * (4 * cz * c_mul + cz * cz + c_mul * cz) + 2 * (cz * h_z + 5 * cz * hc_z) + 2 * tn * cz * cz
+
+
 def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int) -> dict[str, int]:
     """Bytes one Evoformer block keeps for the backward pass, by sub-module (see activation_bytes)."""
     cm, cz, tn = mcfg.c_m, mcfg.c_z, mcfg.transition_n
@@ -88,20 +133,7 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
         "outer_product_mean": ln(ms * cm, ms) - (FP32 * ms * cm if st == FP32 else 0) + lin(2, ms * cm)
         + mask_cast(ms, FP32, st)
         + 2 * c * ms * c_opm + c * pr * c_opm**2 + c * pr,
-        # x2 (outgoing, incoming): per gated projection sigmoid(g), mask * sigmoid(g) (promoted to the
-        # mask's dtype) and the projection; the gate; the einsum's permuted copies of a and b; the
-        # LayerNorm of the product; its output (linear_z's input) and linear_z's output
-        "triangle_multiplication": 2 * (
-            ln(pr * cz, pr) + lin(5, pr * cz) + mask_cast(pr, FP32, st)
-            + 2 * (2 * c + max(c, st)) * pr * c_mul + c * pr * cz
-            + 2 * c * pr * c_mul + ln(pr * c_mul, pr) + c * pr * c_mul + c * pr * cz
-        ),
-        # x2 (starting, ending node): LayerNorm read by the bias Linear and q, k, v, g
-        "triangle_attention": 2 * (
-            ln(pr * cz, pr) + lin(5, pr * cz)
-            + _gated_attention_bytes(pr, hc_z, b * n * h_z * n * n, 0, 0, True, sdpa, c)
-        ),
-        "pair_transition": ln(pr * cz, pr) + lin(1, pr * cz) + c * pr * tn * cz + mask_cast(pr, FP32, st),
+        **_pair_terms(b, n, cz, c_mul, h_z, hc_z, tn, sdpa, c, st),
         # SharedDropout keeps its mask [*, 1, N_res, C] ([*, N_res, 1, C] column-wise) in the update's dtype
         "dropout_masks": (c * b * n * cm if mcfg.msa_dropout > 0 else 0)
         + (4 * c * b * n * cz if mcfg.pair_dropout > 0 else 0),
@@ -110,10 +142,96 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
         weights = (
             cz * h_m + 5 * cm * hc_m + 5 * cm * hc_m  # row (+ pair bias) and column attention
             + 2 * tn * cm * cm + 2 * cm * c_opm + c_opm**2 * cz  # MSA transition, outer product mean
-            + 2 * (4 * cz * c_mul + cz * cz + c_mul * cz)  # triangle multiplications
-            + 2 * (cz * h_z + 5 * cz * hc_z) + 2 * tn * cz * cz  # triangle attentions, pair transition
+            + _pair_weights(cz, c_mul, h_z, hc_z, tn)  # triangle modules, pair transition
         )
         terms["weight_casts"] = c * weights
+    return terms
+
+
+class _Sizes:
+    """A model config with some keys replaced (the extra-MSA block is an Evoformer block at C_e)."""
+
+    def __init__(self, mcfg: DictConfig, **replace):
+        self._mcfg, self._replace = mcfg, replace
+
+    def __getattr__(self, key: str):
+        return self._replace[key] if key in self._replace else getattr(self._mcfg, key)
+
+
+def _global_attention_bytes(b: int, n: int, s: int, cm: int, h: int, ch: int, c: int, st: int) -> int:
+    """MSAColumnGlobalAttention (Algorithm 19) on [b, s, n, cm], its LayerNorm on the transposed
+    input: the input (the stream, fp32) and statistics, the masked mean's divisor [b, n, 1], the
+    averaged query's input [b, n, cm], the LayerNorm output read by k, v and the gate (one fp32
+    tensor, or one cast per Linear under autocast), k and v [b, n, s, c_h], the scaled q
+    [b, n, H, c_h], the fp32 softmax [b, n, H, s] (+ its cast below fp32), sigmoid(g) and o * g
+    [b, n, s, H c_h], o [b, n, H, c_h]."""
+    autocast = c != st
+    ms, bn, hc = b * s * n, b * n, h * ch
+    return (
+        FP32 * ms * cm + 2 * FP32 * ms + FP32 * bn + (c if autocast else st) * bn * cm
+        + (3 * c if autocast else st) * ms * cm + 2 * c * ms * ch + c * bn * hc
+        + FP32 * bn * h * s + (c * bn * h * s if c < FP32 else 0) + 2 * c * ms * hc + c * bn * hc
+    )
+
+
+def _extra_msa_block_terms(mcfg: DictConfig, b: int, n: int, e: int, c: int, st: int) -> dict[str, int]:
+    """Bytes one extra-MSA block keeps (Algorithm 18): an Evoformer block at C_e over the E extra
+    rows with the row attention's head width c_hidden_extra_msa_att, and global column attention."""
+    ce, h, ch = mcfg.c_e, mcfg.n_heads_msa, mcfg.c_hidden_extra_msa_att
+    sizes = _Sizes(mcfg, c_m=ce, c_hidden_msa_att=ch)
+    terms = _evoformer_block_terms(sizes, b, n, e, c, st)
+    terms["msa_column_attention"] = _global_attention_bytes(b, n, e, ce, h, ch, c, st)
+    if c != st:  # global attention weights (q, k, v, gate, out) instead of the column attention's 5 ce x H c_h
+        terms["weight_casts"] += c * (3 * ce * h * ch + 2 * ce * ch - 5 * ce * h * ch)
+    return terms
+
+
+def _template_block_terms(mcfg: DictConfig, b: int, t: int, n: int, c: int, st: int) -> dict[str, int]:
+    """Bytes one template pair block keeps (Algorithm 16): the pair modules at C_t on B T pair
+    representations, and its four dropout masks ([B T, 1, N, C_t] or [B T, N, 1, C_t]). The
+    template stream t is the embedding Linear's output, so it is in the compute dtype (bf16 under
+    autocast, unlike m and z); the weights are cast as in the Evoformer."""
+    ct, c_mul, h = mcfg.c_t, mcfg.c_hidden_template_mul, mcfg.n_heads_template
+    hc, tn = h * mcfg.c_hidden_template_att, mcfg.template_transition_n
+    sdpa = enum_names(mcfg.attention_backend) == "sdpa"
+    terms = _pair_terms(b * t, n, ct, c_mul, h, hc, tn, sdpa, c, c, amp=c != st)
+    terms["dropout_masks"] = 4 * c * b * t * n * ct if mcfg.pair_dropout > 0 else 0
+    if c != st:
+        terms["weight_casts"] = c * _pair_weights(ct, c_mul, h, hc, tn)
+    return terms
+
+
+def _stack_outside_terms(
+    mcfg: DictConfig, b: int, n: int, s: int, e: int, t: int, c: int, st: int, extra_last_checkpointed: bool
+) -> dict[str, int]:
+    """What the template and extra-MSA stacks keep outside their blocks. Templates: the pair
+    features [B, T, N, N, 88] (the embedding Linear's input), the final LayerNorm (input and
+    statistics), the point-wise attention (its input z, or its cast; the LayerNorm output
+    permuted to [B, N, N, T, C_t] and copied once for k and once for v; q, k, v; the fp32 softmax
+    over the templates, + its cast; the output projection's input), the angle features
+    [B, T, N, 57] and the ReLU output [B, T, N, C_m], the MSA mask grown by the template rows
+    [B, S + T, N] (fp32). Extra MSA: the features [B, E, N, 25] and the last block's output e,
+    which its outer product mean keeps (unless that block is checkpointed)."""
+    autocast = c != st
+    lin_in = c if autocast else st
+    terms: dict[str, int] = {}
+    if mcfg.templates and t > 0:
+        ct, cz, cm = mcfg.c_t, mcfg.c_z, mcfg.c_m
+        h, hc = mcfg.n_heads_template_pointwise, mcfg.n_heads_template_pointwise * mcfg.c_hidden_template_pointwise
+        pr, tpr = b * n * n, b * t * n * n
+        terms["template_pair_stack_io"] = lin_in * tpr * 88 + FP32 * tpr * ct + 2 * FP32 * tpr
+        terms["template_pointwise_attention"] = (
+            (c * pr * cz if autocast else 0) + 2 * lin_in * tpr * ct + c * pr * hc + 2 * c * tpr * hc
+            + FP32 * pr * h * t + (c * pr * h * t if c < FP32 else 0) + c * pr * hc
+        )
+        terms["template_angle_embedder"] = lin_in * b * t * n * 57 + c * b * t * n * cm
+        terms["msa_mask"] = FP32 * b * (s + t) * n
+        if autocast:
+            terms["template_weight_casts"] = c * (cz * hc + 2 * ct * hc + hc * cz + cm * cm)
+    if mcfg.n_extra_msa_blocks > 0 and e > 0:
+        terms["extra_msa_embedder"] = lin_in * b * e * n * 25
+        if not extra_last_checkpointed:
+            terms["extra_msa_output"] = st * b * e * n * mcfg.c_e
     return terms
 
 
@@ -155,8 +273,10 @@ def _structure_module_bytes(mcfg: DictConfig, b: int, n: int, sm: int) -> int:
     return (FP32 * sn * cs + 2 * FP32 * sn) + 2 * sm * sn * cs + sm * b * n * n * cz + layers * layer + 13 * sm * sn + all_atom
 
 
-def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int) -> dict[str, int]:
+def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_evo: int | None = None) -> dict[str, int]:
+    """s: the MSA rows (the masked-MSA head's); s_evo: the Evoformer's, template rows included."""
     cm, cz, cs = mcfg.c_m, mcfg.c_z, mcfg.c_s
+    s_evo = s if s_evo is None else s_evo
     tf, msa_dim = _dim(mcfg, "target_feat_dim"), _dim(mcfg, "msa_feat_dim")
     relpos = 2 * _dim(mcfg, "max_relative_position") + 1
     bins, classes = _dim(mcfg, "n_distogram_bins"), _dim(mcfg, "n_msa_classes")
@@ -164,7 +284,7 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int) ->
     ms, pr, sn = b * s * n, b * n * n, b * n
     # recycling: LayerNorm of the previous pair (fp32) and first MSA row; after a no-grad iteration
     # the row is a view of the previous MSA representation, which it then keeps whole
-    m1_prev = st * ms * cm if mcfg.num_recycles > 0 and st == FP32 else FP32 * sn * cm
+    m1_prev = st * b * s_evo * n * cm if mcfg.num_recycles > 0 and st == FP32 else FP32 * sn * cm
     layers = mcfg.n_structure_layers
     # FAPE (fp32, autocast off): per frame-position pair the position relative to the frame's origin
     # (3, kept by the einsum with the rotation), the error vector (3) and the distance (1); backbone
@@ -177,7 +297,10 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int) ->
         "pair_mask": FP32 * pr if st == FP32 else 0,  # [*, N, N] fp32, kept by the triangle multiplications
         # the last block's outputs: m read by the single projection (first row) and the masked-MSA
         # head, z by the structure module's LayerNorm (fp32) and the distogram head
-        "evoformer_output": (c * (sn * cm + ms * cm) if autocast else st * ms * cm + (st * sn * cm if b > 1 else 0))
+        # (with template rows, the head reads the first s rows: a copy when B > 1 makes the slice strided)
+        "evoformer_output": (c * (sn * cm + ms * cm) if autocast
+                             else st * b * s_evo * n * cm + (st * sn * cm if b > 1 else 0)
+                             + (st * ms * cm if b > 1 and s_evo > s else 0))
         + FP32 * pr * cz + 2 * FP32 * pr + (c * pr * cz if autocast or st != FP32 else 0),
         "structure_module": _structure_module_bytes(mcfg, b, n, st),
         # pLDDT head: LayerNorm statistics, its output (linear_1's input, cast under autocast), two
@@ -199,14 +322,45 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int) ->
     return terms
 
 
+def _stack_sizes(mcfg: DictConfig, n_extra: int, n_templ: int) -> tuple[int, int]:
+    """(extra-MSA rows, templates) the model reads: 0 for a stack it does not have."""
+    extra = n_extra if _dim(mcfg, "n_extra_msa_blocks") > 0 else 0
+    return extra, (n_templ if _dim(mcfg, "templates") else 0)
+
+
 def activation_terms(
-    mcfg: DictConfig, batch: int, n_res: int, n_seq: int, compute_bytes: int, residual_bytes: int
+    mcfg: DictConfig, batch: int, n_res: int, n_seq: int, compute_bytes: int, residual_bytes: int,
+    n_extra: int = 0, n_templ: int = 0, extra_last_checkpointed: bool = False,
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """(one Evoformer block's saved bytes, the saved bytes outside the blocks), by part."""
+    """(one Evoformer block's saved bytes, the saved bytes outside the blocks), by part. The
+    Evoformer runs on the n_seq MSA rows and the n_templ template rows."""
+    n_extra, n_templ = _stack_sizes(mcfg, n_extra, n_templ)
+    b, c, st = batch, compute_bytes, residual_bytes
     return (
-        _evoformer_block_terms(mcfg, batch, n_res, n_seq, compute_bytes, residual_bytes),
-        _outside_terms(mcfg, batch, n_res, n_seq, compute_bytes, residual_bytes),
+        _evoformer_block_terms(mcfg, b, n_res, n_seq + n_templ, c, st),
+        {**_outside_terms(mcfg, b, n_res, n_seq, c, st, s_evo=n_seq + n_templ),
+         **_stack_outside_terms(mcfg, b, n_res, n_seq, n_extra, n_templ, c, st, extra_last_checkpointed)},
     )
+
+
+def stack_terms(
+    mcfg: DictConfig, batch: int, n_res: int, n_extra: int, n_templ: int, compute_bytes: int, residual_bytes: int
+) -> list[dict]:
+    """One entry per further stack of blocks (memtrain.memory.estimator's "stacks"): the extra-MSA
+    stack and the template pair stack, each {"name", "n_blocks", "block": bytes one block keeps,
+    "block_input": what a checkpointed block keeps, "terms": the block's bytes by part}."""
+    n_extra, n_templ = _stack_sizes(mcfg, n_extra, n_templ)
+    b, n, c, st = batch, n_res, compute_bytes, residual_bytes
+    stacks = []
+    if n_extra > 0:
+        terms = _extra_msa_block_terms(mcfg, b, n, n_extra, c, st)
+        stacks.append({"name": "extra_msa", "n_blocks": mcfg.n_extra_msa_blocks, "block": sum(terms.values()),
+                       "block_input": st * b * (n_extra * n * mcfg.c_e + n * n * mcfg.c_z), "terms": terms})
+    if n_templ > 0 and mcfg.n_template_blocks > 0:
+        terms = _template_block_terms(mcfg, b, n_templ, n, c, st)
+        stacks.append({"name": "template_pair", "n_blocks": mcfg.n_template_blocks, "block": sum(terms.values()),
+                       "block_input": c * b * n_templ * n * n * mcfg.c_t, "terms": terms})
+    return stacks
 
 
 def activation_bytes(
@@ -218,6 +372,8 @@ def activation_bytes(
     *,
     n_res: int | None = None,
     n_seq: int | None = None,
+    n_extra: int = 0,
+    n_templ: int = 0,
     cfg: DictConfig | None = None,
 ) -> dict[str, float]:
     """Bytes saved for the backward pass, per Evoformer block and outside the blocks, for one
@@ -266,18 +422,32 @@ def activation_bytes(
     all-atom; distogram, masked-MSA and pLDDT log-softmax; torsion errors; the resolved-atom
     logits). Input features are not counted.
     """
+    extra_last_checkpointed = False
     if cfg is not None:
         n_res, n_seq = cfg.data.crop_size, cfg.data.max_msa
+        n_extra, n_templ = cfg.data.get("max_extra_msa", 0), cfg.data.get("max_templates", 0)
+        from memtrain.memory.activation_checkpoint import (
+            checkpointed_block_ids,  # (imports the model registry)
+        )
+
+        ac = cfg.checkpoint
+        blocks = _dim(mcfg, "n_extra_msa_blocks")
+        extra_last_checkpointed = blocks - 1 in checkpointed_block_ids(
+            blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k)
     if n_res is None or n_seq is None:
         raise ConfigError(
             "data.crop_size",
             "the AlphaFold activation model needs the crop size and the MSA depth: pass "
             "n_res=cfg.data.crop_size, n_seq=cfg.data.max_msa (or cfg=cfg); seq_len does not apply",
         )
-    block, outside = activation_terms(mcfg, batch, n_res, n_seq, compute_bytes, residual_bytes)
+    block, outside = activation_terms(mcfg, batch, n_res, n_seq, compute_bytes, residual_bytes, n_extra, n_templ,
+                                      extra_last_checkpointed)
+    s_evo = n_seq + _stack_sizes(mcfg, n_extra, n_templ)[1]
     return {
         "block": sum(block.values()),
-        "block_input": residual_bytes * batch * (n_seq * n_res * mcfg.c_m + n_res * n_res * mcfg.c_z),
+        "block_input": residual_bytes * batch * (s_evo * n_res * mcfg.c_m + n_res * n_res * mcfg.c_z),
         "attention_core_freed": 0,
         "outside_blocks": sum(outside.values()),
+        "stacks": [{k: v for k, v in stack.items() if k != "terms"}
+                   for stack in stack_terms(mcfg, batch, n_res, n_extra, n_templ, compute_bytes, residual_bytes)],
     }

@@ -8,11 +8,16 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from memtrain.config.errors import enum_names, require
+from memtrain.distributed.dap import all_reduce_gradients
 from memtrain.models.alphafold.evaluation import build_evaluator, predict
 from memtrain.models.alphafold.loss import alphafold_loss, alphafold_loss_terms
 from memtrain.models.alphafold.memory import activation_bytes
 from memtrain.models.alphafold.model import AlphaFold
 from memtrain.models.alphafold.parallelize import apply_dap, reduce_dap_gradients
+from memtrain.models.alphafold.parallelize_stacks import (
+    apply_dap_stacks,
+    dap_stack_blocks,
+)
 from memtrain.models.alphafold.primitives import set_attention_backend, set_chunk_size
 from memtrain.models.spec import ModelSpec, register_spec
 
@@ -32,7 +37,18 @@ def build_data(cfg: DictConfig):
 
     root = cfg.data.root or default_protein_root()
     return ProteinStructureBatches(root, cfg.data.crop_size, cfg.data.max_msa, cfg.trainer.seed,
-                                   exclude=list(cfg.data.eval_chains))
+                                   exclude=list(cfg.data.eval_chains), **stack_data_kwargs(cfg))
+
+
+def stack_data_kwargs(cfg: DictConfig) -> dict:
+    """ProteinStructureBatches' extra-MSA and template arguments for the model config: none for a
+    stack the model leaves out."""
+    m = cfg.model
+    return dict(
+        max_extra_msa=cfg.data.max_extra_msa if m.n_extra_msa_blocks > 0 else 0,
+        max_templates=cfg.data.max_templates if m.templates else 0,
+        template_source=enum_names(cfg.data.template_source),
+    )
 
 
 def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,14 +76,27 @@ def blocks(model: nn.Module) -> nn.ModuleList:
     return model.evoformer.blocks
 
 
+def block_stacks(model: nn.Module) -> list[nn.ModuleList]:
+    """The extra-MSA and template pair stacks' blocks, checkpointed like the Evoformer's."""
+    stacks = []
+    if model.extra_msa_stack is not None:
+        stacks.append(model.extra_msa_stack.blocks)
+    if model.template_embedder is not None:
+        stacks.append(model.template_embedder.pair_stack.blocks)
+    return stacks
+
+
 def parallelize(model: nn.Module, mesh: DeviceMesh, cfg: DictConfig) -> None:
     if mesh["dap"].size() > 1:
         apply_dap(model, mesh["dap"].get_group())
+        apply_dap_stacks(model, mesh["dap"].get_group())
 
 
 def reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
     if mesh["dap"].size() > 1:
         reduce_dap_gradients(model, mesh["dap"].get_group())
+        for stack in dap_stack_blocks(model):
+            all_reduce_gradients(stack, mesh["dap"].get_group())
 
 
 def validate(cfg: DictConfig) -> None:
@@ -83,6 +112,14 @@ def validate(cfg: DictConfig) -> None:
         require(0 <= m[key] < 1, f"model.{key}", f"must be in [0, 1), got {m[key]}")
     require(cfg.data.crop_size >= 1 and cfg.data.max_msa >= 1, "data.crop_size",
             f"crop_size and max_msa must be at least 1, got {cfg.data.crop_size}, {cfg.data.max_msa}")
+    for key in ("n_extra_msa_blocks", "n_template_blocks"):
+        require(m[key] >= 0, f"model.{key}", f"must be 0 or more, got {m[key]}")
+    require(m.n_extra_msa_blocks == 0 or cfg.data.max_extra_msa >= 1, "data.max_extra_msa",
+            f"the extra-MSA stack (model.n_extra_msa_blocks={m.n_extra_msa_blocks}) needs at least one "
+            f"extra-MSA row, got data.max_extra_msa={cfg.data.max_extra_msa}; or set model.n_extra_msa_blocks=0")
+    require(not m.templates or cfg.data.max_templates >= 1, "data.max_templates",
+            f"the template stack (model.templates=true) needs at least one template slot, got "
+            f"data.max_templates={cfg.data.max_templates}; or set model.templates=false")
     require(not (enum_names(cfg.checkpoint.mode) == "selective" and enum_names(cfg.checkpoint.policy) == "attention"),
             "checkpoint.policy", "the Evoformer has no single attention core; checkpoint whole blocks",
             allowed=["every_k"])
@@ -98,6 +135,7 @@ SPEC = register_spec(
         loss_fn=loss_fn,
         num_targets=num_targets,
         blocks=blocks,
+        block_stacks=block_stacks,
         attention_core="",
         flops_per_token=lambda mcfg, seq_len: None,
         activation_bytes=lambda cfg, compute, residual: activation_bytes(
