@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -30,6 +31,8 @@ USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydr
        memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]]
                                                   what fits hardware.* and runs fastest
        memtrain export CHECKPOINT OUT               a precision.qat checkpoint with integer weights
+       memtrain predict CHECKPOINT INPUT OUTPUT [--msa A3M] [--chain ID] [--device auto|cpu|cuda]
+                                                  a structure (PDB/mmCIF) from a trained AlphaFold
        memtrain submit [slurm options] -- [hydra overrides]   sbatch a run (memtrain submit --help)
 
 overrides: group choices (model=gpt_1b precision=bf16 checkpoint=full), keys
@@ -148,6 +151,79 @@ def export_command(args: list[str]) -> int:
     return 0
 
 
+PREDICT_USAGE = (
+    "usage: memtrain predict CHECKPOINT INPUT OUTPUT [--msa A3M] [--chain ID] [--device auto|cpu|cuda]: "
+    "CHECKPOINT a step_<N>/ folder of a training run, INPUT an mmCIF (.cif) or A3M (.a3m) file, OUTPUT a .pdb or "
+    ".cif file to write"
+)
+
+
+def _parse_predict_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Positional arguments and the --msa/--chain/--device options; ValueError on anything else."""
+    positional, options, i = [], {}, 0
+    while i < len(args):
+        if args[i] in ("--msa", "--chain", "--device"):
+            if i + 1 >= len(args):
+                raise ValueError(f"{args[i]} needs a value")
+            options[args[i][2:]] = args[i + 1]
+            i += 2
+        elif args[i].startswith("-"):
+            raise ValueError(f"unknown option {args[i]!r} (allowed: --msa, --chain, --device)")
+        else:
+            positional.append(args[i])
+            i += 1
+    if len(positional) != 3:
+        raise ValueError(f"expected CHECKPOINT INPUT OUTPUT, got {len(positional)} argument(s)")
+    if options.get("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {options['device']!r}")
+    return positional, options
+
+
+def predict_command(args: list[str]) -> int:
+    """Load a checkpoint's model (its config from meta.json; weights through the checkpointer's
+    allow-listed loader, which runs no code from the files) and write the predicted structure."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from memtrain.engine.checkpoint import CheckpointError, Checkpointer
+    from memtrain.engine.trainer import resolve_device
+    from memtrain.models import get_spec
+    from memtrain.models.alphafold.structure_io import structure_format
+
+    try:
+        (checkpoint, input_path, output), options = _parse_predict_args(args)
+        structure_format(output)
+    except ValueError as exc:
+        return _fail(f"{exc}\n{PREDICT_USAGE}")
+    checkpoint = Path(checkpoint)
+    meta_file = checkpoint / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+        cfg = OmegaConf.create(meta["config"])
+        spec = get_spec(cfg.model.arch)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _fail(f"{checkpoint} is not a memtrain checkpoint with its config in meta.json ({type(exc).__name__}: {exc})")
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if spec.predict is None:
+        return _fail(f"model.arch={cfg.model.arch} has no predict (only AlphaFold writes structures)")
+    device = resolve_device(options.get("device", "auto"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _fail("--device cuda: no CUDA device is visible")
+    try:
+        with torch.device(device):
+            model = spec.build_model(cfg.model)
+        model.float()
+        Checkpointer(checkpoint.parent).load(checkpoint, {"model": model.state_dict()})
+        msa = Path(options["msa"]) if "msa" in options else None
+        result = spec.predict(model, cfg, Path(input_path), Path(output), msa=msa, chain=options.get("chain"))
+    except (CheckpointError, DataFormatError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    summary = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "output")
+    Console().print(f"wrote {result['output']} ({summary})", highlight=False)
+    return 0
+
+
 def submit_command(args: list[str]) -> int:
     from memtrain.slurm.submit import submit_command as submit
 
@@ -161,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     commands = {"train": train_command, "estimate": estimate_command, "plan": plan_command, "export": export_command,
-                "submit": submit_command}
+                "submit": submit_command, "predict": predict_command}
     if command not in commands:
         return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)})\n{USAGE}")
     return commands[command](rest)

@@ -149,6 +149,8 @@ class AlphaFoldConfig(ModelConfig):
     n_structure_layers: int = 8
     n_heads_ipa: int = 12
     c_hidden_ipa: int = 16
+    c_resnet: int = 128  # torsion-angle ResNet (Algorithm 20 lines 11-14)
+    c_hidden_plddt: int = 128  # pLDDT head (Algorithm 29)
     num_recycles: int = 0  # extra no-grad iterations (the paper samples 0-3 during training)
     msa_dropout: float = 0.15
     pair_dropout: float = 0.25
@@ -372,6 +374,7 @@ class DataConfig:
     num_synthetic_tokens: int = 1_000_000  # synthetic: length of the generated token stream
     crop_size: int = 256  # structure: residues per cropped sample (shorter chains are padded)
     max_msa: int = 128  # structure: MSA rows sampled per sample (the query first)
+    eval_chains: list[str] = field(default_factory=list)  # structure: chains held out of training for trainer.eval_every, e.g. [4zey_A]
     max_extra_msa: int = 1024  # structure: extra-MSA rows (the alignment rows not sampled), for the extra-MSA stack
     max_templates: int = 4  # structure: templates per sample, for the template stack
     template_source: TemplateSource = TemplateSource.homologues
@@ -395,6 +398,7 @@ class TrainerConfig:
     tensorboard: bool = False
     run_dir: Optional[str] = None  # None: Hydra's output directory of the job
     compile: bool = False  # regional torch.compile of every block (memtrain.engine.fast_path)
+    eval_every: int = 0  # evaluate held-out data every N steps (ModelSpec.build_evaluator); 0: never
 
 
 @dataclass

@@ -58,6 +58,10 @@ def validate(cfg: DictConfig) -> None:
             f"parallel=dap (Dynamic Axial Parallelism) splits AlphaFold's representations; model.arch={cfg.model.arch} has none")
     require(cfg.parallel.name != "spatial" or spec.spatial, "parallel",
             f"parallel=spatial splits a weather model's latitude grid; model.arch={cfg.model.arch} has none (use model=pangu*)")
+    require(cfg.trainer.eval_every == 0 or spec.build_evaluator is not None, "trainer.eval_every",
+            f"model.arch={cfg.model.arch} has no evaluation step; use trainer.eval_every=0")
+    require(cfg.trainer.eval_every == 0 or cfg.parallel.pp == 1, "trainer.eval_every",
+            f"the evaluation step runs the whole model, not pipeline stages (parallel.pp={cfg.parallel.pp})")
     spec.validate(cfg)
     validate_pipeline(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).pp, spec.num_blocks(cfg.model), spec)
 
@@ -168,7 +172,7 @@ def _validate_precision(p: DictConfig) -> None:
 def _validate_trainer(t: DictConfig) -> None:
     for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every"):
         require(t[key] >= 1, f"trainer.{key}", f"must be at least 1, got {t[key]}")
-    for key in ("save_every", "keep_last", "warmup_steps"):
+    for key in ("save_every", "keep_last", "warmup_steps", "eval_every"):
         require(t[key] >= 0, f"trainer.{key}", f"must be 0 or more, got {t[key]}")
     require(t.grad_clip >= 0, "trainer.grad_clip", f"must be 0 (off) or positive, got {t.grad_clip}")
     require(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")

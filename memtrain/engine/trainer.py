@@ -79,6 +79,8 @@ class Trainer:
         self.data = self.spec.build_data(cfg)
         if self.mesh is not None and self.spec.shard_batches is not None:
             self.data = self.spec.shard_batches(self.data, self.mesh, cfg)
+        # held-out evaluation every trainer.eval_every steps (ModelSpec.build_evaluator)
+        self.evaluator = self.spec.build_evaluator(cfg) if self.tcfg.eval_every > 0 else None
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
         self.preemption = Preemption(self.device)  # SIGUSR1/SIGTERM under Slurm: checkpoint and stop
         self.step = 0
@@ -175,7 +177,8 @@ class Trainer:
                 skipped += result.skipped
                 tokens += result.tokens
                 progress.update(task, completed=self.step)
-                if self.step % tcfg.log_every == 0 or self.step == until:
+                evaluate = self.evaluator is not None and self.step % tcfg.eval_every == 0
+                if self.step % tcfg.log_every == 0 or self.step == until or evaluate:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - t0
@@ -193,6 +196,9 @@ class Trainer:
                     }
                     if hasattr(self.strategy, "extra_metrics"):  # per-variable metrics (ModelSpec.metrics)
                         record.update(self.strategy.extra_metrics.pop())
+                    if evaluate:  # every rank runs it; the main rank may write predictions to the run directory
+                        with self.precision.autocast():
+                            record.update(self.evaluator(self.model, self.step, self.run_dir if self.env.is_main else None, self.device))
                     if metrics:
                         metrics.log(record)
                     records.append(record)

@@ -54,6 +54,13 @@ class ModelSpec:
     model_parallel: tuple[str, ...] = ()
     # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.sp)
     shard_batches: Callable[..., Batches] | None = None
+    # held-out evaluation every trainer.eval_every steps: config -> evaluate(model, step, out_dir or
+    # None, device) -> {metric: value}, called on every rank (the model may be sharded); out_dir (the
+    # run directory, main rank only) is where it may write predictions
+    build_evaluator: Callable[[DictConfig], Callable[..., dict[str, float]]] | None = None
+    # `memtrain predict`: (model with its trained weights, the run's config, input file, output file,
+    # msa=..., chain=...) -> {"output": path, ...}; None: the family has no predict
+    predict: Callable[..., dict[str, Any]] | None = None
     # further stacks of blocks that activation checkpointing wraps by the same policy as `blocks`,
     # each counted from its own first block (AlphaFold's extra-MSA and template pair stacks); their
     # saved bytes come from activation_bytes' "stacks"
