@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memtrain.config.errors import enum_names, require
+from memtrain.config.schema import Check
 from memtrain.distributed.launch import world_size
 from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.distributed.pipeline import validate_pipeline
@@ -30,8 +32,12 @@ OFFLOAD_SUPPORT = {
 }
 
 
+MAX_BLOCKS = 1024  # blocks per model (the largest published transformers have under 200)
+
+
 def validate(cfg: DictConfig) -> None:
     _validate_keys(cfg)
+    check_values(cfg)
     _validate_parallel(cfg.parallel)
     _validate_precision(cfg.precision)
     validate_quantization(cfg)
@@ -50,6 +56,10 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
     validate_optimizer(cfg)
     spec = get_spec(cfg.model.arch)
+    blocks = spec.num_blocks(cfg.model)
+    require(blocks <= MAX_BLOCKS, "model", f"the model has {blocks} blocks; memtrain builds at most {MAX_BLOCKS} (its "
+                                           "tools build every block's shapes, and the largest published transformers "
+                                           "have under 200)")
     for dim in ("tp", "sp"):
         require(cfg.parallel[dim] == 1 or dim in spec.model_parallel, f"parallel.{dim}",
                 f"model.arch={cfg.model.arch} does not support parallel.{dim} (its model-parallel dimensions: "
@@ -60,6 +70,40 @@ def validate(cfg: DictConfig) -> None:
             f"parallel=spatial splits a weather model's latitude grid; model.arch={cfg.model.arch} has none (use model=pangu*)")
     spec.validate(cfg)
     validate_pipeline(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).pp, spec.num_blocks(cfg.model), spec)
+
+
+def check_values(node: DictConfig, prefix: str = "") -> None:
+    """Every value against the check its schema field declares (memtrain.config.schema.checked),
+    and every float finite, at any depth."""
+    schema = OmegaConf.get_type(node)
+    checks = {f.name: f.metadata["check"] for f in dataclasses.fields(schema) if "check" in f.metadata} \
+        if dataclasses.is_dataclass(schema) else {}
+    for key in node:
+        value, full = node[key], f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            check_values(value, f"{full}.")
+            continue
+        items = list(value) if isinstance(value, ListConfig) else [value]
+        for item in items:
+            require(not isinstance(item, float) or math.isfinite(item), full, f"must be a finite number, got {value}")
+        if key in checks and value is not None:
+            _check_value(checks[key], full, value, items)
+
+
+def _check_value(check: Check, key: str, value: object, items: list) -> None:
+    if check.length is not None:
+        require(isinstance(value, ListConfig) and len(items) == check.length, key,
+                f"must be a list of {check.length} values, got {value}")
+    for item in items:
+        if item is None:
+            continue
+        if check.choices is not None:
+            require(item in check.choices, key, f"unknown value {item!r}", allowed=check.choices)
+            continue
+        ok = all(bound is None or cmp(item, bound) for bound, cmp in (
+            (check.ge, lambda a, b: a >= b), (check.gt, lambda a, b: a > b),
+            (check.le, lambda a, b: a <= b), (check.lt, lambda a, b: a < b)))
+        require(ok, key, f"must be {check.describe()}" + (" (each value)" if len(items) > 1 else "") + f", got {value}")
 
 
 def _validate_keys(cfg: DictConfig) -> None:

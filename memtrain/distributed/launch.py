@@ -103,9 +103,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_workers(cfg: DictConfig, overrides: list[str], run_dir: str) -> None:
+def launch_workers(cfg: DictConfig, overrides: list[str], run_dir: str) -> int:
     """Run `memtrain train OVERRIDES` in launcher.nproc_per_node workers on this node, all writing
-    to run_dir, and wait for them (torch.distributed.launcher: the agent torchrun uses)."""
+    to run_dir, and wait for them (torch.distributed.launcher: the agent torchrun uses). Returns 0
+    when every worker succeeded, else an exit code: 2 when every failed worker refused bad input
+    (each printed its own paragraph), 128 + N when a signal N stopped the job, else 1."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     lc = cfg.launcher
@@ -125,4 +129,16 @@ def launch_workers(cfg: DictConfig, overrides: list[str], run_dir: str) -> None:
     # as torchrun does: one thread per worker unless told otherwise, so workers do not oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // lc.nproc_per_node)))
     args = ["-m", "memtrain.cli", "train", *overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
-    elastic_launch(config, entrypoint=sys.executable)(*args)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)(*args)
+    except ChildFailedError as exc:
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        signalled = [c for c in codes if c > 128 or c < 0]
+        code = 2 if codes == [2] else (128 + abs(signalled[0]) if signalled and signalled[0] < 0 else
+                                       signalled[0] if signalled else 1)
+        print(f"memtrain: {len(exc.failures)} of {lc.nproc_per_node * lc.nnodes} workers exited with code(s) "
+              f"{', '.join(map(str, codes))}; their messages are above", file=sys.stderr)
+        return code
+    except SignalException as exc:  # this launcher got SIGINT/SIGTERM: the workers were stopped at a step boundary
+        return 128 + int(exc.sigval)
+    return 0

@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from memtrain.config.errors import enum_names
 from memtrain.engine.checkpoint import Checkpointer
 from memtrain.models import get_spec
+from memtrain.safe_pickle import torch_load
 from memtrain.precision.qat import QATLinear, apply_qat, quantize_activation, quantize_ternary, quantize_weight, EPS
 
 FORMAT_VERSION = 1
@@ -149,7 +150,7 @@ def load_quantized(folder: str | Path) -> nn.Module:
     """Rebuild an exported model: its QAT layers become QuantizedLinear with the stored integers."""
     folder = Path(folder)
     cfg = _config_from(json.loads((folder / "config.json").read_text()))
-    tensors = torch.load(folder / "weights.pt", weights_only=True)
+    tensors = torch_load(folder / "weights.pt")
     model = build_qat_model(cfg)
     quantized = [(n, m) for n, m in model.named_modules() if isinstance(m, QATLinear)]
     for name, layer in quantized:
