@@ -126,12 +126,17 @@ def _run_hydra(args: list[str]) -> int:
 def _train_job(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from memtrain.distributed.launch import launch_workers, needs_launch, world_size
+    from memtrain.distributed.launch import launch_workers, launched, needs_launch, world_size
     from memtrain.engine.resume import check_resume, resume_path
+    from memtrain.memory.capacity import check_fits_here, check_launch_here
 
     run_dir = cfg.trainer.run_dir or HydraConfig.get().runtime.output_dir
     try:
         check_config(cfg)
+        if needs_launch(cfg):
+            check_launch_here(cfg)
+        if not launched():  # a torchrun/srun worker: the job was sized where it was submitted
+            check_fits_here(cfg, cfg.launcher.nproc_per_node)
         if needs_launch(cfg):
             path = resume_path(cfg, run_dir)
             if path is not None:  # refused here, before any worker starts

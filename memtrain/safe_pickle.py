@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import pathlib
 import pickle
+import warnings
 from typing import IO, Any, Iterable, Mapping
 
 import torch
@@ -100,24 +101,22 @@ def torch_load(file: str | pathlib.Path | IO[bytes], allowed_globals: Iterable[A
     """torch.load(weights_only=True) with exactly `allowed_globals` added to torch's own safe list;
     errors name `source` (default: the path)."""
     source = source or str(file)
-    with torch.serialization.safe_globals(list(allowed_globals)):
+    with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below if it matters
         try:
             return torch.load(file, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:  # torch wraps every weights-only refusal in this
-            reason = _weights_only_reason(str(exc))
-            if "global" in reason.lower():
-                raise _refusal(source, f"torch's weights-only loader refused it ({reason.rstrip('.')})") from None
-            raise CorruptFileError(f"cannot read {source}: {reason}") from exc
+            raise _refusal(source, f"torch's weights-only loader refused it ({_weights_only_reason(str(exc))})") from None
         except (RuntimeError, EOFError, ValueError) as exc:  # torch's zip reader on a truncated or foreign file
             raise CorruptFileError(f"cannot read {source}: not a complete torch.save file "
                                    f"({' '.join(str(exc).split())[:300]})") from exc
 
 
 def _weights_only_reason(message: str) -> str:
-    """The specific part of torch's weights-only error (it wraps it in a generic preamble)."""
-    parts = [" ".join(p.split()) for p in message.split("\n\n")]
-    specific = [p for p in parts if p and not p.startswith(("Weights only load failed", "Check the documentation"))]
-    return (specific[0] if specific else parts[0])[:300]
+    """The specific part of torch's weights-only error, without its advice to load unsafely."""
+    reason = message.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation")[0]
+    reason = reason.split(" was not an allowed global")[0].split(" Please use `torch.serialization")[0]
+    return " ".join(reason.split()).rstrip(".")[:300] or "an unsupported object"
 
 
 def torch_load_bytes(data: bytes | io.BytesIO, source: str, allowed_globals: Iterable[Any] = ()) -> Any:

@@ -508,6 +508,11 @@ class FuXiConfig(ModelConfig):
     drop_path: float = checked(0.2, ge=0, lt=1)
 
 
+def model_schema(arch: str) -> type:
+    """The schema of model.arch `arch` (ConfigError-free lookup: KeyError for an unknown arch)."""
+    return {"gpt": GPTConfig, "alphafold": AlphaFoldConfig, "pangu": PanguConfig, "fuxi": FuXiConfig}[arch]
+
+
 def register_schemas() -> None:
     """Register every schema under /schema/<group>/<name> (idempotent)."""
     cs = ConfigStore.instance()

@@ -43,9 +43,10 @@ def validate(cfg: DictConfig) -> None:
     validate_quantization(cfg)
     _validate_trainer(cfg.trainer)
     _validate_offload(cfg)
+    _validate_paths(cfg)
     _validate_launch(cfg)
     _validate_kernels(cfg)
-    _validate_hardware(cfg.hardware)
+    validate_hardware(cfg.hardware)
     require(not (cfg.trainer.compile and cfg.parallel.name.startswith("zero")), "trainer.compile",
             f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
     require(not (cfg.trainer.compile and cfg.parallel.pp != 1), "trainer.compile",
@@ -158,6 +159,43 @@ def _validate_model_parallel(p: DictConfig) -> None:
                     f"parallel={name} has no data parallelism (got {', '.join(bad)}); use parallel=fsdp or ddp with {key}")
 
 
+def _path_kind(key: str, path: Path) -> str:
+    """'file', 'dir', 'missing' or 'other' for `path`; a path the system cannot even look up (a
+    component too long, a loop of links) is a ConfigError naming `key`."""
+    try:
+        if path.is_dir():
+            return "dir"
+        if path.is_file():
+            return "file"
+        return "other" if path.exists() else "missing"
+    except OSError as exc:
+        require(False, key, f"{str(path)[:120]}{'...' if len(str(path)) > 120 else ''}: {exc.strerror or exc}")
+        raise  # unreachable: require raised
+
+
+def _validate_paths(cfg: DictConfig) -> None:
+    """Folders and files named in the config exist and are usable, before anything starts."""
+    root = cfg.data.get("root")
+    if root is not None:
+        kind = _path_kind("data.root", Path(root))
+        require(kind != "missing", "data.root", f"{root} does not exist")
+        data_file = enum_names(cfg.data.source) == "era5" and Path(root).suffix in (".nc", ".zarr")  # one ERA5 file
+        require(kind == "dir" or data_file, "data.root",
+                f"{root} is not a folder (data.root names the folder that holds the data files)")
+        require(os.access(root, os.R_OK | os.X_OK), "data.root", f"{root}: permission denied (this user cannot list it)")
+    stats = cfg.data.get("stats")
+    if stats is not None:
+        require(_path_kind("data.stats", Path(stats)) in ("file", "dir"), "data.stats", f"{stats} does not exist")
+    if cfg.offload.name == "nvme":
+        path = str(cfg.offload.nvme_path).strip()
+        require(path != "", "offload.nvme_path", "offload=nvme needs a folder on a fast local disk for its swap files, "
+                                                 "got an empty path")
+        target = Path(path).expanduser().absolute()
+        existing = next(p for p in (target, *target.parents) if _path_kind("offload.nvme_path", p) != "missing")
+        require(existing.is_dir(), "offload.nvme_path", f"{existing} is not a folder")
+        require(os.access(existing, os.W_OK | os.X_OK), "offload.nvme_path", f"{existing}: permission denied (not writable)")
+
+
 def _validate_offload(cfg: DictConfig) -> None:
     name, parallel = cfg.offload.name, cfg.parallel.name
     require(name in OFFLOAD_SUPPORT, "offload.name", f"unknown offload {name!r}", allowed=OFFLOAD_SUPPORT)
@@ -216,8 +254,9 @@ def _validate_trainer(t: DictConfig) -> None:
         require(t[key] >= 0, f"trainer.{key}", f"must be 0 or more, got {t[key]}")
     require(t.grad_clip >= 0, "trainer.grad_clip", f"must be 0 (off) or positive, got {t.grad_clip}")
     require(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
-    require(t.resume in ("none", "auto") or (Path(t.resume) / "meta.json").is_file(), "trainer.resume",
-            f"{t.resume!r} is not a checkpoint folder (step_<N>/ with meta.json)", allowed=["none", "auto", "<path>"])
+    require(t.resume in ("none", "auto") or _path_kind("trainer.resume", Path(t.resume) / "meta.json") == "file",
+            "trainer.resume", f"{t.resume!r} is not a checkpoint folder (step_<N>/ with meta.json)",
+            allowed=["none", "auto", "<path>"])
     device = enum_names(t.device)
     require(device != "cuda" or torch.cuda.is_available(), "trainer.device", "cuda requested but no CUDA device is visible",
             allowed=["auto", "cpu"])
@@ -225,7 +264,7 @@ def _validate_trainer(t: DictConfig) -> None:
             "the tensorboard package is not installed (pip install tensorboard)")
 
 
-def _validate_hardware(h: DictConfig) -> None:
+def validate_hardware(h: DictConfig) -> None:
     """The machine `memtrain plan` plans for: counts at least 1, sizes and rates positive."""
     for key in ("gpus", "nodes"):
         require(h[key] >= 1, f"hardware.{key}", f"must be at least 1, got {h[key]}")

@@ -99,12 +99,17 @@ def read_dcp_metadata(path: str | Path) -> Metadata:
 
 
 class SafeFileSystemReader(FileSystemReader):
-    """DCP's file reader with `.metadata` read through the exact allow-list."""
+    """DCP's file reader with `.metadata` read through the exact allow-list (read before the load
+    starts, so a refusal is reported as it is, not after DCP's fallback to per-rank metadata)."""
+
+    def __init__(self, path: str | Path, metadata: Metadata | None = None):
+        super().__init__(path)
+        self._metadata = metadata
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         if kwargs.get("rank") is not None:  # per-rank metadata files: not written by memtrain
             raise CheckpointError(f"{self.path}: per-rank DCP metadata is not supported")
-        metadata = read_dcp_metadata(self.path)
+        metadata = self._metadata if self._metadata is not None else read_dcp_metadata(self.path)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -287,7 +292,7 @@ class Checkpointer:
         """Load `state` (in place, DCP semantics) from checkpoint `path`; returns its meta.json."""
         path = Path(path)
         meta = read_meta(path)
-        reader = SafeFileSystemReader(path)
+        reader = SafeFileSystemReader(path, read_dcp_metadata(path))
         try:
             with _single_process_quiet():
                 dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(reader), no_dist=_no_dist())
