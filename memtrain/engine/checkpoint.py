@@ -10,7 +10,8 @@ every instant a complete step_<N>/ (or the one it replaces) is on disk:
     2. if step_<N>/ exists (re-saving a step): rename it to .old-step_<N>/
     3. rename .tmp-step_<N>/ to step_<N>/, fsync the parent
     4. delete .old-step_<N>/ (meta.json first, so a half-deleted folder never looks complete)
-    5. prune: stale .tmp-*, .old-* whose step_<N>/ is complete, checkpoints beyond keep_last
+    5. prune: stale .tmp-*, .old-* whose step_<N>/ is complete, step_<N>/ left without meta.json by
+       a deletion cut short, checkpoints beyond keep_last
 
 `checkpoints()` treats a complete .old-step_<N>/ as step N when step_<N>/ is missing (a crash between
 2 and 3), and pruning never deletes the newest complete checkpoint. A folder is complete when it
@@ -319,6 +320,10 @@ class Checkpointer:
                     shutil.rmtree(final)
                 _rename(aside, final)
                 _fsync_dir(self.folder)
+        for leftover in self.folder.iterdir():  # a deletion cut short (meta.json goes first): never a checkpoint
+            parsed = _step_of(leftover.name)
+            if parsed is not None and not parsed[1] and not is_complete(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
         if self.keep_last > 0:
             for old in self.checkpoints()[: -self.keep_last]:
                 remove_checkpoint(old)
