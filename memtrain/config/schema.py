@@ -105,7 +105,8 @@ class Check:
     choices: Optional[tuple] = None  # a string, or each string of a list: one of these
 
     def describe(self) -> str:
-        parts = [f"{op} {v}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if v is not None]
+        parts = [f"{op} {v}" for op, v in (("at least", self.ge), ("more than", self.gt), ("at most", self.le),
+                                            ("less than", self.lt)) if v is not None]
         return " and ".join(parts)
 
 

@@ -49,21 +49,21 @@ CONFIG_CASES = [
     (["train", f"data.root={LONG}"], ["data.root", "File name too long"]),
     (["train", "data.root=${oc.env:MEMTRAIN_SURELY_UNSET}"], ["data.root", "MEMTRAIN_SURELY_UNSET"]),
     # values that passed validation and failed after the job started
-    (["train", "optimizer.betas=[2.0,0.9]"], ["optimizer.betas", ">= 0 and < 1"]),
+    (["train", "optimizer.betas=[2.0,0.9]"], ["optimizer.betas", "at least 0 and less than 1"]),
     (["train", "optimizer.betas=[0.9]"], ["optimizer.betas", "list of 2"]),
-    (["train", "optimizer.weight_decay=-1"], ["optimizer.weight_decay", ">= 0"]),
-    (["train", "model.init_std=-1"], ["model.init_std", ">= 0"]),
+    (["train", "optimizer.weight_decay=-1"], ["optimizer.weight_decay", "at least 0"]),
+    (["train", "model.init_std=-1"], ["model.init_std", "at least 0"]),
     (["train", "data.formats=[bogus]"], ["data.formats", "bogus", "fasta, a3m, mmcif"]),
     (["train", "optimizer._target_=no.such.Optimizer"], ["optimizer._target_", "optimizer=adamw"]),
     (["train", "optimizer._target_=os.system"], ["optimizer._target_", "torch.optim.Optimizer"]),
-    (["train", "+recipe=alphafold_tiny", "trainer.seed=-1"], ["trainer.seed", ">= 0"]),
+    (["train", "+recipe=alphafold_tiny", "trainer.seed=-1"], ["trainer.seed", "at least 0"]),
     (["train", "optimizer.lr=inf"], ["optimizer.lr", "finite"]),
     (["train", "optimizer.lr=nan"], ["optimizer.lr", "finite"]),
     # file system, before anything starts
     (["train", "data.root=/etc/hostname"], ["data.root", "not a folder"]),
     (["train", "parallel=zero3", "offload=nvme", "offload.nvme_path="], ["offload.nvme_path", "empty path"]),
     # the planner's inputs
-    (["plan", "hardware.gpus=0"], ["hardware.gpus", ">= 1"]),
+    (["plan", "hardware.gpus=0"], ["hardware.gpus", "at least 1"]),
     (["plan", "hardware.gpu_mem_gb=0"], ["hardware.gpu_mem_gb", "positive"]),
     (["plan", "--global-batch", "1000000000000"], ["--global-batch", "1000000000000"]),
     # unbounded work, refused at once
