@@ -82,7 +82,7 @@ class SafeUnpickler(pickle.Unpickler):
 
 # what garbage makes the C unpickler raise (truncated data, bad opcodes, wrong memo indices, ...)
 _GARBAGE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            UnicodeDecodeError, OverflowError)
+            UnicodeDecodeError, OverflowError, RecursionError)
 
 
 def load_pickle(stream: IO[bytes], allowed: Mapping[Name, Any], source: str) -> Any:

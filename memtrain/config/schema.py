@@ -176,7 +176,7 @@ class AlphaFoldConfig(ModelConfig):
     n_structure_layers: int = checked(8, ge=1)
     n_heads_ipa: int = checked(12, ge=1)
     c_hidden_ipa: int = checked(16, ge=1)
-    num_recycles: int = checked(0, ge=0)  # extra no-grad iterations (the paper samples 0-3 during training)
+    num_recycles: int = checked(0, ge=0, le=32)  # extra no-grad iterations (the paper samples 0-3 during training)
     msa_dropout: float = checked(0.15, ge=0, lt=1)
     pair_dropout: float = checked(0.25, ge=0, lt=1)
     structure_dropout: float = checked(0.1, ge=0, lt=1)
@@ -224,7 +224,7 @@ class LauncherConfig:
     rdzv_backend: str = "c10d"
     rdzv_endpoint: str = "localhost:0"  # host:port of the rendezvous; port 0 picks a free one (single node)
     rdzv_id: str = "memtrain"
-    max_restarts: int = checked(0, ge=0)
+    max_restarts: int = checked(0, ge=0, le=100)  # a worker that refuses bad input fails the same way each time
 
 
 @dataclass
@@ -233,7 +233,7 @@ class PrecisionConfig:
     param_dtype: DType = DType.float32  # dtype the parameters (and optimizer master copy) live in
     compute_dtype: DType = DType.float32  # autocast dtype; float32 means no autocast
     loss_scaling: bool = False  # dynamic loss scaling (torch.amp.GradScaler), needed for fp16
-    init_scale: float = 65536.0
+    init_scale: float = checked(65536.0, gt=0, le=2.0**64)  # float32 holds it, and 64 halvings reach 1
     growth_factor: float = 2.0
     backoff_factor: float = 0.5
     growth_interval: int = 2000
@@ -381,7 +381,7 @@ class DataConfig:
     root: Optional[str] = None  # protein: a folder; None means $MEMTRAIN_DATA_DIR/proteins or ../shared/data/proteins
     formats: list[str] = checked(factory=lambda: ["fasta", "a3m", "mmcif"], choices=("fasta", "a3m", "mmcif"))
     seq_len: int = checked(128, ge=1)
-    num_synthetic_tokens: int = checked(1_000_000, ge=1)  # synthetic: length of the generated token stream
+    num_synthetic_tokens: int = checked(1_000_000, ge=1, le=2**31)  # synthetic: length of the generated stream (int64: 16 GiB at most)
     crop_size: int = checked(256, ge=1)  # structure: residues per cropped sample (shorter chains are padded)
     max_msa: int = checked(128, ge=1)  # structure: MSA rows sampled per sample (the query first)
 
@@ -390,7 +390,7 @@ class DataConfig:
 class TrainerConfig:
     max_steps: int = 40
     micro_batch_size: int = 8
-    grad_accum: int = 1
+    grad_accum: int = checked(1, ge=1, le=2**20)  # micro-batches per step (the planner's global batch bound)
     seed: int = checked(0, ge=0, le=SEED_MAX)
     log_every: int = 5
     save_every: int = 0  # 0: no periodic saves

@@ -277,6 +277,27 @@ def synthetic_root(cfg) -> Path:
     return Path(base) / f"era5_synthetic_{m.n_lat}x{m.n_lon}x{len(cfg.data.levels)}_seed{cfg.trainer.seed}"
 
 
+def _check_synthetic_size(cfg, root: Path) -> None:
+    """The generated dataset is built in memory and written to the run folder: refuse one that
+    this machine's RAM or that folder's disk cannot hold, before generating it."""
+    import shutil
+
+    from memtrain.config.errors import ConfigError
+    from memtrain.memory.capacity import host_memory_bytes
+
+    d, m = cfg.data, cfg.model
+    fields = len(d.upper_variables) * len(d.levels) + len(d.surface_variables)
+    need = 4 * d.synthetic_time_steps * fields * m.n_lat * m.n_lon  # float32
+    existing = next(p for p in (Path(root), *Path(root).parents) if p.exists())
+    room = min(host_memory_bytes(), shutil.disk_usage(existing).free)
+    if need > room:
+        raise ConfigError("data.synthetic_time_steps", f"the synthetic ERA5 dataset (data.root unset) of "
+                                                       f"{d.synthetic_time_steps} time steps on the {m.n_lat} x {m.n_lon} "
+                                                       f"grid needs {need / 2**30:.1f} GiB, more than this machine's RAM "
+                                                       f"or the free disk under {existing} ({room / 2**30:.1f} GiB); "
+                                                       "generate fewer time steps or set data.root to real files")
+
+
 def build_era5_data(cfg) -> ERA5Pairs:
     """The ERA5Pairs a weather model trains on: files under data.root, or a synthetic dataset on the
     model's grid generated in the run directory when data.root is null."""
@@ -286,6 +307,7 @@ def build_era5_data(cfg) -> ERA5Pairs:
         from memtrain.data.era5_synthetic import write
 
         root = synthetic_root(cfg)
+        _check_synthetic_size(cfg, root)
         write(root, m.n_lat, m.n_lon, list(d.levels), d.synthetic_time_steps, seed=cfg.trainer.seed, fmt=d.format)
         stats_path = stats_path or str(root / "stats.nc")
     fields = ERA5Fields(root, d.upper_variables, d.surface_variables, d.levels, grid=(m.n_lat, m.n_lon),

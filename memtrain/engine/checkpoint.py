@@ -54,6 +54,7 @@ _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 META_FILE = "meta.json"
+MAX_META_BYTES = 16 * 2**20  # meta.json holds the step, counters and the config: kilobytes
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -96,7 +97,43 @@ def read_dcp_metadata(path: str | Path) -> Metadata:
         raise file_system_error(exc, "cannot read the checkpoint file") from exc
     if not isinstance(metadata, Metadata):
         raise CheckpointError(f"{file}: not DCP metadata (it holds a {type(metadata).__name__})")
+    _check_dcp_metadata(metadata, Path(path), file)
     return metadata
+
+
+def _check_dcp_metadata(metadata: Metadata, folder: Path, file: Path) -> None:
+    """What DCP will trust in `.metadata`: item types, and shard locations that stay inside the
+    checkpoint folder and inside the shard files (a crafted path or length would read elsewhere,
+    or read without end from a device file)."""
+    items = metadata.state_dict_metadata
+    if not isinstance(items, dict) or not all(
+            isinstance(k, str) and isinstance(v, (dcp_metadata.TensorStorageMetadata, dcp_metadata.BytesStorageMetadata))
+            for k, v in items.items()):
+        raise CheckpointError(f"{file}: malformed DCP metadata (state_dict_metadata is not a map of item names to "
+                              "tensor or byte entries)")
+    storage = metadata.storage_data
+    if not isinstance(storage, dict):
+        raise CheckpointError(f"{file}: malformed DCP metadata (no shard locations)")
+    sizes: dict[str, int] = {}
+    for info in storage.values():
+        name = getattr(info, "relative_path", None)
+        offset, length = getattr(info, "offset", None), getattr(info, "length", None)
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, length)):
+            raise CheckpointError(f"{file}: malformed DCP metadata (shard location {name!r} at {offset!r}+{length!r}: "
+                                  "a shard is a file of the checkpoint folder, read at a non-negative offset)")
+        if name not in sizes:
+            shard = folder / name
+            try:
+                sizes[name] = shard.stat().st_size if shard.is_file() else -1
+            except OSError:
+                sizes[name] = -1
+            if sizes[name] < 0:
+                raise CheckpointError(f"cannot load checkpoint {folder}: its shard file {name} is missing; the folder "
+                                      "is incomplete or damaged")
+        if offset + length > sizes[name]:
+            raise CheckpointError(f"cannot load checkpoint {folder}: {name} is shorter ({sizes[name]} bytes) than its "
+                                  f"metadata says ({offset + length}); the shard is truncated")
 
 
 class SafeFileSystemReader(FileSystemReader):
@@ -145,7 +182,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / META_FILE
     try:
-        text = file.read_text()
+        if file.exists() and not file.is_file():
+            raise CheckpointError(f"{file}: not a regular file")
+        with open(file, "rb") as stream:
+            data = stream.read(MAX_META_BYTES + 1)
+        if len(data) > MAX_META_BYTES:
+            raise CheckpointError(f"{file}: larger than {MAX_META_BYTES} bytes; memtrain writes a few kilobytes here")
+        text = data.decode()
     except FileNotFoundError:
         raise CheckpointError(f"{path} is not a complete memtrain checkpoint (no {META_FILE}): a checkpoint folder "
                               "is step_<N>/ as written by memtrain train") from None

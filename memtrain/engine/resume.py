@@ -136,7 +136,9 @@ def check_resume(path: str | Path, cfg: DictConfig, world_size: int) -> ResumeCh
 
     # the model's parameters
     model_changes = _changed(old, new, "model.")
-    if model_changes:
+    if stored["model"].get("arch") != cfg.model.arch:
+        problems += [c for c in model_changes if c.startswith("model.arch ")]
+    elif model_changes:
         shapes = _shape_differences(stored["model"], cfg, path)
         if shapes:
             problems.append(f"{'; '.join(model_changes)} (parameters that differ: {'; '.join(shapes[:6])}"

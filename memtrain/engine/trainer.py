@@ -21,6 +21,7 @@ from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.strategy import build_strategy
 from memtrain.engine.zeroth_order import zeroth_order_step
+from memtrain.errors import UserError
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
@@ -44,6 +45,15 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if device.type == "cuda" and batch.device.type == "cpu":  # pinned, so the copy is truly asynchronous
         batch = batch.pin_memory()
     return batch.to(device, non_blocking=True)
+
+
+# consecutive skipped steps after which a run counts as diverged: fp16's dynamic loss scale needs
+# at most 64 halvings from the largest precision.init_scale allowed (2^64) to reach 1
+MAX_CONSECUTIVE_SKIPS = 100
+
+
+class Diverged(UserError):
+    """Every recent step had non-finite gradients: nothing is being learned."""
 
 
 @dataclass
@@ -90,6 +100,7 @@ class Trainer:
         self.updates = 0  # optimizer steps applied: the learning-rate schedule follows these
         self.skipped_steps = 0  # steps whose update was skipped (fp16 overflow, non-finite gradients)
         self.stop_signal: int | None = None  # the signal that stopped fit() early (0: received by another rank)
+        self._skips_in_a_row = 0
         self._saved_step: int | None = None
 
     @property
@@ -127,12 +138,21 @@ class Trainer:
         return StepResult(self._global_sum(float(loss_sum)) / n_scored, grad_norm, int(n_scored), skipped)
 
     def count_step(self, skipped: bool) -> None:
-        """One optimizer step done: applied (the schedule moves on) or skipped (it does not)."""
+        """One optimizer step done: applied (the schedule moves on) or skipped (it does not). A run
+        whose last MAX_CONSECUTIVE_SKIPS steps were all skipped has diverged: it stops (Diverged)."""
         self.step += 1
         if skipped:
             self.skipped_steps += 1
+            self._skips_in_a_row += 1
         else:
             self.updates += 1
+            self._skips_in_a_row = 0
+        if self._skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+            raise Diverged(f"training stopped at step {self.step}: the last {self._skips_in_a_row} steps all had "
+                           f"non-finite gradients, so no update was applied since step {self.step - self._skips_in_a_row}"
+                           f" ({self.skipped_steps} skipped in all); the run diverged (optimizer.lr="
+                           f"{self.cfg.optimizer.lr}) or its data holds NaN or inf values. The last checkpoint, if any, "
+                           "is kept")
 
     def _global_sum(self, value: float) -> float:
         """Sum over the ranks that hold disjoint targets (data- and sequence-parallel ones; ranks

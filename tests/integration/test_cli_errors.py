@@ -69,6 +69,13 @@ CONFIG_CASES = [
     # unbounded work, refused at once
     (["estimate", "model.n_layers=100000"], ["'model'", "100000 blocks"]),
     (["train", "-m", "trainer.seed=range(512)"], ["-m", "more than 256 jobs", "trainer.seed"]),
+    # found by the adversarial pass: unbounded work or a run that can never apply an update
+    (["train", "precision=fp16", "precision.init_scale=1e300"], ["precision.init_scale", "at most"]),
+    (["train", "trainer.grad_accum=1000000000000"], ["trainer.grad_accum", "at most"]),
+    (["train", "+recipe=alphafold_tiny", "model.num_recycles=1000000"], ["model.num_recycles", "at most 32"]),
+    (["train", "launcher.max_restarts=1000000"], ["launcher.max_restarts", "at most 100"]),
+    (["train", "data=synthetic", "data.num_synthetic_tokens=1000000000000"], ["data.num_synthetic_tokens", "at most"]),
+    (["plan", "--validate", "--steps", "1000000"], ["--steps", "at most 1000"]),
 ]
 
 
@@ -112,7 +119,7 @@ def edit_meta(path: Path, **model) -> None:
 
 
 DAMAGE = {
-    "truncated shard": (truncate, [], ["cannot load checkpoint", "truncated or corrupt"]),
+    "truncated shard": (truncate, [], ["cannot load checkpoint", "__0_0.distcp is shorter", "truncated"]),
     "garbage .metadata": (lambda p: (p / ".metadata").write_bytes(b"garbage" * 50), [], [".metadata", "not a valid pickle"]),
     "no .metadata": (lambda p: (p / ".metadata").unlink(), [], [".metadata is missing"]),
     "garbage meta.json": (lambda p: (p / "meta.json").write_text("{nope"), [], ["meta.json", "not valid JSON"]),
@@ -318,3 +325,17 @@ def test_a_failure_inside_launched_workers_is_one_paragraph_each(checkpoint, tmp
     paragraphs = [line for line in proc.stderr.splitlines() if line.startswith("memtrain")]
     assert any(line.startswith("memtrain (rank 0): cannot load checkpoint") for line in paragraphs), proc.stderr
     assert paragraphs[-1].startswith("memtrain: the job stopped:") and " 2 " in paragraphs[-1] + " ", proc.stderr
+
+
+def test_a_run_whose_updates_are_all_skipped_stops(capsys, tmp_path):
+    """lr 1e30: after the first update every gradient is non-finite and every step is skipped; the
+    run stops with one paragraph after MAX_CONSECUTIVE_SKIPS (100) such steps instead of exiting 0."""
+    fails_cleanly(capsys, ["train", *TINY, "optimizer.lr=1e30", "trainer.max_steps=300", "trainer.log_every=100",
+                           f"hydra.run.dir={tmp_path}"], "training stopped at step 101", "non-finite gradients",
+                  "optimizer.lr=1e+30")
+
+
+def test_a_synthetic_weather_dataset_too_large_to_generate_is_refused(capsys, tmp_path):
+    fails_cleanly(capsys, ["train", "+recipe=weather_swin_tiny", "data.synthetic_time_steps=100000000",
+                           "trainer.device=cpu", f"hydra.run.dir={tmp_path}"], "data.synthetic_time_steps", "GiB")
+    assert not list(tmp_path.glob("era5_synthetic*/*.nc"))

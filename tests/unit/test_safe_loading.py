@@ -166,3 +166,57 @@ def test_garbage_meta_json_names_the_file(content, tmp_path):
     with pytest.raises(CheckpointError) as info:
         read_meta(tmp_path)
     one_paragraph(info.value, str(tmp_path / "meta.json"))
+
+
+# -- what a loadable .metadata may point at ------------------------------------------------------------
+
+
+def rewritten_metadata(path, edit):
+    """Re-pickle the checkpoint's (safely read) metadata after `edit(metadata)`: only allowed classes."""
+    from memtrain.engine.checkpoint import DCP_METADATA_NAMES, load_pickle
+
+    with open(path / ".metadata", "rb") as stream:
+        metadata = load_pickle(stream, DCP_METADATA_NAMES, "x")
+    edit(metadata)
+    (path / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+@pytest.mark.parametrize("where, words", [
+    ("../../../etc/passwd", "shard location"),
+    ("/dev/zero", "shard location"),
+    ("huge", "is shorter"),
+])
+def test_metadata_cannot_send_reads_outside_the_shards(where, words, checkpoint, tmp_path):
+    """A .metadata made only of allowed classes can still name where the shards are: a path out
+    of the folder, a device file, or a length past the file's end are refused before DCP reads."""
+    path = copy_of(checkpoint, tmp_path)
+
+    def edit(metadata):
+        for info in metadata.storage_data.values():
+            if where == "huge":
+                info.length = 2**40
+            else:
+                info.relative_path = where
+
+    rewritten_metadata(path, edit)
+    with pytest.raises(CheckpointError, match=words):
+        resuming_trainer(path, tmp_path).load(path)
+
+
+def test_an_oversized_or_special_meta_json_is_refused(tmp_path):
+    (tmp_path / "meta.json").write_bytes(b" " * (17 * 2**20))
+    with pytest.raises(CheckpointError, match="larger than"):
+        read_meta(tmp_path)
+    (tmp_path / "meta.json").unlink()
+    (tmp_path / "meta.json").symlink_to("/dev/urandom")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_meta(tmp_path)
+    assert Checkpointer(tmp_path.parent).checkpoints() == []  # never a complete checkpoint
+
+
+def test_a_checkpoint_of_another_model_family_names_the_arch(checkpoint, tmp_path):
+    from memtrain.config.loader import compose_config
+    from memtrain.engine.resume import check_resume
+
+    with pytest.raises(CheckpointError, match='model.arch "gpt" -> "alphafold"'):
+        check_resume(checkpoint, compose_config(["+recipe=alphafold_tiny"]), world_size=1)
