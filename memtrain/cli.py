@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import threading
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -217,8 +218,28 @@ def submit_command(args: list[str]) -> int:
     return submit(args)
 
 
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (which stops at a step boundary itself): like Ctrl-C's
+    KeyboardInterrupt, so the process ends with one line instead of silently."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    catch_term = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if catch_term:  # a handler already there (a Slurm job's) stays
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        if catch_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
@@ -238,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a step boundary itself)
         err.print("memtrain: interrupted", highlight=False)
         return 128 + signal.SIGINT
+    except Terminated:
+        err.print("memtrain: terminated", highlight=False)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

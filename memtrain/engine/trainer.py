@@ -21,10 +21,10 @@ from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.strategy import build_strategy
 from memtrain.engine.zeroth_order import zeroth_order_step
-from memtrain.errors import UserError
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
+from memtrain.errors import UserError
 from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.optim.builder import lr_at
@@ -77,7 +77,11 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
         # a checkpoint to resume from is checked against this run before anything is built
         path = resume_path(cfg, self.run_dir)
-        self.resume: ResumeCheck | None = check_resume(path, cfg, self.env.world_size) if path is not None else None
+        try:
+            self.resume: ResumeCheck | None = check_resume(path, cfg, self.env.world_size) if path is not None else None
+        except BaseException:
+            shutdown(self.env)
+            raise
         self.dims = ParallelDims.from_config(cfg.parallel, self.env.world_size)
         self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
         self.dp_rank = dp_rank(self.mesh)

@@ -69,6 +69,7 @@ CONFIG_CASES = [
     # unbounded work, refused at once
     (["estimate", "model.n_layers=100000"], ["'model'", "100000 blocks"]),
     (["train", "-m", "trainer.seed=range(512)"], ["-m", "more than 256 jobs", "trainer.seed"]),
+    (["train", "-m", "trainer.seed=range(1000000000)", "optimizer=adamw,lion"], ["-m", "more than 256 jobs"]),
     # found by the adversarial pass: unbounded work or a run that can never apply an update
     (["train", "precision=fp16", "precision.init_scale=1e300"], ["precision.init_scale", "at most"]),
     (["train", "trainer.grad_accum=1000000000000"], ["trainer.grad_accum", "at most"]),
@@ -339,3 +340,25 @@ def test_a_synthetic_weather_dataset_too_large_to_generate_is_refused(capsys, tm
     fails_cleanly(capsys, ["train", "+recipe=weather_swin_tiny", "data.synthetic_time_steps=100000000",
                            "trainer.device=cpu", f"hydra.run.dir={tmp_path}"], "data.synthetic_time_steps", "GiB")
     assert not list(tmp_path.glob("era5_synthetic*/*.nc"))
+
+
+OUTSIDE_THE_LOOP = """
+import os, signal, sys
+import memtrain.memory.estimator as estimator
+from memtrain import cli
+real = estimator.estimate
+def estimate(cfg):
+    os.kill(os.getpid(), signal.{sig})  # arrives while the command works, outside any training loop
+    return real(cfg)
+estimator.estimate = estimate
+sys.exit(cli.main(["estimate"]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, word", [("SIGINT", "interrupted"), ("SIGTERM", "terminated")])
+def test_a_signal_outside_the_training_loop_is_one_line(sig, word):
+    proc = subprocess.run([sys.executable, "-c", OUTSIDE_THE_LOOP.format(sig=sig)], cwd=REPO, capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
+    assert proc.stderr.strip() == f"memtrain: {word}", proc.stderr
