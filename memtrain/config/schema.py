@@ -53,6 +53,13 @@ class DataSource(Enum):
     era5 = "era5"  # ERA5-format gridded weather fields (NetCDF or Zarr) as lead-time pairs
 
 
+class TemplateSource(Enum):
+    """Where data=structure takes AlphaFold's templates from (memtrain.data.templates)."""
+
+    homologues = "homologues"  # other entries' chains that align to the target
+    self = "self"  # the target's own structure with its sequence masked (tests, ablations)
+
+
 class SequenceParallelImpl(Enum):
     """How parallel.sp splits attention over the sequence shards."""
 
@@ -159,7 +166,8 @@ class GPTConfig(ModelConfig):
 
 @dataclass
 class AlphaFoldConfig(ModelConfig):
-    """AlphaFold 2 (Jumper et al. 2021, Supplement 1.5-1.8): Evoformer and structure module."""
+    """AlphaFold 2 (Jumper et al. 2021, Supplement 1.5-1.8): templates, extra-MSA stack, Evoformer
+    and structure module."""
 
     arch: str = "alphafold"
     c_m: int = checked(256, ge=1)
@@ -180,6 +188,21 @@ class AlphaFoldConfig(ModelConfig):
     msa_dropout: float = checked(0.15, ge=0, lt=1)
     pair_dropout: float = checked(0.25, ge=0, lt=1)
     structure_dropout: float = checked(0.1, ge=0, lt=1)
+    # extra-MSA stack (Algorithm 18): 0 blocks switches it off
+    n_extra_msa_blocks: int = checked(4, ge=0)
+    c_e: int = checked(64, ge=1)
+    c_hidden_extra_msa_att: int = checked(8, ge=1)
+    # template stack (Algorithms 16, 17) and template torsion angles into the MSA
+    templates: bool = True
+    c_t: int = checked(64, ge=1)
+    n_template_blocks: int = checked(2, ge=0)
+    c_hidden_template_att: int = checked(16, ge=1)
+    n_heads_template: int = checked(4, ge=1)
+    c_hidden_template_mul: int = checked(64, ge=1)
+    template_transition_n: int = checked(2, ge=1)
+    c_hidden_template_pointwise: int = checked(16, ge=1)
+    n_heads_template_pointwise: int = checked(4, ge=1)
+    template_unit_vector: bool = False  # AlphaFold's monomer models zero the template unit vectors
     chunk_size: Optional[int] = checked(None, ge=1)  # OpenFold-style chunking of attention, outer product mean, transitions
     attention_backend: AttentionBackend = AttentionBackend.naive
 
@@ -384,6 +407,9 @@ class DataConfig:
     num_synthetic_tokens: int = checked(1_000_000, ge=1, le=2**31)  # synthetic: length of the generated stream (int64: 16 GiB at most)
     crop_size: int = checked(256, ge=1)  # structure: residues per cropped sample (shorter chains are padded)
     max_msa: int = checked(128, ge=1)  # structure: MSA rows sampled per sample (the query first)
+    max_extra_msa: int = checked(1024, ge=0)  # structure: extra-MSA rows (the alignment rows not sampled), for the extra-MSA stack
+    max_templates: int = checked(4, ge=0)  # structure: templates per sample, for the template stack
+    template_source: TemplateSource = TemplateSource.homologues
 
 
 @dataclass

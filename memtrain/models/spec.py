@@ -54,6 +54,10 @@ class ModelSpec:
     model_parallel: tuple[str, ...] = ()
     # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.sp)
     shard_batches: Callable[..., Batches] | None = None
+    # further stacks of blocks that activation checkpointing wraps by the same policy as `blocks`,
+    # each counted from its own first block (AlphaFold's extra-MSA and template pair stacks); their
+    # saved bytes come from activation_bytes' "stacks"
+    block_stacks: Callable[[nn.Module], list[nn.ModuleList]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

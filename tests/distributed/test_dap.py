@@ -9,9 +9,19 @@ import torch
 
 from tests.distributed.harness import HERE, torchrun, torchrun_worker
 from tests.distributed.worker import run
+from tests.unit.alphafold.helpers import aligned_chain_root
+
 
 def test_communication_pairs_match_the_full_tensors():
     proc = torchrun(2, HERE / "dap_comm_worker.py", timeout=180)
+    assert proc.stdout.count(": ok") == 2
+
+
+def test_dap_extra_msa_and_template_stacks_match_one_process():
+    """The extra-MSA stack and the template pair stack under DAP on 2 ranks against one process:
+    outputs, input and parameter gradients; dropout on; plain, checkpointed and chunked blocks;
+    sizes that need padding (dap_stacks_worker.py)."""
+    proc = torchrun(2, HERE / "dap_stacks_worker.py", timeout=300)
     assert proc.stdout.count(": ok") == 2
 
 
@@ -26,11 +36,20 @@ def alphafold_reference(tmp_path_factory):
     return run(str(out), [*ALPHAFOLD, "model.msa_dropout=0.15", "model.pair_dropout=0.25"])
 
 
-@pytest.mark.parametrize("extra", [[], ["checkpoint=full", "model.chunk_size=4"], ["data.crop_size=23", "data.max_msa=5"]],
-                         ids=["dap2", "dap2-checkpoint-chunked", "dap2-padded"])
+# The tiny recipe runs the template and extra-MSA stacks too. "stacks": only 2Q2K's chains, whose
+# chain A has an alignment of 4 rows (with 2 MSA rows, 2 extra rows and 1 padding), and every
+# sample with a template (its own structure, sequence masked); checkpointed and chunked.
+STACKS = ["data.template_source=self", "data.max_msa=2", "data.max_extra_msa=3", "checkpoint=full", "model.chunk_size=5"]
+
+
+@pytest.mark.parametrize("extra", [[], ["checkpoint=full", "model.chunk_size=4"], ["data.crop_size=23", "data.max_msa=5"],
+                                   STACKS],
+                         ids=["dap2", "dap2-checkpoint-chunked", "dap2-padded", "dap2-stacks"])
 def test_dap_full_model_step_matches_one_process(alphafold_reference, tmp_path, extra):
     reference = alphafold_reference
-    if "data.crop_size=23" in extra:  # odd sizes: residues and MSA rows padded to a multiple of 2
+    if extra is STACKS:
+        extra = [*STACKS, f"data.root={aligned_chain_root(tmp_path / 'data')}"]
+    if any(e.startswith("data.") for e in extra):  # other samples (odd sizes: padded to a multiple of 2)
         reference = run(str(tmp_path / "single.pt"), [*ALPHAFOLD, "model.msa_dropout=0.15", "model.pair_dropout=0.25", *extra])
     result = torchrun_worker(2, tmp_path / "result.pt", *ALPHAFOLD, "model.msa_dropout=0.15", "model.pair_dropout=0.25",
                              "parallel=dap", *extra)
