@@ -259,6 +259,18 @@ def test_an_unreadable_data_folder_says_permission_denied(tmp_path, monkeypatch)
         load_protein_sequences(tmp_path)
 
 
+def test_data_root_is_checked_only_where_data_is_read(compose, tmp_path):
+    """A missing data.root is refused for data read from files, and ignored by the random-token
+    source, which reads none (a root left over from another data option does not stop it)."""
+    from memtrain.config.errors import ConfigError
+    from memtrain.config.validate import validate
+
+    missing = tmp_path / "no_such_folder"
+    validate(compose(f"data.root={missing}"))  # TINY selects data=synthetic
+    with pytest.raises(ConfigError, match=r"data\.root(.|\n)*does not exist"):
+        validate(compose("data=protein", f"data.root={missing}"))
+
+
 # -- signals: finish the step, checkpoint, one line -------------------------------------------------------
 
 
@@ -362,3 +374,18 @@ def test_a_signal_outside_the_training_loop_is_one_line(sig, word):
                           text=True, timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
     assert proc.stderr.strip() == f"memtrain: {word}", proc.stderr
+
+
+def test_a_zero_checkpoint_on_another_world_size_is_refused_before_deepspeed_starts(capsys, tmp_path):
+    """The issue's case, which came out as Hydra's 'Error executing job' with a traceback: a ZeRO
+    checkpoint written by 2 ranks, resumed by one process."""
+    pytest.importorskip("deepspeed")
+    from memtrain.config.errors import to_container
+    from memtrain.config.loader import load_config
+
+    path = tmp_path / "checkpoints" / "step_00000002"
+    path.mkdir(parents=True)
+    stored = to_container(load_config([*TINY, "parallel=zero2", "launcher.nproc_per_node=2"]))
+    (path / "meta.json").write_text(json.dumps({"step": 2, "config": stored, "world_size": 2, "format": "deepspeed"}))
+    fails_cleanly(capsys, ["train", *TINY, "parallel=zero2", "trainer.max_steps=3", f"trainer.resume={path}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], str(path), "world size 2 -> 1")
