@@ -34,6 +34,19 @@ class _SkipInitOnMeta(TorchFunctionMode):
 
 
 def build_on_meta(build: Callable[[Any], nn.Module], model_cfg: Any) -> nn.Module:
-    """`build(model_cfg)` with every tensor on the meta device and initialisers skipped."""
-    with torch.device("meta"), _SkipInitOnMeta():
-        return build(model_cfg)
+    """`build(model_cfg)` with every tensor on the meta device and initialisers skipped.
+
+    Raises ConfigError('model') when a tensor of the model cannot even be described: more than
+    2^63 bytes, or a dimension beyond int64 (torch's "Storage size calculation overflowed" and
+    "Overflow when unpacking long")."""
+    try:
+        with torch.device("meta"), _SkipInitOnMeta():
+            return build(model_cfg)
+    except (RuntimeError, OverflowError, TypeError) as exc:  # TypeError: a size beyond int64
+        reason = " ".join(str(exc).split()).split(" Exception raised from")[0]  # without torch's C++ location
+        if "overflow" not in reason.lower():
+            raise
+        from memtrain.config.errors import ConfigError
+
+        raise ConfigError("model", f"a tensor of this model is too large to describe ({reason[:200]}); its sizes "
+                                   "(model.dim, the hidden and vocabulary sizes) are far beyond any device") from None

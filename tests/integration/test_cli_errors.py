@@ -77,6 +77,11 @@ CONFIG_CASES = [
     (["train", "launcher.max_restarts=1000000"], ["launcher.max_restarts", "at most 100"]),
     (["train", "data=synthetic", "data.num_synthetic_tokens=1000000000000"], ["data.num_synthetic_tokens", "at most"]),
     (["plan", "--validate", "--steps", "1000000"], ["--steps", "at most 1000"]),
+    # tensors too large for torch to describe (more than 2^63 bytes, a size beyond int64), seen as tracebacks
+    (["estimate", "model.dim=1000000000"], ["'model'", "too large to describe", "Storage size calculation overflowed"]),
+    (["estimate", "model.vocab_size=100000000000000000000"], ["'model'", "too large to describe", "Overflow"]),
+    (["train", "model=gpt_tiny", "data=synthetic", "trainer.device=cpu", "model.dim=1000000000"],
+     ["'model'", "too large to describe"]),
 ]
 
 
