@@ -304,6 +304,7 @@ def test_a_signal_stops_at_a_step_boundary_with_a_checkpoint(sig, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess  # memtrain's launcher starts 2 workers
 def test_a_signal_stops_every_worker_of_a_launched_job(tmp_path):
     """Ctrl-C reaches the launcher and its workers (one process group): the workers finish the
     step and checkpoint, the launcher exits 130 with the one line."""
@@ -330,6 +331,7 @@ def test_a_signal_stops_every_worker_of_a_launched_job(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess  # memtrain's launcher starts 2 workers
 def test_a_failure_inside_launched_workers_is_one_paragraph_each(checkpoint, tmp_path):
     """A shard truncated after the launcher checked meta.json: each worker names the checkpoint
     (exit 2), the launcher adds one line and exits 2; no traceback anywhere."""
