@@ -30,6 +30,7 @@ from memtrain.memory.precision_memory import (
     precision_state_bytes,
 )
 from memtrain.models import get_spec
+from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import dtype_of
 
 STEP_BYTES = 4  # torch optimizers keep `step` as a float32 scalar tensor per parameter
@@ -118,8 +119,7 @@ def param_units(cfg: DictConfig) -> list[list[torch.Size]]:
 @functools.lru_cache(maxsize=16)
 def _param_units(model_yaml: str, arch: str) -> tuple[tuple[torch.Size, ...], ...]:
     spec = get_spec(arch)
-    with torch.device("meta"):
-        model = spec.build_model(OmegaConf.create(model_yaml))
+    model = build_on_meta(spec.build_model, OmegaConf.create(model_yaml))
     blocks = spec.blocks(model)
     in_blocks = {id(p) for p in blocks.parameters()}
     root = tuple(p.shape for p in model.parameters() if id(p) not in in_blocks)

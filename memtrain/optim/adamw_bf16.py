@@ -1,12 +1,16 @@
 """AdamW (Loshchilov & Hutter 2019, Algorithm 2) with both moments stored in bfloat16.
 
-The step is computed in float32 from the upcast moments and applied to the (float32) parameters
-exactly as AdamW; only the stored moments are rounded to bfloat16, with stochastic rounding
+The step is computed in float32 from the upcast moments and applied to float32 parameters exactly
+as AdamW; only the stored moments are rounded to bfloat16, with stochastic rounding
 (round up with probability equal to the dropped fraction: unbiased, E[SR(x)] = x). Round-to-nearest
 would stall the second moment: bfloat16 keeps 8 significant bits, so once (1 - beta2) g^2 / v falls
 under 2^-9 (beta2 = 0.95 and a steady gradient already give 0.05 g^2 / v; beta2 = 0.999 gives 2^-10)
 every update of v rounds back to the old value. The rounding noise comes from a generator seeded
 with `seed`, so data-parallel replicas round alike.
+
+bfloat16 parameters (precision.param_dtype=bfloat16: pure bf16 training, no fp32 master copy) get
+the same float32 update, stochastically rounded back to bfloat16 (Zamirai et al. 2020, "Revisiting
+BFloat16 Training"): with round-to-nearest every update under half an ulp of its weight is lost.
 
 State per parameter: exp_avg and exp_avg_sq, 2 + 2 bytes per element (AdamW in fp32: 8).
 """
@@ -29,6 +33,10 @@ def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.
 
 
 class AdamWBF16(torch.optim.Optimizer):
+    # bfloat16 parameters are updated in float32 and stochastically rounded back (with
+    # stochastic_rounding=True), so they train without an fp32 master copy (memtrain.optim.compat)
+    updates_bf16_params_stochastically = True
+
     def __init__(self, params, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.0, stochastic_rounding: bool = True, seed: int = 0):
         if lr <= 0 or not all(0 <= b < 1 for b in betas):
@@ -68,9 +76,16 @@ class AdamWBF16(torch.optim.Optimizer):
                 m = state["exp_avg"].float().lerp_(g, 1 - beta1)
                 v = state["exp_avg_sq"].float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
+                # bfloat16 parameters (precision.param_dtype=bfloat16, no fp32 master copy): the update
+                # is applied in float32 and the result rounded stochastically, since round-to-nearest
+                # drops every update under half a bfloat16 ulp of the weight (lr 1e-4 on weights of
+                # 0.02 already: ulp 1.2e-4); E[SR(w + u)] = w + u keeps small updates in expectation
+                target = p.float() if p.dtype == torch.bfloat16 and self.stochastic_rounding else p
                 if wd:
-                    p.mul_(1 - lr * wd)
-                p.addcdiv_(m.to(p.dtype), denom.to(p.dtype), value=-lr / (1 - beta1**t))
+                    target.mul_(1 - lr * wd)
+                target.addcdiv_(m.to(target.dtype), denom.to(target.dtype), value=-lr / (1 - beta1**t))
+                if target is not p:
+                    p.copy_(self._round(target))
                 state["exp_avg"].copy_(self._round(m))
                 state["exp_avg_sq"].copy_(self._round(v))
         return loss
