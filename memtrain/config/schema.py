@@ -120,6 +120,10 @@ class GPTConfig(ModelConfig):
     performer_features: int = 128  # performer: random features m per head
     performer_redraw: int = 1000  # performer: redraw the features every this many training forwards (0: never)
     attention_chunk: int = 64  # linformer/performer: block size of the causal prefix-sum scan
+    # output projection fused with the cross entropy, computed over chunks of this many tokens so
+    # the [B, S, V] logits never exist; -1: on, chunk chosen from the vocabulary (plain under
+    # parallel=zero3, which frees the head's weight after its forward); 0: plain full logits
+    loss_chunk: int = -1
 
 
 @dataclass

@@ -54,6 +54,10 @@ class ModelSpec:
     model_parallel: tuple[str, ...] = ()
     # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.sp)
     shard_batches: Callable[..., Batches] | None = None
+    # (model, config) -> None, in place: the output layer fused with the loss for training (e.g. the
+    # GPT's chunked linear cross entropy; loss_fn then takes what the fused head returns); applied
+    # after the precision swaps, before model parallelism
+    loss_head: Callable[[nn.Module, DictConfig], None] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
