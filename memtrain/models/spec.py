@@ -48,7 +48,9 @@ class ModelSpec:
     metrics: Callable[[DictConfig], Callable[[Any, Batch], dict[str, float]]] | None = None
     # pipeline parallelism: (model, stage ids, number of stages) -> one module per stage id, each
     # taking the previous stage's output (the first the model inputs, the last giving the model
-    # outputs), sharing the model's modules and parameter names; None: no pipeline split
+    # outputs), sharing the model's modules and parameter names; None: no pipeline split. Stages
+    # return tensors (torch.distributed.pipelining passes nothing else); a last stage whose model
+    # output is not a tensor (a fused loss head's) has `loss_outputs(tensors)` giving it to loss_fn
     pipeline_fn: Callable[[nn.Module, list[int], int], list[nn.Module]] | None = None
     # the model-parallel mesh dimensions `parallelize` implements, e.g. ("tp", "sp")
     model_parallel: tuple[str, ...] = ()

@@ -93,13 +93,17 @@ def test_only_the_needed_gradient_is_computed():
     torch.testing.assert_close(w.grad, ref.grad, rtol=1e-5, atol=1e-6)  # fp32, as above
 
 
-def test_a_second_backward_is_refused():
+def test_a_retained_graph_backpropagates_again_and_a_released_one_refuses():
     hidden, weight, targets = problem()
     h = hidden.clone().requires_grad_()
     loss = linear_cross_entropy(h, weight, targets, 8, backend="torch")
-    loss.backward(retain_graph=True)
+    first = torch.autograd.grad(loss * 0.5, h, retain_graph=True)[0].clone()
+    second = torch.autograd.grad(loss * 0.5, h, retain_graph=True)[0]  # as zero-bubble schedules do
+    third = torch.autograd.grad(loss * 0.25, h)[0]  # another scale, and the graph released
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    torch.testing.assert_close(third, first / 2, rtol=0, atol=0)  # halving is exact in fp32
     with pytest.raises(RuntimeError, match="already backpropagated"):
-        loss.backward()
+        torch.autograd.grad(loss, h)
 
 
 def test_bad_chunk_is_refused():

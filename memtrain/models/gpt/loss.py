@@ -119,15 +119,25 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         if ctx.grads is None:
-            raise RuntimeError("the fused linear cross entropy was already backpropagated once; its gradients "
-                               "are computed in the forward and scaled in place, so a second backward is not supported")
+            raise RuntimeError("the fused linear cross entropy was already backpropagated; its gradients are "
+                               "computed in the forward and released by the first backward that does not retain the graph")
         grad_h, grad_w = ctx.grads
-        ctx.grads = None
-        if grad_h is not None:
-            grad_h.mul_(grad_loss.to(grad_h.dtype))
-        if grad_w is not None:
-            grad_w = grad_w.mul_(grad_loss).to(ctx.weight_dtype)
+        if _keep_graph():  # run again later (zero-bubble pipeline schedules: once for dh, once for dW): scaled copies
+            grad_h = grad_h * grad_loss.to(grad_h.dtype) if grad_h is not None else None
+            grad_w = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
+        else:  # last use: scaled in place, no reference kept, so dW becomes the weight's .grad without a copy
+            ctx.grads = None
+            if grad_h is not None:
+                grad_h.mul_(grad_loss.to(grad_h.dtype))
+            if grad_w is not None:
+                grad_w = grad_w.mul_(grad_loss).to(ctx.weight_dtype)
         return grad_h, grad_w, None, None, None, None, None
+
+
+def _keep_graph() -> bool:
+    """Whether the running backward retains the graph (True, the safe answer, where torch cannot say)."""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else keep()
 
 
 def liger_available(device: torch.device) -> bool:
@@ -202,6 +212,7 @@ class LinearCrossEntropyHead(nn.Linear):
         super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
         self.chunk = chunk
         self.tp_mesh = None  # set by shard_vocabulary
+        self.sequence_sharded = False  # under parallel.tp_sp its input is this rank's positions
 
     @classmethod
     def replacing(cls, linear: nn.Linear, chunk: int) -> "LinearCrossEntropyHead":
@@ -220,15 +231,22 @@ class LinearCrossEntropyHead(nn.Linear):
 
     def _local(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(whole hidden states as a plain tensor, this rank's weight rows, their first vocabulary id)."""
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor, Shard
 
+        if self.sequence_sharded and not isinstance(hidden, DTensor):
+            hidden = DTensor.from_local(hidden, self.tp_mesh, [Shard(1)])
         if isinstance(hidden, DTensor):  # sequence-sharded under parallel.tp_sp: gather the sequence
-            hidden = hidden.full_tensor()
+            hidden = hidden.full_tensor()  # its backward keeps this rank's positions of the (whole) dh
         weight = self.weight
         if isinstance(weight, DTensor):
+            if self.tp_mesh is None or weight.device_mesh != self.tp_mesh:
+                raise RuntimeError(
+                    f"the fused loss head's weight is a DTensor sharded over {weight.device_mesh} when the loss runs, "
+                    "not the tensor-parallel vocabulary shard: a data-parallel wrapper (FSDP2) has resharded it after "
+                    "the forward. The module holding the head must keep its parameters gathered after the forward "
+                    "(fully_shard(..., reshard_after_forward=False) on the root, as memtrain.distributed.fsdp does)")
             local = weight.to_local()
-            start = self.tp_mesh.get_local_rank() * local.shape[0] if self.tp_mesh is not None else 0
-            return hidden, local, start
+            return hidden, local, self.tp_mesh.get_local_rank() * local.shape[0]
         return hidden, weight, 0
 
     def cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -239,19 +257,20 @@ class LinearCrossEntropyHead(nn.Linear):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         from torch.distributed.tensor import DTensor
 
+        hidden, _, _ = self._local(hidden)
         weight = self.weight.full_tensor() if isinstance(self.weight, DTensor) else self.weight
-        hidden = hidden.full_tensor() if isinstance(hidden, DTensor) else hidden
         return F.linear(hidden, weight)
 
 
-def shard_vocabulary(head: LinearCrossEntropyHead, tp_mesh) -> None:
+def shard_vocabulary(head: LinearCrossEntropyHead, tp_mesh, sequence_sharded: bool) -> None:
     """Tensor parallelism for the fused head: its weight becomes a DTensor sharded over the
     vocabulary (rows) on `tp_mesh` (V divisible by the tp degree: the shards are equal), and its loss
-    the vocabulary-parallel one."""
+    the vocabulary-parallel one. sequence_sharded: its input is [B, S/tp, D] (Megatron sequence
+    parallelism), gathered along the sequence for the loss."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
     head.weight = nn.Parameter(distribute_tensor(head.weight.data, tp_mesh, [Shard(0)]), requires_grad=head.weight.requires_grad)
-    head.tp_mesh = tp_mesh
+    head.tp_mesh, head.sequence_sharded = tp_mesh, sequence_sharded
 
 
 def loss_fn(outputs: torch.Tensor | DeferredLogits, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
