@@ -246,7 +246,7 @@ class AdamWConfig(OptimizerConfig):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1
-    fused: Optional[bool] = None  # None: fused on CUDA, foreach elsewhere
+    fused: Optional[bool] = None  # None: torch's fused kernel where it has one for the device (CUDA, CPU, ...)
 
 
 @dataclass
@@ -257,7 +257,7 @@ class AdafactorConfig(OptimizerConfig):
     eps: list[Optional[float]] = field(default_factory=lambda: [None, 1e-3])
     d: float = 1.0
     weight_decay: float = 0.0
-    foreach: Optional[bool] = None
+    foreach: Optional[bool] = None  # None: torch's default (foreach on CUDA); no fused Adafactor in torch
 
 
 @dataclass
@@ -268,6 +268,7 @@ class LionConfig(OptimizerConfig):
     lr: float = 1e-4  # the paper: 3-10x smaller than AdamW's
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.1
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -278,6 +279,7 @@ class SM3Config(OptimizerConfig):
     lr: float = 1e-2
     momentum: float = 0.0  # > 0 adds a full-size momentum buffer
     weight_decay: float = 0.0
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -290,6 +292,7 @@ class CAMEConfig(OptimizerConfig):
     eps: list[float] = field(default_factory=lambda: [1e-30, 1e-16])
     d: float = 1.0  # update clipping threshold
     weight_decay: float = 0.0
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -303,6 +306,7 @@ class AdamMiniConfig(OptimizerConfig):
     eps: float = 1e-8
     weight_decay: float = 0.1
     adamw_names: list[str] = field(default_factory=lambda: ["tok_embeddings", "output"])
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -316,6 +320,7 @@ class AdamWBF16Config(OptimizerConfig):
     weight_decay: float = 0.1
     stochastic_rounding: bool = True
     seed: int = 0
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch.distributed.tensor import DTensor
 
+from memtrain.optim._foreach import buckets, local, resolve
+
 
 def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """float32 x -> bfloat16, rounding up with probability (dropped low 16 bits) / 2^16."""
@@ -29,11 +31,15 @@ def stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.
 
 
 class AdamWBF16(torch.optim.Optimizer):
+    """foreach (default None: on): the moment and parameter updates as multi-tensor ops over buckets
+    of parameters (memtrain.optim._foreach); the stochastic rounding stays per tensor, in the
+    per-parameter loop's order, so both draw the same noise and give the same result."""
+
     def __init__(self, params, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.0, stochastic_rounding: bool = True, seed: int = 0):
+                 weight_decay: float = 0.0, stochastic_rounding: bool = True, seed: int = 0, foreach: bool | None = None):
         if lr <= 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"AdamW needs lr > 0 and betas in [0, 1), got lr={lr}, betas={betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach))
         self.stochastic_rounding, self.seed = stochastic_rounding, seed
         self._generators: dict[torch.device, torch.Generator] = {}
 
@@ -52,25 +58,56 @@ class AdamWBF16(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad.float()
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
                 state["step"] += 1
-                t = float(state["step"])
-                m = state["exp_avg"].float().lerp_(g, 1 - beta1)
-                v = state["exp_avg_sq"].float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.addcdiv_(m.to(p.dtype), denom.to(p.dtype), value=-lr / (1 - beta1**t))
-                state["exp_avg"].copy_(self._round(m))
-                state["exp_avg_sq"].copy_(self._round(v))
+            if resolve(group["foreach"]):
+                self._foreach_step(params, group)
+            else:
+                self._single_tensor_step(params, group)
         return loss
+
+    def _single_tensor_step(self, params: list[torch.Tensor], group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        for p in params:
+            g = p.grad.float()
+            state = self.state[p]
+            t = float(state["step"])
+            m = state["exp_avg"].float().lerp_(g, 1 - beta1)
+            v = state["exp_avg_sq"].float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
+            if wd:
+                p.mul_(1 - lr * wd)
+            p.addcdiv_(m.to(p.dtype), denom.to(p.dtype), value=-lr / (1 - beta1**t))
+            state["exp_avg"].copy_(self._round(m))
+            state["exp_avg_sq"].copy_(self._round(v))
+
+    def _foreach_step(self, params: list[torch.Tensor], group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        for ids in buckets(params):
+            states = [self.state[params[i]] for i in ids]
+            ps = [local(params[i]) for i in ids]
+            gs = [local(params[i].grad).float() for i in ids]
+            steps = [float(s["step"]) for s in states]
+            ms = [local(s["exp_avg"]).float() for s in states]
+            vs = [local(s["exp_avg_sq"]).float() for s in states]
+            torch._foreach_lerp_(ms, gs, 1 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+            denoms = torch._foreach_div(vs, [1 - beta2**t for t in steps])
+            torch._foreach_sqrt_(denoms)
+            torch._foreach_add_(denoms, eps)
+            if wd:
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            torch._foreach_addcdiv_(ps, [m.to(p.dtype) for m, p in zip(ms, ps)], [d.to(p.dtype) for d, p in zip(denoms, ps)],
+                                    [-lr / (1 - beta1**t) for t in steps])
+            for s, m, v in zip(states, ms, vs):  # the per-parameter loop's rounding order: m, then v
+                local(s["exp_avg"]).copy_(self._round(m))
+                local(s["exp_avg_sq"]).copy_(self._round(v))

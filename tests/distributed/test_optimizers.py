@@ -1,6 +1,8 @@
 """Optimizers under data parallelism (gloo, CPU, 2 processes) against the single-process run of
 the same global batch: Adam-mini and SM3 under FSDP2 (per-head statistics across row shards, a
-column max across shards), Lion under ZeRO-2 (flat partitions), MeZO under DDP.
+column max across shards), Lion under ZeRO-2 (flat partitions), MeZO under DDP. The sharded runs
+take the multi-tensor (foreach) steps on DTensor shards, the single process the per-parameter loop
+(and torch's fused AdamW against its for-loop one).
 
 Tolerances as tests/distributed/test_data_parallel.py: fp32 sums reordered across ranks; three
 steps later losses agree to 1e-5 relative. A wrong partition (e.g. per-row instead of per-head
@@ -18,6 +20,10 @@ STEPS = ["trainer.max_steps=3", "trainer.warmup_steps=0", "trainer.grad_accum=2"
 CASES = {
     "adam_mini-fsdp": (["optimizer=adam_mini", "optimizer.lr=1e-2"], ["parallel=fsdp"]),
     "sm3-fsdp": (["optimizer=sm3", "optimizer.lr=1e-2"], ["parallel=fsdp"]),
+    "came-fsdp": (["optimizer=came", "optimizer.lr=1e-2"], ["parallel=fsdp"]),
+    "lion-fsdp": (["optimizer=lion", "optimizer.lr=1e-3"], ["parallel=fsdp"]),
+    "adamw_bf16-fsdp": (["optimizer=adamw_bf16", "optimizer.lr=1e-2", "optimizer.stochastic_rounding=false"], ["parallel=fsdp"]),
+    "adamw-fsdp": (["optimizer=adamw", "optimizer.lr=1e-2"], ["parallel=fsdp"]),  # torch's fused step on DTensor shards
     "lion-zero2": (["optimizer=lion", "optimizer.lr=1e-3"], ["parallel=zero2"]),
     # one seed on every rank and the loss of the whole batch: the same SPSA step as one process
     "mezo-ddp": (["optimizer=mezo", "optimizer.lr=1e-3"], ["parallel=ddp"]),
@@ -29,7 +35,10 @@ def test_matches_single_process(case, tmp_path):
     optimizer, parallel = CASES[case]
     if parallel[0].startswith("parallel=zero"):
         pytest.importorskip("deepspeed")
-    ref = run(str(tmp_path / "single.pt"), [*TINY, *STEPS, *optimizer, "trainer.micro_batch_size=8"])
+    # the reference steps parameter by parameter (foreach=false) or with torch's for-loop AdamW
+    # (fused=false); the sharded run takes the default multi-tensor / fused step on DTensor shards
+    loop = ["optimizer.fused=false"] if "optimizer=adamw" in optimizer else [] if "optimizer=mezo" in optimizer else ["optimizer.foreach=false"]
+    ref = run(str(tmp_path / "single.pt"), [*TINY, *STEPS, *optimizer, *loop, "trainer.micro_batch_size=8"])
     result = torchrun_worker(2, tmp_path / "result.pt", *TINY, *STEPS, *optimizer, *parallel,
                              "trainer.micro_batch_size=4", timeout=600)
     assert result["losses"] == pytest.approx(ref["losses"], rel=1e-5), case
