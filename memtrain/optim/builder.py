@@ -22,7 +22,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def fused_supported(device_type: str) -> bool:
     """Whether torch has fused (single-kernel, multi-tensor) Adam/AdamW steps for this device type:
     CUDA, and the CPU since torch 2.4 (one vectorized, multithreaded pass over each parameter; see
-    scripts/bench/optimizers.py --cpu-step for its time against the per-parameter loop)."""
+    scripts/bench/optimizer_step.py for its time against the per-parameter loop)."""
     from torch.optim import optimizer as torch_optimizer
 
     supported = getattr(torch_optimizer, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
