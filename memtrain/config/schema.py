@@ -53,6 +53,13 @@ class DataSource(Enum):
     era5 = "era5"  # ERA5-format gridded weather fields (NetCDF or Zarr) as lead-time pairs
 
 
+class TemplateSource(Enum):
+    """Where data=structure takes AlphaFold's templates from (memtrain.data.templates)."""
+
+    homologues = "homologues"  # other entries' chains that align to the target
+    self = "self"  # the target's own structure with its sequence masked (tests, ablations)
+
+
 class SequenceParallelImpl(Enum):
     """How parallel.sp splits attention over the sequence shards."""
 
@@ -128,7 +135,8 @@ class GPTConfig(ModelConfig):
 
 @dataclass
 class AlphaFoldConfig(ModelConfig):
-    """AlphaFold 2 (Jumper et al. 2021, Supplement 1.5-1.8): Evoformer and structure module."""
+    """AlphaFold 2 (Jumper et al. 2021, Supplement 1.5-1.8): templates, extra-MSA stack, Evoformer
+    and structure module."""
 
     arch: str = "alphafold"
     c_m: int = 256
@@ -149,6 +157,21 @@ class AlphaFoldConfig(ModelConfig):
     msa_dropout: float = 0.15
     pair_dropout: float = 0.25
     structure_dropout: float = 0.1
+    # extra-MSA stack (Algorithm 18): 0 blocks switches it off
+    n_extra_msa_blocks: int = 4
+    c_e: int = 64
+    c_hidden_extra_msa_att: int = 8
+    # template stack (Algorithms 16, 17) and template torsion angles into the MSA
+    templates: bool = True
+    c_t: int = 64
+    n_template_blocks: int = 2
+    c_hidden_template_att: int = 16
+    n_heads_template: int = 4
+    c_hidden_template_mul: int = 64
+    template_transition_n: int = 2
+    c_hidden_template_pointwise: int = 16
+    n_heads_template_pointwise: int = 4
+    template_unit_vector: bool = False  # AlphaFold's monomer models zero the template unit vectors
     chunk_size: Optional[int] = None  # OpenFold-style chunking of attention, outer product mean, transitions
     attention_backend: AttentionBackend = AttentionBackend.naive
 
@@ -358,6 +381,9 @@ class DataConfig:
     num_synthetic_tokens: int = 1_000_000  # synthetic: length of the generated token stream
     crop_size: int = 256  # structure: residues per cropped sample (shorter chains are padded)
     max_msa: int = 128  # structure: MSA rows sampled per sample (the query first)
+    max_extra_msa: int = 1024  # structure: extra-MSA rows (the alignment rows not sampled), for the extra-MSA stack
+    max_templates: int = 4  # structure: templates per sample, for the template stack
+    template_source: TemplateSource = TemplateSource.homologues
 
 
 @dataclass

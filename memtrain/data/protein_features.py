@@ -37,7 +37,17 @@ from Bio.PDB.PDBExceptions import PDBConstructionException
 
 from memtrain.data.errors import DataFormatError
 from memtrain.data.mmcif import PROTEIN_POLYMER_TYPE
+from memtrain.data.residue_constants import ATOM_ORDER, ATOM_RENAMES, NUM_ATOM_TYPES
 from memtrain.data.sequences import default_protein_root, read_a3m
+from memtrain.data.templates import (
+    TEMPLATE_KEYS,
+    TemplateHit,
+    crop_template_features,
+    hit_features,
+    search_templates,
+    select_templates,
+    self_template,
+)
 
 RESTYPES = "ARNDCQEGHILKMFPSTWYV"
 RESTYPE_ORDER = {aa: i for i, aa in enumerate(RESTYPES)}
@@ -84,6 +94,9 @@ class Chain:
     backbone_mask: np.ndarray  # [N_res] float32, 1 where N, CA and C are all observed
     atom_mask: np.ndarray = field(repr=False)  # [N_res, 3] float32, per backbone atom
     label_asym_id: str = ""  # the mmCIF (label) chain id, e.g. 'B' for 2q2k chain A
+    # every heavy atom in AlphaFold's atom37 layout (memtrain.data.residue_constants), for templates
+    all_atom_positions: np.ndarray | None = field(default=None, repr=False)  # [N_res, 37, 3] float32
+    all_atom_mask: np.ndarray | None = field(default=None, repr=False)  # [N_res, 37] float32
 
     @property
     def num_resolved(self) -> int:
@@ -232,6 +245,8 @@ def read_chains(path: str | Path) -> list[Chain]:
         n_res = len(residues)
         coords = np.zeros((n_res, 3, 3), dtype=np.float32)
         atom_mask = np.zeros((n_res, 3), dtype=np.float32)
+        all_pos = np.zeros((n_res, NUM_ATOM_TYPES, 3), dtype=np.float32)
+        all_mask = np.zeros((n_res, NUM_ATOM_TYPES), dtype=np.float32)
         if asym_id in model:
             for residue in model[asym_id]:
                 position = residue.id[1] - 1
@@ -249,6 +264,11 @@ def read_chains(path: str | Path) -> list[Chain]:
                     if atom_name in residue:
                         coords[position, k] = residue[atom_name].get_coord()
                         atom_mask[position, k] = 1.0
+                for atom in residue:
+                    name = ATOM_RENAMES.get((residue.get_resname(), atom.get_id()), atom.get_id())
+                    if name in ATOM_ORDER:
+                        all_pos[position, ATOM_ORDER[name]] = atom.get_coord()
+                        all_mask[position, ATOM_ORDER[name]] = 1.0
         chains.append(
             Chain(
                 name=f"{path.stem.lower()}_{strand}",
@@ -257,6 +277,8 @@ def read_chains(path: str | Path) -> list[Chain]:
                 backbone_mask=atom_mask.min(axis=1),
                 atom_mask=atom_mask,
                 label_asym_id=asym_id,
+                all_atom_positions=all_pos,
+                all_atom_mask=all_mask,
             )
         )
     if not any(chain.atom_mask.any() for chain in chains):
@@ -420,6 +442,9 @@ def make_features(
     max_msa: int,
     rng: np.random.Generator,
     profile: np.ndarray | None = None,
+    max_extra_msa: int = 0,
+    templates: list[dict[str, np.ndarray]] | None = None,
+    max_templates: int = 0,
 ) -> dict[str, np.ndarray]:
     """The features of one training sample of ``chain``, cropped and padded to fixed shapes.
 
@@ -446,9 +471,19 @@ def make_features(
     5. Padding to ``crop_size`` residues and ``max_msa`` rows with zeros (masks 0), as in
        AlphaFold's ``make_fixed_size``.
 
+    6. With ``max_extra_msa`` > 0, the extra MSA (suppl. 1.2.7 and 1.7.2): the rows not sampled
+       in step 2, in the same random order, up to ``max_extra_msa`` of them (AlphaFold's
+       ``sample_msa`` keeps them and ``crop_extra_msa`` takes a random subset), not BERT-masked:
+       ``extra_msa`` [E, N] (0..21), ``extra_has_deletion``, ``extra_deletion_value``,
+       ``extra_msa_mask``, padded to ``max_extra_msa`` rows.
+    7. With ``max_templates`` > 0, ``templates`` (the chosen hits' per-residue features over the
+       whole chain, memtrain.data.templates.hit_features) cropped to the window and padded to
+       ``max_templates`` (keys memtrain.data.templates.TEMPLATE_KEYS, ``template_mask`` [T]).
+
     Returns numpy arrays: aatype, residue_index (0-based SEQRES position, kept through the crop),
     seq_mask, target_feat, msa_feat, msa_mask, true_msa (0..21, the sampled rows before masking),
-    bert_mask, backbone_coords [N, 3, 3] (N, CA, C), backbone_mask.
+    bert_mask, backbone_coords [N, 3, 3] (N, CA, C), backbone_mask, and the extra-MSA and
+    template features when asked for.
     """
     if crop_size < 1 or max_msa < 1:
         raise ValueError(f"crop_size and max_msa must be positive, got {crop_size}, {max_msa}")
@@ -466,7 +501,8 @@ def make_features(
     window = slice(start, start + min(crop_size, n_res))
     n = window.stop - window.start
     # 2. sample MSA rows
-    rest = rng.permutation(np.arange(1, msa.shape[0]))[: max_msa - 1]
+    order = rng.permutation(np.arange(1, msa.shape[0]))
+    rest, extra_rows = order[: max_msa - 1], order[max_msa - 1 : max_msa - 1 + max_extra_msa]
     rows = np.concatenate([[0], rest]).astype(np.int64)
     s = rows.size
     true_msa = msa[rows, window]
@@ -493,7 +529,18 @@ def make_features(
     ).astype(np.float32)
     # 5. pad
     L, S = crop_size, max_msa
-    return {
+    extra: dict[str, np.ndarray] = {}
+    if max_extra_msa > 0:  # 6. extra MSA
+        extra_deletions = deletion_matrix[extra_rows, window]
+        extra = {
+            "extra_msa": _pad(msa[extra_rows, window].astype(np.int64), (max_extra_msa, L)),
+            "extra_has_deletion": _pad(np.minimum(extra_deletions, 1.0).astype(np.float32), (max_extra_msa, L)),
+            "extra_deletion_value": _pad(_deletion_transform(extra_deletions).astype(np.float32), (max_extra_msa, L)),
+            "extra_msa_mask": _pad(np.ones((extra_rows.size, n), np.float32), (max_extra_msa, L)),
+        }
+    if max_templates > 0:  # 7. templates
+        extra.update(crop_template_features(templates or [], window, L, max_templates))
+    return extra | {
         "aatype": _pad(aatype, (L,)),
         "residue_index": _pad(np.arange(window.start, window.stop, dtype=np.int64), (L,)),
         "seq_mask": _pad(np.ones(n, np.float32), (L,)),
@@ -513,7 +560,9 @@ def make_features(
 
 INPUT_KEYS = ("aatype", "residue_index", "seq_mask", "target_feat", "msa_feat", "msa_mask")
 TARGET_KEYS = ("true_msa", "bert_mask", "backbone_coords", "backbone_mask", "seq_mask", "msa_mask")
-_LONG_KEYS = {"aatype", "residue_index", "true_msa"}
+# model inputs when data.max_extra_msa / data.max_templates are above 0
+EXTRA_MSA_KEYS = ("extra_msa", "extra_has_deletion", "extra_deletion_value", "extra_msa_mask")
+_LONG_KEYS = {"aatype", "residue_index", "true_msa", "extra_msa", "template_aatype"}
 
 
 def default_structure_root() -> Path:
@@ -542,6 +591,12 @@ class ProteinStructureBatches:
     order is a permutation seeded by ``(seed, epoch)``; its crop, MSA sampling and masking use a
     generator seeded by ``(seed, k)``. Sample j of ``batch(i, B)`` is sample ``i * B + j``, so a
     batch is a pure function of ``(seed, i, B)`` with no loader state.
+
+    ``max_extra_msa`` > 0 adds the extra MSA (the alignment rows not sampled as the MSA).
+    ``max_templates`` > 0 adds templates (memtrain.data.templates): with ``template_source``
+    "homologues", the hits among the other entries' chains, a random subset per sample (drawn
+    from a generator seeded by ``(seed, 2, k)``); with "self", the chain's own structure with its
+    sequence masked, in every sample (for tests: it gives the model the answer).
     """
 
     def __init__(
@@ -551,6 +606,9 @@ class ProteinStructureBatches:
         max_msa: int,
         seed: int,
         min_resolved: int = 16,
+        max_extra_msa: int = 0,
+        max_templates: int = 0,
+        template_source: str = "homologues",
     ) -> None:
         if crop_size < 1 or max_msa < 1:
             raise ValueError(f"crop_size and max_msa must be positive, got {crop_size}, {max_msa}")
@@ -559,13 +617,21 @@ class ProteinStructureBatches:
         self.root = Path(root)
         self.crop_size, self.max_msa, self.seed = crop_size, max_msa, seed
         self.min_resolved = min_resolved
+        if max_extra_msa < 0 or max_templates < 0:
+            raise ValueError(f"max_extra_msa and max_templates must be >= 0, got {max_extra_msa}, {max_templates}")
+        if template_source not in ("homologues", "self"):
+            raise ValueError(f"template_source must be 'homologues' or 'self', got {template_source!r}")
+        self.max_extra_msa, self.max_templates, self.template_source = max_extra_msa, max_templates, template_source
         mmcif_dir, alignments_dir = self.root / "mmcif", self.root / "alignments"
         files = sorted(mmcif_dir.glob("*.cif")) if mmcif_dir.is_dir() else []
         if not files:
             raise FileNotFoundError(f"no mmCIF files (*.cif) in {mmcif_dir}")
         self.entries: list[_Entry] = []
+        all_chains: list[Chain] = []
         for path in files:
-            for chain in read_chains(path):
+            chains = read_chains(path)
+            all_chains.extend(chains)
+            for chain in chains:
                 if chain.num_resolved < min_resolved:
                     continue
                 a3m = find_a3m(alignments_dir, chain.name)
@@ -579,6 +645,17 @@ class ProteinStructureBatches:
                 f"{mmcif_dir}: no protein chain with at least {min_resolved} resolved residues"
             )
         self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
+        # per entry: its template hits and their per-residue features (searched once, here)
+        self.template_hits: list[list[TemplateHit]] = []
+        self._template_features: list[list[dict[str, np.ndarray]]] = []
+        if max_templates > 0:
+            for entry in self.entries:
+                if template_source == "self":
+                    hits = [self_template(entry.chain)]
+                else:
+                    hits = search_templates(entry.chain, all_chains)
+                self.template_hits.append(hits)
+                self._template_features.append([hit_features(hit) for hit in hits])
 
     @property
     def chains(self) -> list[Chain]:
@@ -599,8 +676,15 @@ class ProteinStructureBatches:
         """The numpy features of sample number ``sample`` (see :func:`make_features`)."""
         if sample < 0:
             raise ValueError(f"sample numbers are non-negative, got {sample}")
-        entry = self.entries[self.entry_of_sample(sample)]
+        index = self.entry_of_sample(sample)
+        entry = self.entries[index]
         rng = np.random.default_rng([self.seed, 1, sample])
+        templates = None
+        if self.max_templates > 0:
+            features = self._template_features[index]
+            chosen = select_templates(len(features), self.max_templates, np.random.default_rng([self.seed, 2, sample]),
+                                      subsample=self.template_source == "homologues")
+            templates = [features[i] for i in chosen]
         return make_features(
             entry.chain,
             entry.msa,
@@ -609,6 +693,9 @@ class ProteinStructureBatches:
             self.max_msa,
             rng,
             profile=entry.profile,
+            max_extra_msa=self.max_extra_msa,
+            templates=templates,
+            max_templates=self.max_templates,
         )
 
     def batch(
@@ -623,7 +710,7 @@ class ProteinStructureBatches:
         for key in samples[0]:
             dtype = torch.long if key in _LONG_KEYS else torch.float32
             stacked[key] = torch.from_numpy(np.stack([s[key] for s in samples])).to(dtype)
-        inputs = {key: stacked[key] for key in INPUT_KEYS}
+        inputs = {key: stacked[key] for key in (*INPUT_KEYS, *EXTRA_MSA_KEYS, *TEMPLATE_KEYS) if key in stacked}
         targets = {
             key: stacked[key].clone() if key in inputs else stacked[key] for key in TARGET_KEYS
         }

@@ -24,8 +24,9 @@ def checkpointed_block_ids(n_blocks: int, mode: str, policy: str, every_k: int) 
 def apply_activation_checkpointing(model: nn.Module, ac: DictConfig, spec: ModelSpec) -> None:
     mode, policy = ac.mode.name, ac.policy.name
     blocks = spec.blocks(model)
-    for i in checkpointed_block_ids(len(blocks), mode, policy, ac.every_k):
-        blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=True)
+    for stack in [blocks, *(spec.block_stacks(model) if spec.block_stacks is not None else [])]:
+        for i in checkpointed_block_ids(len(stack), mode, policy, ac.every_k):
+            stack[i] = checkpoint_wrapper(stack[i], preserve_rng_state=True)
     if mode == "selective" and policy == "attention":
         parent_path, _, name = spec.attention_core.rpartition(".")
         for block in blocks:

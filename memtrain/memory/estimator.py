@@ -25,7 +25,10 @@ from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory import optimizer_memory
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
 from memtrain.memory.comm import comm_bytes
-from memtrain.memory.precision_memory import precision_activation_parts, precision_state_bytes
+from memtrain.memory.precision_memory import (
+    precision_activation_parts,
+    precision_state_bytes,
+)
 from memtrain.models import get_spec
 from memtrain.precision.amp import dtype_of
 
@@ -270,7 +273,18 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], in
         buffer = parts["attention_core_freed"]
     else:
         buffer = 0
-    return [int(b) for b in per_block], int(parts["outside_blocks"]), int(buffer)
+    # further stacks of blocks (the spec's block_stacks: AlphaFold's extra-MSA and template pair
+    # stacks), run before the main blocks: checkpointed by the same policy, each counted from its
+    # own first block, and split over the dap ranks like the main blocks; the recompute buffer is
+    # the largest block recomputed
+    stack_blocks = []
+    for stack in parts.get("stacks", []):
+        share = dims.dap if cfg.parallel.name == "dap" else 1
+        ids = set(checkpointed_block_ids(stack["n_blocks"], mode, policy, ac.every_k))
+        stack_blocks += [(stack["block_input"] if i in ids else stack["block"]) / share for i in range(stack["n_blocks"])]
+        if ids:
+            buffer = max(buffer, stack["block"] / share)
+    return [int(b) for b in stack_blocks + per_block], int(parts["outside_blocks"]), int(buffer)
 
 
 def tp_units(units: list[list[torch.Size]], tp: int) -> list[list[torch.Size]]:

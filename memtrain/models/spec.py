@@ -60,6 +60,10 @@ class ModelSpec:
     # GPT's chunked linear cross entropy; loss_fn then takes what the fused head returns); applied
     # after the precision swaps, before model parallelism
     loss_head: Callable[[nn.Module, DictConfig], None] | None = None
+    # further stacks of blocks that activation checkpointing wraps by the same policy as `blocks`,
+    # each counted from its own first block (AlphaFold's extra-MSA and template pair stacks); their
+    # saved bytes come from activation_bytes' "stacks"
+    block_stacks: Callable[[nn.Module], list[nn.ModuleList]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

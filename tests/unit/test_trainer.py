@@ -108,8 +108,8 @@ def test_tensorboard_events_are_written(compose, tmp_path):
 SHRINK = {
     "gpt": ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=32",
             "trainer.micro_batch_size=4"],
-    "alphafold": ["model=alphafold_tiny", "data.crop_size=16", "data.max_msa=4", "trainer.micro_batch_size=1",
-                  "precision=fp32"],
+    "alphafold": ["model=alphafold_tiny", "data.crop_size=16", "data.max_msa=4", "data.max_extra_msa=8",
+                  "data.max_templates=2", "trainer.micro_batch_size=1", "precision=fp32"],
     "pangu": ["model=pangu_tiny", "model.n_lat=16", "model.n_lon=32", "model.n_levels=3", "data.levels=[1000,850,500]",
               "model.dim=16", "model.window_size=[2,2,4]", "data.synthetic_time_steps=4", "trainer.micro_batch_size=1"],
     "fuxi": ["model=fuxi_tiny", "model.n_lat=16", "model.n_lon=32", "model.n_levels=3", "data.levels=[1000,850,500]",
@@ -118,7 +118,8 @@ SHRINK = {
 }
 
 
-@pytest.mark.parametrize("recipe", recipe_names())
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r == "alphafold" else r  # full size, shrunk
+                                    for r in recipe_names()])
 def test_every_recipe_smoke_runs_on_tiny_shapes(recipe, tmp_path):
     arch = compose_config([f"+recipe={recipe}"]).model.arch
     cfg = compose_config([f"+recipe={recipe}", *SHRINK[arch], "trainer.max_steps=2", "trainer.save_every=0",

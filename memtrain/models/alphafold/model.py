@@ -15,6 +15,11 @@ pipeline (memtrain.data):
     backbone_coords [B, N_res, 3, 3]       float  atoms N, CA, C in Angstrom (loss target)
     backbone_mask   [B, N_res]             float  1 = all three backbone atoms resolved
 
+With the extra-MSA stack (`n_extra_msa_blocks` > 0): extra_msa, extra_has_deletion,
+extra_deletion_value, extra_msa_mask [B, N_extra, N_res] (memtrain.models.alphafold.extra_msa).
+With templates (`templates`): the template_* features [B, N_templ, N_res, ...] and template_mask
+[B, N_templ] (memtrain.models.alphafold.template).
+
 Outputs (`forward`): msa_logits [B, N_seq, N_res, 23], distogram_logits [B, N_res, N_res, 64],
 frames_rot [L, B, N_res, 3, 3], frames_trans [L, B, N_res, 3] (Angstrom, per structure-module
 layer), backbone_positions [B, N_res, 3, 3], single [B, N_res, C_s], pair [B, N_res, N_res, C_z],
@@ -32,11 +37,15 @@ from torch import nn
 
 from memtrain.models.alphafold.embedders import InputEmbedder, RecyclingEmbedder
 from memtrain.models.alphafold.evoformer import EvoformerStack
+from memtrain.models.alphafold.extra_msa import (
+    ExtraMSAEmbedder,
+    ExtraMSAStack,
+    extra_msa_feat,
+)
 from memtrain.models.alphafold.heads import DistogramHead, MaskedMSAHead
 from memtrain.models.alphafold.structure import StructureModule
+from memtrain.models.alphafold.template import TemplateEmbedder
 
-# DISCREPANCY: no extra-MSA stack (Algorithm 18) and no template stack (Algorithms 16-17), so
-# no extra_msa / template features; the model sees only the clustered MSA.
 # DISCREPANCY: a fixed number of recycling iterations (`num_recycles` without grad, then one
 # with); the paper samples the number uniformly from 1..4 per batch during training (1.10).
 # DISCREPANCY: no pLDDT, PAE, experimentally-resolved or side-chain outputs (see loss.py).
@@ -62,20 +71,30 @@ PUBLISHED = {
     "msa_dropout": 0.15,
     "pair_dropout": 0.25,
     "structure_dropout": 0.1,
+    "n_extra_msa_blocks": 4,  # extra-MSA stack (Algorithms 18, 19): C_e 64, attention 8 heads of 8
+    "c_e": 64,
+    "c_hidden_extra_msa_att": 8,
+    "templates": True,  # template stack (Algorithms 16, 17): C_t 64, 2 blocks, attention 4 heads of 16
+    "c_t": 64,
+    "n_template_blocks": 2,
+    "c_hidden_template_att": 16,
+    "n_heads_template": 4,
+    "c_hidden_template_mul": 64,
+    "template_transition_n": 2,
+    "c_hidden_template_pointwise": 16,
+    "n_heads_template_pointwise": 4,
 }
 
 # Parameters of AlphaFold(**PUBLISHED), counted on the meta device by
 # tests/unit/alphafold/test_model.py: 48 Evoformer blocks of 1,829,952 (87,936,384 with the
-# single projection), structure module 1,852,702, embedders 35,840, heads 14,167.
-# DISCREPANCY: AlphaFold 2 has about 93.2M. The 3.39M gap is the parts this model leaves out,
+# single projection), structure module 1,852,702, embedders 35,840, heads 14,167, extra-MSA stack
+# 2,805,248 (4 blocks of 701,312) and its embedder 1,664, template embedder 329,408.
+# DISCREPANCY: AlphaFold 2 has about 93.2M. The 254k gap is the parts this model leaves out,
 # sized with these modules at the published widths (OpenFold's model_1 config):
-#   extra-MSA stack, 4 blocks at C_e = 64 with global column attention   2,805,248 (+ embedder 1,664)
-#   template stack (2 pair blocks at C_t = 64, point-wise attention,
-#     pair and angle embedders)                                           329,408
 #   torsion-angle ResNet (Algorithm 20 lines 13-18)                       166,414
 #   pLDDT head 73,010 and experimentally-resolved head 14,245
-# which sum to 3,389,989, i.e. 89,839,093 + 3,389,989 = 93,229,082.
-PUBLISHED_PARAMETERS = 89_839_093
+# which sum to 253,669, i.e. 92,975,413 + 253,669 = 93,229,082.
+PUBLISHED_PARAMETERS = 92_975_413
 
 
 class AlphaFold(nn.Module):
@@ -112,10 +131,25 @@ class AlphaFold(nn.Module):
         max_relative_position: int = 32,
         n_distogram_bins: int = 64,
         n_msa_classes: int = 23,
+        n_extra_msa_blocks: int = 4,
+        c_e: int = 64,
+        c_hidden_extra_msa_att: int = 8,
+        templates: bool = True,
+        c_t: int = 64,
+        n_template_blocks: int = 2,
+        c_hidden_template_att: int = 16,
+        n_heads_template: int = 4,
+        c_hidden_template_mul: int = 64,
+        template_transition_n: int = 2,
+        c_hidden_template_pointwise: int = 16,
+        n_heads_template_pointwise: int = 4,
+        template_unit_vector: bool = False,
     ):
         super().__init__()
         if num_recycles < 0:
             raise ValueError(f"num_recycles must be >= 0, got {num_recycles}")
+        if n_extra_msa_blocks < 0 or n_template_blocks < 0:
+            raise ValueError(f"block counts must be >= 0, got {n_extra_msa_blocks}, {n_template_blocks}")
         self.c_m, self.c_z, self.num_recycles = c_m, c_z, num_recycles
         self.input_embedder = InputEmbedder(target_feat_dim, msa_feat_dim, c_m, c_z, max_relative_position)
         self.recycling_embedder = RecyclingEmbedder(c_m, c_z)
@@ -146,6 +180,19 @@ class AlphaFold(nn.Module):
         )
         self.distogram_head = DistogramHead(c_z, n_distogram_bins)
         self.masked_msa_head = MaskedMSAHead(c_m, n_msa_classes)
+        # Supplement 1.7: the template embedder and the extra-MSA stack (None when switched off)
+        self.template_embedder = TemplateEmbedder(
+            c_m, c_z, c_t, n_template_blocks, c_hidden_att=c_hidden_template_att, no_heads=n_heads_template,
+            c_hidden_mul=c_hidden_template_mul, transition_n=template_transition_n,
+            c_hidden_pointwise=c_hidden_template_pointwise, no_heads_pointwise=n_heads_template_pointwise,
+            dropout=pair_dropout, use_unit_vector=template_unit_vector,
+        ) if templates else None
+        self.extra_msa_embedder = ExtraMSAEmbedder(c_e=c_e) if n_extra_msa_blocks > 0 else None
+        self.extra_msa_stack = ExtraMSAStack(
+            n_extra_msa_blocks, c_e, c_z, c_hidden_msa_att=c_hidden_extra_msa_att, no_heads_msa=n_heads_msa,
+            c_hidden_opm=c_hidden_opm, c_hidden_mul=c_hidden_mul, c_hidden_pair_att=c_hidden_pair_att,
+            no_heads_pair=n_heads_pair, transition_n=transition_n, msa_dropout=msa_dropout, pair_dropout=pair_dropout,
+        ) if n_extra_msa_blocks > 0 else None
 
     def iteration(
         self,
@@ -162,10 +209,20 @@ class AlphaFold(nn.Module):
         m1_update, z_update = self.recycling_embedder(m1_prev, z_prev, x_prev)
         m = torch.cat([m[..., :1, :, :] + m1_update[..., None, :, :], m[..., 1:, :, :]], dim=-3)
         z = z + z_update
+        n_seq = m.shape[-3]
+        if self.template_embedder is not None:  # Supplement 1.7.1: the templates into z (and below into m)
+            z = z + self.template_embedder.pair_update(batch, z, pair_mask)
+        if self.extra_msa_stack is not None:  # Supplement 1.7.2: the extra MSA into z (Algorithm 18)
+            e = self.extra_msa_embedder(extra_msa_feat(batch).to(z.dtype))
+            z = self.extra_msa_stack(e, z, batch["extra_msa_mask"].to(msa_mask.dtype), pair_mask)
+        if self.template_embedder is not None:
+            rows, rows_mask = self.template_embedder.msa_rows(batch)
+            m = torch.cat([m, rows.to(m.dtype)], dim=-3)
+            msa_mask = torch.cat([msa_mask, rows_mask.to(msa_mask.dtype)], dim=-2)
         m, z, s = self.evoformer(m, z, msa_mask, pair_mask)
         outputs = self.structure_module(s, z, seq_mask)
         outputs["pair"], outputs["msa_first_row"] = z, m[..., 0, :, :]
-        outputs["msa"] = m
+        outputs["msa"] = m[..., :n_seq, :, :]  # the template rows are not scored by the masked-MSA loss
         return outputs
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

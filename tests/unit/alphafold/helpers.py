@@ -4,6 +4,9 @@ trivially satisfied by zeros."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -13,6 +16,9 @@ TINY = {
     "c_m": 16, "c_z": 8, "c_s": 16, "n_blocks": 2, "n_heads_msa": 2, "n_heads_pair": 2, "c_hidden_msa_att": 8,
     "c_hidden_pair_att": 8, "c_hidden_opm": 4, "c_hidden_mul": 8, "transition_n": 2, "n_structure_layers": 2,
     "n_heads_ipa": 2, "c_hidden_ipa": 8,
+    "n_extra_msa_blocks": 2, "c_e": 8, "c_hidden_extra_msa_att": 4, "c_t": 8, "n_template_blocks": 2,
+    "c_hidden_template_att": 4, "n_heads_template": 2, "c_hidden_template_mul": 8, "c_hidden_template_pointwise": 4,
+    "n_heads_template_pointwise": 2,
 }
 
 
@@ -41,9 +47,12 @@ def random_rigid(shape: tuple[int, ...], gen: torch.Generator | None = None, sca
     return Rigid(quat_to_rot(quat), scale * torch.randn(*shape, 3, generator=gen))
 
 
-def random_batch(b: int = 1, n_seq: int = 4, n_res: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_batch(
+    b: int = 1, n_seq: int = 4, n_res: int = 10, seed: int = 0, n_extra: int = 3, n_templ: int = 2
+) -> dict[str, torch.Tensor]:
     """Random features following the contract in memtrain/models/alphafold/model.py, with a
-    chain-like backbone (consecutive CA about 3.8 A apart) so the losses see realistic distances."""
+    chain-like backbone (consecutive CA about 3.8 A apart) so the losses see realistic distances,
+    `n_extra` extra-MSA rows and `n_templ` templates (see random_stack_features)."""
     gen = torch.Generator().manual_seed(seed)
     aatype = torch.randint(0, 21, (b, n_res), generator=gen)
     target_feat = torch.nn.functional.one_hot(aatype, 22).float()
@@ -57,7 +66,7 @@ def random_batch(b: int = 1, n_seq: int = 4, n_res: int = 10, seed: int = 0) -> 
     frames = random_rigid((b, n_res), gen)
     local = torch.tensor(((-0.525, 1.363, 0.0), (0.0, 0.0, 0.0), (1.526, 0.0, 0.0)))
     coords = (frames.rot[..., None, :, :] @ local[..., None]).squeeze(-1) + ca[..., None, :]  # [B, N, 3, 3]
-    return {
+    return random_stack_features(gen, b, n_res, coords, n_extra, n_templ) | {
         "aatype": aatype,
         "residue_index": torch.arange(n_res).expand(b, n_res).clone(),
         "seq_mask": torch.ones(b, n_res),
@@ -69,3 +78,63 @@ def random_batch(b: int = 1, n_seq: int = 4, n_res: int = 10, seed: int = 0) -> 
         "backbone_coords": coords,
         "backbone_mask": torch.ones(b, n_res),
     }
+
+
+def random_stack_features(
+    gen: torch.Generator, b: int, n_res: int, coords: torch.Tensor, n_extra: int, n_templ: int
+) -> dict[str, torch.Tensor]:
+    """Extra-MSA features (some entries masked) and template features: each template the backbone
+    `coords` [B, N, 3, 3] moved by noise, with a CB and an O per residue, random torsion angles and
+    masks, some residues unaligned (aatype 21, atoms masked); with two or more samples and
+    templates, the last template of the last sample is padding (template_mask 0)."""
+    out = {}
+    if n_extra > 0:
+        deletions = torch.randint(0, 4, (b, n_extra, n_res), generator=gen).float()
+        out |= {
+            "extra_msa": torch.randint(0, 22, (b, n_extra, n_res), generator=gen),
+            "extra_has_deletion": deletions.clamp(max=1.0),
+            "extra_deletion_value": (2 / math.pi) * torch.atan(deletions / 3.0),
+            "extra_msa_mask": (torch.rand(b, n_extra, n_res, generator=gen) > 0.2).float(),
+        }
+    if n_templ > 0:
+        t = (b, n_templ, n_res)
+        positions = torch.zeros(*t, 37, 3)
+        backbone = coords[:, None] + 0.5 * torch.randn(*t, 3, 3, generator=gen)
+        positions[..., :3, :] = backbone
+        positions[..., 3, :] = backbone[..., 1, :] + torch.randn(*t, 3, generator=gen)  # CB
+        positions[..., 4, :] = backbone[..., 2, :] + torch.randn(*t, 3, generator=gen)  # O
+        aligned = (torch.rand(*t, generator=gen) > 0.15).float()
+        atom_mask = torch.zeros(*t, 37)
+        atom_mask[..., :5] = aligned[..., None]
+        aatype = torch.where(aligned > 0, torch.randint(0, 21, t, generator=gen), torch.full(t, 21))
+        angles = torch.randn(*t, 7, generator=gen)
+        sin_cos = torch.stack([angles.sin(), angles.cos()], dim=-1)
+        template_mask = torch.ones(b, n_templ)
+        if n_templ > 1 and b > 1:
+            template_mask[-1, -1] = 0.0
+        out |= {
+            "template_aatype": aatype,
+            "template_all_atom_positions": positions * atom_mask[..., None],
+            "template_all_atom_mask": atom_mask,
+            "template_pseudo_beta": positions[..., 3, :] * aligned[..., None],
+            "template_pseudo_beta_mask": aligned,
+            "template_torsion_angles_sin_cos": sin_cos,
+            "template_alt_torsion_angles_sin_cos": -sin_cos,
+            "template_torsion_angles_mask": (torch.rand(*t, 7, generator=gen) > 0.3).float() * aligned[..., None],
+            "template_mask": template_mask,
+        }
+    return out
+
+
+def aligned_chain_root(folder: Path) -> Path:
+    """A data root in `folder` holding only 2Q2K (chain A has the one A3M with several rows, so
+    every sample of it has extra-MSA rows): links to the real files, not copies."""
+    from memtrain.data.sequences import default_protein_root
+
+    source = default_protein_root()
+    for sub, name in (("mmcif", "2q2k.cif"), ("alignments", "2q2k_A.a3m")):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        link = folder / sub / name
+        if not link.exists():
+            link.symlink_to(source / sub / name)
+    return folder

@@ -1,4 +1,4 @@
-"""The AlphaFold activation model (`activation_bytes` in memtrain/models/alphafold/spec.py) against
+"""The AlphaFold activation model (`activation_bytes` in memtrain/models/alphafold/memory.py) against
 what a real forward pass leaves allocated on this CPU, and its direction at the published sizes."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from memtrain.memory.activation_checkpoint import (
 )
 from memtrain.memory.measure import forward_held_bytes
 from memtrain.models import get_spec
-from memtrain.models.alphafold.spec import activation_bytes as af_activation_bytes
+from memtrain.models.alphafold.memory import activation_bytes as af_activation_bytes
 from memtrain.precision.amp import Precision, dtype_of
 from tests.unit.alphafold.helpers import random_batch
 
@@ -28,7 +28,7 @@ SPEC = get_spec("alphafold")
 @functools.cache
 def _composed(model: str, precision: str):
     return compose_config([f"model={model}", "data=structure", f"precision={precision}", "trainer.device=cpu",
-                           "trainer.micro_batch_size=1"])
+                           "trainer.micro_batch_size=1", "data.max_extra_msa=6", "data.max_templates=2"])
 
 
 def compose_af(model: str = "alphafold_tiny", precision: str = "fp32", **keys):
@@ -47,13 +47,15 @@ def predicted(cfg) -> tuple[int, int]:
     residual stream is in the parameters' dtype."""
     compute = dtype_of(cfg.precision.compute_dtype).itemsize
     residual = dtype_of(cfg.precision.param_dtype).itemsize
-    parts = af_activation_bytes(cfg.model, cfg.trainer.micro_batch_size, cfg.data.seq_len, compute, residual,
-                                  n_res=cfg.data.crop_size, n_seq=cfg.data.max_msa)
+    parts = af_activation_bytes(cfg.model, cfg.trainer.micro_batch_size, cfg.data.seq_len, compute, residual, cfg=cfg)
     ac = cfg.checkpoint
-    n_blocks = cfg.model.n_blocks
-    recomputed = set(checkpointed_block_ids(n_blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k))
-    per_block = [parts["block_input"] if i in recomputed else parts["block"] for i in range(n_blocks)]
-    buffer = parts["block"] if recomputed else 0
+    per_block, buffer = [], 0
+    # the Evoformer's blocks, then the extra-MSA and template pair stacks' (each counted from its first)
+    for stack in [{"n_blocks": cfg.model.n_blocks, "block": parts["block"], "block_input": parts["block_input"]},
+                  *parts["stacks"]]:
+        recomputed = set(checkpointed_block_ids(stack["n_blocks"], enum_names(ac.mode), enum_names(ac.policy), ac.every_k))
+        per_block += [stack["block_input"] if i in recomputed else stack["block"] for i in range(stack["n_blocks"])]
+        buffer = max(buffer, stack["block"] if recomputed else 0)
     return sum(per_block) + parts["outside_blocks"] + buffer, buffer
 
 
@@ -62,7 +64,8 @@ def measured(cfg) -> int:
     torch.manual_seed(0)
     model = SPEC.build_model(cfg.model).train()
     apply_activation_checkpointing(model, cfg.checkpoint, SPEC)
-    batch = random_batch(b=cfg.trainer.micro_batch_size, n_seq=cfg.data.max_msa, n_res=cfg.data.crop_size)
+    batch = random_batch(b=cfg.trainer.micro_batch_size, n_seq=cfg.data.max_msa, n_res=cfg.data.crop_size,
+                         n_extra=cfg.data.max_extra_msa, n_templ=cfg.data.max_templates)
     precision = Precision.from_config(cfg.precision, "cpu")
 
     def forward():
@@ -90,9 +93,12 @@ CASES = [
 ]
 
 
-def case_config(crop, msa, precision, backend, ckpt, batch, chunk):
+def case_config(crop, msa, precision, backend, ckpt, batch, chunk, extra=6, templates=2):
+    """alphafold_tiny (2 Evoformer, 2 extra-MSA and 2 template pair blocks) with `extra` extra-MSA
+    rows and `templates` templates."""
     return compose_af(precision=precision, data__crop_size=crop, data__max_msa=msa, model__attention_backend=backend,
-                      checkpoint__mode=ckpt, trainer__micro_batch_size=batch, model__chunk_size=chunk)
+                      checkpoint__mode=ckpt, trainer__micro_batch_size=batch, model__chunk_size=chunk,
+                      data__max_extra_msa=extra, data__max_templates=templates)
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
@@ -103,9 +109,50 @@ def test_activation_model_matches_the_measured_forward(case):
     # leaves out, on purpose: the CPU RNG state torch's checkpoint keeps per checkpointed block
     # (5 KB of host memory, not accelerator memory: 1-3% of these tiny runs, nothing at real
     # sizes), the last block's fp32 output m under autocast when that block is not checkpointed
-    # (< 0.4% here), and a few scalars. Observed agreement is within 3% in every case; the 10%
-    # bound leaves room for a torch release changing which copies a kernel keeps.
+    # (< 0.4% here), the extra-MSA stack's last output e when its block is checkpointed, and a few
+    # scalars. Observed agreement is within 1% without checkpointing and within 5% with it (6 blocks
+    # keep an RNG state each); the 10% bound leaves room for a torch release changing which copies a
+    # kernel keeps.
     assert activations - buffer == pytest.approx(measured(cfg), rel=0.10)
+
+
+# deeper extra MSA and more templates: the stacks hold most of the bytes here
+STACK_CASES = [
+    (16, 4, "fp32", "naive", "none", 1, None, 32, 4),
+    (16, 4, "bf16", "naive", "none", 1, None, 32, 4),
+    (16, 4, "fp32", "sdpa", "full", 1, None, 32, 4),
+    (16, 4, "bf16", "sdpa", "full", 1, None, 32, 4),
+    (16, 4, "fp32", "naive", "none", 2, None, 32, 4),
+    (24, 4, "fp32", "naive", "selective", 1, None, 16, 3),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", STACK_CASES, ids=["-".join(map(str, c)) for c in STACK_CASES])
+def test_extra_msa_and_template_stacks_match_the_measured_forward(case):
+    cfg = case_config(*case)
+    activations, buffer = predicted(cfg)
+    stacks = af_activation_bytes(cfg.model, 1, 0, 4, 4, cfg=cfg)["stacks"]
+    assert [s["name"] for s in stacks] == ["extra_msa", "template_pair"]
+    # observed within 1% (3% with checkpointing); bound as above
+    assert activations - buffer == pytest.approx(measured(cfg), rel=0.10)
+
+
+def test_the_stacks_terms_follow_their_sizes():
+    """More extra-MSA rows or templates cost more; switching a stack off removes its blocks and its
+    outside terms; the template rows join the Evoformer's MSA rows."""
+    def parts(**keys):
+        return af_activation_bytes(compose_af(**keys).model, 1, 0, 4, 4, cfg=compose_af(**keys))
+
+    base = parts(data__crop_size=16, data__max_msa=4)
+    deeper = parts(data__crop_size=16, data__max_msa=4, data__max_extra_msa=12)
+    more = parts(data__crop_size=16, data__max_msa=4, data__max_templates=3)
+    off = parts(data__crop_size=16, data__max_msa=4, model__n_extra_msa_blocks=0, model__templates=False)
+    assert deeper["stacks"][0]["block"] > base["stacks"][0]["block"]
+    assert more["stacks"][1]["block"] > base["stacks"][1]["block"] and more["block"] > base["block"]
+    assert off["stacks"] == [] and off["outside_blocks"] < base["outside_blocks"] and off["block"] < base["block"]
+    c_m = compose_af().model.c_m
+    assert base["block_input"] - off["block_input"] == 4 * 2 * 16 * c_m  # 2 template rows in m
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -142,9 +189,37 @@ def test_published_config_moves_the_right_way():
 
 def test_sizes_come_from_the_crop_and_the_msa_not_seq_len():
     cfg = compose_af(data__crop_size=32, data__max_msa=8, data__seq_len=999)
-    by_keywords = af_activation_bytes(cfg.model, 1, cfg.data.seq_len, 4, 4, n_res=32, n_seq=8)
+    by_keywords = af_activation_bytes(cfg.model, 1, cfg.data.seq_len, 4, 4, n_res=32, n_seq=8, n_extra=6, n_templ=2)
     assert af_activation_bytes(cfg.model, 1, cfg.data.seq_len, 4, 4, cfg=cfg) == by_keywords
-    assert by_keywords["block_input"] == 4 * (8 * 32 * cfg.model.c_m + 32 * 32 * cfg.model.c_z)
+    # the Evoformer's m holds the 8 MSA rows and the 2 template rows
+    assert by_keywords["block_input"] == 4 * ((8 + 2) * 32 * cfg.model.c_m + 32 * 32 * cfg.model.c_z)
     assert by_keywords["attention_core_freed"] == 0
     with pytest.raises(ConfigError, match="crop size"):
         af_activation_bytes(cfg.model, 1, cfg.data.seq_len, 4, 4)
+
+
+def test_cost_model_counts_the_stacks_flops():
+    """The planner's FLOPs: the template rows enlarge the Evoformer's MSA, the extra-MSA and
+    template pair stacks add their blocks' work (spread over the Evoformer blocks, so DAP splits
+    and checkpointing recomputes it), the point-wise attention and embedders add to the outside."""
+    from memtrain.memory.cost_model import alphafold_forward_flops
+
+    def flops(**keys):
+        return alphafold_forward_flops(compose_af("alphafold", "bf16", data__crop_size=64, data__max_msa=32, **keys))
+
+    off = flops(model__n_extra_msa_blocks=0, model__templates=False)
+    e256, e512, e1024 = (flops(model__templates=False, data__max_extra_msa=e) for e in (256, 512, 1024))
+    templates = flops(model__n_extra_msa_blocks=0, data__max_templates=4)
+    assert off[0] < e256[0] < e512[0] < e1024[0] and off[1] < e256[1] < e1024[1]
+    assert templates[0] > off[0] and templates[1] > off[1]
+    # every extra-MSA term is linear in E (global column attention included): equal steps
+    assert e1024[0] - e512[0] == pytest.approx(2 * (e512[0] - e256[0]), rel=1e-12)
+    # what does not grow with E, spread over the 48 blocks: per extra block its pair modules, the
+    # row attention's pair bias, the outer product mean's output Linear, the averaged query
+    from memtrain.memory.cost_model import _pair_flops
+
+    m, n = compose_af("alphafold").model, 64
+    hc = m.n_heads_msa * m.c_hidden_extra_msa_att
+    fixed = (_pair_flops(n, m.c_z, m.c_hidden_mul, m.n_heads_pair, m.n_heads_pair * m.c_hidden_pair_att, m.transition_n)
+             + 2 * n * n * m.c_z * m.n_heads_msa + 2 * n * n * m.c_hidden_opm**2 * m.c_z + 2 * n * m.c_e * hc)
+    assert e256[0] - off[0] - (e512[0] - e256[0]) == pytest.approx(4 * fixed / 48, rel=1e-9)

@@ -3,6 +3,8 @@ published configuration's parameter count on the meta device."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
@@ -37,7 +39,7 @@ def test_published_parameter_count_on_meta():
         model = AlphaFold(**PUBLISHED)
     assert len(model.evoformer.blocks) == 48
     assert sum(p.numel() for p in model.evoformer.blocks[0].parameters()) == 1_829_952
-    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMETERS == 89_839_093
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMETERS == 92_975_413
 
 
 def test_tiny_forward_backward_is_finite_for_every_parameter():
@@ -86,23 +88,26 @@ def test_chunked_model_equals_unchunked():
 
 
 def test_activation_checkpointed_blocks_give_the_same_gradients():
-    """Activation checkpointing wraps model.evoformer.blocks from outside (non-reentrant, RNG
-    state preserved): same loss and gradients, dropout included."""
+    """Activation checkpointing wraps the blocks of the Evoformer, extra-MSA and template pair
+    stacks from outside (non-reentrant, RNG state preserved): same loss and gradients, dropout
+    included."""
     model = tiny_model(num_recycles=0).train()
     batch = random_batch(b=1, n_seq=4, n_res=10)
     torch.manual_seed(7)
     loss_ref, grads_ref = loss_and_grads(model, batch)
-    blocks = model.evoformer.blocks
-    for i in range(len(blocks)):
-        blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=True)
+    stacks = [model.evoformer.blocks, model.extra_msa_stack.blocks, model.template_embedder.pair_stack.blocks]
+    for blocks in stacks:
+        for i in range(len(blocks)):
+            blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=True)
     torch.manual_seed(7)
     loss_ckpt, grads_ckpt = loss_and_grads(model, batch)
     torch.testing.assert_close(loss_ckpt, loss_ref, rtol=0, atol=0)
+    wrapped = 0
     for name, g in grads_ref.items():
-        ckpt_name = name.replace("blocks.0.", "blocks.0._checkpoint_wrapped_module.").replace(
-            "blocks.1.", "blocks.1._checkpoint_wrapped_module."
-        )
+        ckpt_name = re.sub(r"blocks\.(\d+)\.", r"blocks.\1._checkpoint_wrapped_module.", name)
+        wrapped += ckpt_name != name
         torch.testing.assert_close(grads_ckpt[ckpt_name], g, **TOL)
+    assert wrapped == sum(len(list(b.parameters())) for b in stacks)
 
 
 def test_dropout_is_reproducible_under_a_fixed_seed():
@@ -133,21 +138,27 @@ def test_recycling_runs_without_grad_except_the_last_iteration():
 
 
 def test_padding_does_not_change_the_real_residues():
-    """Masked residues and MSA rows (padding from cropping/batching) only enter through masks:
-    padding a batch with junk features leaves the outputs on the real entries and the loss unchanged."""
+    """Masked residues, MSA and extra-MSA rows and templates (padding from cropping/batching) only
+    enter through masks: padding a batch with junk features leaves the outputs on the real entries
+    and the loss unchanged."""
     model = tiny_model().eval()
     batch = random_batch(b=1, n_seq=4, n_res=10)
-    padded = random_batch(b=1, n_seq=6, n_res=13, seed=9)  # junk everywhere
+    padded = random_batch(b=1, n_seq=6, n_res=13, seed=9, n_extra=5, n_templ=3)  # junk everywhere
     for key, value in batch.items():
-        if value.dim() >= 3 and key not in ("target_feat", "backbone_coords"):  # [B, N_seq, N_res, ...]
-            padded[key][:, :4, :10] = value
+        if key == "template_mask":  # [B, N_templ]
+            padded[key][:, :2] = value
+        elif value.dim() >= 3 and key not in ("target_feat", "backbone_coords"):  # [B, rows, N_res, ...]
+            padded[key][:, : value.shape[1], :10] = value
         else:  # [B, N_res, ...]
             padded[key][:, :10] = value
     for key in ("seq_mask", "backbone_mask"):
         padded[key][:, 10:] = 0.0
-    for key in ("msa_mask", "bert_mask"):
-        padded[key][:, 4:] = 0.0
+    for key in ("msa_mask", "bert_mask", "extra_msa_mask", "template_pseudo_beta_mask", "template_all_atom_mask",
+                "template_torsion_angles_mask"):  # padding rows (MSA, extra MSA, templates) and residues
+        rows = batch[key].shape[1]
+        padded[key][:, rows:] = 0.0
         padded[key][:, :, 10:] = 0.0
+    padded["template_mask"][:, 2:] = 0.0
     out, out_pad = model(batch), model(padded)
     torch.testing.assert_close(out_pad["pair"][:, :10, :10], out["pair"], **TOL)
     torch.testing.assert_close(out_pad["backbone_positions"][:, :10], out["backbone_positions"], **TOL)

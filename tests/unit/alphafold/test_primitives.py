@@ -152,13 +152,20 @@ def test_set_attention_backend_and_chunk_size_reach_every_module():
     model = AlphaFold(**TINY)
     set_attention_backend(model, "sdpa")
     atts = [m for m in model.modules() if isinstance(m, Attention)]
-    assert len(atts) == 4 * TINY["n_blocks"] and all(a.backend is AttentionBackend.sdpa for a in atts)
+    # Evoformer: row, column, 2 triangle attentions per block; extra-MSA: row and 2 triangle
+    # attentions (its global column attention is no Attention); template: 2 triangle attentions
+    # per pair block and the point-wise attention
+    n_att = 4 * TINY["n_blocks"] + 3 * TINY["n_extra_msa_blocks"] + 2 * TINY["n_template_blocks"] + 1
+    assert len(atts) == n_att and all(a.backend is AttentionBackend.sdpa for a in atts)
     set_attention_backend(model, SchemaBackend.naive)  # the config schema's enum resolves too
     assert all(a.backend is AttentionBackend.naive for a in atts)
     with pytest.raises(ValueError, match="unknown attention backend"):
         set_attention_backend(model, "flash")
-    # per block: row att, column att, 2 transitions, outer product mean, 2 triangle attentions
-    assert set_chunk_size(model, 4) == 7 * TINY["n_blocks"]
+    # per Evoformer and extra-MSA block: row att, column att, 2 transitions, outer product mean, 2
+    # triangle attentions; per template pair block: 2 triangle attentions, the transition; the
+    # point-wise attention
+    n_chunked = 7 * TINY["n_blocks"] + 7 * TINY["n_extra_msa_blocks"] + 3 * TINY["n_template_blocks"] + 1
+    assert set_chunk_size(model, 4) == n_chunked
     assert all(m.chunk_size == 4 for m in model.modules() if hasattr(m, "chunk_size"))
     set_chunk_size(model, None)
     assert all(m.chunk_size is None for m in model.modules() if hasattr(m, "chunk_size"))
