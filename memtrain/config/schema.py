@@ -162,6 +162,10 @@ class GPTConfig(ModelConfig):
     performer_features: int = checked(128, ge=1)  # performer: random features m per head
     performer_redraw: int = checked(1000, ge=0)  # performer: redraw the features every this many training forwards (0: never)
     attention_chunk: int = checked(64, ge=1)  # linformer/performer: block size of the causal prefix-sum scan
+    # output projection fused with the cross entropy, computed over chunks of this many tokens so
+    # the [B, S, V] logits never exist; -1: on, chunk chosen from the vocabulary (plain under
+    # parallel=zero3, which frees the head's weight after its forward); 0: plain full logits
+    loss_chunk: int = checked(-1, ge=-1)
 
 
 @dataclass
@@ -302,7 +306,7 @@ class AdamWConfig(OptimizerConfig):
     betas: list[float] = checked(factory=lambda: [0.9, 0.95], length=2, ge=0, lt=1)
     eps: float = checked(1e-8, ge=0)
     weight_decay: float = checked(0.1, ge=0)
-    fused: Optional[bool] = None  # None: fused on CUDA, foreach elsewhere
+    fused: Optional[bool] = None  # None: torch's fused kernel where it has one for the device (CUDA, CPU, ...)
 
 
 @dataclass
@@ -313,7 +317,7 @@ class AdafactorConfig(OptimizerConfig):
     eps: list[Optional[float]] = checked(factory=lambda: [None, 1e-3], length=2, ge=0)
     d: float = checked(1.0, ge=0)
     weight_decay: float = checked(0.0, ge=0)
-    foreach: Optional[bool] = None
+    foreach: Optional[bool] = None  # None: torch's default (foreach on CUDA); no fused Adafactor in torch
 
 
 @dataclass
@@ -324,6 +328,7 @@ class LionConfig(OptimizerConfig):
     lr: float = checked(1e-4, gt=0)  # the paper: 3-10x smaller than AdamW's
     betas: list[float] = checked(factory=lambda: [0.9, 0.99], length=2, ge=0, lt=1)
     weight_decay: float = checked(0.1, ge=0)
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -334,6 +339,7 @@ class SM3Config(OptimizerConfig):
     lr: float = checked(1e-2, gt=0)
     momentum: float = checked(0.0, ge=0, lt=1)  # > 0 adds a full-size momentum buffer
     weight_decay: float = checked(0.0, ge=0)
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -346,6 +352,7 @@ class CAMEConfig(OptimizerConfig):
     eps: list[float] = checked(factory=lambda: [1e-30, 1e-16], length=2, ge=0)
     d: float = checked(1.0, gt=0)  # update clipping threshold
     weight_decay: float = checked(0.0, ge=0)
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -359,6 +366,7 @@ class AdamMiniConfig(OptimizerConfig):
     eps: float = checked(1e-8, ge=0)
     weight_decay: float = checked(0.1, ge=0)
     adamw_names: list[str] = field(default_factory=lambda: ["tok_embeddings", "output"])
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -372,6 +380,7 @@ class AdamWBF16Config(OptimizerConfig):
     weight_decay: float = checked(0.1, ge=0)
     stochastic_rounding: bool = True
     seed: int = checked(0, ge=0, le=SEED_MAX)
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass

@@ -88,6 +88,7 @@ class TorchStrategy:
                 loss, _ = self.spec.loss_fn(outputs, targets)
                 if self.metric_fn is not None:
                     self.extra_metrics.add(self.metric_fn(outputs, targets))
+                del outputs  # the backward needs only what autograd saved (plain logits would stay alive here)
             self.precision.scaler.scale(loss * scale).backward()
         return loss.detach()
 

@@ -92,6 +92,8 @@ class Trainer:
             model = self.spec.build_model(cfg.model)
         model.to(dtype=self.precision.param_dtype)
         apply_precision_transforms(model, cfg.precision, self.spec, self.device)  # QAT / FP8 module swaps
+        if self.spec.loss_head is not None:
+            self.spec.loss_head(model, cfg)  # e.g. the decoder's fused, chunked linear cross entropy
         if self.mesh is not None and self.spec.parallelize is not None:
             self.spec.parallelize(model, self.mesh, cfg)  # model parallelism first: TP -> AC -> FSDP (torchtitan's order)
         apply_activation_checkpointing(model, cfg.checkpoint, self.spec)
