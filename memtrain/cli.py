@@ -14,27 +14,13 @@ import itertools
 import json
 import sys
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
 
-from memtrain.config.errors import ConfigError, from_hydra
-from memtrain.config.loader import CONF_DIR, load_config, register_all
-from memtrain.config.validate import validate
-from memtrain.data.errors import DataFormatError
+from memtrain.cli_help import command_help, usage, wants_help
 
-USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydra multirun sweep)
-       memtrain estimate [hydra overrides] [--json]   per-device memory, before a GPU is touched
-       memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]]
-                                                  what fits hardware.* and runs fastest
-       memtrain export CHECKPOINT OUT               a precision.qat checkpoint with integer weights
-       memtrain submit [slurm options] -- [hydra overrides]   sbatch a run (memtrain submit --help)
-
-overrides: group choices (model=gpt_1b precision=bf16 checkpoint=full), keys
-(trainer.max_steps=100), recipes (+recipe=protein_lm). Groups: model parallel precision optimizer
-offload checkpoint data trainer hardware."""
+# Hydra, torch and the models are imported where a command needs them, so help and config errors
+# answer at once.
 
 MAX_SWEEP_JOBS_CHECKED = 256
 err = Console(stderr=True)
@@ -48,6 +34,11 @@ def _fail(message: str) -> int:
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override lists of every job of a multirun sweep (Hydra's basic sweeper: a cartesian
     product of the sweep overrides)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from memtrain.config.errors import from_hydra
+
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
@@ -63,20 +54,49 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 
 def train_command(args: list[str]) -> int:
+    from memtrain.config.errors import ConfigError
+    from memtrain.config.loader import load_config
+    from memtrain.prereq import PrerequisiteError, check_runs_here, check_slurm, launcher_choice
+
     multirun = any(a in ("-m", "--multirun") for a in args)
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides = _overrides(args)
     try:
-        for job in sweep_jobs(overrides) if multirun else [overrides]:
-            load_config(job)
-    except ConfigError as exc:
+        jobs = [load_config(job) for job in (sweep_jobs(overrides) if multirun else [overrides])]
+        if launcher_choice(overrides) == "slurm":  # the jobs run on the cluster's nodes, not here
+            check_slurm("hydra/launcher=slurm", "Check the sweep with `memtrain submit --dry-run -- OVERRIDES`, or run "
+                        "it on this machine without hydra/launcher=slurm.")
+        elif not _print_only(args):
+            for cfg in jobs:
+                check_runs_here(cfg)
+    except (ConfigError, PrerequisiteError) as exc:
         return _fail(str(exc))
     _run_hydra(args)
     return 0
 
 
+def _overrides(args: list[str]) -> list[str]:
+    """The Hydra overrides among `args`: not the flags, nor the value of Hydra's --cfg/--package."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a.startswith("-"):
+            skip = a in ("--cfg", "-c", "--package", "-p", "--info", "-i")
+        else:
+            out.append(a)
+    return out
+
+
+def _print_only(args: list[str]) -> bool:
+    """Hydra prints the config (--cfg) or its info (--info) and runs nothing."""
+    return any(a in ("--cfg", "-c", "--info", "-i") for a in args)
+
+
 def _run_hydra(args: list[str]) -> None:
     """Hand the command line to Hydra, which makes the run directory (or the multirun sweep)."""
     import hydra
+
+    from memtrain.config.loader import CONF_DIR, register_all
 
     register_all()
     sys.argv = ["memtrain train", *args]
@@ -85,9 +105,11 @@ def _run_hydra(args: list[str]) -> None:
     hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(job)()
 
 
-def _train_job(cfg: DictConfig) -> None:
+def _train_job(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from memtrain.config.validate import validate
+    from memtrain.data.errors import DataFormatError
     from memtrain.distributed.launch import launch_workers, needs_launch
     from memtrain.engine.trainer import Trainer
 
@@ -110,6 +132,8 @@ def _train_job(cfg: DictConfig) -> None:
 
 
 def estimate_command(args: list[str]) -> int:
+    from memtrain.config.errors import ConfigError
+    from memtrain.config.loader import load_config
     from memtrain.memory.estimator import estimate
     from memtrain.memory.report import render_table
 
@@ -157,13 +181,16 @@ def submit_command(args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     commands = {"train": train_command, "estimate": estimate_command, "plan": plan_command, "export": export_command,
                 "submit": submit_command}
     if command not in commands:
-        return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)})\n{USAGE}")
+        return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)}); memtrain --help lists them")
+    if command != "submit" and wants_help(rest):  # submit's argparse prints its own
+        print(command_help(command))
+        return 0
     return commands[command](rest)
 
 

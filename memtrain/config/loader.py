@@ -40,11 +40,12 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 def load_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose and validate one job's config; every problem is raised as a ConfigError."""
     from memtrain.config.errors import from_hydra
-    from memtrain.config.validate import validate
 
     try:
         cfg = compose_config(overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise from_hydra(exc) from exc
+    from memtrain.config.validate import validate  # torch and the model families: only once the config composed
+
     validate(cfg)
     return cfg

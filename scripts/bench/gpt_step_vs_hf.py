@@ -36,6 +36,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 from memtrain.config.loader import load_config
 from memtrain.config.errors import ConfigError, enum_names, require
 from memtrain.engine.metrics import peak_flops
@@ -144,6 +145,8 @@ def run_hf(cfg, device, args, console) -> dict:
 
 def main() -> int:
     args = parse_args()
+    if args.device != "cpu":
+        require_cuda("gpt_step_vs_hf.py")
     console = Console(width=max(120, Console().width))  # the table and header fit unwrapped when piped
     hf_version = None
     if args.only != "memtrain":
