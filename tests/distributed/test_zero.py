@@ -97,7 +97,10 @@ def test_zero3_clips_like_single_process(case, launched, tmp_path):
 def async_io_op():
     """Build (or load from the cache folder) DeepSpeed's async_io op in a fresh interpreter, so a
     first build does not count against a worker's timeout; skip where it cannot be built.
-    .ci/run builds it before the tests (scripts/build_ops.py), so there this only loads it."""
+    .ci/run builds it before the tests (scripts/build_ops.py), so there this only loads it, or
+    says (MEMTRAIN_OPS_UNAVAILABLE) that the build did not finish in its time."""
+    if os.environ.get("MEMTRAIN_OPS_UNAVAILABLE"):
+        pytest.skip(os.environ["MEMTRAIN_OPS_UNAVAILABLE"])
     proc = subprocess.run([sys.executable, "scripts/build_ops.py"], env=worker_env(), capture_output=True,
                           text=True, timeout=1500, check=False, cwd=Path(__file__).resolve().parents[2])
     if proc.returncode == 3:
