@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -119,16 +120,23 @@ def _train_job(cfg) -> None:
     if needs_launch(cfg):
         launch_workers(cfg, list(hydra_cfg.overrides.task), run_dir)
         return
+    from memtrain.engine.console import print_startup, summary, warnings_from_rank0_only
+
+    warnings_from_rank0_only()
+    print_startup(cfg, dict(hydra_cfg.runtime.choices))
+    start = time.perf_counter()
     try:
         trainer = Trainer(cfg, run_dir)
         try:
-            trainer.fit()
+            records = trainer.fit()
         finally:
             trainer.close()
     except (DataFormatError, FileNotFoundError) as exc:
         raise SystemExit(_fail(str(exc)))
     if trainer.env.is_main:
-        Console().print(f"done: step {trainer.step}; metrics in {trainer.run_dir / 'metrics.jsonl'}", highlight=False)
+        latest = trainer.checkpointer.latest()
+        Console().print(summary(records, trainer.step, time.perf_counter() - start, trainer.run_dir, latest),
+                        highlight=False)
 
 
 def estimate_command(args: list[str]) -> int:
