@@ -175,7 +175,12 @@ class TemplatePointwiseAttention(nn.Module):
         a_t = softmax_t(q . k_t / sqrt(c) + mask bias_t)
         z_ij update = Linear(concat_h sum_t a_t v_t)
 
-    Padding templates (template_mask 0) are masked out. Chunked (chunk_size) over the rows i."""
+    Padding templates (template_mask 0) are masked out. Chunked (chunk_size) over the rows i.
+
+    t is copied once into the [*, I, J, T, C_t] layout before the key and value projections read
+    it: on the strided view (templates moved behind the residues) each projection would save its own
+    contiguous copy, and chunking (which flattens the batch dims, copying where B > 1) would save a
+    different number of copies than the unchunked path."""
 
     def __init__(self, c_t: int, c_z: int, c_hidden: int = 16, no_heads: int = 4):
         super().__init__()
@@ -191,7 +196,7 @@ class TemplatePointwiseAttention(nn.Module):
         -> update [*, N_res, N_res, C_z]."""
         inputs = {
             "z": z.unsqueeze(-2),  # [*, I, J, 1, C_z]
-            "t": t.movedim(-4, -2),  # [*, I, J, T, C_t]
+            "t": t.movedim(-4, -2).contiguous(),  # [*, I, J, T, C_t], read by both linear_k and linear_v
             "bias": mask_bias(template_mask)[..., None, None, None, None, :],  # [*, 1, 1, 1, 1, T]
         }
         if self.chunk_size is None:

@@ -162,11 +162,10 @@ def test_chunking_does_not_change_what_is_saved(precision, batch):
     backward pass: the saved bytes stay the same (only the transient peak drops). Nor does chunking
     add copies: the outer product mean shares its operand b across chunks without expanding it over
     the batch or re-casting it per chunk under autocast (observed: equal to within 2 KB of 4-8 MB,
-    the chunks' few extra scalars). The Evoformer and the extra-MSA stack, without the template stack:
-    at B = 2 its unchunked point-wise attention keeps about 24 KB more than the chunked one (0.2%,
-    not yet accounted for)."""
-    plain = case_config(16, 4, precision, "naive", "none", batch, None, templates=0, model__templates=False)
-    chunked = case_config(16, 4, precision, "naive", "none", batch, 8, templates=0, model__templates=False)
+    the chunks' few extra scalars). The whole model: Evoformer, extra-MSA and template stacks (the
+    template point-wise attention reads one contiguous copy of t in both paths)."""
+    plain = case_config(16, 4, precision, "naive", "none", batch, None)
+    chunked = case_config(16, 4, precision, "naive", "none", batch, 8)
     held_plain, held_chunked = measured(plain), measured(chunked)
     assert held_chunked == pytest.approx(held_plain, rel=1e-3)
     assert predicted(chunked)[0] == predicted(plain)[0]
