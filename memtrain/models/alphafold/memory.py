@@ -207,7 +207,7 @@ def _stack_outside_terms(
     """What the template and extra-MSA stacks keep outside their blocks. Templates: the pair
     features [B, T, N, N, 88] (the embedding Linear's input), the final LayerNorm (input and
     statistics), the point-wise attention (its input z, or its cast; the LayerNorm output
-    permuted to [B, N, N, T, C_t] and copied once for k and once for v; q, k, v; the fp32 softmax
+    permuted to [B, N, N, T, C_t] and copied once (cast once under autocast) for both k and v; q, k, v; the fp32 softmax
     over the templates, + its cast; the output projection's input), the angle features
     [B, T, N, 57] and the ReLU output [B, T, N, C_m], the MSA mask grown by the template rows
     [B, S + T, N] (fp32). Extra MSA: the features [B, E, N, 25] and the last block's output e,
@@ -221,7 +221,7 @@ def _stack_outside_terms(
         pr, tpr = b * n * n, b * t * n * n
         terms["template_pair_stack_io"] = lin_in * tpr * 88 + FP32 * tpr * ct + 2 * FP32 * tpr
         terms["template_pointwise_attention"] = (
-            (c * pr * cz if autocast else 0) + 2 * lin_in * tpr * ct + c * pr * hc + 2 * c * tpr * hc
+            (c * pr * cz if autocast else 0) + lin_in * tpr * ct + c * pr * hc + 2 * c * tpr * hc
             + FP32 * pr * h * t + (c * pr * h * t if c < FP32 else 0) + c * pr * hc
         )
         terms["template_angle_embedder"] = lin_in * b * t * n * 57 + c * b * t * n * cm

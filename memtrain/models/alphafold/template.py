@@ -177,10 +177,10 @@ class TemplatePointwiseAttention(nn.Module):
 
     Padding templates (template_mask 0) are masked out. Chunked (chunk_size) over the rows i.
 
-    t is copied once into the [*, I, J, T, C_t] layout before the key and value projections read
-    it: on the strided view (templates moved behind the residues) each projection would save its own
-    contiguous copy, and chunking (which flattens the batch dims, copying where B > 1) would save a
-    different number of copies than the unchunked path."""
+    t is copied once into the [*, I, J, T, C_t] layout (under autocast, in the autocast dtype) before
+    the key and value projections read it: on the strided view (templates moved behind the residues)
+    each projection would save its own contiguous copy (or cast), and chunking (which flattens the
+    batch dims, copying where B > 1) would save a different number of copies than the unchunked path."""
 
     def __init__(self, c_t: int, c_z: int, c_hidden: int = 16, no_heads: int = 4):
         super().__init__()
@@ -194,9 +194,13 @@ class TemplatePointwiseAttention(nn.Module):
     def forward(self, t: torch.Tensor, z: torch.Tensor, template_mask: torch.Tensor) -> torch.Tensor:
         """t [*, T, N_res, N_res, C_t], z [*, N_res, N_res, C_z], template_mask [*, T]
         -> update [*, N_res, N_res, C_z]."""
+        t = t.movedim(-4, -2)  # [*, I, J, T, C_t], strided
+        if torch.is_autocast_enabled(t.device.type) and t.dtype == torch.float32:
+            # cast once (linear_k and linear_v would each cast and keep their own), into a contiguous layout
+            t = t.to(torch.get_autocast_dtype(t.device.type), memory_format=torch.contiguous_format)
         inputs = {
             "z": z.unsqueeze(-2),  # [*, I, J, 1, C_z]
-            "t": t.movedim(-4, -2).contiguous(),  # [*, I, J, T, C_t], read by both linear_k and linear_v
+            "t": t.contiguous(),  # one copy, read by both linear_k and linear_v
             "bias": mask_bias(template_mask)[..., None, None, None, None, :],  # [*, 1, 1, 1, 1, T]
         }
         if self.chunk_size is None:

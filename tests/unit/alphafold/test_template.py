@@ -211,20 +211,27 @@ def saved_storages(fn, exclude: list[torch.Tensor]) -> dict[int, int]:
     return seen
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("b", [1, 2])
-def test_pointwise_attention_saves_one_copy_of_t_chunked_or_not(b):
-    """The key and value projections read one [*, I, J, T, C_t] copy of t: chunked or not, the
-    saved storages total the same bytes, and among them exactly one holds all of t (an unchunked
-    B = 2 run saved two, one per projection, 32 KB more than the chunked run here)."""
+def test_pointwise_attention_saves_one_copy_of_t_chunked_or_not(b, dtype):
+    """The key and value projections read one [*, I, J, T, C_t] copy of t (under bf16 autocast, one
+    bf16 cast): chunked or not, the saved storages total the same bytes, and among them exactly one
+    holds all of t (before, each projection kept its own copy or cast, and an unchunked B = 2 run
+    kept one more than the chunked run)."""
     mod = pointwise()
     t = torch.randn(b, T, N, N, C_T, requires_grad=True)
     z = torch.randn(b, N, N, C_Z, requires_grad=True)
     template_mask = torch.ones(b, T)
-    t_bytes = t.numel() * t.element_size()
+    t_bytes = t.numel() * dtype.itemsize
+
+    def forward():
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            return mod(t, z, template_mask)
+
     totals = []
     for size in (None, 4):
         mod.chunk_size = size
-        saved = saved_storages(lambda: mod(t, z, template_mask), [t, z, template_mask, *mod.parameters()])
+        saved = saved_storages(forward, [t, z, template_mask, *mod.parameters()])
         totals.append(sum(saved.values()))
         # storages of t's size: the copy of t, and the [*, I, J, H, T, c] key/value-shaped tensors
         # differ from it only when H * c == C_t; here 2 * 4 != 6
