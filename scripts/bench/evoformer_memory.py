@@ -13,6 +13,12 @@ variants interleaved so that drift hits all alike.
 
     python scripts/bench/evoformer_memory.py                       # sizes and options below, CPU
     python scripts/bench/evoformer_memory.py --sizes 64x128 --repeats 5 --markdown
+    python scripts/bench/evoformer_memory.py --smoke               # seconds: checks the script only
+
+A second table does the same per part (--parts): the MSA column attention, the MSA and pair
+transitions and the whole block, each on its own inputs, memtrain's module unchunked and chunked
+(each chunk size in --chunks) against the reference's function for it: saved bytes of all three,
+and the chunked / unchunked time ratio (the issue's target: under 1.05 on CPU).
 
 The published widths (c_m 256, c_z 128, 8 x 32 MSA heads, 4 x 32 pair heads, c_opm 32, c_mul 128,
 transitions x4). Before measuring, the script checks that the reference computes what memtrain's
@@ -25,6 +31,7 @@ import argparse
 import datetime
 import itertools
 import math
+import os
 import platform
 import time
 
@@ -137,6 +144,27 @@ def reference_block(blk: EvoformerBlock, m, z, msa_mask, pair_mask):
     return m, z
 
 
+PARTS = ("msa_column_attention", "msa_transition", "pair_transition", "block")
+
+
+def part_functions(part: str, blk: EvoformerBlock, inputs):
+    """(memtrain's module as a function of the inputs, the reference's, the inputs it reads) for one
+    part of the block; outputs are a tuple of tensors."""
+    m, z, msa_mask, pair_mask = inputs
+    if part == "msa_column_attention":
+        return (lambda: (blk.msa_att_col(m, msa_mask),), lambda: (column_attention(blk.msa_att_col, m, msa_mask),),
+                [m, msa_mask])
+    if part == "msa_transition":
+        return (lambda: (blk.msa_transition(m, msa_mask),), lambda: (transition(blk.msa_transition, m, msa_mask),),
+                [m, msa_mask])
+    if part == "pair_transition":
+        return (lambda: (blk.pair_transition(z, pair_mask),),
+                lambda: (transition(blk.pair_transition, z, pair_mask),), [z, pair_mask])
+    if part == "block":
+        return lambda: blk(*inputs), lambda: reference_block(blk, *inputs), list(inputs)
+    raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
+
+
 # -- measurement ----------------------------------------------------------------------------------------
 
 
@@ -183,8 +211,8 @@ def build(backend: str, chunk: int | None, dropout_on: bool) -> EvoformerBlock:
 def run_step(fn, dtype):
     def step():
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            m, z = fn()
-        (m.float().square().mean() + z.float().square().mean()).backward()
+            outs = fn()
+        sum(o.float().square().mean() for o in outs).backward()
     return step
 
 
@@ -211,7 +239,11 @@ def check_reference_matches() -> float:
     return err
 
 
-def main() -> None:
+SMOKE = dict(sizes=["4x8"], batch=[1], precisions=["float32"], backends=["naive"], chunks=["none", "4"],
+             dropout=["off"], repeats=1, threads=1)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["16x32", "32x64", "64x128"], help="N_seq x N_res")
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
@@ -219,15 +251,23 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["naive", "sdpa"])
     parser.add_argument("--chunks", nargs="+", default=["none", "64"], help="chunk sizes ('none': unchunked)")
     parser.add_argument("--dropout", nargs="+", default=["off", "on"])
+    parser.add_argument("--parts", nargs="*", default=list(PARTS), choices=PARTS,
+                        help="parts for the per-part table (none: leave the table out)")
+    parser.add_argument("--no-options", action="store_true",
+                        help="leave out the whole block's table over every option (per-part table only)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (0: saved bytes only)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables for docs/benchmarks.md")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    console = Console(width=200)
-    err = check_reference_matches()
-    console.print(f"reference == memtrain block (fp32, dropout off): max |difference| {err:.1e}")
-    header = (f"{datetime.date.today()}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"check the script in seconds: {SMOKE}, overriding those arguments")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE)
+    return args
+
+
+def options_rows(args, console):
+    """The whole block under each option vs the reference; memtrain's chunked vs unchunked."""
     rows, chunk_rows = [], []
     for size, b, prec in itertools.product(args.sizes, args.batch, args.precisions):
         s, n = map(int, size.split("x"))
@@ -256,34 +296,108 @@ def main() -> None:
                         chunk_rows.append(dict(size=f"{b} x {s} x {n}", precision=prec, backend=backend, chunk=chunk,
                                                dropout="on" if dropout_on else "off",
                                                t_chunked=times[f"{backend}/{chunk}"], t_plain=times[f"{backend}/none"]))
-    table = Table(title=f"Evoformer block, saved for backward and time (forward + backward): {header}")
-    for col in ("B x N_seq x N_res", "precision", "dropout", "backend", "chunk", "memtrain MiB", "reference MiB",
-                "ratio", "memtrain s", "reference s"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["size"], r["precision"], r["dropout"], r["backend"], r["chunk"], f"{r['memtrain']:.1f}",
-                      f"{r['reference']:.1f}", f"{r['memtrain'] / r['reference']:.3f}", f"{r['t_memtrain']:.3f}",
-                      f"{r['t_reference']:.3f}")
-    console.print(table)
-    chunk_table = Table(title="memtrain's block, chunked vs unchunked (time, forward + backward)")
-    for col in ("B x N_seq x N_res", "precision", "dropout", "backend", "chunk", "chunked s", "unchunked s", "ratio"):
-        chunk_table.add_column(col)
-    for r in chunk_rows:
-        chunk_table.add_row(r["size"], r["precision"], r["dropout"], r["backend"], r["chunk"], f"{r['t_chunked']:.3f}",
-                            f"{r['t_plain']:.3f}", f"{r['t_chunked'] / r['t_plain']:.3f}")
-    console.print(chunk_table)
+    return rows, chunk_rows
+
+
+def part_rows(args):
+    """Per part (--parts), dropout off: saved bytes of memtrain's module unchunked, chunked (each
+    chunk size) and the reference's; time of each, interleaved."""
+    chunks = [int(c) for c in args.chunks if c != "none"]
+    rows = []
+    for size, b, prec, backend in itertools.product(args.sizes, args.batch, args.precisions, args.backends):
+        s, n = map(int, size.split("x"))
+        dtype = getattr(torch, prec)
+        inputs = make_inputs(b, s, n)
+        blk = build(backend, None, False)
+        for part in args.parts:
+            ours, ref, reads = part_functions(part, blk, inputs)
+            exclude = [*blk.parameters(), *reads]
+
+            def with_chunk(fn, chunk, blk=blk):
+                def call():
+                    set_chunk_size(blk, chunk)
+                    return fn()
+                return call
+
+            variants = {"none": with_chunk(ours, None), **{str(c): with_chunk(ours, c) for c in chunks}}
+            nbytes = {k: saved_bytes(run_fn(fn, dtype), exclude) for k, fn in variants.items()}
+            ref_bytes = saved_bytes(run_fn(ref, dtype), exclude)
+            steps = {"reference": run_step(ref, dtype), **{k: run_step(fn, dtype) for k, fn in variants.items()}}
+            times = timed(steps, args.repeats) if args.repeats > 0 else dict.fromkeys(steps, math.nan)
+            set_chunk_size(blk, None)
+            for c in chunks:
+                rows.append(dict(size=f"{b} x {s} x {n}", precision=prec, backend=backend, part=part, chunk=str(c),
+                                 plain=nbytes["none"] / MIB, chunked=nbytes[str(c)] / MIB, reference=ref_bytes / MIB,
+                                 t_plain=times["none"], t_chunked=times[str(c)], t_reference=times["reference"]))
+    return rows
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    console = Console(width=200)
+    err = check_reference_matches()
+    console.print(f"reference == memtrain block (fp32, dropout off): max |difference| {err:.1e}")
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    header = (f"{datetime.date.today()}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads{load}")
+    rows, chunk_rows = ([], []) if args.no_options else options_rows(args, console)
+    parts = part_rows(args) if args.parts and any(c != "none" for c in args.chunks) else []
+    if not args.no_options:
+        table = Table(title=f"Evoformer block, saved for backward and time (forward + backward): {header}")
+        for col in ("B x N_seq x N_res", "precision", "dropout", "backend", "chunk", "memtrain MiB", "reference MiB",
+                    "ratio", "memtrain s", "reference s"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["size"], r["precision"], r["dropout"], r["backend"], r["chunk"], f"{r['memtrain']:.1f}",
+                          f"{r['reference']:.1f}", f"{r['memtrain'] / r['reference']:.3f}", f"{r['t_memtrain']:.3f}",
+                          f"{r['t_reference']:.3f}")
+        console.print(table)
+        chunk_table = Table(title="memtrain's block, chunked vs unchunked (time, forward + backward)")
+        for col in ("B x N_seq x N_res", "precision", "dropout", "backend", "chunk", "chunked s", "unchunked s",
+                    "ratio"):
+            chunk_table.add_column(col)
+        for r in chunk_rows:
+            chunk_table.add_row(r["size"], r["precision"], r["dropout"], r["backend"], r["chunk"],
+                                f"{r['t_chunked']:.3f}", f"{r['t_plain']:.3f}", f"{r['t_chunked'] / r['t_plain']:.3f}")
+        if args.repeats > 0:
+            console.print(chunk_table)
+    part_cols = ("B x N_seq x N_res", "precision", "backend", "part", "chunk", "unchunked MiB", "chunked MiB",
+                 "reference MiB", "unchunked s", "chunked s", "reference s", "chunked / unchunked time")
+    if parts:
+        part_table = Table(title=f"Per part, dropout off, saved for backward and time (forward + backward): {header}")
+        for col in part_cols:
+            part_table.add_column(col)
+        for r in parts:
+            part_table.add_row(*part_cells(r))
+        console.print(part_table)
     if args.markdown:
         print(f"\n{header}\n")
-        print("| B x N_seq x N_res | precision | dropout | backend | chunk | memtrain MiB | reference MiB | ratio | memtrain s | reference s |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for r in rows:
-            print(f"| {r['size']} | {r['precision']} | {r['dropout']} | {r['backend']} | {r['chunk']} | {r['memtrain']:.1f} | "
-                  f"{r['reference']:.1f} | {r['memtrain'] / r['reference']:.3f} | {r['t_memtrain']:.3f} | {r['t_reference']:.3f} |")
-        print("\n| B x N_seq x N_res | precision | dropout | backend | chunk | chunked s | unchunked s | ratio |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for r in chunk_rows:
-            print(f"| {r['size']} | {r['precision']} | {r['dropout']} | {r['backend']} | {r['chunk']} | {r['t_chunked']:.3f} | "
-                  f"{r['t_plain']:.3f} | {r['t_chunked'] / r['t_plain']:.3f} |")
+        if not args.no_options:
+            print("| B x N_seq x N_res | precision | dropout | backend | chunk | memtrain MiB | reference MiB | ratio | memtrain s | reference s |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            for r in rows:
+                print(f"| {r['size']} | {r['precision']} | {r['dropout']} | {r['backend']} | {r['chunk']} | {r['memtrain']:.1f} | "
+                      f"{r['reference']:.1f} | {r['memtrain'] / r['reference']:.3f} | {r['t_memtrain']:.3f} | {r['t_reference']:.3f} |")
+            if args.repeats > 0:
+                print("\n| B x N_seq x N_res | precision | dropout | backend | chunk | chunked s | unchunked s | ratio |")
+                print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+            for r in chunk_rows if args.repeats > 0 else []:
+                print(f"| {r['size']} | {r['precision']} | {r['dropout']} | {r['backend']} | {r['chunk']} | {r['t_chunked']:.3f} | "
+                      f"{r['t_plain']:.3f} | {r['t_chunked'] / r['t_plain']:.3f} |")
+        if parts:
+            print("\n| " + " | ".join(part_cols) + " |")
+            print("|" + " --- |" * len(part_cols))
+            for r in parts:
+                print("| " + " | ".join(part_cells(r)) + " |")
+
+
+def part_cells(r) -> list[str]:
+    return [r["size"], r["precision"], r["backend"], r["part"], r["chunk"], f"{r['plain']:.2f}", f"{r['chunked']:.2f}",
+            f"{r['reference']:.2f}", f"{r['t_plain']:.3f}", f"{r['t_chunked']:.3f}", f"{r['t_reference']:.3f}",
+            f"{r['t_chunked'] / r['t_plain']:.3f}"]
 
 
 def run_fn(fn, dtype):

@@ -110,6 +110,9 @@ TWO_STEPS = ("trainer.max_steps=2",)
 SMALL_DECODER = ("model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "data.seq_len=16",
                  "trainer.micro_batch_size=1", "trainer.log_every=50")
 QAT_TRAIN = "memtrain train precision.qat=int8 trainer.max_steps=100 trainer.save_every=100 hydra.run.dir=outputs/qat"
+EVOFORMER_MEMORY_PARTS = ("python scripts/bench/evoformer_memory.py --sizes 64x128 --precisions float32 --backends naive "
+                          "--dropout off --no-options --repeats 10 --threads 1 --markdown")
+EVOFORMER_MEMORY_OPTIONS = "python scripts/bench/evoformer_memory.py --sizes 64x128 --repeats 0 --parts --markdown"
 PLANNER = How(budget=3600, slow=True, reason="planner (issue 17): minutes today; tighten the budget and drop slow "
                                               "once `memtrain plan` answers in seconds")
 
@@ -150,6 +153,8 @@ SHRINK: dict[str, How] = {
     "python scripts/bench/optimizers.py --smoke": How(slow=True, budget=300, reason="one process per optimizer"),
     "python scripts/bench/calibrate_estimator.py --smoke": How(slow=True, budget=300),
     "TRITON_INTERPRET=1 python scripts/bench/evoformer_attention.py --smoke": How(slow=True, budget=300),
+    EVOFORMER_MEMORY_PARTS: How(set=("--smoke",), slow=True, budget=300, reason="minutes at 64 x 128 on 2 cores"),
+    EVOFORMER_MEMORY_OPTIONS: How(set=("--smoke",), slow=True, budget=300, reason="minutes at 64 x 128 on 2 cores"),
 }
 
 
