@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write the figures of a GPU suite run (scripts/bench/gpu_suite.py's gpu_suite.json) into
 docs/benchmarks.md.
 
@@ -31,7 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu_suite  # noqa: E402
+import gpu_suite  # noqa: E402  (beside this file)
 
 DOC = gpu_suite.REPO / "docs" / "benchmarks.md"
 BEGIN = re.compile(r"<!-- gpu-suite:(?P<name>[\w-]+) -->")
@@ -46,9 +45,9 @@ def load_result(path: Path, allow_smoke: bool) -> dict:
     try:
         result = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UpdateError(f"{path}: no such file. Pass the gpu_suite.json that scripts/bench/gpu_suite.py wrote.")
+        raise UpdateError(f"{path}: no such file. Pass the gpu_suite.json that scripts/bench/gpu_suite.py wrote.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UpdateError(f"{path}: not a JSON file ({exc}).")
+        raise UpdateError(f"{path}: not a JSON file ({exc}).") from None
     if not isinstance(result, dict) or result.get("schema") != gpu_suite.SCHEMA:
         found = result.get("schema") if isinstance(result, dict) else type(result).__name__
         raise UpdateError(f"{path}: key 'schema' is {found!r}, expected {gpu_suite.SCHEMA!r}: this is not a "
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             text = args.doc.read_text()
         except FileNotFoundError:
-            raise UpdateError(f"{args.doc}: no such file (--doc names the Markdown file to update).")
+            raise UpdateError(f"{args.doc}: no such file (--doc names the Markdown file to update).") from None
         new, written, left = update_text(text, result)
     except UpdateError as exc:
         print(f"update_benchmarks: {exc}", file=sys.stderr)
