@@ -417,10 +417,17 @@ def part_lm_compile(rec: Recorder) -> None:
     _lm(rec, compiled=True)
 
 
-def predicted_total(overrides: list[str]) -> int:
+def predicted_total(overrides: list[str]) -> int | None:
     """`memtrain estimate`'s per-device total (bytes) for these overrides, in this process
-    (weather_step.predicted is estimate(load_config(overrides)).total)."""
-    return bench("weather_step").predicted(overrides)
+    (weather_step.predicted is estimate(load_config(overrides)).total); None for a configuration
+    that memtrain refuses (the row's error says why)."""
+    from memtrain.config.errors import ConfigError
+
+    try:
+        return bench("weather_step").predicted(overrides)
+    except ConfigError as exc:
+        print(f"no estimate for {' '.join(overrides)}: {exc}", flush=True)
+        return None
 
 
 def part_data_parallel(rec: Recorder) -> None:
@@ -624,8 +631,10 @@ def part_gpu_tests(rec: Recorder) -> None:
             raise RuntimeError(f"pytest exited {proc.returncode} without a report: {proc.stderr.strip()[-2000:]}")
         cases = ET.parse(report).getroot().iter("testcase")
         per_file: dict[str, dict] = {}
-        for case in cases:
-            file = case.get("classname", "").replace(".", "/").rsplit("/", 1)[0] + ".py"
+        modules = {f.removesuffix(".py").replace("/", "."): f for f in GPU_TESTS}
+        for case in cases:  # classname: the test's module, then its class if any
+            name = case.get("classname", "")
+            file = next((f for m, f in modules.items() if name == m or name.startswith(m + ".")), name)
             entry = per_file.setdefault(file, {"file": file, "passed": 0, "failed": 0, "skipped": 0, "failures": []})
             if case.find("failure") is not None or case.find("error") is not None:
                 entry["failed"] += 1
