@@ -317,7 +317,7 @@ def part_evoformer_block(rec: Recorder) -> None:
 
     eb = bench("evoformer_block")
     device = _device_meta(rec, torch)
-    args = argparse.Namespace(msa=4 if rec.smoke else 128, res=8 if rec.smoke else 256,
+    args = argparse.Namespace(msa=2 if rec.smoke else 128, res=4 if rec.smoke else 256,
                               dtype="float32" if rec.smoke else "bfloat16", repeats=1 if rec.smoke else 5, triton=False)
     rec.meta(msa=args.msa, res=args.res, dtype=args.dtype, repeats=args.repeats)
     t0 = time.time()
