@@ -1,29 +1,30 @@
-"""Starting multi-process tests: torchrun (torch.distributed.run --standalone) on a script, with
-one thread per worker and a timeout, since a collective skipped on one rank hangs the rest."""
+"""A multi-process test's own torchrun launch (most cases are batched instead: batch.py), with one
+thread per worker and a timeout, since a collective skipped on one rank hangs the rest."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_bounded
+from tests.distributed.batch import worker_env
 
 HERE = Path(__file__).parent
 WORKER = HERE / "worker.py"
 
 
-def torchrun(nproc: int, script: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    # the repository root on the path, so worker scripts can share code through the tests package
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+def torchrun(nproc: int, script: Path, *args: str, timeout: float = 600) -> None:
+    """`script` on `nproc` ranks; fails with the end of its output if it fails or outlives `timeout`
+    (then it and its workers are ended)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    with tempfile.TemporaryFile("w+") as log:
+        code = run_bounded(cmd, timeout, cwd=REPO, env=worker_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+        log.seek(0)
+        assert code == 0, f"{'stopped after %d s' % timeout if code is None else f'exit {code}'}:\n{log.read()[-4000:]}"
 
 
 def torchrun_worker(nproc: int, out: Path, *overrides: str, timeout: float = 600) -> dict:

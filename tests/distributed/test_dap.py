@@ -1,4 +1,5 @@
-"""Dynamic Axial Parallelism on 2 gloo processes against the single-process computation."""
+"""Dynamic Axial Parallelism on 2 gloo processes against the single-process computation. The
+multi-process cases run batched (tests/distributed/batch.py)."""
 
 from __future__ import annotations
 
@@ -7,62 +8,74 @@ import json
 import pytest
 import torch
 
-from tests.distributed.harness import HERE, torchrun, torchrun_worker
-from tests.distributed.worker import run
-from tests.unit.alphafold.helpers import aligned_chain_root
+from tests.conftest import run_cli
+from tests.distributed.batch import Case, batched
+from tests.distributed.cases import run
+
+pytestmark = pytest.mark.multiprocess
 
 
-def test_communication_pairs_match_the_full_tensors():
-    proc = torchrun(2, HERE / "dap_comm_worker.py", timeout=180)
-    assert proc.stdout.count(": ok") == 2
+@pytest.mark.parametrize("case", batched(__name__, {"communication-pairs": Case(2, "dap_comm")}))
+def test_communication_pairs_match_the_full_tensors(case, launched):
+    assert launched(case) == "ok"  # every rank asserted its shards (a failure names the rank and the check)
 
 
-def test_dap_extra_msa_and_template_stacks_match_one_process():
+STACK_CHECKS = [f"{stack}, {variant}" for stack in ("extra-MSA stack", "template pair stack")
+                for variant in ("plain", "checkpointed", "chunked")]
+
+
+@pytest.mark.parametrize("case", batched(__name__, {"extra-msa-and-template-stacks": Case(2, "dap_stacks")}))
+def test_dap_extra_msa_and_template_stacks_match_one_process(case, launched):
     """The extra-MSA stack and the template pair stack under DAP on 2 ranks against one process:
     outputs, input and parameter gradients; dropout on; plain, checkpointed and chunked blocks;
-    sizes that need padding (dap_stacks_worker.py)."""
-    proc = torchrun(2, HERE / "dap_stacks_worker.py", timeout=300)
-    assert proc.stdout.count(": ok") == 2
+    sizes that need padding (tests/distributed/dap_stacks.py; every rank asserts)."""
+    assert launched(case) == STACK_CHECKS
 
 
 ALPHAFOLD = ["+recipe=alphafold_tiny", "data.crop_size=24", "data.max_msa=6", "trainer.max_steps=3",
              "trainer.warmup_steps=0", "trainer.log_every=1", "model.num_recycles=1", "trainer.device=cpu"]
+DROPOUT = ["model.msa_dropout=0.15", "model.pair_dropout=0.25"]  # on: the DAP run must draw the same masks
+PADDED = ["data.crop_size=23", "data.max_msa=5"]  # odd sizes: residues and MSA rows padded to a multiple of 2
+# The tiny recipe runs the template and extra-MSA stacks too. "stacks": only 2Q2K's chains, whose
+# chain A has an alignment of 4 rows (with 2 MSA rows, 2 extra rows and 1 padding), and every
+# sample with a template (its own structure, sequence masked); checkpointed and chunked. The data
+# root is written into the case's folder before the launch (cases.aligned_chain_data).
+STACKS = ["data.template_source=self", "data.max_msa=2", "data.max_extra_msa=3", "checkpoint=full", "model.chunk_size=5",
+          "data.root={dir}/data"]
+FULL_MODEL = {
+    "dap2": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap")),
+    "dap2-checkpoint-chunked": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", "checkpoint=full",
+                                                 "model.chunk_size=4"), slow=True),
+    "dap2-padded": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", *PADDED), slow=True),
+    "dap2-stacks": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", *STACKS), slow=True,
+                        prepare="aligned_chain_data"),
+}
+OWN_SAMPLES = {"dap::dap2-padded": PADDED, "dap::dap2-stacks": STACKS}  # other samples: their own reference
 
 
 @pytest.fixture(scope="module")
 def alphafold_reference(tmp_path_factory):
-    """One process, dropout on (the DAP run must draw the same masks), one recycling iteration."""
+    """One process, dropout on, one recycling iteration."""
     out = tmp_path_factory.mktemp("af_single") / "result.pt"
-    return run(str(out), [*ALPHAFOLD, "model.msa_dropout=0.15", "model.pair_dropout=0.25"])
+    return run(str(out), [*ALPHAFOLD, *DROPOUT])
 
 
-# The tiny recipe runs the template and extra-MSA stacks too. "stacks": only 2Q2K's chains, whose
-# chain A has an alignment of 4 rows (with 2 MSA rows, 2 extra rows and 1 padding), and every
-# sample with a template (its own structure, sequence masked); checkpointed and chunked.
-STACKS = ["data.template_source=self", "data.max_msa=2", "data.max_extra_msa=3", "checkpoint=full", "model.chunk_size=5"]
-
-
-@pytest.mark.parametrize("extra", [[], ["checkpoint=full", "model.chunk_size=4"], ["data.crop_size=23", "data.max_msa=5"],
-                                   STACKS],
-                         ids=["dap2", "dap2-checkpoint-chunked", "dap2-padded", "dap2-stacks"])
-def test_dap_full_model_step_matches_one_process(alphafold_reference, tmp_path, extra):
+@pytest.mark.parametrize("case", batched(__name__, FULL_MODEL))
+def test_dap_full_model_step_matches_one_process(case, launched, alphafold_reference, tmp_path):
     reference = alphafold_reference
-    if extra is STACKS:
-        extra = [*STACKS, f"data.root={aligned_chain_root(tmp_path / 'data')}"]
-    if any(e.startswith("data.") for e in extra):  # other samples (odd sizes: padded to a multiple of 2)
-        reference = run(str(tmp_path / "single.pt"), [*ALPHAFOLD, "model.msa_dropout=0.15", "model.pair_dropout=0.25", *extra])
-    result = torchrun_worker(2, tmp_path / "result.pt", *ALPHAFOLD, "model.msa_dropout=0.15", "model.pair_dropout=0.25",
-                             "parallel=dap", *extra)
-    assert result["grads"].keys() == reference["grads"].keys()
+    result = launched(case)
+    if case in OWN_SAMPLES:
+        extra = [a.replace("{dir}", str(launched.folder(case))) for a in OWN_SAMPLES[case]]
+        reference = run(str(tmp_path / "single.pt"), [*ALPHAFOLD, *DROPOUT, *extra])
+    assert result["grads"].keys() == reference["grads"].keys(), case
     for name, g in reference["grads"].items():
         # fp32: the same terms, summed over the dap group's shards in another order
-        torch.testing.assert_close(result["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
-    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+        torch.testing.assert_close(result["grads"][name], g, rtol=1e-4, atol=1e-6, msg=f"{case}: {name}")
+    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5), case
 
 
+@pytest.mark.slow
 def test_alphafold_recipe_with_dap_on_two_processes_trains_on_real_structures(tmp_path):
-    from tests.conftest import run_cli
-
     proc = run_cli("train", "+recipe=alphafold", "parallel=dap", "launcher.nproc_per_node=2", "model=alphafold_tiny",
                    "precision=fp32", "checkpoint=full", "data.crop_size=32", "data.max_msa=8", "trainer.max_steps=36",
                    "optimizer.lr=1e-2", "trainer.warmup_steps=4", "trainer.log_every=1", "trainer.save_every=0", f"hydra.run.dir={tmp_path}",
@@ -74,13 +87,17 @@ def test_alphafold_recipe_with_dap_on_two_processes_trains_on_real_structures(tm
     assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6 - 1.0, losses
 
 
-def test_dap_composes_with_data_parallelism(tmp_path):
-    """4 ranks: 2 DAP groups of 2, replicated (DDP) across; each group takes its own sample.
-    Dropout off: one process draws one mask for both samples, two replicas one each."""
-    small = [*ALPHAFOLD, "data.crop_size=16", "data.max_msa=4", "trainer.max_steps=2", "model.structure_dropout=0.0"]
-    reference = run(str(tmp_path / "single.pt"), [*small, "trainer.micro_batch_size=2"])
-    result = torchrun_worker(4, tmp_path / "result.pt", *small, "parallel=dap", "parallel.dp_replicate=2")
+# 4 ranks: 2 DAP groups of 2, replicated (DDP) across; each group takes its own sample. Dropout off:
+# one process draws one mask for both samples, two replicas one each.
+SMALL = [*ALPHAFOLD, "data.crop_size=16", "data.max_msa=4", "trainer.max_steps=2", "model.structure_dropout=0.0"]
+
+
+@pytest.mark.parametrize("case", batched(__name__, {
+    "dap2-x-ddp2": Case(4, "train", (*SMALL, "parallel=dap", "parallel.dp_replicate=2"), slow=True)}))
+def test_dap_composes_with_data_parallelism(case, launched, tmp_path):
+    reference = run(str(tmp_path / "single.pt"), [*SMALL, "trainer.micro_batch_size=2"])
+    result = launched(case)
     for name, g in reference["grads"].items():
         # fp32: DAP's sums over shards and DDP's average over 2 replicas, in another order
-        torch.testing.assert_close(result["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
-    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+        torch.testing.assert_close(result["grads"][name], g, rtol=1e-4, atol=1e-6, msg=f"{case}: {name}")
+    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5), case

@@ -1,24 +1,20 @@
 """DDP and FSDP2 (gloo, CPU, 2-4 processes) against the single-process run: same losses, same
-gradients, same resume."""
+gradients; fp16 overflow on one rank skips the step everywhere. The multi-process cases run
+batched (tests/distributed/batch.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import TINY
-from tests.distributed.harness import HERE, torchrun_worker
-from tests.distributed.harness import torchrun as torchrun_script
-from tests.distributed.worker import run
+from tests.distributed.batch import Case, batched
+from tests.distributed.cases import run
+
+pytestmark = pytest.mark.multiprocess
 
 STEPS = ["trainer.max_steps=3", "optimizer.lr=1e-2", "trainer.warmup_steps=0"]
-
-
-def torchrun(nproc: int, out: Path, *overrides: str, timeout: float = 300) -> dict:
-    """The worker on `nproc` ranks with the tiny model and STEPS."""
-    return torchrun_worker(nproc, out, *TINY, *STEPS, *overrides, timeout=timeout)
+TWO = ["trainer.micro_batch_size=4", "trainer.grad_accum=2"]  # per rank: x 2 ranks = the reference's 8 x 2
 
 
 @pytest.fixture(scope="module")
@@ -28,32 +24,37 @@ def reference(tmp_path_factory):
     return run(str(out), [*TINY, *STEPS, "trainer.micro_batch_size=8", "trainer.grad_accum=2"])
 
 
+def train(nproc: int, *overrides: str, slow: bool = False) -> Case:
+    return Case(nproc, "train", (*TINY, *STEPS, "trainer.grad_accum=2", *overrides), slow=slow)
+
+
 CASES = {
-    "ddp": (2, ["parallel=ddp"]),
-    "fsdp": (2, ["parallel=fsdp"]),
-    "fsdp-no-reshard": (2, ["parallel=fsdp", "parallel.reshard_after_forward=false"]),
-    "fsdp-cpu-offload": (2, ["parallel=fsdp", "offload=params_cpu"]),
-    "ddp-activations-cpu-checkpoint-full": (2, ["parallel=ddp", "offload=activations_cpu", "checkpoint=full"]),
-    "hsdp-2x2": (4, ["parallel=hsdp", "parallel.dp_replicate=2", "trainer.micro_batch_size=2"]),
+    "ddp": train(2, "parallel=ddp", "trainer.micro_batch_size=4"),
+    "fsdp": train(2, "parallel=fsdp", "trainer.micro_batch_size=4"),
+    "fsdp-no-reshard": train(2, "parallel=fsdp", "parallel.reshard_after_forward=false", "trainer.micro_batch_size=4",
+                             slow=True),
+    "fsdp-cpu-offload": train(2, "parallel=fsdp", "offload=params_cpu", "trainer.micro_batch_size=4"),
+    "ddp-activations-cpu-checkpoint-full": train(2, "parallel=ddp", "offload=activations_cpu", "checkpoint=full",
+                                                 "trainer.micro_batch_size=4"),
+    # HSDP's 2-D mesh on 2 ranks (replicated x 1 shard), and on 4 (2 x 2)
+    "hsdp-2x1": train(2, "parallel=hsdp", "parallel.dp_replicate=2", "trainer.micro_batch_size=4"),
+    "hsdp-2x2": train(4, "parallel=hsdp", "parallel.dp_replicate=2", "trainer.micro_batch_size=2", slow=True),
 }
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_matches_single_process(case, reference, tmp_path):
-    nproc, overrides = CASES[case]
-    mb = [] if any(o.startswith("trainer.micro_batch_size") for o in overrides) else ["trainer.micro_batch_size=4"]
-    result = torchrun(nproc, tmp_path / "result.pt", *overrides, *mb, "trainer.grad_accum=2")
-    assert result["grads"].keys() == reference["grads"].keys()
+@pytest.mark.parametrize("case", batched(__name__, CASES))
+def test_matches_single_process(case, launched, reference):
+    result = launched(case)
+    assert result["grads"].keys() == reference["grads"].keys(), case
     for name, g in reference["grads"].items():
         # fp32: the same per-token terms, summed across ranks in another order (allreduce /
         # reduce-scatter of 2-4 partial sums): a few ulps of the gradient's scale
         torch.testing.assert_close(result["grads"][name], g, rtol=1e-5, atol=1e-7, msg=f"{case}: {name}")
     # three optimizer steps later the losses still agree to fp32 round-off
-    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+    assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5), case
 
 
-def test_fp16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
-    out = tmp_path / "skip.pt"
-    torchrun_script(2, HERE / "fp16_skip_worker.py", str(out), *TINY, timeout=300)
-    results = torch.load(out, weights_only=True)["results"]
+@pytest.mark.parametrize("case", batched(__name__, {"fp16-skip": Case(2, "fp16_skip", tuple(TINY))}))
+def test_fp16_overflow_on_one_rank_skips_the_step_on_every_rank(case, launched):
+    results = launched(case)
     assert results == [(True, False, 32768.0), (True, False, 32768.0)]  # skipped, unchanged, scale halved

@@ -1,6 +1,7 @@
 """Optimizers under data parallelism (gloo, CPU, 2 processes) against the single-process run of
 the same global batch: Adam-mini and SM3 under FSDP2 (per-head statistics across row shards, a
-column max across shards), Lion under ZeRO-2 (flat partitions), MeZO under DDP.
+column max across shards), Lion under ZeRO-2 (flat partitions), MeZO under DDP. The
+multi-process cases run batched (tests/distributed/batch.py).
 
 Tolerances as tests/distributed/test_data_parallel.py: fp32 sums reordered across ranks; three
 steps later losses agree to 1e-5 relative. A wrong partition (e.g. per-row instead of per-head
@@ -11,26 +12,31 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import TINY
-from tests.distributed.harness import torchrun_worker
-from tests.distributed.worker import run
+from tests.distributed.batch import Case, batched
+from tests.distributed.cases import run
+
+pytestmark = pytest.mark.multiprocess
 
 STEPS = ["trainer.max_steps=3", "trainer.warmup_steps=0", "trainer.grad_accum=2"]
-CASES = {
+OPTIMIZERS = {
     "adam_mini-fsdp": (["optimizer=adam_mini", "optimizer.lr=1e-2"], ["parallel=fsdp"]),
     "sm3-fsdp": (["optimizer=sm3", "optimizer.lr=1e-2"], ["parallel=fsdp"]),
     "lion-zero2": (["optimizer=lion", "optimizer.lr=1e-3"], ["parallel=zero2"]),
     # one seed on every rank and the loss of the whole batch: the same SPSA step as one process
     "mezo-ddp": (["optimizer=mezo", "optimizer.lr=1e-3"], ["parallel=ddp"]),
 }
+FAST = {"adam_mini-fsdp"}
+CASES = {
+    name: Case(2, "train", (*TINY, *STEPS, *optimizer, *parallel, "trainer.micro_batch_size=4"), slow=name not in FAST,
+               requires=("deepspeed",) if parallel[0].startswith("parallel=zero") else ())
+    for name, (optimizer, parallel) in OPTIMIZERS.items()
+}
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_matches_single_process(case, tmp_path):
-    optimizer, parallel = CASES[case]
-    if parallel[0].startswith("parallel=zero"):
-        pytest.importorskip("deepspeed")
+@pytest.mark.parametrize("case", batched(__name__, CASES))
+def test_matches_single_process(case, launched, tmp_path):
+    optimizer, _ = OPTIMIZERS[case.split("::")[1]]
     ref = run(str(tmp_path / "single.pt"), [*TINY, *STEPS, *optimizer, "trainer.micro_batch_size=8"])
-    result = torchrun_worker(2, tmp_path / "result.pt", *TINY, *STEPS, *optimizer, *parallel,
-                             "trainer.micro_batch_size=4", timeout=600)
+    result = launched(case)
     assert result["losses"] == pytest.approx(ref["losses"], rel=1e-5), case
     assert ref["losses"][-1] != ref["losses"][0]  # the optimizer moved the weights

@@ -1,6 +1,7 @@
 """Pipeline parallelism (gloo, CPU) against the single-process run: every schedule on 2
 processes, and pipeline x DDP / pipeline x FSDP on 4, give the same first-step gradients and the
-same losses and gradient norms over three optimizer steps."""
+same losses and gradient norms over three optimizer steps. The multi-process cases run batched
+(tests/distributed/batch.py)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,31 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from tests.distributed.harness import HERE, torchrun
-from tests.distributed.worker import run
+from tests.distributed.batch import Case, Lazy, batched
+from tests.distributed.cases import run
+
+pytestmark = pytest.mark.multiprocess
 
 # four blocks: two pipeline ranks x two stages per rank for the multi-stage schedules
 COMMON = [*TINY, "model.n_layers=4", "trainer.max_steps=3", "optimizer.lr=1e-2", "trainer.warmup_steps=0",
           "trainer.grad_accum=2"]
+TWO = [*COMMON, "parallel=pp", "launcher.nproc_per_node=2", "trainer.micro_batch_size=4", "parallel.pp_microbatches=2"]
+FOUR = [*COMMON, "launcher.nproc_per_node=4", "trainer.micro_batch_size=4", "parallel.pp_microbatches=2"]
 SCHEDULES = {
-    "gpipe": ["parallel.pp_schedule=gpipe"],
-    "1f1b": ["parallel.pp_schedule=1f1b"],
-    "interleaved_1f1b": ["parallel.pp_schedule=interleaved_1f1b", "parallel.pp_stages_per_rank=2"],
-    "zero_bubble": ["parallel.pp_schedule=zero_bubble", "parallel.pp_stages_per_rank=2"],
-    "zbv": ["parallel.pp_schedule=zbv", "parallel.pp_stages_per_rank=2"],
+    "gpipe": Case(2, "pipeline", (*TWO, "parallel.pp_schedule=gpipe"), slow=True),
+    "1f1b": Case(2, "pipeline", (*TWO, "parallel.pp_schedule=1f1b"), slow=True),
+    "interleaved_1f1b": Case(2, "pipeline", (*TWO, "parallel.pp_schedule=interleaved_1f1b",
+                                             "parallel.pp_stages_per_rank=2")),
+    "zero_bubble": Case(2, "pipeline", (*TWO, "parallel.pp_schedule=zero_bubble", "parallel.pp_stages_per_rank=2"),
+                        slow=True),
+    "zbv": Case(2, "pipeline", (*TWO, "parallel.pp_schedule=zbv", "parallel.pp_stages_per_rank=2")),
 }
 COMPOSED = {
-    "pp2-ddp2": ["parallel=pp", "parallel.pp=2", "parallel.dp_replicate=2", "parallel.pp_schedule=1f1b"],
-    "pp2-fsdp2": ["parallel=fsdp", "parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
-                  "parallel.pp_stages_per_rank=2"],
+    "pp2-ddp2": Case(4, "pipeline", (*FOUR, "parallel=pp", "parallel.pp=2", "parallel.dp_replicate=2",
+                                     "parallel.pp_schedule=1f1b"), slow=True),
+    "pp2-fsdp2": Case(4, "pipeline", (*FOUR, "parallel=fsdp", "parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
+                                      "parallel.pp_stages_per_rank=2")),
 }
-
-
-def launch(nproc: int, tmp_path, common: list[str], cases: dict[str, list[str]]) -> dict[str, dict]:
-    """Every case in one launch of the pipeline worker."""
-    out = tmp_path / "result.pt"
-    args = [str(out), *common]
-    for overrides in cases.values():
-        args += ["--", *overrides]
-    torchrun(nproc, HERE / "pipeline_worker.py", *args, timeout=900)
-    results = torch.load(out, weights_only=True)
-    return {name: results[i] for i, name in enumerate(cases)}
 
 
 def assert_matches(result: dict, reference: dict, case: str) -> None:
@@ -51,18 +48,19 @@ def assert_matches(result: dict, reference: dict, case: str) -> None:
     assert result["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-5), case
 
 
-def test_every_schedule_matches_single_process(tmp_path):
-    reference = run(str(tmp_path / "single.pt"), [*COMMON, "trainer.micro_batch_size=4"])
-    results = launch(2, tmp_path, [*COMMON, "parallel=pp", "launcher.nproc_per_node=2", "trainer.micro_batch_size=4",
-                                   "parallel.pp_microbatches=2"], SCHEDULES)
-    for case, result in results.items():
-        assert_matches(result, reference, case)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process: micro-batch 4 (what the 2 pipeline ranks train on) and 8 (2 data-parallel ranks' worth)."""
+    root = tmp_path_factory.mktemp("single")
+    return Lazy(lambda mb: run(str(root / f"mb{mb}.pt"), [*COMMON, f"trainer.micro_batch_size={mb}"]))
 
 
-def test_pipeline_composes_with_data_parallelism(tmp_path):
+@pytest.mark.parametrize("case", batched(__name__, SCHEDULES))
+def test_schedule_matches_single_process(case, launched, reference):
+    assert_matches(launched(case), reference[4], case)
+
+
+@pytest.mark.parametrize("case", batched(__name__, COMPOSED))
+def test_pipeline_composes_with_data_parallelism(case, launched, reference):
     """2 pipeline ranks x 2 data-parallel ranks, each data-parallel rank with half the batch."""
-    reference = run(str(tmp_path / "single.pt"), [*COMMON, "trainer.micro_batch_size=8"])
-    results = launch(4, tmp_path, [*COMMON, "launcher.nproc_per_node=4", "trainer.micro_batch_size=4",
-                                   "parallel.pp_microbatches=2"], COMPOSED)
-    for case, result in results.items():
-        assert_matches(result, reference, case)
+    assert_matches(launched(case), reference[8], case)

@@ -13,6 +13,7 @@ loss by 2e-4, parameters rounded to bf16 by the NVMe swapper moved the first los
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -30,18 +31,18 @@ from memtrain.engine.checkpoint import Checkpointer, CheckpointError
 from memtrain.engine.trainer import Trainer
 from tests.conftest import TINY
 from tests.distributed import test_data_parallel
-from tests.distributed.test_data_parallel import STEPS, torchrun
-from tests.distributed.worker import run
+from tests.distributed.batch import Case, batched, worker_env
+from tests.distributed.cases import run
+from tests.distributed.harness import torchrun_worker
+from tests.distributed.test_data_parallel import STEPS
 
-pytest.importorskip("deepspeed")
+if importlib.util.find_spec("deepspeed") is None:  # found, not imported: importing it costs collection seconds
+    pytest.skip("needs DeepSpeed", allow_module_level=True)
 
-from memtrain.distributed.zero import deepspeed_config, load_checkpoint_file
+from memtrain.distributed.zero import deepspeed_config, load_checkpoint_file  # imports deepspeed only when used
 
 reference = test_data_parallel.reference  # the same single-process run (module-scoped fixture) as DDP/FSDP's
 
-# DeepSpeed JIT-compiles C++ ops on first use; only offload=nvme needs any (async_io and the
-# pin_memory op it loads: ~6.5 min on 2 cores, once per machine), kept in this cache
-EXTENSIONS_DIR = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "memtrain" / "torch_extensions"))
 ZERO_STEPS = ["trainer.micro_batch_size=4", "trainer.grad_accum=2"]  # x 2 ranks = the reference's 8 x 2
 SINGLE = [*TINY, *STEPS, "trainer.micro_batch_size=8", "trainer.grad_accum=2"]  # the reference's run
 
@@ -51,9 +52,8 @@ def out(tmp_path: Path, name: str) -> Path:
     return tmp_path / name / "result.pt"
 
 
-@pytest.fixture(autouse=True)
-def extensions_dir(monkeypatch):
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", EXTENSIONS_DIR)  # inherited by torchrun's workers
+def zero(*overrides: str, fn: str = "train", slow: bool = False) -> Case:
+    return Case(2, fn, (*TINY, *STEPS, *overrides, *ZERO_STEPS), slow=slow)
 
 
 def assert_matches(result: dict, expected: dict, case: str) -> None:
@@ -67,51 +67,49 @@ def assert_matches(result: dict, expected: dict, case: str) -> None:
 # -- the same run as one process -----------------------------------------------------------------
 
 CASES = {
-    "zero1": ["parallel=zero1"],
-    "zero2": ["parallel=zero2"],
-    "zero3": ["parallel=zero3"],
-    "zero2-optimizer-cpu": ["parallel=zero2", "offload=optimizer_cpu"],
-    "zero3-params-cpu": ["parallel=zero3", "offload=params_cpu"],
+    "zero1": zero("parallel=zero1", slow=True),
+    "zero2": zero("parallel=zero2"),
+    "zero3": zero("parallel=zero3"),
+    "zero2-optimizer-cpu": zero("parallel=zero2", "offload=optimizer_cpu"),
+    "zero3-params-cpu": zero("parallel=zero3", "offload=params_cpu", slow=True),
 }
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_zero_matches_single_process(case, reference, tmp_path):
-    result = torchrun(2, out(tmp_path, "zero"), *CASES[case], *ZERO_STEPS)
-    assert_matches(result, reference, case)
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("case", batched(__name__, CASES))
+def test_zero_matches_single_process(case, launched, reference):
+    assert_matches(launched(case), reference, case)
 
 
-def test_zero3_clips_like_single_process(tmp_path):
+CLIP = ["trainer.grad_clip=0.3"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("case", batched(__name__, {"zero3-clipped": zero("parallel=zero3", *CLIP, slow=True)}))
+def test_zero3_clips_like_single_process(case, launched, tmp_path):
     """The reference's gradient norms stay under 1; clip at 0.3 so DeepSpeed's clipping acts."""
-    clip = ["trainer.grad_clip=0.3"]
-    ref = run(str(out(tmp_path, "single")), [*SINGLE, *clip])
+    ref = run(str(out(tmp_path, "single")), [*SINGLE, *CLIP])
     assert max(ref["grad_norms"]) > 0.3
-    result = torchrun(2, out(tmp_path, "zero"), "parallel=zero3", *ZERO_STEPS, *clip)
-    assert_matches(result, ref, "zero3-clipped")
+    assert_matches(launched(case), ref, case)
 
 
 @pytest.fixture(scope="module")
 def async_io_op():
-    """Build (or load from EXTENSIONS_DIR) DeepSpeed's async_io op in a fresh interpreter, so a
-    first build does not count against a worker's timeout; skip where it cannot be built."""
-    code = (
-        "import sys\n"
-        "from deepspeed.accelerator import get_accelerator\n"
-        "builder = get_accelerator().create_op_builder('AsyncIOBuilder')\n"
-        "if builder is None or not builder.is_compatible(verbose=True):\n"
-        "    sys.exit(3)\n"
-        "builder.load(verbose=False)\n"
-    )
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": EXTENSIONS_DIR, "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1500,
-                          check=False)
+    """Build (or load from the cache folder) DeepSpeed's async_io op in a fresh interpreter, so a
+    first build does not count against a worker's timeout; skip where it cannot be built.
+    .ci/run builds it before the tests (scripts/build_ops.py), so there this only loads it, or
+    says (MEMTRAIN_OPS_UNAVAILABLE) that the build did not finish in its time."""
+    if os.environ.get("MEMTRAIN_OPS_UNAVAILABLE"):
+        pytest.skip(os.environ["MEMTRAIN_OPS_UNAVAILABLE"])
+    proc = subprocess.run([sys.executable, "scripts/build_ops.py"], env=worker_env(), capture_output=True,
+                          text=True, timeout=1500, check=False, cwd=Path(__file__).resolve().parents[2])
     if proc.returncode == 3:
-        reason = [line for line in (proc.stdout + proc.stderr).splitlines() if "async_io" in line or "libaio" in line]
-        pytest.skip("DeepSpeed's async_io op cannot be built here (ZeRO-Infinity's NVMe offload needs it; "
-                    f"install libaio-dev): {' '.join(reason[-2:])}")
+        pytest.skip(proc.stdout.strip() or proc.stderr.strip()[-500:])
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.timeout(1800)
 def test_zero3_nvme_matches_single_process(async_io_op, tmp_path):
     """ZeRO-Infinity: parameters and optimizer states on disk. DeepSpeed swaps only tensors of at
@@ -120,8 +118,8 @@ def test_zero3_nvme_matches_single_process(async_io_op, tmp_path):
     wide = ["model.dim=512"]
     ref = run(str(out(tmp_path, "single")), [*SINGLE, *wide])
     nvme = tmp_path / "nvme"
-    result = torchrun(2, out(tmp_path, "zero"), "parallel=zero3", "offload=nvme", f"offload.nvme_path={nvme}",
-                      *ZERO_STEPS, *wide)
+    result = torchrun_worker(2, out(tmp_path, "zero"), *TINY, *STEPS, "parallel=zero3", "offload=nvme",
+                             f"offload.nvme_path={nvme}", *ZERO_STEPS, *wide, timeout=900)
     assert_matches(result, ref, "zero3-nvme")
     for rank in (0, 1):
         # the parameters were swapped in their own dtype (float32, not DeepSpeed's CPU default bf16)
@@ -152,13 +150,18 @@ def test_non_finite_gradients_skip_the_step(compose, tmp_path, monkeypatch):
 # -- checkpoints -----------------------------------------------------------------------------------
 
 
-def test_zero3_resume_continues_with_identical_losses(tmp_path):
-    six = ["parallel=zero3", "trainer.max_steps=6", *ZERO_STEPS]
-    straight = torchrun(2, out(tmp_path, "straight"), *six)
-    saving = torchrun(2, out(tmp_path, "saving"), *six, "trainer.save_every=4")
+RESUME = {"zero3-resume": Case(2, "zero3_resume", (*TINY, *STEPS, "parallel=zero3", *ZERO_STEPS,
+                                                    "trainer.max_steps=6"), slow=True)}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("case", batched(__name__, RESUME))
+def test_zero3_resume_continues_with_identical_losses(case, launched):
+    runs = launched(case)
+    straight, saving, resumed = runs["straight"], runs["saving"], runs["resumed"]
     assert saving["losses"] == straight["losses"]  # saving does not disturb the run
 
-    folder = tmp_path / "saving" / "run" / "checkpoints"
+    folder = launched.folder(case) / "saving" / "run" / "checkpoints"
     found = Checkpointer(folder).checkpoints()
     assert [p.name for p in found] == ["step_00000004", "step_00000006"]
     assert sorted(p.name for p in folder.iterdir()) == ["step_00000004", "step_00000006"]  # no temporary left
@@ -167,8 +170,7 @@ def test_zero3_resume_continues_with_identical_losses(tmp_path):
     assert sorted(p.name for p in step4.glob("rng_rank*.pt")) == ["rng_rank00000.pt", "rng_rank00001.pt"]
     assert len(list((step4 / "deepspeed").glob("*optim_states.pt"))) == 2  # one ZeRO partition per rank
 
-    resumed = torchrun(2, out(tmp_path, "resumed"), *six, f"trainer.resume={step4}")
-    # same ranks, same data, same operations from the restored state: bitwise the same
+    # resumed from step 4: same ranks, same data, same operations from the restored state: bitwise the same
     assert resumed["losses"] == straight["losses"][4:]
     assert resumed["grad_norms"] == straight["grad_norms"][4:]
 

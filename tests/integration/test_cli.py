@@ -26,6 +26,7 @@ def test_train_default_run_writes_metrics(tmp_path):
     assert "loss" in proc.stdout and "tok/s" in proc.stdout
 
 
+@pytest.mark.slow  # a command-line run
 def test_train_recipe_and_multirun_sweep(tmp_path):
     proc = run_cli("train", "-m", "+recipe=protein_lm", *TINY, "precision=fp32", "trainer.max_steps=2",
                    "optimizer=adamw,adafactor", f"hydra.sweep.dir={tmp_path}")
@@ -35,6 +36,7 @@ def test_train_recipe_and_multirun_sweep(tmp_path):
     assert "Adafactor" in (tmp_path / "1" / ".hydra" / "config.yaml").read_text()
 
 
+@pytest.mark.slow  # a command-line run
 def test_estimate_json_has_the_byte_counts():
     proc = run_cli("estimate", "model=gpt_1b", "precision=bf16", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -43,6 +45,7 @@ def test_estimate_json_has_the_byte_counts():
     assert data["total"] == data["params"] + data["grads"] + data["optimizer"] + data["activations"]
 
 
+@pytest.mark.slow  # a command-line run
 def test_estimate_table():
     proc = run_cli("estimate", "checkpoint=full")
     assert proc.returncode == 0, proc.stderr
@@ -84,6 +87,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()  # refused before anything ran
 
 
+@pytest.mark.slow  # a command-line run
 def test_bad_job_in_a_sweep_is_refused_before_any_job_runs(tmp_path):
     proc = run_cli("train", "-m", *TINY, "trainer.max_steps=1", "checkpoint.every_k=1,0", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 2
@@ -91,6 +95,7 @@ def test_bad_job_in_a_sweep_is_refused_before_any_job_runs(tmp_path):
     assert not (tmp_path / "0").exists()
 
 
+@pytest.mark.slow  # a command-line run
 def test_corrupt_data_file_is_named(tmp_path):
     root = tmp_path / "proteins"
     root.mkdir()

@@ -41,6 +41,7 @@ def test_export_round_trip(compose, tmp_path, scheme):
     assert size < sum(p.numel() * 4 for p in model.parameters())
 
 
+@pytest.mark.slow  # 30 steps through the command line
 def test_qat_int8_trains_through_cli_and_exports(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train", f"hydra.run.dir={run}", *TINY, "data=protein", "precision.qat=int8",

@@ -15,15 +15,17 @@ from memtrain.config.loader import compose_config
 from tests.conftest import TINY, run_cli
 from tests.slurm.conftest import job_fields, wait_done, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 # protein sequences: learnable (the synthetic tokens are uniform noise)
 # a value no shell may touch: spaces, both quotes, $, ;, a backtick command and a newline
 NASTY = "a b'c\"$HOME;`touch /tmp/memtrain-pwned`\nd"
 NASTY_OVERRIDE = "offload.nvme_path='" + NASTY.replace("'", "\\'") + "'"
 STEPS = 24
+# a constant learning rate: the losses of the first N steps do not depend on trainer.max_steps
 COMMON = [*TINY, "data=protein", "parallel=ddp", "trainer.micro_batch_size=2", f"trainer.max_steps={STEPS}",
-          "trainer.warmup_steps=0", "optimizer.lr=1e-2", NASTY_OVERRIDE]
+          "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "optimizer.lr=1e-2", NASTY_OVERRIDE]
+UNREACHABLE = 10**7  # steps: days on this machine; a job with it is still training when it is signalled
 
 
 def submit(run_dir, *options, overrides=COMMON):
@@ -68,25 +70,50 @@ def test_shell_metacharacters_arrive_intact(reference):
     assert not __import__("os").path.exists("/tmp/memtrain-pwned")
 
 
+def scontrol(*args: str) -> None:
+    proc = subprocess.run(["scontrol", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, f"scontrol {' '.join(args)}: {proc.stderr.strip()}"
+
+
 def test_sigusr1_checkpoints_requeues_and_resumes_without_losing_a_step(reference, tmp_path):
+    """The job cannot finish before the signal (its step count is unreachable), so the signal
+    never races the end of the run. Once it stopped (its marker names the step), the requeued job
+    is held while its step count is set to one it can reach, then released to resume."""
     ref_dir, _ = reference
     run_dir = tmp_path / "preempted"
-    job = submit(run_dir, "--nproc-per-node", "2")
-    wait_until(lambda: (run_dir / "metrics.jsonl").exists() and len(records(run_dir)) >= 3, 240,
+    overrides = [o for o in COMMON if not o.startswith("trainer.max_steps=")]
+    job = submit(run_dir, "--nproc-per-node", "2", overrides=[*overrides, f"trainer.max_steps={UNREACHABLE}"])
+    wait_until(lambda: (run_dir / "metrics.jsonl").exists() and len(records(run_dir)) >= 3, 300,
                "the first steps")
     # what `#SBATCH --signal=USR1@N` sends before the time limit: SIGUSR1 to every process of the steps
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
-    wait_until(lambda: int(job_fields(job).get("Restarts", "0")) >= 1, 120, "the job to requeue")
-    # Slurm holds a requeued job back for a while (its BeginTime, about two minutes) before it starts again
-    assert wait_done(job, timeout=420) == "COMPLETED", log_of(run_dir, job)[-3000:]
+    marker = run_dir / "slurm" / "preempted"
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), 300, "the trainer to stop and checkpoint")
+    stopped = int(marker.read_text())
+    # requeued by the batch script: pending again, with Slurm's delay before a requeued job starts
+    wait_until(lambda: int(job_fields(job).get("Restarts", "0")) >= 1 and job_fields(job).get("JobState") == "PENDING",
+               300, "the job to be requeued")
+    scontrol("hold", job)  # fails if it already started (its overrides would then be the unreachable ones)
+    final = max(STEPS, stopped + 4)  # at least 4 steps after the resume
+    (run_dir / "slurm" / "overrides.json").write_text(json.dumps([*overrides, f"trainer.max_steps={final}"]))
+    scontrol("release", job)
+    scontrol("update", f"JobId={job}", "StartTime=now")  # skip the requeue delay
+    assert wait_done(job, timeout=600) == "COMPLETED", log_of(run_dir, job)[-3000:]
     log = log_of(run_dir, job)
     assert "requeueing job" in log and "(restart 1)" in log and "resumed from" in log, log[-3000:]
+    assert f"stopped at step {stopped};" in log, log[-3000:]
+    assert stopped >= 3
     recs = records(run_dir)
-    assert [r["step"] for r in recs] == list(range(1, STEPS + 1))  # each step exactly once
-    stopped = int(log.split("stopped at step ")[1].split(";")[0])
-    assert 3 <= stopped < STEPS
+    assert [r["step"] for r in recs] == list(range(1, final + 1))  # each step exactly once
+    if final == STEPS:
+        expected = [r["loss"] for r in records(ref_dir)]
+    else:  # it stopped late: an uninterrupted run as long as this one
+        long_dir = tmp_path / "uninterrupted"
+        long_job = submit(long_dir, "--nproc-per-node", "2", overrides=[*overrides, f"trainer.max_steps={final}"])
+        assert wait_done(long_job) == "COMPLETED", log_of(long_dir, long_job)[-3000:]
+        expected = [r["loss"] for r in records(long_dir)]
     # same ranks, same order of operations, state restored from the checkpoint: identical losses
-    assert [r["loss"] for r in recs] == [r["loss"] for r in records(ref_dir)]
+    assert [r["loss"] for r in recs] == expected
 
 
 def test_srun_one_task_per_rank_without_torchrun(reference, tmp_path):

@@ -15,6 +15,9 @@ from memtrain.memory.estimator import estimate
 from memtrain.memory.planner import no_fit_message, plan
 from tests.conftest import TINY, run_cli
 
+# the plans below are module-scoped and take seconds to tens of seconds each: one xdist worker makes them
+pytestmark = pytest.mark.xdist_group("planner")
+
 # The tiny decoder on one CPU "GPU": axes left free are offload, checkpoint and the micro-batch split
 TINY_PLAN = [*TINY, "precision=fp32", "optimizer=adamw", "hardware.gpus=1", "hardware.gpu_mem_gb=1"]
 # AlphaFold (tiny) on 2 GPUs: data-parallel options, DAP=2, offloads, checkpointing, chunking
@@ -40,6 +43,7 @@ def gpt8_plan():
     return plan(GPT8_PLAN, global_batch=16, verify_top=0)
 
 
+@pytest.mark.slow
 def test_every_row_is_accepted_by_the_validator(tiny_plan, af_plan, gpt8_plan):
     # through the command line's own path (load_config raises ConfigError if the validator rejects
     # a row): every row of the tiny and the 8-GPU decoder plans (tiny_plan was also verified by
@@ -51,6 +55,7 @@ def test_every_row_is_accepted_by_the_validator(tiny_plan, af_plan, gpt8_plan):
         load_config(overrides)
 
 
+@pytest.mark.slow
 def test_candidates_the_validator_refuses_are_dropped():
     # regional compilation is refused with DeepSpeed and with pipeline stages: those candidates are
     # composed (nothing prunes them earlier) and the validator drops them
@@ -60,6 +65,7 @@ def test_candidates_the_validator_refuses_are_dropped():
     assert "fsdp" in layouts and not any(x.startswith(("zero", "pp=")) for x in layouts)
 
 
+@pytest.mark.slow
 def test_rows_are_ranked_by_the_cost_model(tiny_plan, af_plan, gpt8_plan):
     for p in (tiny_plan, af_plan, gpt8_plan):
         keys = [(r.cost.total_s, r.peak_bytes) for r in p.rows]
@@ -67,12 +73,14 @@ def test_rows_are_ranked_by_the_cost_model(tiny_plan, af_plan, gpt8_plan):
         assert len({r.cost.total_s for r in p.rows}) > 1
 
 
+@pytest.mark.slow
 def test_the_alphafold_plan_covers_dap_and_checkpointing(af_plan):
     parallel = {r.choices["parallel"] for r in af_plan.rows}
     assert {"ddp", "fsdp", "dap=2"} <= parallel
     assert {r.choices["checkpoint"] for r in af_plan.rows} == {"none", "selective", "full"}
 
 
+@pytest.mark.slow
 def test_the_global_batch_is_kept(af_plan, gpt8_plan):
     for p in (af_plan, gpt8_plan):
         for row in p.rows:
@@ -81,6 +89,7 @@ def test_the_global_batch_is_kept(af_plan, gpt8_plan):
             assert int(o["trainer.micro_batch_size"]) * int(o["trainer.grad_accum"]) * dp == p.global_batch
 
 
+@pytest.mark.slow
 def test_the_gpt_plan_has_model_parallel_rows_only_where_the_model_splits(gpt8_plan):
     layouts = {r.choices["parallel"] for r in gpt8_plan.rows}
     # 4 heads and 2 KV heads: tensor parallelism at 2 only; Ulysses at 2 and 4 (heads), Ring up to 8
@@ -108,6 +117,7 @@ def test_fp8_is_offered_only_on_hardware_with_fp8(monkeypatch):
     assert "fp8" not in planner.precisions(None, h100)
 
 
+@pytest.mark.slow
 def test_new_optimizers_are_planned_where_they_run():
     p = plan([*TINY, "precision=fp32", "checkpoint=none", "offload=none", "hardware.gpus=2", "hardware.gpu_mem_gb=1"],
              verify_top=0)
@@ -151,6 +161,7 @@ def test_communication_crosses_nodes_only_where_a_dimension_spans_them():
     assert step_cost(cfg, e).axial_comm_s == pytest.approx(sum(e.comm_bytes["tp"].values()) / (1e9 * cfg.hardware.intra_node_gbps))
 
 
+@pytest.mark.slow
 def test_the_top_row_trains_through_the_cli(tiny_plan, tmp_path):
     top = tiny_plan.rows[0].overrides
     proc = run_cli("train", *top, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")
@@ -165,6 +176,7 @@ def test_hardware_too_small_gives_a_clear_message():
     assert "nothing fits" in msg and "hardware.gpu_mem_gb=0.0001" in msg and "GiB per device" in msg
 
 
+@pytest.mark.slow
 def test_cli_table_and_json(capsys):
     proc = run_cli("plan", *TINY_PLAN, "checkpoint=full", "--top", "2")  # as a user runs it
     assert proc.returncode == 0, proc.stderr

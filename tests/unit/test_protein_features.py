@@ -38,10 +38,11 @@ MMCIF_DIR = ROOT / "mmcif"
 ALIGNMENTS = ROOT / "alignments"
 PDB_IDS = ("1psm", "2crb", "2q2k", "3u8v", "3zee", "4i6p", "4zey", "5kc1")
 
-pytestmark = pytest.mark.skipif(
-    not MMCIF_DIR.is_dir(),
-    reason=f"real protein data not found at {MMCIF_DIR} (set MEMTRAIN_DATA_DIR)",
-)
+pytestmark = [
+    pytest.mark.skipif(not MMCIF_DIR.is_dir(), reason=f"real protein data not found at {MMCIF_DIR} (set MEMTRAIN_DATA_DIR)"),
+    # parsing every structure once (module-scoped fixtures) is most of this module's time: one xdist worker
+    pytest.mark.xdist_group("protein_features"),
+]
 
 
 @pytest.fixture(scope="module")

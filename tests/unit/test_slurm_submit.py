@@ -68,6 +68,7 @@ def test_values_sbatch_would_misread_are_refused(option, value):
         spec_from_args(parser().parse_args([option, value])).check()
 
 
+@pytest.mark.slow  # two command-line runs
 def test_dry_run_prints_the_script_and_bad_configs_are_refused_before_submitting(tmp_path):
     proc = run_cli("submit", "--dry-run", "--run-dir", str(tmp_path), "--nproc-per-node", "2", "--",
                    *TINY, "parallel=ddp", NASTY[0])

@@ -118,7 +118,8 @@ SHRINK = {
 }
 
 
-@pytest.mark.parametrize("recipe", recipe_names())
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r == "alphafold" else r  # full size, shrunk
+                                    for r in recipe_names()])
 def test_every_recipe_smoke_runs_on_tiny_shapes(recipe, tmp_path):
     arch = compose_config([f"+recipe={recipe}"]).model.arch
     cfg = compose_config([f"+recipe={recipe}", *SHRINK[arch], "trainer.max_steps=2", "trainer.save_every=0",

@@ -1,0 +1,261 @@
+"""What the multi-process cases run, on every rank of a batched launch (tests/distributed/batch.py):
+each function takes the case's folder and its arguments (mostly Hydra overrides) and returns what
+the case's test asserts on (rank 0's value is kept). `run` is also the single-process reference,
+called in the test process.
+
+An assertion here (the communication checks) fails the case on the rank that sees it; the test
+then fails with that rank's traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
+
+from memtrain.config.loader import load_config
+from memtrain.engine.trainer import Trainer
+
+
+# -- training runs: first-step gradients, then the losses and gradient norms of a few steps ---------
+
+def full_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    grads = {}
+    for name, p in trainer.model.named_parameters():
+        g = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+        name = name.replace("_checkpoint_wrapped_module.", "").removeprefix("module.")
+        grads[name] = g.detach().float().cpu().clone()
+    return grads
+
+
+def zero_full_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """DeepSpeed ZeRO: the reduced gradients, gathered whole from the ranks' partitions
+    (a collective under ZeRO-3: every rank calls it)."""
+    from deepspeed.utils import safe_get_full_grad
+
+    grads = {}
+    for name, p in trainer.model.module.named_parameters():
+        name = name.replace("_checkpoint_wrapped_module.", "")
+        grads[name] = safe_get_full_grad(p).detach().float().cpu().clone()
+    return grads
+
+
+def capture_first_step_grads(trainer: Trainer, grads: dict[str, torch.Tensor]) -> None:
+    """ZeRO keeps reduced gradients in its own partitions, and zero_grad does not clear them all
+    (ZeRO-2 with offload_optimizer keeps accumulating into its host buffers until the next
+    step()), so a separate pass would leak into the first step; instead take them inside the
+    first real step, after its last backward and before the update."""
+    step = trainer.strategy.step
+
+    def step_and_capture(lr: float):
+        if not grads:
+            grads.update(zero_full_grads(trainer))
+        return step(lr)
+
+    trainer.strategy.step = step_and_capture
+
+
+def train_run(run_dir: Path, overrides: list[str]) -> dict:
+    """The gradients of the first step's micro-batches (as the trainer scales them), then the
+    losses and gradient norms of trainer.max_steps optimizer steps."""
+    cfg = load_config(overrides)
+    trainer = Trainer(cfg, run_dir)
+    try:
+        if cfg.parallel.name.startswith("zero"):
+            grads: dict[str, torch.Tensor] = {}
+            capture_first_step_grads(trainer, grads)
+        else:
+            micro = trainer.micro_batches()
+            n = trainer._global_sum(sum(float(trainer.spec.num_targets(t)) for _, t in micro))
+            for j, (x, y) in enumerate(micro):
+                trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
+            if trainer.mesh is not None and trainer.spec.reduce_gradients is not None:
+                trainer.spec.reduce_gradients(trainer.strategy.module, trainer.mesh)  # e.g. DAP's partial sums
+            grads = full_grads(trainer)
+            trainer.optimizer.zero_grad(set_to_none=True)
+        records = trainer.fit()
+        return {"grads": grads, "losses": [r["loss"] for r in records], "grad_norms": [r["grad_norm"] for r in records]}
+    finally:
+        trainer.close()  # a group made by the caller (the batch worker) is left alone
+
+
+def run(out: str, overrides: list[str]) -> dict:
+    """The single-process reference, in the calling process: train_run in OUT's folder; the
+    result is also saved to OUT."""
+    result = train_run(Path(out).parent / "run", overrides)
+    torch.save(result, out)
+    return result
+
+
+def train(folder: Path, *overrides: str) -> dict:
+    return train_run(folder / "run", list(overrides))
+
+
+def pipeline(folder: Path, *overrides: str) -> dict:
+    """As train, with the first step's gradients gathered from every pipeline stage (each rank
+    holds its stages' parameters only; data-parallel replicas agree)."""
+    trainer = Trainer(load_config(list(overrides)), folder / "run")
+    try:
+        micro = trainer.micro_batches()
+        n = trainer._global_sum(sum(float(trainer.spec.num_targets(t)) for _, t in micro))
+        for j, (x, y) in enumerate(micro):
+            trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
+        local = full_grads(trainer)  # FSDP shards gathered over the data-parallel ranks
+        trainer.optimizer.zero_grad(set_to_none=True)
+        everyone: list[dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(everyone, local)
+        grads = {name: g for stage in everyone for name, g in stage.items()}
+        records = trainer.fit()
+        return {"grads": grads, "losses": [r["loss"] for r in records], "grad_norms": [r["grad_norm"] for r in records]}
+    finally:
+        trainer.close()
+
+
+def zero3_resume(folder: Path, *overrides: str) -> dict:
+    """Three runs of the same job: straight through, saving checkpoints, and resumed from the
+    saving run's first checkpoint (step 4)."""
+    straight = train_run(folder / "straight" / "run", list(overrides))
+    saving = train_run(folder / "saving" / "run", [*overrides, "trainer.save_every=4"])
+    step4 = folder / "saving" / "run" / "checkpoints" / "step_00000004"
+    resumed = train_run(folder / "resumed" / "run", [*overrides, f"trainer.resume={step4}"])
+    return {"straight": straight, "saving": saving, "resumed": resumed}
+
+
+def fp16_skip(folder: Path, *overrides: str) -> list:
+    """fp16 under FSDP2: an inf in rank 1's gradient shard; every rank's (skipped, weights
+    changed, loss scale) after the step."""
+    trainer = Trainer(load_config([*overrides, "parallel=fsdp", "precision=fp16"]), folder / "run")
+    try:
+        weight = next(p for n, p in trainer.model.named_parameters() if n.endswith("output.weight"))
+        before = weight.to_local().clone()
+        inputs, targets = trainer.micro_batches()[0]
+        trainer.strategy.forward_backward(inputs, targets, 1e-3, sync=True)
+        if trainer.env.rank == 1:
+            weight.grad.to_local()[0, 0] = float("inf")
+        _, skipped = trainer.strategy.step(1e-3)
+        mine = (skipped, not torch.equal(before, weight.to_local()), trainer.precision.scaler.get_scale())
+        everyone = [None] * trainer.env.world_size
+        dist.all_gather_object(everyone, mine)
+        return everyone
+    finally:
+        trainer.close()
+
+
+# -- communication primitives against the full tensors every rank can compute alone ----------------
+
+def dap_comm(folder: Path) -> str:
+    """DAP's communication pairs on every rank against the full tensors (same seed everywhere)."""
+    from memtrain.distributed.dap import col_to_row, gather, gather_replicated, pad_to_multiple, row_to_col, scatter
+
+    group, rank, n = dist.group.WORLD, dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    X, W, V = torch.randn(4, 6, 3), torch.randn(4, 6, 3), torch.randn(4, 6, 3)  # [S, R, C], same on every rank
+    rows, cols = X.chunk(n, 0)[rank], X.chunk(n, 1)[rank]
+    exact = dict(rtol=0, atol=0)  # pure data movement: bit-identical
+
+    # row_to_col / col_to_row move shards exactly, and their backwards are each other
+    x = rows.clone().requires_grad_()
+    y = row_to_col(x, group)
+    torch.testing.assert_close(y, cols, **exact)
+    torch.testing.assert_close(col_to_row(y, group), rows, **exact)
+    (W.chunk(n, 1)[rank] * y).sum().backward()  # the ranks' losses sum to (W * X).sum()
+    torch.testing.assert_close(x.grad, W.chunk(n, 0)[rank], **exact)
+
+    # gather of a replicated computation scaled by 1/n: backward reduce-scatters the gradient
+    x = rows.clone().requires_grad_()
+    g = gather(x, 0, group)
+    torch.testing.assert_close(g, X, **exact)
+    ((V * g).sum() / n).backward()
+    # fp32 sum of n copies of V / n: round-off of one addition per rank
+    torch.testing.assert_close(x.grad, V.chunk(n, 0)[rank], rtol=1e-6, atol=1e-7)
+
+    # gather into a replicated computation (every rank the same loss): backward keeps the own slice
+    x = rows.clone().requires_grad_()
+    (V * gather_replicated(x, 0, group)).sum().backward()
+    torch.testing.assert_close(x.grad, V.chunk(n, 0)[rank], **exact)
+
+    # scatter of a replicated leaf: backward all-gathers the shards' gradients
+    x = X.clone().requires_grad_()
+    s = scatter(x, 1, group)
+    torch.testing.assert_close(s, cols, **exact)
+    (W.chunk(n, 1)[rank] * s).sum().backward()
+    torch.testing.assert_close(x.grad, W, **exact)
+
+    padded = pad_to_multiple(torch.ones(3, 5), dim=1, multiple=4)
+    assert padded.shape == (3, 8) and padded[:, 5:].abs().sum() == 0 and padded[:, :5].sum() == 15
+    return "ok"
+
+
+def _sp_reference(q, k, v, w):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+    (out * w).sum().backward()
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def _sp_check(name, attention, impl, heads, kv_heads, seq, group):
+    from memtrain.distributed.sequence_parallel import shard_positions
+
+    n, r = dist.get_world_size(group), dist.get_rank(group)
+    g = torch.Generator().manual_seed(seq * 100 + heads * 10 + kv_heads)  # the same tensors on every rank
+    b, dh = 2, 8
+    q = torch.randn(b, heads, seq, dh, generator=g)
+    k, v = torch.randn(b, kv_heads, seq, dh, generator=g), torch.randn(b, kv_heads, seq, dh, generator=g)
+    w = torch.randn(b, heads, seq, dh, generator=g)
+    out, dq, dk, dv = _sp_reference(q, k, v, w)
+    pos = shard_positions(seq, n, r, impl)
+    ql, kl, vl = (t[:, :, pos].clone().requires_grad_() for t in (q, k, v))
+    outl = attention(ql, kl, vl)
+    (outl * w[:, :, pos]).sum().backward()
+    # fp32: the same softmax sums, blockwise (log-sum-exp merges) or after all-to-alls, in another
+    # order than SDPA's; differences are round-off of O(1e-6) relative to values of O(1)
+    tol = dict(rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(outl, out[:, :, pos], **tol, msg=f"{name}: output")
+    for got, want, what in ((ql.grad, dq, "dq"), (kl.grad, dk, "dk"), (vl.grad, dv, "dv")):
+        torch.testing.assert_close(got, want[:, :, pos], **tol, msg=f"{name}: {what}")
+
+
+def sp_attention(folder: Path) -> list[str]:
+    """Ulysses and Ring Attention on each rank's shard of q, k, v against causal SDPA on the whole
+    sequence, forward and backward, for several head / KV-head counts; the names of the checks."""
+    from memtrain.distributed.sequence_parallel import RingAttention, UlyssesAttention
+    from memtrain.models.gpt.model import CoreAttention
+
+    group = dist.new_group(list(range(dist.get_world_size())))
+    n = dist.get_world_size()
+    ring, ulysses = RingAttention(group), UlyssesAttention(CoreAttention(), group)
+    done = []
+    for heads, kv_heads in ((4, 4), (4, 2), (4, 1)):
+        _sp_check(f"ring h{heads} kv{kv_heads}", ring, "ring", heads, kv_heads, 8 * n, group)
+        _sp_check(f"ulysses h{heads} kv{kv_heads}", ulysses, "ulysses", heads, kv_heads, 6 * n, group)
+        done += [f"ring h{heads} kv{kv_heads}", f"ulysses h{heads} kv{kv_heads}"]
+    dist.destroy_process_group(group)
+    return done
+
+
+# -- preparation in the test process, before a launch ----------------------------------------------
+
+def era5_32x64(folder: Path) -> None:
+    """A synthetic ERA5-format data set on a 32 x 64 grid, 8 time steps, in FOLDER/era5 (the ranks
+    only read it)."""
+    from memtrain.data.era5_synthetic import write
+
+    write(folder / "era5", 32, 64, time_steps=8)
+
+
+def dap_stacks(folder: Path) -> list[str]:
+    """The extra-MSA and template pair stacks under DAP against one process (dap_stacks.py)."""
+    from tests.distributed.dap_stacks import check_stacks
+
+    return check_stacks(dist.group.WORLD)
+
+
+def aligned_chain_data(folder: Path) -> None:
+    """A data root in FOLDER/data holding only 2Q2K (chain A's alignment has several rows, so every
+    sample has extra-MSA rows): links to the real files."""
+    from tests.unit.alphafold.helpers import aligned_chain_root
+
+    aligned_chain_root(folder / "data")
