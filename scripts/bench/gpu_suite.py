@@ -649,8 +649,14 @@ def part_gpu_tests(rec: Recorder) -> None:
         rec.add(entry)
 
 
-def worker_main(target: str, result: Path, deadline: float, smoke: bool) -> int:
+def worker_main(target: str, result: Path, deadline: float, smoke: bool, grace_s: float = GRACE_S) -> int:
+    """Run one part. As the leader of its own process group (run_part starts it so), it also ends
+    that group itself at twice the grace past its deadline, after the runner would have: no part
+    outlives a runner that was itself killed."""
     module, func = target.split(":")
+    if os.getpgrp() == os.getpid():
+        signal.signal(signal.SIGALRM, lambda *_: os.killpg(os.getpgrp(), signal.SIGKILL))
+        signal.alarm(max(1, math.ceil(deadline - time.time() + 2 * grace_s)))
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     rec = Recorder(result, deadline, smoke)
@@ -717,7 +723,7 @@ def run_part(part: Part, smoke: bool, env: dict[str, str], log, workdir: Path, g
     part_log = workdir / f"{part.name}.log"
     t0 = time.time()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", part.target, "--result", str(result_path),
-           "--deadline", repr(t0 + budget), *(["--smoke"] if smoke else [])]
+           "--deadline", repr(t0 + budget), "--grace", repr(grace_s), *(["--smoke"] if smoke else [])]
     with open(part_log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
         try:
@@ -927,9 +933,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--grace", type=float, default=GRACE_S, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return worker_main(args.worker, args.result, args.deadline, args.smoke)
+        return worker_main(args.worker, args.result, args.deadline, args.smoke, args.grace)
     if args.list:
         print(list_parts())
         return 0

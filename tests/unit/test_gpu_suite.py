@@ -128,6 +128,27 @@ def test_runner_files(fake_run):
     assert any(line.startswith("lm_vs_hf: timeout") for line in fake_run["lines"])
 
 
+def test_a_part_whose_runner_is_gone_ends_itself(tmp_path, monkeypatch):
+    """A part process (its own session, as run_part starts it) kills itself and its children at
+    twice the grace past its deadline, so a killed runner leaves nothing running."""
+    monkeypatch.setenv("GPU_SUITE_FAKE_PID_FILE", str(tmp_path / "child.pid"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    cmd = [sys.executable, str(REPO / "scripts" / "bench" / "gpu_suite.py"), "--worker", f"{FAKES}:hangs",
+           "--result", str(tmp_path / "part.json"), "--deadline", repr(time.time() + 3), "--grace", "0.5"]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        assert proc.wait(timeout=60) == -9  # SIGKILL from its own alarm, not from this test
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.time() + 5
+    while pid_alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(child)
+    assert json.loads((tmp_path / "part.json").read_text())["rows"] == [{"precision": "bf16", "tokens_per_s": 1.0}]
+
+
 def test_autotune_choices_are_parsed():
     log = ("noise\nTriton autotuning for function _fwd_kernel,\nwith key as (384, 384, 32, True, True),\n"
            "finished after 3.25s,\nbest config selected: BLOCK_M: 128, BLOCK_N: 64, num_warps: 4, num_stages: 3;\n"
