@@ -681,7 +681,9 @@ def _git_commit() -> str | None:
         proc = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    if proc.returncode != 0:  # e.g. the GPU machine's copy of the working tree has no .git
+        return None
+    return proc.stdout.strip() or None
 
 
 def _nvidia_smi() -> str | None:
