@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from memtrain.data.cache import cached_sequences
 from memtrain.data.errors import DataFormatError
 from memtrain.data.mmcif import read_mmcif_sequences
 
@@ -21,6 +22,22 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataFormatError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
+    except PermissionError as exc:
+        raise DataFormatError(f"{path}: permission denied (this user cannot read the file)") from exc
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file under `root`, recursively, in sorted path order. A folder that cannot be listed
+    is an error naming it (pathlib's rglob would skip it silently and report no data)."""
+    def refuse(exc: OSError) -> None:
+        if isinstance(exc, PermissionError):
+            raise DataFormatError(f"{exc.filename}: permission denied (this user cannot list the folder)") from exc
+        raise exc
+
+    files = []
+    for folder, _, names in os.walk(root, onerror=refuse, followlinks=True):  # as rglob: into linked folders
+        files += [Path(folder) / name for name in names if (Path(folder) / name).is_file()]
+    return sorted(files)
 
 
 def _read_records(path: str | Path, skip_leading_comments: bool) -> list[tuple[str, str]]:
@@ -149,6 +166,9 @@ def default_protein_root() -> Path:
     return repo_root.parent / "shared" / "data" / "proteins"
 
 
+_PARSERS = ("memtrain.data.sequences", "memtrain.data.mmcif")  # a change to either re-parses the files
+
+
 def _file_sequences(path: Path, kind: str) -> list[str]:
     if kind == "fasta":
         return [ungap(seq).rstrip("*") for _, seq in read_fasta(path)]
@@ -187,11 +207,11 @@ def load_protein_sequences(
 
     kind_of_suffix = {suffix: kind for kind in sources for suffix in _SOURCE_SUFFIXES[kind]}
     unique: dict[str, None] = {}  # insertion-ordered set
-    for path in sorted(root.rglob("*")):
+    for path in walk_files(root):
         kind = kind_of_suffix.get(path.suffix.lower())
-        if kind is None or not path.is_file():
+        if kind is None:
             continue
-        for seq in _file_sequences(path, kind):
+        for seq in cached_sequences(path, kind, _file_sequences, _PARSERS):
             if seq:
                 unique.setdefault(seq)
                 if len(unique) == max_sequences:

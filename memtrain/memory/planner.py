@@ -35,6 +35,7 @@ memory and time (their docs say how).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, Union
@@ -46,8 +47,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.errors import ConfigError, enum_names, from_hydra
-from memtrain.config.loader import CONF_DIR, load_config, register_all
-from memtrain.config.validate import OFFLOAD_SUPPORT, validate
+from memtrain.config.loader import CONF_DIR, load_config, register_all, resolve_all
+from memtrain.config.validate import OFFLOAD_SUPPORT, validate_hardware, check_values, validate
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory.cost_model import GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
@@ -105,7 +106,9 @@ def _fmt(v: Any) -> str:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of n, ascending (trial division up to sqrt(n))."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def powers_of_two(n: int) -> list[int]:
@@ -362,12 +365,34 @@ def _validated(cfg: DictConfig, ctx: PlanContext) -> bool:
     return True
 
 
+MAX_GLOBAL_BATCH = 2**20  # samples per optimizer step (LLMs use a few thousand sequences, AlphaFold 128)
+
+
+def check_plan_inputs(base_cfg: DictConfig, global_batch: int | None) -> None:
+    """What the planner reads from the base config, checked before anything is enumerated: the
+    hardware (a zero or absurd count would divide by zero or enumerate without end), every value
+    against its schema check, and the global batch."""
+    try:
+        resolve_all(base_cfg)
+    except OmegaConfBaseException as exc:
+        raise from_hydra(exc) from exc
+    check_values(base_cfg)
+    validate_hardware(base_cfg.hardware)
+    gb = global_batch or base_cfg.trainer.micro_batch_size * base_cfg.trainer.grad_accum * \
+        base_cfg.hardware.gpus * base_cfg.hardware.nodes
+    if gb > MAX_GLOBAL_BATCH:
+        raise ConfigError("--global-batch" if global_batch else "trainer.micro_batch_size",
+                          f"a global batch of {gb} samples is beyond what the planner enumerates "
+                          f"(at most {MAX_GLOBAL_BATCH})")
+
+
 def plan(base: list[str], global_batch: int | None = None, verify_top: int | None = None) -> Plan:
     """Enumerate, validate, estimate and rank; `verify_top` rows (all when None) are composed
     again from their override strings with load_config, and any that fails is dropped."""
     composer = _Composer(base)
     try:
         base_cfg = composer.base_cfg
+        check_plan_inputs(base_cfg, global_batch)
         hw = base_cfg.hardware
         gb = global_batch or base_cfg.trainer.micro_batch_size * base_cfg.trainer.grad_accum * hw.gpus * hw.nodes
         ctx = PlanContext(base, base_cfg, hw.gpus, hw.nodes, gb)
