@@ -84,16 +84,6 @@ class Part:
 
 
 C = Column
-# lm_vs_hf.py replaces gpt_step_vs_hf.py; the suite runs whichever is here, and the docs name it
-LM_VS_HF = (BENCH / "lm_vs_hf.py").exists()
-LM_COMMAND = ("python scripts/bench/lm_vs_hf.py --device cuda --preset gpt_1b --modes bf16/none bf16/full --repeats 3 "
-              "--steps 20 --warmup 5" if LM_VS_HF else
-              "python scripts/bench/gpt_step_vs_hf.py --model gpt_1b --precision bf16 --micro-batch 4 --seq-len 2048 "
-              "--steps 20 --warmup 5")
-LM_COMPILE_COMMAND = ("python scripts/bench/lm_vs_hf.py --device cuda --preset gpt_1b --modes bf16/none --steps 20 "
-                      "--warmup 5 --variant compiled=trainer.compile=true" if LM_VS_HF else
-                      "python scripts/bench/gpt_step_vs_hf.py --model gpt_1b --precision bf16 --micro-batch 4 "
-                      "--seq-len 2048 --steps 20 --warmup 5 --override trainer.compile=true")
 PARTS = [
     Part("evoformer_attention",
          "Evoformer attention, fused Triton kernel vs SDPA + bias vs naive, bf16 forward + backward",
@@ -115,7 +105,8 @@ PARTS = [
          (C("side", "side"), C("parameters", "params", "int"), C("tokens/s", "tokens_per_s", "tps"),
           C("step ms", "step_ms", "ms"), C("MFU", "mfu", "pct"), C("peak GiB", "peak_bytes", "gib"),
           C("tokens/s vs HF", "tokens_per_s_vs_hf", "ratio3"), C("peak vs HF", "peak_vs_hf", "ratio3")),
-         LM_COMMAND),
+         "python scripts/bench/lm_vs_hf.py --device cuda --preset gpt_1b --modes bf16/none bf16/full --repeats 3 "
+         "--steps 20 --warmup 5"),
     Part("data_parallel", "Data-parallel and offload options on one GPU, gpt_1b, bf16, micro-batch 4 x 2048",
          "gpu_suite:part_data_parallel", 60, 900, CONFIG_NEEDS,
          (C("option", "option"), C("tokens/s", "tokens_per_s", "tps"), C("vs single", "tokens_per_s_vs_single", "ratio"),
@@ -146,7 +137,8 @@ PARTS = [
          (C("side", "side"), C("parameters", "params", "int"), C("tokens/s", "tokens_per_s", "tps"),
           C("step ms", "step_ms", "ms"), C("MFU", "mfu", "pct"), C("peak GiB", "peak_bytes", "gib"),
           C("tokens/s vs HF", "tokens_per_s_vs_hf", "ratio3"), C("peak vs HF", "peak_vs_hf", "ratio3")),
-         LM_COMPILE_COMMAND, default=False),
+         "python scripts/bench/lm_vs_hf.py --device cuda --preset gpt_1b --modes bf16/none --steps 20 --warmup 5 "
+         "--variant compiled=trainer.compile=true", default=False),
     Part("gpu_tests", "The tests that run only with CUDA (kernels compiled, bf16 included; fp8 GEMMs)",
          "gpu_suite:part_gpu_tests", 120, 300, (*CONFIG_NEEDS, "triton", "pytest"),
          (C("file", "file"), C("passed", "passed", "int"), C("failed", "failed", "int"), C("skipped", "skipped", "int"),
@@ -358,54 +350,21 @@ def _lm_rows_from_lm_vs_hf(result: dict) -> list[dict]:
     return rows
 
 
-def _lm_rows_from_gpt_step_vs_hf(result: dict) -> list[dict]:
-    """gpt_step_vs_hf.py's --json (one run per side) as the part's rows."""
-    res, rows = result["results"], []
-    hf = res.get("hf")
-    for side, r in res.items():
-        rows.append({"side": side, "params": r["params"], "tokens_per_s": r["tokens_per_s"], "step_ms": r["step_ms"],
-                     "mfu": r["mfu"], "peak_bytes": r["peak_mem_bytes"],
-                     "tokens_per_s_vs_hf": _ratio(r["tokens_per_s"], hf["tokens_per_s"]) if hf and side != "hf" else None,
-                     "peak_vs_hf": _ratio(r["peak_mem_bytes"], hf["peak_mem_bytes"]) if hf and side != "hf" else None})
-    return rows
-
-
 def _lm(rec: Recorder, compiled: bool) -> None:
-    """memtrain's decoder vs HF Llama: scripts/bench/lm_vs_hf.py's run(config) where that script
-    exists, else gpt_step_vs_hf.py's command line (the script lm_vs_hf.py replaces)."""
+    """memtrain's decoder vs HF Llama at gpt_1b's shape: scripts/bench/lm_vs_hf.py's run(config),
+    one repetition of each side (and, with `compiled`, a third side with trainer.compile=true)."""
     import torch
 
+    lm = bench("lm_vs_hf")
     device = _device_meta(rec, torch).type
-    steps, warmup = (2, 1) if rec.smoke else (6, 2)
-    if LM_VS_HF:
-        lm = bench("lm_vs_hf")
-        config: dict[str, Any] = {"modes": [["bf16", "none"]], "device": device, "timeout": max(rec.time_left(), 1)}
-        config.update({"smoke": True} if rec.smoke else
-                      {"shape": lm.PRESETS["gpt_1b"], "repeats": 1, "steps": steps, "warmup": warmup})
-        if compiled:
-            config["variants"] = {"memtrain compiled": ["trainer.compile=true"]}
-        result = lm.run(config)
-        rec.meta(script="lm_vs_hf.py", run_config=config, run_meta=result["meta"])
-        rows = _lm_rows_from_lm_vs_hf(result)
-    else:
-        shape = ["--model", "gpt_tiny", "--seq-len", "64", "--micro-batch", "2"] if rec.smoke else \
-                ["--model", "gpt_1b", "--seq-len", "2048", "--micro-batch", "4"]
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "result.json"
-            cmd = [sys.executable, str(BENCH / "gpt_step_vs_hf.py"), *shape, "--precision", "bf16", "--steps", str(steps),
-                   "--warmup", str(warmup), "--device", device, "--json", str(out)]
-            if compiled:
-                cmd += ["--override", "trainer.compile=true"]
-            proc = subprocess.run(cmd, text=True, capture_output=True, timeout=max(rec.time_left(), 1))
-            print(proc.stdout + proc.stderr, flush=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"gpt_step_vs_hf.py exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-            result = json.loads(out.read_text())
-        rec.meta(script="gpt_step_vs_hf.py", command=shlex.join(cmd[1:]), run_meta=result["meta"])
-        rows = _lm_rows_from_gpt_step_vs_hf(result)
-        if compiled:  # that script's --override applies to memtrain's side only
-            rows = [dict(r, side="memtrain compiled") if r["side"] == "memtrain" else r for r in rows]
-    for row in rows:
+    config: dict[str, Any] = {"modes": [["bf16", "none"]], "device": device, "timeout": max(rec.time_left(), 1)}
+    config.update({"smoke": True} if rec.smoke else
+                  {"shape": lm.PRESETS["gpt_1b"], "repeats": 1, "steps": 6, "warmup": 2})
+    if compiled:
+        config["variants"] = {"memtrain compiled": ["trainer.compile=true"]}
+    result = lm.run(config)
+    rec.meta(script="lm_vs_hf.py", run_config=config, run_meta=result["meta"])
+    for row in _lm_rows_from_lm_vs_hf(result):
         rec.add(row)
 
 
@@ -846,15 +805,26 @@ def provenance(meta: dict) -> str:
     return f"{meta['date'][:10]} on {meta.get('device') or 'an unknown device'}" + (f" ({versions})" if versions else "") + commit
 
 
+def suite_command_line(meta: dict) -> str:
+    """The run's command as an indented Markdown code line, with the comment that docs use for a
+    command needing a GPU (tests/integration/test_documented_commands.py then expects it to refuse
+    at once on a machine without one; a smoke run's line says it is the CPU check)."""
+    comment = "the CPU check of the suite, not a measurement" if meta.get("smoke") else "needs a GPU"
+    return f"    {meta['command']}  # {comment}"
+
+
 def render_part(entry: dict, meta: dict) -> str:
-    """A part's block: provenance, command, table, skips and the autotuner's choices."""
+    """A part's block: provenance, the suite's command and the full-size standalone one (as code
+    lines, never inline), the table, the skips and the autotuner's choices."""
     part = BY_NAME.get(entry["name"])
-    head = (f"Measured {provenance(meta)} by `{meta['command']}` (part `{entry['name']}`: {entry['status']}, "
-            f"{entry['seconds']:.0f} s of its {entry['budget_s']:.0f} s budget).")
     if meta.get("smoke"):
-        head = (f"Smoke run {provenance(meta)} by `{meta['command']}` (part `{entry['name']}`: {entry['status']}): "
-                "tiny shapes on a CPU, a check of the suite's code path, not a measurement.")
-    lines = [head, f"Full-size standalone command: `{entry['command']}`.", ""]
+        head = (f"Smoke run {provenance(meta)} (part `{entry['name']}`: {entry['status']}): tiny shapes on a CPU, "
+                "a check of the suite's code path, not a measurement.")
+    else:
+        head = (f"Measured {provenance(meta)} by the GPU suite (part `{entry['name']}`: {entry['status']}, "
+                f"{entry['seconds']:.0f} s of its {entry['budget_s']:.0f} s budget):")
+    lines = [head, "", suite_command_line(meta), "", "The same benchmark at full size, standalone:", "",
+             f"    {entry['command']}  # needs a GPU", ""]
     if entry["rows"] and part is not None:
         lines += [render_table(part, entry["rows"]), ""]
     if entry["skipped"]:
@@ -867,10 +837,13 @@ def render_part(entry: dict, meta: dict) -> str:
 
 
 def render_summary(result: dict) -> str:
+    """The run's provenance and command, and per part its status, time and message."""
     meta = result["meta"]
     budget = f" of a {meta['budget_s']:.0f} s budget" if meta.get("budget_s") else ""
-    lines = [f"Last run: {provenance(meta)}, `{meta['command']}`, {meta['seconds'] or 0:.0f} s{budget}"
-             + (" (smoke: CPU, tiny shapes, not a measurement)" if meta.get("smoke") else "") + ".", "", "| part | status | seconds | budget s | rows | message |", "|---|---|---|---|---|---|"]
+    lines = [f"Last run: {provenance(meta)}, {meta['seconds'] or 0:.0f} s{budget}"
+             + (" (smoke: CPU, tiny shapes, not a measurement)" if meta.get("smoke") else "") + ":", "",
+             suite_command_line(meta), "", "| part | status | seconds | budget s | rows | message |",
+             "|---|---|---|---|---|---|"]
     for e in result["parts"]:
         message = e["message"].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {e['name']} | {e['status']} | {e['seconds']:.0f} | {e['budget_s']:.0f} | {len(e['rows'])} | {message} |")
@@ -944,10 +917,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parts = select_parts(args.parts, args.part_budget)
     if not args.smoke:
-        import torch
+        from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 
-        if not torch.cuda.is_available():
-            return _usage_error("no CUDA device is visible: run this on the GPU machine, or pass --smoke for the CPU check")
+        require_cuda("gpu_suite.py", "--smoke")
     out = args.out or Path(os.environ.get("OUT") or "gpu_suite_out")
     budget = args.budget if args.budget is not None else (math.inf if args.smoke else DEFAULT_BUDGET_S)
     shown = [a for a in (argv if argv is not None else sys.argv[1:])]

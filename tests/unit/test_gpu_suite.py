@@ -182,7 +182,8 @@ def test_update_writes_the_parts_with_rows_into_a_copy_of_the_doc(fake_run, tmp_
         assert new[name] == old[name], name
     date = fake_run["result"]["meta"]["date"][:10]
     assert new["fp8_linear"].startswith(f"Smoke run {date} on Fake GPU 80GB (torch 2.11.0+cu130, cuda 13.0)")
-    assert "`python3 scripts/bench/gpu_suite.py --smoke`" in new["fp8_linear"]
+    assert "\n    python3 scripts/bench/gpu_suite.py --smoke  # the CPU check of the suite, not a measurement\n" \
+        in new["fp8_linear"]
     assert "| fp8 | 18,518 | 2.50 | 1.500 | 0.833 |  |" in new["fp8_linear"]
     assert "Skipped: the next measurement (needs about" in new["evoformer_block"]
     assert "| weather_step | failed |" in new["summary"]
@@ -192,18 +193,34 @@ def test_update_writes_the_parts_with_rows_into_a_copy_of_the_doc(fake_run, tmp_
     assert doc.read_text() == after
 
 
-def test_update_of_a_gpu_run_says_measured(fake_run, tmp_path):
+def test_update_of_a_gpu_run_says_measured_and_adds_only_commands_that_need_a_gpu(fake_run, tmp_path, monkeypatch):
     result = json.loads((fake_run["out"] / "gpu_suite.json").read_text())
-    result["meta"].update(smoke=False, command="python3 scripts/bench/gpu_suite.py", git_commit="abc123")
+    result["meta"].update(smoke=False, command="python3 scripts/bench/gpu_suite.py --parts fp8_linear lm_vs_hf",
+                          git_commit="abc123")
     path = tmp_path / "gpu_suite.json"
     path.write_text(json.dumps(result))
-    doc = tmp_path / "benchmarks.md"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    doc = docs / "benchmarks.md"
     doc.write_text(DOC.read_text())
     assert update_benchmarks.main([str(path), "--doc", str(doc)]) == 0
     block = blocks(doc.read_text())["fp8_linear"]
     assert block.startswith(f"Measured {result['meta']['date'][:10]} on Fake GPU 80GB (torch 2.11.0+cu130, cuda 13.0), "
-                            "commit abc123 by `python3 scripts/bench/gpu_suite.py` (part `fp8_linear`: ok, ")
-    assert "Full-size standalone command: `python scripts/bench/fp8_linear.py --model gpt_1b" in block
+                            "commit abc123 by the GPU suite (part `fp8_linear`: ok, ")
+    assert "\n    python3 scripts/bench/gpu_suite.py --parts fp8_linear lm_vs_hf  # needs a GPU\n" in block
+    assert f"\n    {gpu_suite.BY_NAME['fp8_linear'].command}  # needs a GPU\n" in block
+    # every command the update adds is one that the documented-commands test expects to refuse
+    # at once without a GPU, not one it runs as written
+    from tests.integration import test_documented_commands as documented
+
+    monkeypatch.setattr(documented, "REPO", tmp_path)
+    monkeypatch.setattr(documented, "DOC_FILES", [doc])
+    after = documented.documented_commands()
+    doc.write_text(DOC.read_text())
+    before = {(d.command, d.comment) for d in documented.documented_commands()}
+    added = [d for d in after if (d.command, d.comment) not in before]
+    assert {d.command for d in added} == {result["meta"]["command"]}, added
+    assert all(documented.NEEDS.search(d.comment) for d in added), added
 
 
 def test_update_refuses_bad_input_with_exit_2(fake_run, tmp_path, capsys):
