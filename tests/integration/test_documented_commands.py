@@ -155,6 +155,13 @@ SHRINK: dict[str, How] = {
     "TRITON_INTERPRET=1 python scripts/bench/evoformer_attention.py --smoke": How(slow=True, budget=300),
     EVOFORMER_MEMORY_PARTS: How(set=("--smoke",), slow=True, budget=300, reason="minutes at 64 x 128 on 2 cores"),
     EVOFORMER_MEMORY_OPTIONS: How(set=("--smoke",), slow=True, budget=300, reason="minutes at 64 x 128 on 2 cores"),
+    "python3 scripts/bench/gpu_suite.py --smoke --out /tmp/gpu_suite_smoke": How(
+        set=("--parts=fp8_linear",), replace=(("/tmp/gpu_suite_smoke", "gpu_suite_smoke"),), slow=True, budget=600,
+        reason="every part's smoke runs in tests/unit/test_gpu_suite.py (slow); here one part, into the test's folder"),
+    "python3 scripts/bench/update_benchmarks.py FILES_AT/gpu_suite.json": How(
+        run_first="python3 scripts/bench/gpu_suite.py --smoke --out /tmp/gpu_suite_smoke",
+        replace=(("FILES_AT/gpu_suite.json", "gpu_suite_smoke/gpu_suite.json"),), set=("--check", "--allow-smoke"),
+        slow=True, budget=120, reason="FILES_AT holds a GPU run's JSON; here a smoke run's, shown as a diff (--check)"),
 }
 
 
