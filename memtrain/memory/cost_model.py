@@ -21,13 +21,13 @@ promise absolute times.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from memtrain.config.errors import enum_names
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
+from memtrain.memory.cfgview import node_key
 from memtrain.memory.estimator import MemoryEstimate
 from memtrain.models import get_spec
 from memtrain.precision.amp import dtype_of
@@ -110,13 +110,12 @@ def alphafold_forward_flops(cfg: DictConfig) -> tuple[float, float]:
     return float(b * block), float(b * outside)
 
 
-@lru_cache(maxsize=256)
-def _flops(model_yaml: str, arch: str, micro_batch: int, seq_len: int, crop: int, msa: int, extra: int = 0,
-           templates: int = 0) -> tuple[float, float, float]:
-    cfg = OmegaConf.create({"model": OmegaConf.create(model_yaml), "trainer": {"micro_batch_size": micro_batch},
-                            "data": {"seq_len": seq_len, "crop_size": crop, "max_msa": msa, "max_extra_msa": extra,
-                                     "max_templates": templates}})
-    spec = get_spec(arch)
+_FLOPS: dict[tuple, tuple[float, float, float]] = {}
+
+
+def _flops(cfg: DictConfig) -> tuple[float, float, float]:
+    spec = get_spec(cfg.model.arch)
+    micro_batch, seq_len = cfg.trainer.micro_batch_size, cfg.data.seq_len
     n_blocks = spec.num_blocks(cfg.model)
     per_token = spec.flops_per_token(cfg.model, seq_len)
     if per_token is not None:
@@ -127,15 +126,23 @@ def _flops(model_yaml: str, arch: str, micro_batch: int, seq_len: int, crop: int
         outside = 2 * cfg.model.vocab_size * cfg.model.dim * tokens
         core = 4 * cfg.model.dim * seq_len * tokens
         return (forward - outside) / n_blocks, outside, core
+    if spec.forward_flops is not None:
+        return spec.forward_flops(cfg)
     block, outside = alphafold_forward_flops(cfg)
     return block, outside, 0.0
 
 
 def forward_flops(cfg: DictConfig) -> tuple[float, float, float]:
-    """(one block, outside the blocks, one block's attention core) forward FLOPs per micro-batch."""
-    return _flops(OmegaConf.to_yaml(cfg.model), cfg.model.arch, cfg.trainer.micro_batch_size, cfg.data.seq_len,
-                  cfg.data.crop_size, cfg.data.max_msa, cfg.data.get("max_extra_msa", 0),
-                  cfg.data.get("max_templates", 0))
+    """(one block, outside the blocks, one block's attention core) forward FLOPs per micro-batch;
+    cached per model and the data and batch sizes they depend on."""
+    d = cfg.data
+    key = (node_key(cfg.model), cfg.trainer.micro_batch_size, d.seq_len, d.crop_size, d.max_msa,
+           d.get("max_extra_msa", 0), d.get("max_templates", 0))
+    if key not in _FLOPS:
+        if len(_FLOPS) >= 1024:
+            _FLOPS.clear()
+        _FLOPS[key] = _flops(cfg)
+    return _FLOPS[key]
 
 
 @dataclass

@@ -37,22 +37,25 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.errors import ConfigError, enum_names, from_hydra
-from memtrain.config.loader import CONF_DIR, load_config, register_all
+from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all
 from memtrain.config.validate import OFFLOAD_SUPPORT, validate
 from memtrain.distributed.mesh import ParallelDims
+from memtrain.memory.cfgview import ConfigView
 from memtrain.memory.cost_model import GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
 from memtrain.models import get_spec
 
+PLANNED_GROUPS = ("parallel", "precision", "optimizer", "offload", "checkpoint")  # the axes that swap groups
 GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher", "hardware")
 
 
@@ -276,6 +279,8 @@ class Plan:
     rows: list[PlanRow]  # fitting, ranked
     considered: int = 0
     invalid: int = 0
+    pruned: int = 0  # larger micro-batches of a candidate that already did not fit, not estimated
+    mismatched: int = 0  # verified rows whose estimate from the Hydra-composed config differed (a bug)
     too_big: list[PlanRow] = field(default_factory=list)
 
     @property
@@ -294,49 +299,140 @@ def _pinned(base: list[str]) -> set[str]:
 
 
 class _Composer:
-    """Hydra compositions, each done once: the base config, and each group option over it."""
+    """The recipe's config composed once by Hydra, as a ConfigView; each group option composed once.
+
+    A group option is the option's YAML over its schema, with the recipe's and the command line's
+    keys for that group applied after it, as Hydra composes it (conf/<group>/<option>.yaml list
+    the schema and _self_ in their defaults). The fast path is checked against Hydra on the base
+    config's own choice of every group: a group whose choice it does not reproduce exactly, and an
+    option file with other defaults, are composed by Hydra instead."""
 
     def __init__(self, base: list[str]):
         self.base = base
-        self._groups: dict[tuple[str, str], DictConfig | None] = {}
+        self._groups: dict[tuple[str, str], dict | None] = {}
+        self._typed: dict[tuple[str, Any], Any] = {}
         register_all()
         self._ctx = initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
         self._ctx.__enter__()
-        self.base_cfg = self._compose([])
+        cfg = self._compose([], hydra_config=True)
+        choices = dict(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        self.base_cfg = cfg
+        self.view = ConfigView.of(cfg)
+        self._group_updates = self._updates_by_group(choices.get("recipe"))
+        self._hydra_only = set()
+        for group in PLANNED_GROUPS:
+            option = choices.get(group)
+            if option is None or self._fast_group(group, option) != self.view.to_dict()[group]:
+                self._hydra_only.add(group)
 
-    def _compose(self, extra: list[str]) -> DictConfig:
+    def _compose(self, extra: list[str], hydra_config: bool = False) -> DictConfig:
         try:
-            return compose(config_name="train", overrides=[*self.base, *extra])
+            return compose(config_name="train", overrides=[*self.base, *extra], return_hydra_config=hydra_config)
         except (HydraException, OmegaConfBaseException) as exc:
             raise from_hydra(exc) from exc
 
-    def group(self, group: str, option: str) -> DictConfig | None:
+    def _updates_by_group(self, recipe: str | None) -> dict[str, list[tuple[str, str, Any]]]:
+        """Per planned group, the (kind, key, value) updates the recipe's body and the command line
+        make to it, in Hydra's order (the recipe merged, then the overrides)."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        out: dict[str, list[tuple[str, str, Any]]] = {g: [] for g in PLANNED_GROUPS}
+        if recipe is not None:
+            body = OmegaConf.load(RECIPES_DIR / f"{recipe}.yaml")
+            for group in PLANNED_GROUPS:
+                if group in body:
+                    out[group].append(("merge", "", body[group]))
+        for o in OverridesParser.create().parse_overrides(self.base):
+            group, _, key = o.key_or_group.partition(".")
+            if group in out and key:
+                kind = "delete" if o.is_delete() else "add" if o.is_add() or o.is_force_add() else "set"
+                out[group].append((kind, key, None if o.is_delete() else o.value()))
+        return out
+
+    def _fast_group(self, group: str, option: str) -> dict | None:
+        path = CONF_DIR / group / f"{option}.yaml"
+        if not path.is_file():
+            return None
+        raw = OmegaConf.load(path)
+        defaults = [str(d) for d in raw.pop("defaults", ["_self_"])]
+        schemas = [d for d in defaults if d != "_self_"]
+        if defaults[-1:] != ["_self_"] or len(schemas) > 1 or any(
+                not (d.startswith(f"/schema/{group}/") and d.endswith("@_here_")) for d in schemas):
+            return _HYDRA
+        node = raw
+        if schemas:
+            schema = ConfigStore.instance().load(schemas[0][1:].removesuffix("@_here_") + ".yaml").node
+            node = OmegaConf.merge(schema, raw)
+        try:
+            for kind, key, value in self._group_updates[group]:
+                if kind == "merge":
+                    node = OmegaConf.merge(node, value)
+                elif kind == "delete":
+                    with open_dict(node):
+                        node.pop(key)
+                elif kind == "add":
+                    with open_dict(node):
+                        OmegaConf.update(node, key, value, merge=True, force_add=True)
+                else:
+                    OmegaConf.update(node, key, value, merge=True)
+        except (OmegaConfBaseException, KeyError, ValueError):
+            return None  # e.g. a recipe key this option's schema lacks: Hydra refuses it too
+        return OmegaConf.to_container(node, resolve=True)
+
+    def group(self, group: str, option: str) -> dict | None:
+        """The group's node (a plain container) with `option` chosen; None where it cannot compose."""
         if (group, option) not in self._groups:
-            try:
-                self._groups[group, option] = self._compose([f"{group}={option}"])[group]
-            except ConfigError:
-                self._groups[group, option] = None  # e.g. a recipe key this option's schema lacks
+            node = None if group in self._hydra_only else self._fast_group(group, option)
+            if group in self._hydra_only or node is _HYDRA:
+                try:
+                    node = OmegaConf.to_container(self._compose([f"{group}={option}"])[group], resolve=True)
+                except ConfigError:
+                    node = None  # e.g. a recipe key this option's schema lacks
+            self._groups[group, option] = node
         return self._groups[group, option]
+
+    def typed(self, key: str, value: Any) -> Any:
+        """`value` as the schema types `key` in the base config (an enum member for an enum key);
+        _INVALID where the schema refuses it."""
+        if (key, value) not in self._typed:
+            parent_key, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(self.base_cfg, parent_key) if parent_key else self.base_cfg
+            if not isinstance(parent, DictConfig) or leaf not in parent:
+                typed = value
+            else:
+                probe = parent.copy()
+                try:
+                    probe[leaf] = value
+                    typed = OmegaConf.to_container(probe, resolve=True)[leaf]
+                except (OmegaConfBaseException, ValueError):
+                    typed = _INVALID
+            self._typed[key, value] = typed
+        return self._typed[key, value]
 
     def close(self) -> None:
         self._ctx.__exit__(None, None, None)
 
 
-def _apply(composer: _Composer, cfg: DictConfig, option: Option) -> DictConfig | None:
-    out = cfg.copy()
+_HYDRA = object()  # _fast_group: this option file needs Hydra's composition
+_INVALID = object()  # _Composer.typed: the schema refuses the value
+
+
+def _apply(composer: _Composer, cfg: ConfigView, option: Option) -> ConfigView | None:
+    updates: dict[str, Any] = {}
     for key, value in option.overrides:
         if key in GROUPS:
             node = composer.group(key, str(value))
-            if node is None:
-                return None
-            with open_dict(out):
-                out[key] = node.copy()
         else:
-            try:
-                OmegaConf.update(out, key, value, merge=True)
-            except OmegaConfBaseException:
-                return None
-    return out
+            node = composer.typed(key, value)
+        if node is None and key in GROUPS or node is _INVALID:
+            return None
+        updates[key] = node
+    try:
+        return cfg.replace(updates)
+    except KeyError:
+        return None
 
 
 def _launcher(ctx: PlanContext) -> list[Option]:
@@ -348,13 +444,12 @@ def _launcher(ctx: PlanContext) -> list[Option]:
     return [Option("launcher", tuple(pairs))]
 
 
-def _validated(cfg: DictConfig, ctx: PlanContext) -> bool:
+def _validated(cfg, ctx: PlanContext, cpu=None) -> bool:
     """The project's validator on the candidate. Checks about the machine the plan is made on
     (visible CUDA devices) are left out: the plan is for the target hardware."""
     probe = cfg
-    if torch.cuda.device_count() < ctx.gpus_per_node:
-        probe = cfg.copy()
-        probe.trainer.device = "cpu"
+    if cpu is not None and torch.cuda.device_count() < ctx.gpus_per_node:
+        probe = cfg.replace({"trainer.device": cpu})
     try:
         validate(probe)
     except ConfigError:
@@ -362,9 +457,19 @@ def _validated(cfg: DictConfig, ctx: PlanContext) -> bool:
     return True
 
 
-def plan(base: list[str], global_batch: int | None = None, verify_top: int | None = None) -> Plan:
+Progress = Callable[[int, int], None]  # (top-level options done, of how many)
+
+
+def plan(base: list[str], global_batch: int | None = None, verify_top: int | None = None,
+         progress: Progress | None = None) -> Plan:
     """Enumerate, validate, estimate and rank; `verify_top` rows (all when None) are composed
-    again from their override strings with load_config, and any that fails is dropped."""
+    again from their override strings with load_config, estimated from that config, and any that
+    fails is dropped.
+
+    The micro-batch axis runs last, from the smallest micro-batch up: the estimator's device and
+    host bytes never fall as the micro-batch grows (activations scale with it, model states do not
+    depend on it), so the first micro-batch that does not fit ends that candidate's loop
+    (`Plan.pruned` counts the larger ones left out)."""
     composer = _Composer(base)
     try:
         base_cfg = composer.base_cfg
@@ -374,48 +479,73 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
         pinned = _pinned(base)
         axes = [a for a in AXES if a.key not in pinned]
         user = [o for o in base if not o.split("=", 1)[0].lstrip("+").startswith("hardware")]
+        launcher = _launcher(ctx)
         result = Plan(hardware=OmegaConf.to_container(hw), global_batch=gb, rows=[])
-        start = base_cfg
-        for opt in _launcher(ctx):
+        start = composer.view
+        for opt in launcher:
             start = _apply(composer, start, opt)
+        cpu = composer.typed("trainer.device", "cpu")
         usable_dev = hw.gpu_mem_gb * GiB * hw.mem_usable
         usable_host = hw.host_mem_gb * GiB * hw.mem_usable
+        launch_strings = [s for o in launcher for s in o.strings()]
 
-        def walk(i: int, cfg: DictConfig, chosen: list[Option]) -> Iterable[tuple[DictConfig, list[Option]]]:
+        def evaluate(cfg: ConfigView, chosen: list[tuple[Axis, Option]]) -> bool:
+            """Validate, estimate and file one candidate; False when it does not fit."""
+            result.considered += 1
+            if not _validated(cfg, ctx, cpu):
+                result.invalid += 1
+                return True
+            try:
+                est = estimate(cfg)
+            except ConfigError:
+                result.invalid += 1
+                return True
+            overrides = [*user, *launch_strings, *(s for _, o in chosen for s in o.strings())]
+            row = PlanRow(overrides, {a.name: o.label for a, o in chosen}, est, step_cost(cfg, est), cfg.data.seq_len)
+            fits = est.total <= usable_dev and est.host * min(ctx.world, hw.gpus) <= usable_host
+            (result.rows if fits else result.too_big).append(row)
+            return fits
+
+        def walk(i: int, cfg: ConfigView, chosen: list[tuple[Axis, Option]]) -> None:
             if i == len(axes):
-                yield cfg, chosen
+                evaluate(cfg, chosen)
                 return
             axis = axes[i]
             if not axis.applies(ctx, cfg):
-                yield from walk(i + 1, cfg, chosen)
+                walk(i + 1, cfg, chosen)
                 return
             try:
                 options = axis.options(ctx, cfg)
             except ConfigError:
                 return
-            for opt in options:
+            last = i == len(axes) - 1 and axis.name == "micro_batch"
+            for k, opt in enumerate(options):
+                if progress is not None and i == 0:
+                    progress(k, len(options))
                 nxt = _apply(composer, cfg, opt)
-                if nxt is not None:
-                    yield from walk(i + 1, nxt, [*chosen, opt])
+                if nxt is None:
+                    continue
+                if not last:
+                    walk(i + 1, nxt, [*chosen, (axis, opt)])
+                elif not evaluate(nxt, [*chosen, (axis, opt)]):
+                    result.pruned += len(options) - k - 1  # larger micro-batches need more memory
+                    break
+            if progress is not None and i == 0:
+                progress(len(options), len(options))
 
-        for cfg, chosen in walk(0, start, []):
-            result.considered += 1
-            if not _validated(cfg, ctx):
-                result.invalid += 1
-                continue
-            try:
-                est = estimate(cfg)
-            except ConfigError:
-                result.invalid += 1
-                continue
-            overrides = [*user, *(s for o in _launcher(ctx) for s in o.strings()), *(s for o in chosen for s in o.strings())]
-            row = PlanRow(overrides, {a.name: o.label for a, o in zip(axes, chosen)}, est, step_cost(cfg, est),
-                          cfg.data.seq_len)
-            fits = est.total <= usable_dev and est.host * min(ctx.world, hw.gpus) <= usable_host
-            (result.rows if fits else result.too_big).append(row)
+        walk(0, start, [])
         result.rows.sort(key=lambda r: (r.cost.total_s, r.peak_bytes))
+        result.rows = _verified(composer, result, verify_top, ctx)
     finally:
         composer.close()
+    return result
+
+
+def _verified(composer: _Composer, result: Plan, verify_top: int | None, ctx: PlanContext) -> list[PlanRow]:
+    """The first `verify_top` rows (all when None) composed by Hydra from their override strings
+    and validated, as `memtrain train <overrides>` does, and estimated from that config; a row
+    that fails is dropped (counted as refused by validation)."""
+    on_cpu = [] if torch.cuda.device_count() >= ctx.gpus_per_node else ["trainer.device=cpu"]
     checked, kept = 0, []
     for row in result.rows:
         if verify_top is not None and checked >= verify_top:
@@ -423,15 +553,17 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
             continue
         checked += 1
         try:
-            cfg = load_config(row.overrides) if torch.cuda.device_count() >= ctx.gpus_per_node else \
-                load_config([*row.overrides, "trainer.device=cpu"])
-        except ConfigError:
+            cfg = compose(config_name="train", overrides=[*row.overrides, *on_cpu])
+            validate(cfg)
+        except (HydraException, OmegaConfBaseException, ConfigError):
             result.invalid += 1
             continue
+        composed = estimate(cfg)  # from the config the row composes to, as `memtrain estimate` gives it
+        if composed != row.estimate:
+            result.mismatched += 1
+        row.estimate, row.cost = composed, step_cost(cfg, composed)
         kept.append(row)
-        del cfg
-    result.rows = kept
-    return result
+    return kept
 
 
 def no_fit_message(p: Plan) -> str:
