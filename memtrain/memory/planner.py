@@ -51,7 +51,7 @@ from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all
 from memtrain.config.validate import OFFLOAD_SUPPORT, validate
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory.cfgview import ConfigView
-from memtrain.memory.cost_model import GiB, StepCost, step_cost
+from memtrain.memory.cost_model import STEPS_RELATIVE, GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
 from memtrain.models import get_spec
 
@@ -457,7 +457,11 @@ def _validated(cfg, ctx: PlanContext, cpu=None) -> bool:
     return True
 
 
-Progress = Callable[[int, int], None]  # (top-level options done, of how many)
+# stop a candidate's micro-batch loop at the first micro-batch that does not fit (exact: the
+# estimate never falls as the micro-batch grows; tests/unit/test_plan_candidates.py checks a plan
+# with and without it)
+PRUNE_MICRO_BATCHES = True
+Progress = Callable[[float, int], None]  # (fraction of the space walked, candidates considered)
 
 
 def plan(base: list[str], global_batch: int | None = None, verify_top: int | None = None,
@@ -489,9 +493,17 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
         usable_host = hw.host_mem_gb * GiB * hw.mem_usable
         launch_strings = [s for o in launcher for s in o.strings()]
 
+        position: list[tuple[int, int]] = []  # (option index, options) per axis level walked
+
         def evaluate(cfg: ConfigView, chosen: list[tuple[Axis, Option]]) -> bool:
             """Validate, estimate and file one candidate; False when it does not fit."""
             result.considered += 1
+            if progress is not None and result.considered % 50 == 0:
+                done, scale = 0.0, 1.0
+                for k, n in position:
+                    scale /= n
+                    done += k * scale
+                progress(done, result.considered)
             if not _validated(cfg, ctx, cpu):
                 result.invalid += 1
                 return True
@@ -519,26 +531,67 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
             except ConfigError:
                 return
             last = i == len(axes) - 1 and axis.name == "micro_batch"
+            level = len(position)
+            position.append((0, len(options)))
             for k, opt in enumerate(options):
-                if progress is not None and i == 0:
-                    progress(k, len(options))
+                position[level] = (k, len(options))
                 nxt = _apply(composer, cfg, opt)
                 if nxt is None:
                     continue
                 if not last:
                     walk(i + 1, nxt, [*chosen, (axis, opt)])
-                elif not evaluate(nxt, [*chosen, (axis, opt)]):
+                elif not evaluate(nxt, [*chosen, (axis, opt)]) and PRUNE_MICRO_BATCHES:
                     result.pruned += len(options) - k - 1  # larger micro-batches need more memory
                     break
-            if progress is not None and i == 0:
-                progress(len(options), len(options))
+            position.pop()
 
         walk(0, start, [])
-        result.rows.sort(key=lambda r: (r.cost.total_s, r.peak_bytes))
+        if progress is not None:
+            progress(1.0, result.considered)
+        result.rows = rank(result.rows)
         result.rows = _verified(composer, result, verify_top, ctx)
     finally:
         composer.close()
     return result
+
+
+# Rows whose predicted time per unit of progress is within NEAR_TIE of the fastest remaining row
+# are ranked by simplicity: the cost model is one mfu for every shape and counts no optimizer
+# arithmetic, so differences this small are below what it can resolve, and a simpler configuration
+# (fewer moving parts to debug, no loss scaling, no offload) is the better advice.
+NEAR_TIE = 0.03
+SIMPLICITY = {  # per axis, option labels from simplest; anything unlisted comes after
+    "parallel": ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"),
+    "offload": ("none", "activations_cpu", "optimizer_cpu", "params_cpu", "nvme"),
+    "optimizer": ("adamw", "adamw_bf16", "lion", "adafactor", "came", "sm3", "adam_mini", "adamw_8bit", "mezo"),
+    "precision": ("bf16", "fp32", "fp16", "fp8"),
+    "checkpoint": ("none", "selective", "full"),
+    "chunk": ("null",),
+}
+
+
+def simplicity(row: PlanRow) -> tuple:
+    key = []
+    for axis, order in SIMPLICITY.items():
+        label = row.choices.get(axis)
+        key.append(order.index(label) if label in order else len(order))
+    return tuple(key)
+
+
+def rank(rows: list[PlanRow]) -> list[PlanRow]:
+    """Rows by predicted time per unit of training progress (StepCost.progress_s); within each run
+    of near-ties (within NEAR_TIE of the run's fastest row) the simplest first (SIMPLICITY, axis
+    by axis), then the faster, then the smaller."""
+    rows = sorted(rows, key=lambda r: (r.cost.progress_s, r.peak_bytes))
+    out, i = [], 0
+    while i < len(rows):
+        bound = rows[i].cost.progress_s * (1 + NEAR_TIE)
+        j = i
+        while j < len(rows) and rows[j].cost.progress_s <= bound:
+            j += 1
+        out += sorted(rows[i:j], key=lambda r: (simplicity(r), r.cost.progress_s, r.peak_bytes))
+        i = j
+    return out
 
 
 def _verified(composer: _Composer, result: Plan, verify_top: int | None, ctx: PlanContext) -> list[PlanRow]:
@@ -580,24 +633,38 @@ def no_fit_message(p: Plan) -> str:
 
 
 def render_plan(p: Plan, top: int):
+    """The ranked rows for a terminal of any width (80 columns included): a table of the numbers,
+    then each row's full `memtrain train` command on lines of its own (wrapped, never cut)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     hw = p.hardware
     title = (f"memtrain plan: {hw['name']} x {hw['gpus']} GPU(s) x {hw['nodes']} node(s), {hw['gpu_mem_gb']} GiB "
              f"per GPU, {hw['host_mem_gb']} GiB host per node; global batch {p.global_batch}; "
-             f"{len(p.rows)} of {p.considered} candidates fit ({p.invalid} refused by validation)\n"
-             f"step time from the cost model at mfu={hw['mfu']} (docs/planner.md); run a row with memtrain train <overrides>")
-    table = Table(title=title, title_justify="left")
-    for col in ("#", "overrides", "step s", "x best", "GiB/device", "host GiB/rank", "compute", "recompute", "comm",
-                "offload"):
-        table.add_column(col, justify="left" if col == "overrides" else "right")
-    best = p.rows[0].cost.total_s if p.rows else 1.0
-    for i, r in enumerate(p.rows[:top], 1):
+             f"{len(p.rows)} of {p.considered} candidates fit ({p.invalid} refused by validation"
+             + (f", {p.pruned} larger micro-batches of candidates that did not fit skipped" if p.pruned else "") + ")")
+    table = Table(title=title, title_justify="left", box=None, padding=(0, 1), pad_edge=False,
+                  header_style="bold underline")
+    for col in ("#", "s/step", "steps", "x best", "GiB dev", "GiB host", "compute", "recomp", "comm", "offload"):
+        table.add_column(col, justify="right", no_wrap=True)
+    rows = p.rows[:top]
+    best = rows[0].cost.progress_s if rows else 1.0
+    for i, r in enumerate(rows, 1):
         c = r.cost
-        table.add_row(str(i), " ".join(r.overrides), f"{c.total_s:.3f}", f"{c.total_s / best:.2f}",
-                      f"{r.peak_bytes / GiB:.2f}", f"{r.estimate.host / GiB:.2f}", f"{c.compute_s:.3f}",
-                      f"{c.recompute_s:.3f}", f"{c.dp_comm_s + c.axial_comm_s:.3f}", f"{c.offload_s:.3f}")
-    return table
+        table.add_row(str(i), f"{c.total_s:.3g}", f"{c.steps_relative:g}", f"{c.progress_s / best:.3f}",
+                      f"{r.peak_bytes / GiB:.2f}", f"{r.estimate.host / GiB:.2f}", f"{c.compute_s:.3g}",
+                      f"{c.recompute_s:.3g}", f"{c.dp_comm_s + c.axial_comm_s:.3g}", f"{c.offload_s:.3g}")
+    notes = Text(
+        f"Ranked by s/step x steps (steps: optimizer steps for one first-order step's progress; MeZO "
+        f"{STEPS_RELATIVE['MeZO']:g}, Malladi et al. 2023); rows within {NEAR_TIE:.0%} of each other go simplest "
+        f"first. Times from the cost model at mfu={hw['mfu']} (docs/planner.md), per step, in seconds.")
+    commands = Table.grid(padding=(0, 1))
+    commands.add_column(justify="right", no_wrap=True)
+    commands.add_column(overflow="fold")
+    for i, r in enumerate(rows, 1):
+        commands.add_row(str(i), "memtrain train " + " ".join(r.overrides))
+    return Group(table, notes, Text("Commands (copy a row's to run it):"), commands)
 
 
 def cpu_count() -> int:
