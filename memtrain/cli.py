@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import os
+import signal
 import sys
+from pathlib import Path
+import threading
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -21,33 +26,48 @@ from rich.console import Console
 from rich.markup import escape
 
 from memtrain.config.errors import ConfigError, from_hydra
-from memtrain.config.loader import CONF_DIR, load_config, register_all
-from memtrain.config.validate import validate
-from memtrain.data.errors import DataFormatError
+from memtrain.config.loader import CONF_DIR, check_config, load_config, register_all
+from memtrain.errors import EXIT_USER_ERROR, UserError, file_system_error
 
 USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydra multirun sweep)
        memtrain estimate [hydra overrides] [--json]   per-device memory, before a GPU is touched
        memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]]
                                                   what fits hardware.* and runs fastest
        memtrain export CHECKPOINT OUT               a precision.qat checkpoint with integer weights
+       memtrain predict CHECKPOINT INPUT OUTPUT [--msa A3M] [--chain ID] [--device auto|cpu|cuda]
+                                                  a structure (PDB/mmCIF) from a trained AlphaFold
        memtrain submit [slurm options] -- [hydra overrides]   sbatch a run (memtrain submit --help)
 
 overrides: group choices (model=gpt_1b precision=bf16 checkpoint=full), keys
 (trainer.max_steps=100), recipes (+recipe=protein_lm). Groups: model parallel precision optimizer
 offload checkpoint data trainer hardware."""
 
-MAX_SWEEP_JOBS_CHECKED = 256
+MAX_SWEEP_JOBS = 256  # a multirun of more jobs is refused: every job is composed and checked before any starts
 err = Console(stderr=True)
 
 
 def _fail(message: str) -> int:
-    err.print(f"[bold red]memtrain:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return 2
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    prefix = f"memtrain (rank {rank}):" if rank is not None and world != "1" else "memtrain:"
+    err.print(f"[bold red]{prefix}[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return EXIT_USER_ERROR
+
+
+def _user_failure(exc: BaseException) -> SystemExit:
+    """A failure the user caused, as one paragraph on stderr and exit code 2 (for SystemExit)."""
+    if isinstance(exc, OSError):
+        exc = file_system_error(exc, "file-system error at")
+    return SystemExit(_fail(str(exc)))
+
+
+def _is_file_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and getattr(exc, "filename", None) is not None
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override lists of every job of a multirun sweep (Hydra's basic sweeper: a cartesian
-    product of the sweep overrides)."""
+    product of the sweep overrides). More than MAX_SWEEP_JOBS jobs are refused (ConfigError): each is
+    composed and checked before any starts."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
@@ -56,10 +76,18 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     for o in parsed:
         if o.is_sweep_override():
             key = o.get_key_element()
-            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            values = list(itertools.islice(o.sweep_string_iterator(), MAX_SWEEP_JOBS + 1))
+            axes.append((key, [f"{key}={v}" for v in values]))
         else:
-            axes.append([o.input_line])
-    return [list(job) for job in itertools.islice(itertools.product(*axes), MAX_SWEEP_JOBS_CHECKED)]
+            axes.append((None, [o.input_line]))
+    count = math.prod(len(values) for _, values in axes)
+    if count > MAX_SWEEP_JOBS:
+        sizes = ", ".join(f"{key}: {len(v) if len(v) <= MAX_SWEEP_JOBS else f'more than {MAX_SWEEP_JOBS}'}"
+                          for key, v in axes if key is not None)
+        raise ConfigError("-m", f"the sweep has more than {MAX_SWEEP_JOBS} jobs ({sizes}); memtrain composes and checks "
+                                f"every job before starting any, for up to {MAX_SWEEP_JOBS} jobs: split the sweep into "
+                                "smaller ones")
+    return [list(job) for job in itertools.product(*(values for _, values in axes))]
 
 
 def train_command(args: list[str]) -> int:
@@ -68,13 +96,12 @@ def train_command(args: list[str]) -> int:
     try:
         for job in sweep_jobs(overrides) if multirun else [overrides]:
             load_config(job)
-    except ConfigError as exc:
+    except UserError as exc:
         return _fail(str(exc))
-    _run_hydra(args)
-    return 0
+    return _run_hydra(args)
 
 
-def _run_hydra(args: list[str]) -> None:
+def _run_hydra(args: list[str]) -> int:
     """Hand the command line to Hydra, which makes the run directory (or the multirun sweep)."""
     import hydra
 
@@ -82,31 +109,77 @@ def _run_hydra(args: list[str]) -> None:
     sys.argv = ["memtrain train", *args]
     from memtrain.cli import _train_job as job  # by module name, also under `python -m`: launchers pickle it
 
-    hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(job)()
+    # Hydra prints its own traceback for an exception it meets (e.g. a run folder it cannot create)
+    # unless told to re-raise it; file-system errors are then reported here as one paragraph
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(job)()
+    except OSError as exc:
+        if not _is_file_error(exc):
+            raise
+        return _fail(str(file_system_error(exc, "cannot write the run folder:")))
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
+    return 0
 
 
 def _train_job(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from memtrain.distributed.launch import launch_workers, needs_launch
+    from memtrain.distributed.launch import launch_workers, launched, needs_launch, world_size
+    from memtrain.engine.resume import check_resume, resume_path
+    from memtrain.memory.capacity import check_fits_here, check_launch_here
+
+    run_dir = cfg.trainer.run_dir or HydraConfig.get().runtime.output_dir
+    try:
+        check_config(cfg)
+        if needs_launch(cfg):
+            check_launch_here(cfg)
+        if not launched():  # a torchrun/srun worker: the job was sized where it was submitted
+            check_fits_here(cfg, cfg.launcher.nproc_per_node)
+        if needs_launch(cfg):
+            path = resume_path(cfg, run_dir)
+            if path is not None:  # refused here, before any worker starts
+                check_resume(path, cfg, world_size(cfg))
+            code = launch_workers(cfg, list(HydraConfig.get().overrides.task), run_dir)
+            if code:
+                raise SystemExit(code)
+            return
+        _train_here(cfg, run_dir)
+    except UserError as exc:
+        raise _user_failure(exc) from None
+    except OSError as exc:
+        if not _is_file_error(exc):
+            raise
+        raise _user_failure(exc) from None
+
+
+def _train_here(cfg: DictConfig, run_dir: str) -> None:
+    from memtrain.engine.checkpoint import step_dir_name
+    from memtrain.engine.preemption import signal_name, under_slurm
     from memtrain.engine.trainer import Trainer
 
-    validate(cfg)
-    hydra_cfg = HydraConfig.get()
-    run_dir = cfg.trainer.run_dir or hydra_cfg.runtime.output_dir
-    if needs_launch(cfg):
-        launch_workers(cfg, list(hydra_cfg.overrides.task), run_dir)
-        return
+    trainer = Trainer(cfg, run_dir)
     try:
-        trainer = Trainer(cfg, run_dir)
-        try:
-            trainer.fit()
-        finally:
-            trainer.close()
-    except (DataFormatError, FileNotFoundError) as exc:
-        raise SystemExit(_fail(str(exc)))
-    if trainer.env.is_main:
+        trainer.fit()
+    finally:
+        trainer.close()
+    if not trainer.env.is_main and trainer.stop_signal is None:
+        return
+    if trainer.stop_signal is None:
         Console().print(f"done: step {trainer.step}; metrics in {trainer.run_dir / 'metrics.jsonl'}", highlight=False)
+        return
+    why = signal_name(trainer.stop_signal) if trainer.stop_signal else "a signal another rank received"
+    if trainer.env.is_main:
+        err.print(f"memtrain: stopped by {why} after step {trainer.step} of {cfg.trainer.max_steps}; checkpoint "
+                  f"{trainer.checkpointer.folder / step_dir_name(trainer.step)}; continue with trainer.resume=auto "
+                  f"hydra.run.dir={run_dir}", highlight=False, soft_wrap=True, markup=False)
+    if not under_slurm():  # a Slurm job exits 0 and is requeued by its batch script (the marker)
+        raise SystemExit(128 + (trainer.stop_signal or signal.SIGTERM))
 
 
 def estimate_command(args: list[str]) -> int:
@@ -117,11 +190,8 @@ def estimate_command(args: list[str]) -> int:
     unknown = [a for a in args if a.startswith("-") and a != "--json"]
     if unknown:
         return _fail(f"unknown option {unknown[0]!r} for estimate (allowed: --json)")
-    try:
-        cfg = load_config([a for a in args if a != "--json"])
-        result = estimate(cfg)
-    except ConfigError as exc:
-        return _fail(str(exc))
+    cfg = load_config([a for a in args if a != "--json"])
+    result = estimate(cfg)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
@@ -140,11 +210,81 @@ def export_command(args: list[str]) -> int:
 
     if len(args) != 2:
         return _fail("usage: memtrain export CHECKPOINT_DIR OUT_DIR (a step_<N>/ folder of a precision.qat run)")
-    try:
-        out = export_quantized(args[0], args[1])
-    except (FileNotFoundError, ValueError) as exc:
-        return _fail(str(exc))
+    out = export_quantized(args[0], args[1])
     Console().print(f"exported {args[0]} to {out}", highlight=False)
+    return 0
+
+
+PREDICT_USAGE = (
+    "usage: memtrain predict CHECKPOINT INPUT OUTPUT [--msa A3M] [--chain ID] [--device auto|cpu|cuda]: "
+    "CHECKPOINT a step_<N>/ folder of a training run, INPUT an mmCIF (.cif) or A3M (.a3m) file, OUTPUT a .pdb or "
+    ".cif file to write"
+)
+
+
+def _parse_predict_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Positional arguments and the --msa/--chain/--device options; ValueError on anything else."""
+    positional, options, i = [], {}, 0
+    while i < len(args):
+        if args[i] in ("--msa", "--chain", "--device"):
+            if i + 1 >= len(args):
+                raise ValueError(f"{args[i]} needs a value")
+            options[args[i][2:]] = args[i + 1]
+            i += 2
+        elif args[i].startswith("-"):
+            raise ValueError(f"unknown option {args[i]!r} (allowed: --msa, --chain, --device)")
+        else:
+            positional.append(args[i])
+            i += 1
+    if len(positional) != 3:
+        raise ValueError(f"expected CHECKPOINT INPUT OUTPUT, got {len(positional)} argument(s)")
+    if options.get("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {options['device']!r}")
+    return positional, options
+
+
+def predict_command(args: list[str]) -> int:
+    """Load a checkpoint's model (its config from meta.json; weights through the checkpointer's
+    allow-listed loader, which runs no code from the files) and write the predicted structure."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from memtrain.engine.checkpoint import CheckpointError, Checkpointer
+    from memtrain.engine.trainer import resolve_device
+    from memtrain.models import get_spec
+    from memtrain.models.alphafold.structure_io import structure_format
+
+    try:
+        (checkpoint, input_path, output), options = _parse_predict_args(args)
+        structure_format(output)
+    except ValueError as exc:
+        return _fail(f"{exc}\n{PREDICT_USAGE}")
+    checkpoint = Path(checkpoint)
+    meta_file = checkpoint / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+        cfg = OmegaConf.create(meta["config"])
+        spec = get_spec(cfg.model.arch)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _fail(f"{checkpoint} is not a memtrain checkpoint with its config in meta.json ({type(exc).__name__}: {exc})")
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if spec.predict is None:
+        return _fail(f"model.arch={cfg.model.arch} has no predict (only AlphaFold writes structures)")
+    device = resolve_device(options.get("device", "auto"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _fail("--device cuda: no CUDA device is visible")
+    try:
+        with torch.device(device):
+            model = spec.build_model(cfg.model)
+        model.float()
+        Checkpointer(checkpoint.parent).load(checkpoint, {"model": model.state_dict()})
+        msa = Path(options["msa"]) if "msa" in options else None
+        result = spec.predict(model, cfg, Path(input_path), Path(output), msa=msa, chain=options.get("chain"))
+    except (CheckpointError, DataFormatError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    summary = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "output")
+    Console().print(f"wrote {result['output']} ({summary})", highlight=False)
     return 0
 
 
@@ -154,17 +294,50 @@ def submit_command(args: list[str]) -> int:
     return submit(args)
 
 
+class Terminated(BaseException):
+    """SIGTERM outside a training loop (which stops at a step boundary itself): like Ctrl-C's
+    KeyboardInterrupt, so the process ends with one line instead of silently."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    catch_term = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if catch_term:  # a handler already there (a Slurm job's) stays
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        if catch_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     commands = {"train": train_command, "estimate": estimate_command, "plan": plan_command, "export": export_command,
-                "submit": submit_command}
+                "submit": submit_command, "predict": predict_command}
     if command not in commands:
         return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)})\n{USAGE}")
-    return commands[command](rest)
+    try:
+        return commands[command](rest)
+    except UserError as exc:  # bad input met by any command: one paragraph, exit 2
+        return _fail(str(exc))
+    except OSError as exc:
+        if not _is_file_error(exc):
+            raise
+        return _fail(str(file_system_error(exc, "file-system error at")))
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a step boundary itself)
+        err.print("memtrain: interrupted", highlight=False)
+        return 128 + signal.SIGINT
+    except Terminated:
+        err.print("memtrain: terminated", highlight=False)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ from typing import Iterable
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from memtrain.errors import UserError
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """An invalid configuration: `key` is the dotted config key at fault."""
 
     def __init__(self, key: str, message: str, allowed: Iterable[str] | None = None, allowed_label: str = "Allowed values"):
@@ -48,6 +50,8 @@ def from_hydra(exc: Exception) -> ConfigError:
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         first_line = str(cause).splitlines()[0]
         object_type = getattr(cause, "object_type", None)
+        if isinstance(cause, MissingMandatoryValue):
+            return ConfigError(cause.full_key, "a value is required but none is set (removed with ~, or never given)")
         if first_line.startswith("Key ") and "not in" in first_line:
             key = cause.full_key
             return ConfigError(key, f"unknown key '{key.rpartition('.')[2]}'", allowed=_fields_of(object_type),

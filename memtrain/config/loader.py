@@ -40,11 +40,29 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 def load_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose and validate one job's config; every problem is raised as a ConfigError."""
     from memtrain.config.errors import from_hydra
-    from memtrain.config.validate import validate
 
     try:
         cfg = compose_config(overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise from_hydra(exc) from exc
-    validate(cfg)
+    check_config(cfg)
     return cfg
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Resolve and validate a composed config; every problem is raised as a ConfigError."""
+    from memtrain.config.errors import from_hydra
+    from memtrain.config.validate import validate
+
+    try:
+        resolve_all(cfg)
+        validate(cfg)
+    except OmegaConfBaseException as exc:
+        raise from_hydra(exc) from exc
+
+
+def resolve_all(cfg: DictConfig) -> None:
+    """Resolve every interpolation and read every value once, so a missing value or an
+    interpolation that cannot resolve (${nonexistent}, ${oc.env:UNSET}) is an error naming its key
+    now, not when some code first reads it. Raises OmegaConf's errors (full_key set)."""
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -97,6 +97,41 @@ class AttentionBackend(Enum):
 
 
 # ---------------------------------------------------------------------------------------------
+# value checks, declared with the field they check (memtrain.config.validate.check_values reads
+# them): a number's bounds, a list's length and its items' bounds, the choices of a string. Every
+# float of every config must also be finite.
+
+
+@dataclass(frozen=True)
+class Check:
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+    length: Optional[int] = None  # a list: exactly this many items (each item is checked against the bounds)
+    choices: Optional[tuple] = None  # a string, or each string of a list: one of these
+
+    def describe(self) -> str:
+        parts = [f"{op} {v}" for op, v in (("at least", self.ge), ("more than", self.gt), ("at most", self.le),
+                                            ("less than", self.lt)) if v is not None]
+        return " and ".join(parts)
+
+
+_NO_DEFAULT = object()
+
+
+def checked(default: Any = _NO_DEFAULT, *, factory: Any = None, **check: Any) -> Any:
+    """A dataclass field with a value check: `lr: float = checked(3e-4, gt=0)`."""
+    metadata = {"check": Check(**check)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState (data pipelines) takes seeds in [0, 2^32)
+
+
+# ---------------------------------------------------------------------------------------------
 # model
 
 
@@ -110,23 +145,27 @@ class GPTConfig(ModelConfig):
     """Decoder-only transformer: RMSNorm, SwiGLU, RoPE, grouped-query attention through SDPA."""
 
     arch: str = "gpt"
-    vocab_size: int = 64
-    dim: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: Optional[int] = None  # None: as many as n_heads (multi-head attention)
-    ffn_hidden: Optional[int] = None  # None: 8/3 * dim rounded up to `multiple_of`
-    multiple_of: int = 64
-    max_seq_len: int = 2048
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
+    vocab_size: int = checked(64, ge=1)
+    dim: int = checked(128, ge=1)
+    n_layers: int = checked(4, ge=1)
+    n_heads: int = checked(4, ge=1)
+    n_kv_heads: Optional[int] = checked(None, ge=1)  # None: as many as n_heads (multi-head attention)
+    ffn_hidden: Optional[int] = checked(None, ge=1)  # None: 8/3 * dim rounded up to `multiple_of`
+    multiple_of: int = checked(64, ge=1)
+    max_seq_len: int = checked(2048, ge=1)
+    rope_theta: float = checked(10000.0, gt=0)
+    norm_eps: float = checked(1e-5, gt=0)
     tie_embeddings: bool = False
-    init_std: float = 0.02
+    init_std: float = checked(0.02, ge=0)
     attention: GPTAttention = GPTAttention.softmax  # the attention core of every block
-    linformer_k: int = 64  # linformer: projected length k of K and V
-    performer_features: int = 128  # performer: random features m per head
-    performer_redraw: int = 1000  # performer: redraw the features every this many training forwards (0: never)
-    attention_chunk: int = 64  # linformer/performer: block size of the causal prefix-sum scan
+    linformer_k: int = checked(64, ge=1)  # linformer: projected length k of K and V
+    performer_features: int = checked(128, ge=1)  # performer: random features m per head
+    performer_redraw: int = checked(1000, ge=0)  # performer: redraw the features every this many training forwards (0: never)
+    attention_chunk: int = checked(64, ge=1)  # linformer/performer: block size of the causal prefix-sum scan
+    # output projection fused with the cross entropy, computed over chunks of this many tokens so
+    # the [B, S, V] logits never exist; -1: on, chunk chosen from the vocabulary (plain under
+    # parallel=zero3, which frees the head's weight after its forward); 0: plain full logits
+    loss_chunk: int = checked(-1, ge=-1)
 
 
 @dataclass
@@ -135,40 +174,42 @@ class AlphaFoldConfig(ModelConfig):
     and structure module."""
 
     arch: str = "alphafold"
-    c_m: int = 256
-    c_z: int = 128
-    c_s: int = 384
-    n_blocks: int = 48
-    n_heads_msa: int = 8
-    n_heads_pair: int = 4
-    c_hidden_msa_att: int = 32
-    c_hidden_pair_att: int = 32
-    c_hidden_opm: int = 32
-    c_hidden_mul: int = 128
-    transition_n: int = 4
-    n_structure_layers: int = 8
-    n_heads_ipa: int = 12
-    c_hidden_ipa: int = 16
-    num_recycles: int = 0  # extra no-grad iterations (the paper samples 0-3 during training)
-    msa_dropout: float = 0.15
-    pair_dropout: float = 0.25
-    structure_dropout: float = 0.1
+    c_m: int = checked(256, ge=1)
+    c_z: int = checked(128, ge=1)
+    c_s: int = checked(384, ge=1)
+    n_blocks: int = checked(48, ge=1)
+    n_heads_msa: int = checked(8, ge=1)
+    n_heads_pair: int = checked(4, ge=1)
+    c_hidden_msa_att: int = checked(32, ge=1)
+    c_hidden_pair_att: int = checked(32, ge=1)
+    c_hidden_opm: int = checked(32, ge=1)
+    c_hidden_mul: int = checked(128, ge=1)
+    transition_n: int = checked(4, ge=1)
+    n_structure_layers: int = checked(8, ge=1)
+    n_heads_ipa: int = checked(12, ge=1)
+    c_hidden_ipa: int = checked(16, ge=1)
+    c_resnet: int = checked(128, ge=1)  # torsion-angle ResNet (Algorithm 20 lines 11-14)
+    c_hidden_plddt: int = checked(128, ge=1)  # pLDDT head (Algorithm 29)
+    num_recycles: int = checked(0, ge=0, le=32)  # extra no-grad iterations (the paper samples 0-3 during training)
+    msa_dropout: float = checked(0.15, ge=0, lt=1)
+    pair_dropout: float = checked(0.25, ge=0, lt=1)
+    structure_dropout: float = checked(0.1, ge=0, lt=1)
     # extra-MSA stack (Algorithm 18): 0 blocks switches it off
-    n_extra_msa_blocks: int = 4
-    c_e: int = 64
-    c_hidden_extra_msa_att: int = 8
+    n_extra_msa_blocks: int = checked(4, ge=0)
+    c_e: int = checked(64, ge=1)
+    c_hidden_extra_msa_att: int = checked(8, ge=1)
     # template stack (Algorithms 16, 17) and template torsion angles into the MSA
     templates: bool = True
-    c_t: int = 64
-    n_template_blocks: int = 2
-    c_hidden_template_att: int = 16
-    n_heads_template: int = 4
-    c_hidden_template_mul: int = 64
-    template_transition_n: int = 2
-    c_hidden_template_pointwise: int = 16
-    n_heads_template_pointwise: int = 4
+    c_t: int = checked(64, ge=1)
+    n_template_blocks: int = checked(2, ge=0)
+    c_hidden_template_att: int = checked(16, ge=1)
+    n_heads_template: int = checked(4, ge=1)
+    c_hidden_template_mul: int = checked(64, ge=1)
+    template_transition_n: int = checked(2, ge=1)
+    c_hidden_template_pointwise: int = checked(16, ge=1)
+    n_heads_template_pointwise: int = checked(4, ge=1)
     template_unit_vector: bool = False  # AlphaFold's monomer models zero the template unit vectors
-    chunk_size: Optional[int] = None  # OpenFold-style chunking of attention, outer product mean, transitions
+    chunk_size: Optional[int] = checked(None, ge=1)  # OpenFold-style chunking of attention, outer product mean, transitions
     attention_backend: AttentionBackend = AttentionBackend.naive
 
 
@@ -195,8 +236,8 @@ class ParallelConfig:
     # split into, and model stages held by each pipeline rank (interleaved, zero bubble, ZB-V)
     # gpipe | 1f1b | interleaved_1f1b | zero_bubble | zbv (a string: "1f1b" is no Python name)
     pp_schedule: str = "1f1b"
-    pp_microbatches: int = 4
-    pp_stages_per_rank: int = 1
+    pp_microbatches: int = checked(4, ge=1)
+    pp_stages_per_rank: int = checked(1, ge=1)
     tp_sp: bool = False  # tp>1: Megatron sequence parallelism (norms and residuals sharded along the sequence)
     sp_impl: SequenceParallelImpl = SequenceParallelImpl.ulysses  # sp>1: how attention crosses the shards
 
@@ -212,7 +253,7 @@ class LauncherConfig:
     rdzv_backend: str = "c10d"
     rdzv_endpoint: str = "localhost:0"  # host:port of the rendezvous; port 0 picks a free one (single node)
     rdzv_id: str = "memtrain"
-    max_restarts: int = 0
+    max_restarts: int = checked(0, ge=0, le=100)  # a worker that refuses bad input fails the same way each time
 
 
 @dataclass
@@ -221,7 +262,7 @@ class PrecisionConfig:
     param_dtype: DType = DType.float32  # dtype the parameters (and optimizer master copy) live in
     compute_dtype: DType = DType.float32  # autocast dtype; float32 means no autocast
     loss_scaling: bool = False  # dynamic loss scaling (torch.amp.GradScaler), needed for fp16
-    init_scale: float = 65536.0
+    init_scale: float = checked(65536.0, gt=0, le=2.0**64)  # float32 holds it, and 64 halvings reach 1
     growth_factor: float = 2.0
     backoff_factor: float = 0.5
     growth_interval: int = 2000
@@ -229,7 +270,7 @@ class PrecisionConfig:
     qat_activations: QATActivations = QATActivations.int8  # int8/int4 QAT: per-token input quantization
     fp8: bool = False  # FP8 (e4m3/e5m2) GEMMs for the blocks' linear layers, CUDA capability >= 8.9
     fp8_scaling: FP8Scaling = FP8Scaling.dynamic
-    fp8_amax_history: int = 16  # fp8_scaling=delayed: steps of amax history per tensor
+    fp8_amax_history: int = checked(16, ge=1)  # fp8_scaling=delayed: steps of amax history per tensor
 
 
 @dataclass
@@ -254,29 +295,29 @@ class ActivationCheckpointConfig:
 class OptimizerConfig:
     _target_: str = MISSING
     _partial_: bool = True
-    lr: float = 3e-4
-    weight_decay: float = 0.0
+    lr: float = checked(3e-4, gt=0)
+    weight_decay: float = checked(0.0, ge=0)
 
 
 @dataclass
 class AdamWConfig(OptimizerConfig):
     _target_: str = "torch.optim.AdamW"
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    fused: Optional[bool] = None  # None: fused on CUDA, foreach elsewhere
+    lr: float = checked(3e-4, gt=0)
+    betas: list[float] = checked(factory=lambda: [0.9, 0.95], length=2, ge=0, lt=1)
+    eps: float = checked(1e-8, ge=0)
+    weight_decay: float = checked(0.1, ge=0)
+    fused: Optional[bool] = None  # None: torch's fused kernel where it has one for the device (CUDA, CPU, ...)
 
 
 @dataclass
 class AdafactorConfig(OptimizerConfig):
     _target_: str = "torch.optim.Adafactor"
-    lr: float = 1e-2
-    beta2_decay: float = -0.8
-    eps: list[Optional[float]] = field(default_factory=lambda: [None, 1e-3])
-    d: float = 1.0
-    weight_decay: float = 0.0
-    foreach: Optional[bool] = None
+    lr: float = checked(1e-2, gt=0)
+    beta2_decay: float = checked(-0.8, le=0)
+    eps: list[Optional[float]] = checked(factory=lambda: [None, 1e-3], length=2, ge=0)
+    d: float = checked(1.0, ge=0)
+    weight_decay: float = checked(0.0, ge=0)
+    foreach: Optional[bool] = None  # None: torch's default (foreach on CUDA); no fused Adafactor in torch
 
 
 @dataclass
@@ -284,9 +325,10 @@ class LionConfig(OptimizerConfig):
     """Lion (Chen et al. 2023): sign of an interpolated momentum; one moment per parameter."""
 
     _target_: str = "memtrain.optim.lion.Lion"
-    lr: float = 1e-4  # the paper: 3-10x smaller than AdamW's
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.1
+    lr: float = checked(1e-4, gt=0)  # the paper: 3-10x smaller than AdamW's
+    betas: list[float] = checked(factory=lambda: [0.9, 0.99], length=2, ge=0, lt=1)
+    weight_decay: float = checked(0.1, ge=0)
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -294,9 +336,10 @@ class SM3Config(OptimizerConfig):
     """SM3-II (Anil et al. 2019): one accumulator per row and per column (per dim)."""
 
     _target_: str = "memtrain.optim.sm3.SM3"
-    lr: float = 1e-2
-    momentum: float = 0.0  # > 0 adds a full-size momentum buffer
-    weight_decay: float = 0.0
+    lr: float = checked(1e-2, gt=0)
+    momentum: float = checked(0.0, ge=0, lt=1)  # > 0 adds a full-size momentum buffer
+    weight_decay: float = checked(0.0, ge=0)
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -304,11 +347,12 @@ class CAMEConfig(OptimizerConfig):
     """CAME (Luo et al. 2023): factored second moment and factored confidence, with momentum."""
 
     _target_: str = "memtrain.optim.came.CAME"
-    lr: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999, 0.9999])
-    eps: list[float] = field(default_factory=lambda: [1e-30, 1e-16])
-    d: float = 1.0  # update clipping threshold
-    weight_decay: float = 0.0
+    lr: float = checked(2e-4, gt=0)
+    betas: list[float] = checked(factory=lambda: [0.9, 0.999, 0.9999], length=3, ge=0, lt=1)
+    eps: list[float] = checked(factory=lambda: [1e-30, 1e-16], length=2, ge=0)
+    d: float = checked(1.0, gt=0)  # update clipping threshold
+    weight_decay: float = checked(0.0, ge=0)
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -317,11 +361,12 @@ class AdamMiniConfig(OptimizerConfig):
     (other matrices), per tensor (vectors); AdamW for the modules named in adamw_names."""
 
     _target_: str = "memtrain.optim.adam_mini.AdamMini"
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    lr: float = checked(3e-4, gt=0)
+    betas: list[float] = checked(factory=lambda: [0.9, 0.95], length=2, ge=0, lt=1)
+    eps: float = checked(1e-8, ge=0)
+    weight_decay: float = checked(0.1, ge=0)
     adamw_names: list[str] = field(default_factory=lambda: ["tok_embeddings", "output"])
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -329,12 +374,13 @@ class AdamWBF16Config(OptimizerConfig):
     """AdamW with both moments stored in bfloat16 (stochastically rounded)."""
 
     _target_: str = "memtrain.optim.adamw_bf16.AdamWBF16"
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    lr: float = checked(3e-4, gt=0)
+    betas: list[float] = checked(factory=lambda: [0.9, 0.95], length=2, ge=0, lt=1)
+    eps: float = checked(1e-8, ge=0)
+    weight_decay: float = checked(0.1, ge=0)
     stochastic_rounding: bool = True
-    seed: int = 0
+    seed: int = checked(0, ge=0, le=SEED_MAX)
+    foreach: Optional[bool] = None  # None: multi-tensor steps (memtrain.optim._foreach); False: per parameter
 
 
 @dataclass
@@ -342,11 +388,11 @@ class AdamW8bitConfig(OptimizerConfig):
     """bitsandbytes' 8-bit AdamW (Dettmers et al. 2022): block-wise quantized moments."""
 
     _target_: str = "bitsandbytes.optim.AdamW8bit"
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    min_8bit_size: int = 4096  # smaller tensors keep 32-bit moments
+    lr: float = checked(3e-4, gt=0)
+    betas: list[float] = checked(factory=lambda: [0.9, 0.95], length=2, ge=0, lt=1)
+    eps: float = checked(1e-8, ge=0)
+    weight_decay: float = checked(0.1, ge=0)
+    min_8bit_size: int = checked(4096, ge=0)  # smaller tensors keep 32-bit moments
 
 
 @dataclass
@@ -354,9 +400,9 @@ class MeZOConfig(OptimizerConfig):
     """MeZO (Malladi et al. 2023): zeroth-order SPSA, forward passes only, no state."""
 
     _target_: str = "memtrain.optim.mezo.MeZO"
-    lr: float = 1e-6
-    eps: float = 1e-3  # perturbation scale
-    weight_decay: float = 0.0
+    lr: float = checked(1e-6, gt=0)
+    eps: float = checked(1e-3, gt=0)  # perturbation scale
+    weight_decay: float = checked(0.0, ge=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,13 +413,14 @@ class MeZOConfig(OptimizerConfig):
 class DataConfig:
     source: DataSource = DataSource.protein
     root: Optional[str] = None  # protein: a folder; None means $MEMTRAIN_DATA_DIR/proteins or ../shared/data/proteins
-    formats: list[str] = field(default_factory=lambda: ["fasta", "a3m", "mmcif"])
-    seq_len: int = 128
-    num_synthetic_tokens: int = 1_000_000  # synthetic: length of the generated token stream
-    crop_size: int = 256  # structure: residues per cropped sample (shorter chains are padded)
-    max_msa: int = 128  # structure: MSA rows sampled per sample (the query first)
-    max_extra_msa: int = 1024  # structure: extra-MSA rows (the alignment rows not sampled), for the extra-MSA stack
-    max_templates: int = 4  # structure: templates per sample, for the template stack
+    formats: list[str] = checked(factory=lambda: ["fasta", "a3m", "mmcif"], choices=("fasta", "a3m", "mmcif"))
+    seq_len: int = checked(128, ge=1)
+    num_synthetic_tokens: int = checked(1_000_000, ge=1, le=2**31)  # synthetic: length of the generated stream (int64: 16 GiB at most)
+    crop_size: int = checked(256, ge=1)  # structure: residues per cropped sample (shorter chains are padded)
+    max_msa: int = checked(128, ge=1)  # structure: MSA rows sampled per sample (the query first)
+    eval_chains: list[str] = field(default_factory=list)  # structure: chains held out of training for trainer.eval_every, e.g. [4zey_A]
+    max_extra_msa: int = checked(1024, ge=0)  # structure: extra-MSA rows (the alignment rows not sampled), for the extra-MSA stack
+    max_templates: int = checked(4, ge=0)  # structure: templates per sample, for the template stack
     template_source: TemplateSource = TemplateSource.homologues
 
 
@@ -381,12 +428,13 @@ class DataConfig:
 class TrainerConfig:
     max_steps: int = 40
     micro_batch_size: int = 8
-    grad_accum: int = 1
-    seed: int = 0
+    grad_accum: int = checked(1, ge=1, le=2**20)  # micro-batches per step (the planner's global batch bound)
+    seed: int = checked(0, ge=0, le=SEED_MAX)
     log_every: int = 5
     save_every: int = 0  # 0: no periodic saves
     keep_last: int = 2  # checkpoints kept on disk
     resume: str = "none"  # none | auto (latest in this run directory) | a checkpoint path
+    resume_cast: bool = False  # resume a checkpoint whose parameter dtype differs, casting weights and optimizer states
     device: Device = Device.auto
     grad_clip: float = 1.0  # 0 disables clipping
     warmup_steps: int = 5
@@ -395,6 +443,7 @@ class TrainerConfig:
     tensorboard: bool = False
     run_dir: Optional[str] = None  # None: Hydra's output directory of the job
     compile: bool = False  # regional torch.compile of every block (memtrain.engine.fast_path)
+    eval_every: int = 0  # evaluate held-out data every N steps (ModelSpec.build_evaluator); 0: never
 
 
 @dataclass
@@ -404,8 +453,8 @@ class HardwareConfig:
     (conf/hardware/) give their sources; docs/planner.md explains every constant."""
 
     name: str = "h100"
-    gpus: int = 8  # GPUs per node
-    nodes: int = 1
+    gpus: int = checked(8, ge=1, le=1024)  # GPUs per node
+    nodes: int = checked(1, ge=1, le=65536)
     gpu_mem_gb: float = 80.0  # device memory per GPU, GiB
     host_mem_gb: float = 2048.0  # host memory per node, GiB
     peak_tflops_bf16: float = 989.0
@@ -451,12 +500,12 @@ class ERA5DataConfig(DataConfig):
     source: DataSource = DataSource.era5
     upper_variables: list[str] = field(default_factory=lambda: ["z", "q", "t", "u", "v"])
     surface_variables: list[str] = field(default_factory=lambda: ["msl", "u10", "v10", "t2m"])
-    levels: list[int] = field(default_factory=lambda: list(PRESSURE_LEVELS))  # hPa, selected from the files
-    lead_time: int = 1  # target = input time step + lead_time (in the files' time steps)
-    time_steps: Optional[int] = None  # use the first N time steps of the files; None: all
+    levels: list[int] = checked(factory=lambda: list(PRESSURE_LEVELS), gt=0)  # hPa, selected from the files
+    lead_time: int = checked(1, ge=1)  # target = input time step + lead_time (in the files' time steps)
+    time_steps: Optional[int] = checked(None, ge=1)  # use the first N time steps of the files; None: all
     stats: Optional[str] = None  # normalization file (<var>_mean, <var>_std per level); None: computed from the data
-    format: str = "netcdf"  # netcdf | zarr: what the synthetic generator writes when root is None
-    synthetic_time_steps: int = 24  # time steps the generator writes (6-hourly)
+    format: str = checked("netcdf", choices=("netcdf", "zarr"))  # netcdf | zarr: what the synthetic generator writes when root is None
+    synthetic_time_steps: int = checked(24, ge=2)  # time steps the generator writes (6-hourly)
 
 
 @dataclass
@@ -465,18 +514,18 @@ class PanguConfig(ModelConfig):
     pseudocode). Defaults are the published model at 0.25 degrees."""
 
     arch: str = "pangu"
-    n_levels: int = 13  # pressure levels of the upper-air variables
-    n_lat: int = 721
-    n_lon: int = 1440
-    n_upper: int = 5  # z, q, t, u, v
-    n_surface: int = 4  # msl, u10, v10, t2m
-    patch_size: list[int] = field(default_factory=lambda: [2, 4, 4])  # (level, lat, lon); surface uses (lat, lon)
-    window_size: list[int] = field(default_factory=lambda: [2, 6, 12])  # (level, lat, lon) tokens per window
-    dim: int = 192  # C of the first stage; the second stage has 2C
-    depths: list[int] = field(default_factory=lambda: [2, 6, 6, 2])
-    heads: list[int] = field(default_factory=lambda: [6, 12, 12, 6])
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.2  # stochastic depth, linearly increasing to this rate
+    n_levels: int = checked(13, ge=1)  # pressure levels of the upper-air variables
+    n_lat: int = checked(721, ge=1)
+    n_lon: int = checked(1440, ge=1)
+    n_upper: int = checked(5, ge=1)  # z, q, t, u, v
+    n_surface: int = checked(4, ge=1)  # msl, u10, v10, t2m
+    patch_size: list[int] = checked(factory=lambda: [2, 4, 4], length=3, ge=1)  # (level, lat, lon); surface uses (lat, lon)
+    window_size: list[int] = checked(factory=lambda: [2, 6, 12], length=3, ge=1)  # (level, lat, lon) tokens per window
+    dim: int = checked(192, ge=1)  # C of the first stage; the second stage has 2C
+    depths: list[int] = checked(factory=lambda: [2, 6, 6, 2], length=4, ge=1)
+    heads: list[int] = checked(factory=lambda: [6, 12, 12, 6], length=4, ge=1)
+    mlp_ratio: float = checked(4.0, gt=0)
+    drop_path: float = checked(0.2, ge=0, lt=1)  # stochastic depth, linearly increasing to this rate
 
 
 @dataclass
@@ -485,18 +534,23 @@ class FuXiConfig(ModelConfig):
     the published width and depth at 0.25 degrees."""
 
     arch: str = "fuxi"
-    n_levels: int = 13
-    n_lat: int = 721
-    n_lon: int = 1440
-    n_upper: int = 5
-    n_surface: int = 4
-    patch_size: int = 4  # cube embedding's spatial patch (lat, lon)
-    window_size: list[int] = field(default_factory=lambda: [9, 9])  # (lat, lon) tokens per window
-    dim: int = 1536
-    depth: int = 48
-    heads: int = 24
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.2
+    n_levels: int = checked(13, ge=1)
+    n_lat: int = checked(721, ge=1)
+    n_lon: int = checked(1440, ge=1)
+    n_upper: int = checked(5, ge=1)
+    n_surface: int = checked(4, ge=1)
+    patch_size: int = checked(4, ge=1)  # cube embedding's spatial patch (lat, lon)
+    window_size: list[int] = checked(factory=lambda: [9, 9], length=2, ge=1)  # (lat, lon) tokens per window
+    dim: int = checked(1536, ge=1)
+    depth: int = checked(48, ge=1)
+    heads: int = checked(24, ge=1)
+    mlp_ratio: float = checked(4.0, gt=0)
+    drop_path: float = checked(0.2, ge=0, lt=1)
+
+
+def model_schema(arch: str) -> type:
+    """The schema of model.arch `arch` (ConfigError-free lookup: KeyError for an unknown arch)."""
+    return {"gpt": GPTConfig, "alphafold": AlphaFoldConfig, "pangu": PanguConfig, "fuxi": FuXiConfig}[arch]
 
 
 def register_schemas() -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memtrain.config.errors import enum_names, require
+from memtrain.config.schema import Check
 from memtrain.distributed.launch import world_size
 from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.distributed.pipeline import validate_pipeline
@@ -30,16 +32,21 @@ OFFLOAD_SUPPORT = {
 }
 
 
+MAX_BLOCKS = 1024  # blocks per model (the largest published transformers have under 200)
+
+
 def validate(cfg: DictConfig) -> None:
     _validate_keys(cfg)
+    check_values(cfg)
     _validate_parallel(cfg.parallel)
     _validate_precision(cfg.precision)
     validate_quantization(cfg)
     _validate_trainer(cfg.trainer)
     _validate_offload(cfg)
+    _validate_paths(cfg)
     _validate_launch(cfg)
     _validate_kernels(cfg)
-    _validate_hardware(cfg.hardware)
+    validate_hardware(cfg.hardware)
     require(not (cfg.trainer.compile and cfg.parallel.name.startswith("zero")), "trainer.compile",
             f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
     require(not (cfg.trainer.compile and cfg.parallel.pp != 1), "trainer.compile",
@@ -50,6 +57,10 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
     validate_optimizer(cfg)
     spec = get_spec(cfg.model.arch)
+    blocks = spec.num_blocks(cfg.model)
+    require(blocks <= MAX_BLOCKS, "model", f"the model has {blocks} blocks; memtrain builds at most {MAX_BLOCKS} (its "
+                                           "tools build every block's shapes, and the largest published transformers "
+                                           "have under 200)")
     for dim in ("tp", "sp"):
         require(cfg.parallel[dim] == 1 or dim in spec.model_parallel, f"parallel.{dim}",
                 f"model.arch={cfg.model.arch} does not support parallel.{dim} (its model-parallel dimensions: "
@@ -58,8 +69,46 @@ def validate(cfg: DictConfig) -> None:
             f"parallel=dap (Dynamic Axial Parallelism) splits AlphaFold's representations; model.arch={cfg.model.arch} has none")
     require(cfg.parallel.name != "spatial" or spec.spatial, "parallel",
             f"parallel=spatial splits a weather model's latitude grid; model.arch={cfg.model.arch} has none (use model=pangu*)")
+    require(cfg.trainer.eval_every == 0 or spec.build_evaluator is not None, "trainer.eval_every",
+            f"model.arch={cfg.model.arch} has no evaluation step; use trainer.eval_every=0")
+    require(cfg.trainer.eval_every == 0 or cfg.parallel.pp == 1, "trainer.eval_every",
+            f"the evaluation step runs the whole model, not pipeline stages (parallel.pp={cfg.parallel.pp})")
     spec.validate(cfg)
     validate_pipeline(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).pp, spec.num_blocks(cfg.model), spec)
+
+
+def check_values(node: DictConfig, prefix: str = "") -> None:
+    """Every value against the check its schema field declares (memtrain.config.schema.checked),
+    and every float finite, at any depth."""
+    schema = OmegaConf.get_type(node)
+    checks = {f.name: f.metadata["check"] for f in dataclasses.fields(schema) if "check" in f.metadata} \
+        if dataclasses.is_dataclass(schema) else {}
+    for key in node:
+        value, full = node[key], f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            check_values(value, f"{full}.")
+            continue
+        items = list(value) if isinstance(value, ListConfig) else [value]
+        for item in items:
+            require(not isinstance(item, float) or math.isfinite(item), full, f"must be a finite number, got {value}")
+        if key in checks and value is not None:
+            _check_value(checks[key], full, value, items)
+
+
+def _check_value(check: Check, key: str, value: object, items: list) -> None:
+    if check.length is not None:
+        require(isinstance(value, ListConfig) and len(items) == check.length, key,
+                f"must be a list of {check.length} values, got {value}")
+    for item in items:
+        if item is None:
+            continue
+        if check.choices is not None:
+            require(item in check.choices, key, f"unknown value {item!r}", allowed=check.choices)
+            continue
+        ok = all(bound is None or cmp(item, bound) for bound, cmp in (
+            (check.ge, lambda a, b: a >= b), (check.gt, lambda a, b: a > b),
+            (check.le, lambda a, b: a <= b), (check.lt, lambda a, b: a < b)))
+        require(ok, key, f"must be {check.describe()}" + (" (each value)" if len(items) > 1 else "") + f", got {value}")
 
 
 def _validate_keys(cfg: DictConfig) -> None:
@@ -112,6 +161,43 @@ def _validate_model_parallel(p: DictConfig) -> None:
             bad = [f"parallel.{k}={p[k]}" for k in ("dp_replicate", "dp_shard") if p[k] != 1]
             require(not bad, bad[0].split("=")[0] if bad else key,
                     f"parallel={name} has no data parallelism (got {', '.join(bad)}); use parallel=fsdp or ddp with {key}")
+
+
+def _path_kind(key: str, path: Path) -> str:
+    """'file', 'dir', 'missing' or 'other' for `path`; a path the system cannot even look up (a
+    component too long, a loop of links) is a ConfigError naming `key`."""
+    try:
+        if path.is_dir():
+            return "dir"
+        if path.is_file():
+            return "file"
+        return "other" if path.exists() else "missing"
+    except OSError as exc:
+        require(False, key, f"{str(path)[:120]}{'...' if len(str(path)) > 120 else ''}: {exc.strerror or exc}")
+        raise  # unreachable: require raised
+
+
+def _validate_paths(cfg: DictConfig) -> None:
+    """Folders and files named in the config exist and are usable, before anything starts."""
+    root = cfg.data.get("root")
+    if root is not None and enum_names(cfg.data.source) != "synthetic":  # random tokens read no files
+        kind = _path_kind("data.root", Path(root))
+        require(kind != "missing", "data.root", f"{root} does not exist")
+        data_file = enum_names(cfg.data.source) == "era5" and Path(root).suffix in (".nc", ".zarr")  # one ERA5 file
+        require(kind == "dir" or data_file, "data.root",
+                f"{root} is not a folder (data.root names the folder that holds the data files)")
+        require(os.access(root, os.R_OK | os.X_OK), "data.root", f"{root}: permission denied (this user cannot list it)")
+    stats = cfg.data.get("stats")
+    if stats is not None:
+        require(_path_kind("data.stats", Path(stats)) in ("file", "dir"), "data.stats", f"{stats} does not exist")
+    if cfg.offload.name == "nvme":
+        path = str(cfg.offload.nvme_path).strip()
+        require(path != "", "offload.nvme_path", "offload=nvme needs a folder on a fast local disk for its swap files, "
+                                                 "got an empty path")
+        target = Path(path).expanduser().absolute()
+        existing = next(p for p in (target, *target.parents) if _path_kind("offload.nvme_path", p) != "missing")
+        require(existing.is_dir(), "offload.nvme_path", f"{existing} is not a folder")
+        require(os.access(existing, os.W_OK | os.X_OK), "offload.nvme_path", f"{existing}: permission denied (not writable)")
 
 
 def _validate_offload(cfg: DictConfig) -> None:
@@ -168,12 +254,13 @@ def _validate_precision(p: DictConfig) -> None:
 def _validate_trainer(t: DictConfig) -> None:
     for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every"):
         require(t[key] >= 1, f"trainer.{key}", f"must be at least 1, got {t[key]}")
-    for key in ("save_every", "keep_last", "warmup_steps"):
+    for key in ("save_every", "keep_last", "warmup_steps", "eval_every"):
         require(t[key] >= 0, f"trainer.{key}", f"must be 0 or more, got {t[key]}")
     require(t.grad_clip >= 0, "trainer.grad_clip", f"must be 0 (off) or positive, got {t.grad_clip}")
     require(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
-    require(t.resume in ("none", "auto") or (Path(t.resume) / "meta.json").is_file(), "trainer.resume",
-            f"{t.resume!r} is not a checkpoint folder (step_<N>/ with meta.json)", allowed=["none", "auto", "<path>"])
+    require(t.resume in ("none", "auto") or _path_kind("trainer.resume", Path(t.resume) / "meta.json") == "file",
+            "trainer.resume", f"{t.resume!r} is not a checkpoint folder (step_<N>/ with meta.json)",
+            allowed=["none", "auto", "<path>"])
     device = enum_names(t.device)
     require(device != "cuda" or torch.cuda.is_available(), "trainer.device", "cuda requested but no CUDA device is visible",
             allowed=["auto", "cpu"])
@@ -181,7 +268,7 @@ def _validate_trainer(t: DictConfig) -> None:
             "the tensorboard package is not installed (pip install tensorboard)")
 
 
-def _validate_hardware(h: DictConfig) -> None:
+def validate_hardware(h: DictConfig) -> None:
     """The machine `memtrain plan` plans for: counts at least 1, sizes and rates positive."""
     for key in ("gpus", "nodes"):
         require(h[key] >= 1, f"hardware.{key}", f"must be at least 1, got {h[key]}")

@@ -16,6 +16,8 @@ streams in memtrain.data.lm, so a resumed run sees the batches an uninterrupted 
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +37,37 @@ def latitude_weights(lat_degrees: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (w / w.mean()).float()
 
 
+def _refuse_pickled_arrays(store: Path) -> None:
+    """A Zarr store can declare object arrays stored with numcodecs' Pickle codec, which unpickles
+    every chunk on read (code from the file); refuse such a store before any chunk is read. Only
+    the JSON metadata files are inspected (.zarray, .zmetadata, zarr.json)."""
+    def flagged(node: object) -> list[str]:
+        """Pickle codecs ('id'/'name') and object dtypes ('dtype' |O, 'data_type' object) in the JSON."""
+        if isinstance(node, dict):
+            found = [node[k] for k in ("id", "name") if isinstance(node.get(k), str) and "pickle" in node[k].lower()]
+            found += [f"dtype {node['dtype']}"] if node.get("dtype") in ("|O", "O", "object") else []
+            found += [f"data_type {node['data_type']}"] if node.get("data_type") == "object" else []
+            return found + [c for v in node.values() for c in flagged(v)]
+        if isinstance(node, list):
+            return [c for v in node for c in flagged(v)]
+        return []
+
+    for meta in [*store.rglob(".zarray"), *store.rglob(".zmetadata"), *store.rglob("zarr.json")]:
+        try:
+            parsed = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataFormatError(f"{meta}: unreadable Zarr metadata ({exc})") from exc
+        bad = sorted(set(flagged(parsed)))
+        if bad:
+            raise DataFormatError(f"refusing to read {meta}: it declares {', '.join(bad)}: object arrays, whose "
+                                  "chunks are unpickled on read (code from the file); ERA5 fields are numeric arrays")
+
+
 def _open(path: Path):
     import xarray as xr
 
+    if path.suffix == ".zarr" or path.is_dir():
+        _refuse_pickled_arrays(path)
     try:
         if path.suffix == ".zarr" or path.is_dir():
             return xr.open_zarr(path, consolidated=None)
@@ -86,6 +116,8 @@ class ERA5Fields:
         self.levels = [int(x) for x in levels]
         self.files = data_files(root)
         parts, ref = [], None
+        self._starts: list[tuple[int, Path]] = []  # (first global time step, file): which file holds step t
+        first = 0
         for path in self.files:
             ds = _rename(_open(path), path)
             self._check(ds, path, grid)
@@ -99,6 +131,8 @@ class ERA5Fields:
             if self.upper_variables:
                 ds = ds.sel(level=self.levels)
             parts.append(ds[keep])
+            self._starts.append((first, path))
+            first += ds.sizes["time"]
         self.ds = parts[0] if len(parts) == 1 else xr.concat(parts, dim="time", data_vars="minimal", coords="minimal",
                                                              compat="override", join="override")
         if time_steps is not None:
@@ -128,8 +162,15 @@ class ERA5Fields:
     def step(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(upper [V_u, L, H, W], surface [V_s, H, W]) at time step t, float32, physical units."""
         snap = self.ds.isel(time=t)
-        upper = np.stack([snap[v].values for v in self.upper_variables]) if self.upper_variables else np.zeros((0,))
-        surface = np.stack([snap[v].values for v in self.surface_variables]) if self.surface_variables else np.zeros((0,))
+        values = {v: snap[v].values for v in (*self.upper_variables, *self.surface_variables)}
+        for name, x in values.items():
+            if not np.isfinite(x).all():  # a NaN (missing value) or inf would train NaN losses
+                start, path = next((s, p) for s, p in reversed(self._starts) if s <= t)
+                raise DataFormatError(f"{path}: variable {name!r} has {int((~np.isfinite(x)).sum())} NaN or infinite "
+                                      f"values at time step {t - start} of the file; fill or drop them (they would make "
+                                      "the loss NaN)")
+        upper = np.stack([values[v] for v in self.upper_variables]) if self.upper_variables else np.zeros((0,))
+        surface = np.stack([values[v] for v in self.surface_variables]) if self.surface_variables else np.zeros((0,))
         return upper.astype(np.float32), surface.astype(np.float32)
 
 
@@ -150,7 +191,10 @@ def load_stats(path: str | Path, fields: ERA5Fields) -> tuple[np.ndarray, ...]:
             if missing:
                 raise DataFormatError(f"{path}: variable {name!r} has no level(s) {missing} hPa")
             x = x.sel(level=fields.levels)
-        return np.asarray(x.values, dtype=np.float64)
+        values = np.asarray(x.values, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise DataFormatError(f"{path}: normalization statistic {name!r} has NaN or infinite values")
+        return values
 
     um = np.stack([get(f"{v}_mean", True) for v in fields.upper_variables]) if fields.upper_variables else np.zeros((0, 0))
     us = np.stack([get(f"{v}_std", True) for v in fields.upper_variables]) if fields.upper_variables else np.zeros((0, 0))
@@ -233,6 +277,27 @@ def synthetic_root(cfg) -> Path:
     return Path(base) / f"era5_synthetic_{m.n_lat}x{m.n_lon}x{len(cfg.data.levels)}_seed{cfg.trainer.seed}"
 
 
+def _check_synthetic_size(cfg, root: Path) -> None:
+    """The generated dataset is built in memory and written to the run folder: refuse one that
+    this machine's RAM or that folder's disk cannot hold, before generating it."""
+    import shutil
+
+    from memtrain.config.errors import ConfigError
+    from memtrain.memory.capacity import host_memory_bytes
+
+    d, m = cfg.data, cfg.model
+    fields = len(d.upper_variables) * len(d.levels) + len(d.surface_variables)
+    need = 4 * d.synthetic_time_steps * fields * m.n_lat * m.n_lon  # float32
+    existing = next(p for p in (Path(root), *Path(root).parents) if p.exists())
+    room = min(host_memory_bytes(), shutil.disk_usage(existing).free)
+    if need > room:
+        raise ConfigError("data.synthetic_time_steps", f"the synthetic ERA5 dataset (data.root unset) of "
+                                                       f"{d.synthetic_time_steps} time steps on the {m.n_lat} x {m.n_lon} "
+                                                       f"grid needs {need / 2**30:.1f} GiB, more than this machine's RAM "
+                                                       f"or the free disk under {existing} ({room / 2**30:.1f} GiB); "
+                                                       "generate fewer time steps or set data.root to real files")
+
+
 def build_era5_data(cfg) -> ERA5Pairs:
     """The ERA5Pairs a weather model trains on: files under data.root, or a synthetic dataset on the
     model's grid generated in the run directory when data.root is null."""
@@ -242,6 +307,7 @@ def build_era5_data(cfg) -> ERA5Pairs:
         from memtrain.data.era5_synthetic import write
 
         root = synthetic_root(cfg)
+        _check_synthetic_size(cfg, root)
         write(root, m.n_lat, m.n_lon, list(d.levels), d.synthetic_time_steps, seed=cfg.trainer.seed, fmt=d.format)
         stats_path = stats_path or str(root / "stats.nc")
     fields = ERA5Fields(root, d.upper_variables, d.surface_variables, d.levels, grid=(m.n_lat, m.n_lon),

@@ -24,7 +24,9 @@ Residue alphabet (AlphaFold's ``restype_order``): 0..19 = ``ARNDCQEGHILKMFPSTWYV
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,7 @@ from memtrain.data.errors import DataFormatError
 from memtrain.data.mmcif import PROTEIN_POLYMER_TYPE
 from memtrain.data.residue_constants import ATOM_ORDER, ATOM_RENAMES, NUM_ATOM_TYPES
 from memtrain.data.sequences import default_protein_root, read_a3m
+from memtrain.models.alphafold import residue_constants
 from memtrain.data.templates import (
     TEMPLATE_KEYS,
     TemplateHit,
@@ -94,6 +97,24 @@ class Chain:
     backbone_mask: np.ndarray  # [N_res] float32, 1 where N, CA and C are all observed
     atom_mask: np.ndarray = field(repr=False)  # [N_res, 3] float32, per backbone atom
     label_asym_id: str = ""  # the mmCIF (label) chain id, e.g. 'B' for 2q2k chain A
+    # every heavy atom in the atom14 layout of the residue's type (residue_constants.GT_ATOM14_NAMES;
+    # unknown residues: N, CA, C, O); None for a chain built without them
+    atom14: np.ndarray | None = field(default=None, repr=False)  # [N_res, 14, 3] float32, Angstrom
+    atom14_mask: np.ndarray | None = field(default=None, repr=False)  # [N_res, 14] float32
+    resolution: float = 0.0  # Angstrom; 0 where the file states none (NMR), as AlphaFold's parser
+
+    @functools.cached_property
+    def torsion_angles(self) -> dict[str, np.ndarray]:
+        """The 7 torsion angles of every residue (sin, cos) [N_res, 7, 2], their pi-shifted
+        alternatives and mask [N_res, 7] (memtrain.models.alphafold.all_atom.atom14_torsion_angles),
+        computed over the whole chain, so a crop's first residue keeps its omega and phi."""
+        from memtrain.models.alphafold.all_atom import atom14_torsion_angles
+
+        if self.atom14 is None:
+            raise ValueError(f"{self.name}: no atom14 coordinates to compute torsion angles from")
+        aatype = torch.from_numpy(sequence_to_aatype(self.sequence))
+        out = atom14_torsion_angles(aatype, torch.from_numpy(self.atom14), torch.from_numpy(self.atom14_mask))
+        return {k: v.numpy().astype(np.float32) for k, v in out.items()}
     # every heavy atom in AlphaFold's atom37 layout (memtrain.data.residue_constants), for templates
     all_atom_positions: np.ndarray | None = field(default=None, repr=False)  # [N_res, 37, 3] float32
     all_atom_mask: np.ndarray | None = field(default=None, repr=False)  # [N_res, 37] float32
@@ -203,6 +224,35 @@ def _seqres_by_chain(
     return result
 
 
+def _read_atom14(residue, letter: str, positions: np.ndarray, mask: np.ndarray) -> None:
+    """Fill one residue's atom14 row (positions [14, 3], mask [14]) from a Biopython residue, by
+    the atom names of its sequence letter's type (residue_constants.GT_ATOM14_NAMES). Selenium of
+    selenomethionine (MSE, read as M) is taken as its sulphur SD, as AlphaFold's parser does;
+    hydrogens, OXT and atoms of other names are not kept."""
+    resname = residue_constants.RESNAMES[RESTYPE_ORDER.get(letter, UNK_ID)]
+    selenomethionine = residue.get_resname() == "MSE"
+    for slot, atom_name in enumerate(residue_constants.GT_ATOM14_NAMES[resname]):
+        source = "SE" if selenomethionine and atom_name == "SD" else atom_name
+        if source in residue:
+            positions[slot] = residue[source].get_coord()
+            mask[slot] = 1.0
+
+
+# Where mmCIF files state the resolution (X-ray, then electron microscopy, then the reflections).
+_RESOLUTION_ITEMS = ("_refine.ls_d_res_high", "_em_3d_reconstruction.resolution", "_reflns.d_resolution_high")
+
+
+def _resolution(cif: dict[str, list[str]]) -> float:
+    """The structure's resolution in Angstrom, or 0.0 where none is stated (AlphaFold's parser)."""
+    for item in _RESOLUTION_ITEMS:
+        for value in cif.get(item, []):
+            try:
+                return float(value)
+            except ValueError:  # '?' or '.'
+                continue
+    return 0.0
+
+
 def read_chains(path: str | Path) -> list[Chain]:
     """The protein chains of the first model of an mmCIF file, in ``_pdbx_poly_seq_scheme`` order.
 
@@ -241,10 +291,14 @@ def read_chains(path: str | Path) -> list[Chain]:
     model = models[0]
 
     chains: list[Chain] = []
+    resolution = _resolution(cif)
     for asym_id, (strand, _, residues) in seqres.items():
         n_res = len(residues)
         coords = np.zeros((n_res, 3, 3), dtype=np.float32)
         atom_mask = np.zeros((n_res, 3), dtype=np.float32)
+        atom14 = np.zeros((n_res, 14, 3), dtype=np.float32)
+        atom14_mask = np.zeros((n_res, 14), dtype=np.float32)
+        sequence = "".join(one_letter(mon) for mon, _ in residues)
         all_pos = np.zeros((n_res, NUM_ATOM_TYPES, 3), dtype=np.float32)
         all_mask = np.zeros((n_res, NUM_ATOM_TYPES), dtype=np.float32)
         if asym_id in model:
@@ -264,6 +318,7 @@ def read_chains(path: str | Path) -> list[Chain]:
                     if atom_name in residue:
                         coords[position, k] = residue[atom_name].get_coord()
                         atom_mask[position, k] = 1.0
+                _read_atom14(residue, sequence[position], atom14[position], atom14_mask[position])
                 for atom in residue:
                     name = ATOM_RENAMES.get((residue.get_resname(), atom.get_id()), atom.get_id())
                     if name in ATOM_ORDER:
@@ -272,11 +327,14 @@ def read_chains(path: str | Path) -> list[Chain]:
         chains.append(
             Chain(
                 name=f"{path.stem.lower()}_{strand}",
-                sequence="".join(one_letter(mon) for mon, _ in residues),
+                sequence=sequence,
                 backbone=coords,
                 backbone_mask=atom_mask.min(axis=1),
                 atom_mask=atom_mask,
                 label_asym_id=asym_id,
+                atom14=atom14,
+                atom14_mask=atom14_mask,
+                resolution=resolution,
                 all_atom_positions=all_pos,
                 all_atom_mask=all_mask,
             )
@@ -442,6 +500,7 @@ def make_features(
     max_msa: int,
     rng: np.random.Generator,
     profile: np.ndarray | None = None,
+    crop_start: int | None = None,
     max_extra_msa: int = 0,
     templates: list[dict[str, np.ndarray]] | None = None,
     max_templates: int = 0,
@@ -452,7 +511,7 @@ def make_features(
     and ``profile`` [N_res, 22] its MSA profile (computed from ``msa`` if not given).
 
     1. Crop (suppl. 1.2.8): a contiguous window of ``crop_size`` residues at a uniformly random
-       start; shorter chains are kept whole.
+       start (or at ``crop_start``, for evaluation); shorter chains are kept whole.
     2. MSA sampling (suppl. 1.2.5): the query row always first, then ``max_msa - 1`` of the
        other rows drawn without replacement (in random order).
     3. BERT masking of the sampled rows (suppl. 1.2.7), see :func:`make_masked_msa`; the profile
@@ -482,8 +541,10 @@ def make_features(
 
     Returns numpy arrays: aatype, residue_index (0-based SEQRES position, kept through the crop),
     seq_mask, target_feat, msa_feat, msa_mask, true_msa (0..21, the sampled rows before masking),
-    bert_mask, backbone_coords [N, 3, 3] (N, CA, C), backbone_mask, and the extra-MSA and
-    template features when asked for.
+    bert_mask, backbone_coords [N, 3, 3] (N, CA, C), backbone_mask, the all-atom targets
+    (suppl. 1.8-1.9): atom14_gt_positions [N, 14, 3], atom14_gt_exists [N, 14],
+    torsion_angles_sin_cos and alt_torsion_angles_sin_cos [N, 7, 2], torsion_angles_mask [N, 7],
+    resolution [], and the extra-MSA and template features when asked for.
     """
     if crop_size < 1 or max_msa < 1:
         raise ValueError(f"crop_size and max_msa must be positive, got {crop_size}, {max_msa}")
@@ -498,6 +559,10 @@ def make_features(
 
     # 1. crop
     start = int(rng.integers(0, n_res - crop_size + 1)) if n_res > crop_size else 0
+    if crop_start is not None:
+        if not 0 <= crop_start <= max(n_res - crop_size, 0):
+            raise ValueError(f"{chain.name}: crop_start {crop_start} outside 0..{max(n_res - crop_size, 0)}")
+        start = crop_start
     window = slice(start, start + min(crop_size, n_res))
     n = window.stop - window.start
     # 2. sample MSA rows
@@ -551,6 +616,33 @@ def make_features(
         "bert_mask": _pad(bert_mask, (S, L)),
         "backbone_coords": _pad(chain.backbone[window], (L, 3, 3)),
         "backbone_mask": _pad(chain.backbone_mask[window].astype(np.float32), (L,)),
+        **_all_atom_features(chain, window, L),
+    }
+
+
+def _all_atom_features(chain: Chain, window: slice, crop_size: int) -> dict[str, np.ndarray]:
+    """The all-atom targets of a crop, padded to crop_size residues: atom14_gt_positions [L, 14, 3],
+    atom14_gt_exists [L, 14], torsion_angles_sin_cos and alt_torsion_angles_sin_cos [L, 7, 2],
+    torsion_angles_mask [L, 7] (computed over the whole chain) and the resolution [] (Angstrom).
+    A chain without atom14 coordinates gets its backbone N, CA, C there and no torsion angles."""
+    n, L = window.stop - window.start, crop_size
+    if chain.atom14 is None:
+        atom14 = np.zeros((n, 14, 3), np.float32)
+        atom14_mask = np.zeros((n, 14), np.float32)
+        atom14[:, :3], atom14_mask[:, :3] = chain.backbone[window], chain.atom_mask[window]
+        torsions = {
+            "torsion_angles_sin_cos": np.zeros((n, 7, 2), np.float32),
+            "alt_torsion_angles_sin_cos": np.zeros((n, 7, 2), np.float32),
+            "torsion_angles_mask": np.zeros((n, 7), np.float32),
+        }
+    else:
+        atom14, atom14_mask = chain.atom14[window], chain.atom14_mask[window]
+        torsions = {k: v[window] for k, v in chain.torsion_angles.items()}
+    return {
+        "atom14_gt_positions": _pad(atom14, (L, 14, 3)),
+        "atom14_gt_exists": _pad(atom14_mask, (L, 14)),
+        **{k: _pad(v, (L,) + v.shape[1:]) for k, v in torsions.items()},
+        "resolution": np.array(chain.resolution, np.float32),
     }
 
 
@@ -559,7 +651,11 @@ def make_features(
 # --------------------------------------------------------------------------------------------
 
 INPUT_KEYS = ("aatype", "residue_index", "seq_mask", "target_feat", "msa_feat", "msa_mask")
-TARGET_KEYS = ("true_msa", "bert_mask", "backbone_coords", "backbone_mask", "seq_mask", "msa_mask")
+TARGET_KEYS = (
+    "true_msa", "bert_mask", "backbone_coords", "backbone_mask", "seq_mask", "msa_mask",
+    "aatype", "atom14_gt_positions", "atom14_gt_exists", "torsion_angles_sin_cos",
+    "alt_torsion_angles_sin_cos", "torsion_angles_mask", "resolution",
+)
 # model inputs when data.max_extra_msa / data.max_templates are above 0
 EXTRA_MSA_KEYS = ("extra_msa", "extra_has_deletion", "extra_deletion_value", "extra_msa_mask")
 _LONG_KEYS = {"aatype", "residue_index", "true_msa", "extra_msa", "template_aatype"}
@@ -583,7 +679,9 @@ class ProteinStructureBatches:
     """Deterministic micro-batches of AlphaFold-style features for the chains under ``root``.
 
     The chains are those of every ``root/mmcif/*.cif`` (files in sorted order, chains in file
-    order) with at least ``min_resolved`` residues whose N, CA and C are all observed; each uses
+    order) with at least ``min_resolved`` residues whose N, CA and C are all observed, named in
+    ``only`` (when given) and not in ``exclude`` (chain names ``<pdb id>_<author chain>``, e.g. held
+    out for evaluation); each uses
     ``root/alignments/<pdbid>_<chain>.a3m`` if present, else a single-sequence MSA. All files are
     parsed once, here.
 
@@ -606,6 +704,8 @@ class ProteinStructureBatches:
         max_msa: int,
         seed: int,
         min_resolved: int = 16,
+        only: Collection[str] | None = None,
+        exclude: Collection[str] = (),
         max_extra_msa: int = 0,
         max_templates: int = 0,
         template_source: str = "homologues",
@@ -626,13 +726,19 @@ class ProteinStructureBatches:
         files = sorted(mmcif_dir.glob("*.cif")) if mmcif_dir.is_dir() else []
         if not files:
             raise FileNotFoundError(f"no mmCIF files (*.cif) in {mmcif_dir}")
+        if only is not None and not (max_templates > 0 and template_source == "homologues"):
+            # parse only the files that can hold the chains asked for (homologous templates are
+            # searched among every file's chains, so then all are parsed)
+            files = [p for p in files if p.stem.lower() in {name.rsplit("_", 1)[0] for name in only}]
         self.entries: list[_Entry] = []
         all_chains: list[Chain] = []
         for path in files:
             chains = read_chains(path)
             all_chains.extend(chains)
             for chain in chains:
-                if chain.num_resolved < min_resolved:
+                if chain.num_resolved < min_resolved or chain.name in exclude:
+                    continue
+                if only is not None and chain.name not in only:
                     continue
                 a3m = find_a3m(alignments_dir, chain.name)
                 if a3m is None:
@@ -656,6 +762,11 @@ class ProteinStructureBatches:
                     hits = search_templates(entry.chain, all_chains)
                 self.template_hits.append(hits)
                 self._template_features.append([hit_features(hit) for hit in hits])
+
+    def template_features(self, index: int) -> list[dict[str, np.ndarray]]:
+        """Per-residue features over the whole chain of entry ``index``'s template hits, best first
+        (memtrain.data.templates.hit_features); empty without templates."""
+        return self._template_features[index] if self._template_features else []
 
     @property
     def chains(self) -> list[Chain]:

@@ -21,6 +21,22 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataFormatError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
+    except PermissionError as exc:
+        raise DataFormatError(f"{path}: permission denied (this user cannot read the file)") from exc
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file under `root`, recursively, in sorted path order. A folder that cannot be listed
+    is an error naming it (pathlib's rglob would skip it silently and report no data)."""
+    def refuse(exc: OSError) -> None:
+        if isinstance(exc, PermissionError):
+            raise DataFormatError(f"{exc.filename}: permission denied (this user cannot list the folder)") from exc
+        raise exc
+
+    files = []
+    for folder, _, names in os.walk(root, onerror=refuse, followlinks=True):  # as rglob: into linked folders
+        files += [Path(folder) / name for name in names if (Path(folder) / name).is_file()]
+    return sorted(files)
 
 
 def _read_records(path: str | Path, skip_leading_comments: bool) -> list[tuple[str, str]]:
@@ -187,9 +203,9 @@ def load_protein_sequences(
 
     kind_of_suffix = {suffix: kind for kind in sources for suffix in _SOURCE_SUFFIXES[kind]}
     unique: dict[str, None] = {}  # insertion-ordered set
-    for path in sorted(root.rglob("*")):
+    for path in walk_files(root):
         kind = kind_of_suffix.get(path.suffix.lower())
-        if kind is None or not path.is_file():
+        if kind is None:
             continue
         for seq in _file_sequences(path, kind):
             if seq:

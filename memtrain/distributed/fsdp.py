@@ -19,7 +19,8 @@ def apply_fsdp(
     cpu_offload: bool,
     pin_memory: bool,
 ) -> nn.Module:
-    """Shard `model` in place. hsdp: a 2-D (dp_replicate, dp_shard) mesh; fsdp: dp_shard only."""
+    """Shard `model` in place. hsdp: a 2-D (dp_replicate, dp_shard) mesh; fsdp: dp_shard only.
+    reshard_after_forward applies to the blocks (all but the last); the root never reshards."""
     dp_mesh = mesh["dp_replicate", "dp_shard"] if mesh["dp_replicate"].size() > 1 else mesh["dp_shard"]
     kwargs = dict(
         mesh=dp_mesh,
@@ -29,5 +30,9 @@ def apply_fsdp(
     for i, block in enumerate(blocks):
         # the last block's parameters are needed again at once by the backward: keep them gathered
         fully_shard(block, reshard_after_forward=reshard_after_forward and i < len(blocks) - 1, **kwargs)
-    fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)
+    # the root's parameters (embedding, final norm, output head) stay gathered after the forward,
+    # as torch's own default for a root does: the root's forward spans the whole model, so the
+    # backward would gather them again at once; and a fused loss head (memtrain.models.gpt.loss)
+    # uses the head's weight after the forward has returned
+    fully_shard(model, reshard_after_forward=False, **kwargs)
     return model

@@ -6,6 +6,7 @@ workers through torch's elastic agent (torchrun semantics)."""
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import socket
 import subprocess
@@ -103,9 +104,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_workers(cfg: DictConfig, overrides: list[str], run_dir: str) -> None:
+def launch_workers(cfg: DictConfig, overrides: list[str], run_dir: str) -> int:
     """Run `memtrain train OVERRIDES` in launcher.nproc_per_node workers on this node, all writing
-    to run_dir, and wait for them (torch.distributed.launcher: the agent torchrun uses)."""
+    to run_dir, and wait for them (torch.distributed.launcher: the agent torchrun uses). Returns 0
+    when every worker succeeded, else an exit code: 2 when every failed worker refused bad input
+    (each printed its own paragraph), 128 + N when a signal N stopped the job, else 1."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     lc = cfg.launcher
@@ -125,4 +130,31 @@ def launch_workers(cfg: DictConfig, overrides: list[str], run_dir: str) -> None:
     # as torchrun does: one thread per worker unless told otherwise, so workers do not oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // lc.nproc_per_node)))
     args = ["-m", "memtrain.cli", "train", *overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
-    elastic_launch(config, entrypoint=sys.executable)(*args)
+    # the agent logs each step of a shutdown (signal received, signal forwarded); the workers and
+    # this function report what happened in one line each
+    elastic_logs = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                    if name.startswith("torch.distributed.elastic")]
+    levels = [log.level for log in elastic_logs]
+    for log in elastic_logs:
+        log.setLevel(logging.CRITICAL)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)(*args)
+    except ChildFailedError as exc:
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        own = [c for c in codes if c > 0]  # negative: killed by a signal, e.g. the agent stopping the others
+        if own and all(c == 2 for c in own):
+            code = 2  # bad input: every worker that failed by itself said why
+        elif not own or all(c > 128 for c in own):
+            code = own[0] if own else 128 - codes[0]  # a signal stopped the job
+        else:
+            code = 1
+        print(f"memtrain: the job stopped: {len(exc.failures)} of {lc.nproc_per_node * lc.nnodes} workers exited with "
+              f"code(s) {', '.join(map(str, codes))} (negative: ended by that signal once another failed); their "
+              "messages are above", file=sys.stderr)
+        return code
+    except SignalException as exc:  # this launcher got SIGINT/SIGTERM: the workers were stopped at a step boundary
+        return 128 + int(exc.sigval)
+    finally:
+        for log, level in zip(elastic_logs, levels):
+            log.setLevel(level)
+    return 0

@@ -158,6 +158,9 @@ class PipelineStrategy(TorchStrategy):
         self.stages = [pipelining.PipelineStage(self._wrap(stage), i, num_stages, device, group=self.pp_group)
                        for stage, i in zip(stages, ids)]
         self.is_last = any(i == num_stages - 1 for i in ids)
+        last = [stage for stage, i in zip(stages, ids) if i == num_stages - 1]
+        # a last stage whose model output is not a tensor returns tensors and rebuilds the output for the loss
+        self.loss_outputs = getattr(last[0], "loss_outputs", None) if last else None
         schedule = getattr(pipelining, rule.torch_name)
         self.schedule = schedule(self.stages if rule.multi_stage else self.stages[0], n_microbatches=p.pp_microbatches,
                                  loss_fn=self._loss, scale_grads=False)
@@ -185,6 +188,8 @@ class PipelineStrategy(TorchStrategy):
     def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Called by the schedule on the last stage for each pipeline micro-batch (and once more
         while the stages infer their shapes on the first step)."""
+        if self.loss_outputs is not None:
+            outputs = self.loss_outputs(outputs)
         loss, _ = self.spec.loss_fn(outputs, targets)
         return loss * self._scale
 

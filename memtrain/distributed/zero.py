@@ -12,8 +12,9 @@ DeepSpeed engine and implements the `memtrain.engine.strategy.Strategy` protocol
 * step: the learning rate goes into the optimizer's param groups, `engine.step()` reduces (stage
   1), clips (trainer.grad_clip), updates (or skips on an fp16 overflow) and zeroes the gradients.
 * save/load: DeepSpeed's own checkpoint layout (each rank writes its ZeRO partition), written into
-  a temporary folder and renamed to step_<N>/ with meta.json only when every rank is done, so
-  `Checkpointer.latest()` / `checkpoints()` find it and a crash mid-save leaves the last good one:
+  the folder `Checkpointer.begin` gives and made step_<N>/ by `Checkpointer.commit`, the same commit
+  routine as DCP's, so `Checkpointer.latest()` / `checkpoints()` find it and a crash at any point of
+  the save leaves the last good one:
 
       step_<N>/meta.json            step and config, as for every memtrain checkpoint
       step_<N>/deepspeed/           DeepSpeed's files (tag "deepspeed"): *_model_states.pt, one
@@ -38,10 +39,8 @@ TORCH_EXTENSIONS_DIR); no other option builds anything.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,17 +52,12 @@ from torch import nn
 
 from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
-from memtrain.engine.checkpoint import (
-    _TMP_PREFIX,
-    Checkpointer,
-    CheckpointError,
-    _fsync_dir,
-    _fsync_tree,
-)
+from memtrain.engine.checkpoint import Checkpointer, CheckpointError, read_meta
 from memtrain.engine.strategy import activation_context
 from memtrain.models.spec import ModelSpec
 from memtrain.optim.builder import build_optimizer
 from memtrain.precision.amp import Precision
+from memtrain.safe_pickle import torch_load
 
 STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 DS_TAG = "deepspeed"  # DeepSpeed's checkpoint tag: the sub-folder of step_<N>/ with its files
@@ -186,14 +180,10 @@ def _allowed_checkpoint_globals() -> list[Any]:
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = None) -> Any:
-    """torch.load(weights_only=True) of one DeepSpeed checkpoint file: tensors, plain containers
-    and scalars, and only the allow-listed DeepSpeed classes; anything else (a class or function
-    the file names, which unpickling would import and call) raises CheckpointError."""
-    with torch.serialization.safe_globals(_allowed_checkpoint_globals()):
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # UnpicklingError, or a file that is not a checkpoint
-            raise CheckpointError(f"refusing to load {path}: {exc}") from exc
+    """One DeepSpeed checkpoint file through memtrain.safe_pickle.torch_load: torch's weights-only
+    loader with the allow-listed DeepSpeed classes added; a file naming anything else (which
+    unpickling would import and call) raises UnsafePickleError, a damaged one CorruptFileError."""
+    return torch_load(path, _allowed_checkpoint_globals(), map_location=map_location)
 
 
 def _safe_checkpoint_engine(engine: Any) -> Any:
@@ -335,31 +325,14 @@ class DeepSpeedStrategy:
 
     def save(self, checkpointer: Checkpointer, step: int, meta: dict[str, Any]) -> Path:
         """DeepSpeed's checkpoint of this step, each rank's RNG state, and meta.json, in
-        checkpointer.folder/step_<N>/, renamed into place only once complete."""
+        checkpointer.folder/step_<N>/, committed by the checkpointer once every rank is done."""
         if self.cfg.offload.name == "nvme" and not getattr(self, "_warned_nvme", False):
             warnings.warn(f"writing DeepSpeed's checkpoint, but {NVME_RESUME}", stacklevel=2)
             self._warned_nvme = True
-        folder = checkpointer.folder
-        name = f"step_{step:08d}"
-        tmp, final = folder / f"{_TMP_PREFIX}{name}", folder / name
-        rank, main = dist.get_rank(), dist.get_rank() == 0
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        dist.barrier()
+        tmp = checkpointer.begin(step)
         self.engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"memtrain_step": step}, save_latest=True)
-        torch.save(_rng_state(self.device), tmp / f"rng_rank{rank:05d}.pt")
-        dist.barrier()
-        if main:
-            (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
-            _fsync_tree(tmp)
-            if final.exists():  # re-saving the same step
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(folder)
-            checkpointer._prune()
-        dist.barrier()
-        return final
+        torch.save(_rng_state(self.device), tmp / f"rng_rank{dist.get_rank():05d}.pt")
+        return checkpointer.commit(step, tmp, meta)
 
     def load(self, checkpointer: Checkpointer, path: Path) -> dict[str, Any]:
         """Restore model, ZeRO optimizer partitions, loss scaler, DeepSpeed's step counters and
@@ -372,8 +345,8 @@ class DeepSpeedStrategy:
         go through `load_checkpoint_file`: torch.load(weights_only=True) with five allow-listed
         classes (DeepSpeed's LossScaler and DynamicLossScaler, ZeroStageEnum, fragment_address,
         torch.Size). DeepSpeed's files need no more than that (checked for fp32 and bf16, stages
-        1-3, with and without CPU offload); anything else in a file is refused with a
-        CheckpointError. Not covered: DeepSpeed's universal-checkpoint loader and the
+        1-3, with and without CPU offload); anything else in a file is refused with
+        memtrain.safe_pickle.UnsafePickleError, naming the file. Not covered: DeepSpeed's universal-checkpoint loader and the
         zero_to_fp32.py script in the folder (both weights_only=False; memtrain calls neither).
 
         Not supported, refused with a CheckpointError: another number of ranks (ZeRO partitions
@@ -381,10 +354,8 @@ class DeepSpeedStrategy:
         checkpoint of parallel=single/ddp/fsdp/hsdp, and offload=nvme (see NVME_RESUME)."""
         path = Path(path)
         if self.cfg.offload.name == "nvme":
-            raise CheckpointError(NVME_RESUME)
-        meta_file = path / "meta.json"
-        if not meta_file.is_file():
-            raise CheckpointError(f"{path} is not a complete memtrain checkpoint (no meta.json)")
+            raise CheckpointError(f"cannot resume from {path}: {NVME_RESUME}")
+        meta = read_meta(path)
         if not (path / DS_TAG).is_dir():
             raise CheckpointError(f"{path} is not a DeepSpeed checkpoint (no {DS_TAG}/ folder): another parallel "
                                   f"option wrote it, which parallel={self.cfg.parallel.name} cannot load")
@@ -392,11 +363,17 @@ class DeepSpeedStrategy:
         if written_by != world:
             raise CheckpointError(f"{path} was written by {written_by} ranks; ZeRO partitions resume only on as many "
                                   f"ranks, not {world}")
-        load_path, _ = self.engine.load_checkpoint(str(path), tag=DS_TAG, load_lr_scheduler_states=False)
+        try:
+            load_path, _ = self.engine.load_checkpoint(str(path), tag=DS_TAG, load_lr_scheduler_states=False)
+        except (RuntimeError, KeyError, ValueError, AssertionError, IndexError, TypeError) as exc:
+            # DeepSpeed's own checks on what it read (sizes, keys, partition counts); files that
+            # cannot be read at all raise memtrain.safe_pickle's errors, which name the file
+            raise CheckpointError(f"cannot load checkpoint {path}: DeepSpeed refused its contents ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:300]}); it is corrupt or does not fit this run") from exc
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load the checkpoint {path}")
         _set_rng_state(load_checkpoint_file(path / f"rng_rank{dist.get_rank():05d}.pt"), self.device)
-        return json.loads(meta_file.read_text())
+        return meta
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:

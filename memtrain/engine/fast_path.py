@@ -6,7 +6,9 @@ compilation costs one block, not the whole model. It is applied in the fixed ord
 parallelism -> activation checkpointing -> compile -> FSDP (TorchStrategy), so the compiled
 region includes the checkpoint wrapper's recomputation and FSDP's hooks stay outside it.
 
-Already on the fast path elsewhere: fused AdamW on CUDA (optim.builder: fused=None -> CUDA),
+Already on the fast path elsewhere: fused AdamW wherever torch has the kernel, CUDA and CPU
+(optim.builder.fused_supported), multi-tensor steps of memtrain's own optimizers, the decoder's
+fused chunked linear cross entropy (models.gpt.loss),
 SDPA attention (the GPT's F.scaled_dot_product_attention picks flash/cuDNN kernels on CUDA;
 AlphaFold's model.attention_backend=sdpa), non-blocking host-to-device copies (trainer.to_device).
 CUDA graphs (mode="reduce-overhead") are not used: with per-block regions, activation

@@ -65,6 +65,9 @@ def format_line(record: dict[str, Any], max_steps: int, unit: str = "tokens") ->
     ]
     if record.get("mfu") is not None:
         parts.append(f"mfu {100 * record['mfu']:.1f}%")
+    for key, value in record.items():  # held-out evaluation (trainer.eval_every)
+        if key.startswith("val_") and isinstance(value, float):
+            parts.append(f"{key} [green]{value:.4f}[/]")
     if record.get("skipped_steps"):
         parts.append(f"[yellow]skipped {record['skipped_steps']}[/]")
     return "  ".join(parts)

@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from memtrain.engine.checkpoint import Checkpointer
+from memtrain.engine.checkpoint import Checkpointer, read_dcp_metadata
 from memtrain.engine.metrics import MetricMeans
 from memtrain.models.spec import ModelSpec
 from memtrain.optim.builder import build_optimizer
@@ -88,6 +88,7 @@ class TorchStrategy:
                 loss, _ = self.spec.loss_fn(outputs, targets)
                 if self.metric_fn is not None:
                     self.extra_metrics.add(self.metric_fn(outputs, targets))
+                del outputs  # the backward needs only what autograd saved (plain logits would stay alive here)
             self.precision.scaler.scale(loss * scale).backward()
         return loss.detach()
 
@@ -125,6 +126,8 @@ class TorchStrategy:
 
     def load(self, checkpointer: Checkpointer, path: Path) -> dict[str, Any]:
         state = self.state()
+        if "scaler" in state and not any(k.startswith("scaler.") for k in read_dcp_metadata(path).state_dict_metadata):
+            del state["scaler"]  # written without loss scaling (e.g. fp32 resumed as fp16): a fresh scaler
         meta = checkpointer.load(path, state)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         if "scaler" in state:

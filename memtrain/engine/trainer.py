@@ -15,13 +15,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from memtrain.config.errors import enum_names, to_container
-from memtrain.engine.checkpoint import Checkpointer
+from memtrain.engine import preemption
+from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.strategy import build_strategy
 from memtrain.engine.zeroth_order import zeroth_order_step
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
 from memtrain.engine.preemption import Preemption
+from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
+from memtrain.errors import UserError
 from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.optim.builder import lr_at
@@ -44,6 +47,15 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch.to(device, non_blocking=True)
 
 
+# consecutive skipped steps after which a run counts as diverged: fp16's dynamic loss scale needs
+# at most 64 halvings from the largest precision.init_scale allowed (2^64) to reach 1
+MAX_CONSECUTIVE_SKIPS = 100
+
+
+class Diverged(UserError):
+    """Every recent step had non-finite gradients: nothing is being learned."""
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -62,6 +74,14 @@ class Trainer:
         if self.device.type == "cuda" and self.env.world_size > 1:
             self.device = torch.device("cuda", self.env.local_rank)
         self.console = console or Console(quiet=not self.env.is_main)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
+        # a checkpoint to resume from is checked against this run before anything is built
+        path = resume_path(cfg, self.run_dir)
+        try:
+            self.resume: ResumeCheck | None = check_resume(path, cfg, self.env.world_size) if path is not None else None
+        except BaseException:
+            shutdown(self.env)
+            raise
         self.dims = ParallelDims.from_config(cfg.parallel, self.env.world_size)
         self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
         self.dp_rank = dp_rank(self.mesh)
@@ -72,6 +92,8 @@ class Trainer:
             model = self.spec.build_model(cfg.model)
         model.to(dtype=self.precision.param_dtype)
         apply_precision_transforms(model, cfg.precision, self.spec, self.device)  # QAT / FP8 module swaps
+        if self.spec.loss_head is not None:
+            self.spec.loss_head(model, cfg)  # e.g. the decoder's fused, chunked linear cross entropy
         if self.mesh is not None and self.spec.parallelize is not None:
             self.spec.parallelize(model, self.mesh, cfg)  # model parallelism first: TP -> AC -> FSDP (torchtitan's order)
         apply_activation_checkpointing(model, cfg.checkpoint, self.spec)
@@ -79,9 +101,15 @@ class Trainer:
         self.data = self.spec.build_data(cfg)
         if self.mesh is not None and self.spec.shard_batches is not None:
             self.data = self.spec.shard_batches(self.data, self.mesh, cfg)
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
-        self.preemption = Preemption(self.device)  # SIGUSR1/SIGTERM under Slurm: checkpoint and stop
-        self.step = 0
+        # held-out evaluation every trainer.eval_every steps (ModelSpec.build_evaluator)
+        self.evaluator = self.spec.build_evaluator(cfg) if self.tcfg.eval_every > 0 else None
+        self.preemption = Preemption(self.device)  # SIGINT/SIGTERM/SIGUSR1: finish the step, checkpoint, stop
+        self.step = 0  # optimizer steps attempted (the position in the data)
+        self.updates = 0  # optimizer steps applied: the learning-rate schedule follows these
+        self.skipped_steps = 0  # steps whose update was skipped (fp16 overflow, non-finite gradients)
+        self.stop_signal: int | None = None  # the signal that stopped fit() early (0: received by another rank)
+        self._skips_in_a_row = 0
+        self._saved_step: int | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -114,8 +142,25 @@ class Trainer:
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
             loss_sum += self.strategy.forward_backward(inputs, targets, scale, sync=j == len(micro) - 1)
         grad_norm, skipped = self.strategy.step(self.lr)
-        self.step += 1
+        self.count_step(skipped)
         return StepResult(self._global_sum(float(loss_sum)) / n_scored, grad_norm, int(n_scored), skipped)
+
+    def count_step(self, skipped: bool) -> None:
+        """One optimizer step done: applied (the schedule moves on) or skipped (it does not). A run
+        whose last MAX_CONSECUTIVE_SKIPS steps were all skipped has diverged: it stops (Diverged)."""
+        self.step += 1
+        if skipped:
+            self.skipped_steps += 1
+            self._skips_in_a_row += 1
+        else:
+            self.updates += 1
+            self._skips_in_a_row = 0
+        if self._skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+            raise Diverged(f"training stopped at step {self.step}: the last {self._skips_in_a_row} steps all had "
+                           f"non-finite gradients, so no update was applied since step {self.step - self._skips_in_a_row}"
+                           f" ({self.skipped_steps} skipped in all); the run diverged (optimizer.lr="
+                           f"{self.cfg.optimizer.lr}) or its data holds NaN or inf values. The last checkpoint, if any, "
+                           "is kept")
 
     def _global_sum(self, value: float) -> float:
         """Sum over the ranks that hold disjoint targets (data- and sequence-parallel ones; ranks
@@ -128,9 +173,12 @@ class Trainer:
 
     @property
     def lr(self) -> float:
+        """The learning rate of the next update: the schedule at the number of updates applied so
+        far, so a skipped step (fp16 overflow) does not consume warm-up or decay (as Megatron and
+        DeepSpeed hold their schedulers on an overflow)."""
         t = self.tcfg
         base = self.cfg.optimizer.lr
-        return lr_at(self.step, base, t.warmup_steps, t.max_steps, enum_names(t.lr_schedule), t.min_lr_ratio)
+        return lr_at(self.updates, base, t.warmup_steps, t.max_steps, enum_names(t.lr_schedule), t.min_lr_ratio)
 
     def close(self) -> None:
         shutdown(self.env)
@@ -138,18 +186,33 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def save(self) -> Path:
-        return self.strategy.save(self.checkpointer, self.step, {"config": to_container(self.cfg)})
+        meta = {"config": to_container(self.cfg), "updates": self.updates, "skipped_steps": self.skipped_steps,
+                "world_size": self.env.world_size, "format": checkpoint_format(self.cfg)}
+        path = self.strategy.save(self.checkpointer, self.step, meta)
+        self._saved_step = self.step
+        return path
 
     def load(self, path: str | Path) -> None:
-        self.step = self.strategy.load(self.checkpointer, Path(path))["step"]
+        """Resume from checkpoint `path`: checked against this run (memtrain.engine.resume) before
+        any weights load, then model, optimizer, scaler, RNG and the step counters restored. The
+        optimizer hyper-parameters stay this run's (a checkpoint would otherwise bring back its own)."""
+        path = Path(path)
+        check = self.resume if self.resume is not None and self.resume.path == path else \
+            check_resume(path, self.cfg, self.env.world_size)
+        casts = describe_casts(path, self.strategy.state()) if check.casts and hasattr(self.strategy, "state") else None
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        meta = self.strategy.load(self.checkpointer, path)
+        for group, values in zip(self.optimizer.param_groups, hyper):
+            group.update(values)
+        self.step = meta["step"]
+        self.updates = int(meta.get("updates", self.step))  # checkpoints written before these counters
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        if check.casts:
+            self.console.print(f"resume_cast: {'; '.join(check.casts)}: cast {casts or 'the weights and optimizer states'}",
+                               highlight=False)
 
     def resume_path(self) -> Path | None:
-        resume = self.tcfg.resume
-        if resume == "none":
-            return None
-        if resume == "auto":
-            return self.checkpointer.latest()
-        return Path(resume)
+        return resume_path(self.cfg, self.run_dir)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -158,41 +221,45 @@ class Trainer:
         returns the logged records."""
         tcfg = self.tcfg
         until = tcfg.max_steps if until is None else min(until, tcfg.max_steps)
-        path = self.resume_path()
-        if path is not None:
-            self.load(path)
-            self.console.print(f"resumed from [bold]{path}[/] at step {self.step}")
+        if self.resume is not None and self.step == 0:
+            self.load(self.resume.path)
+            self.console.print(f"resumed from [bold]{self.resume.path}[/] at step {self.step}")
         metrics = MetricsLogger(self.run_dir, tcfg.tensorboard, self.console) if self.env.is_main else None
         flops_per_token = self.spec.flops_per_token(self.cfg.model, self.cfg.data.seq_len)
         peak = peak_flops(self.device)
-        records, skipped, tokens, t0 = [], 0, 0, time.perf_counter()
+        records, tokens, t0 = [], 0, time.perf_counter()
         columns = [TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=self.console, transient=True, disable=not self.env.is_main) as progress:
+        with self.preemption.catching(), Progress(*columns, console=self.console, transient=True,
+                                                  disable=not self.env.is_main) as progress:
             task = progress.add_task("train", total=until, completed=self.step)
             while self.step < until:
                 lr = self.lr
                 result = self.train_step()
-                skipped += result.skipped
                 tokens += result.tokens
                 progress.update(task, completed=self.step)
-                if self.step % tcfg.log_every == 0 or self.step == until:
+                evaluate = self.evaluator is not None and self.step % tcfg.eval_every == 0
+                if self.step % tcfg.log_every == 0 or self.step == until or evaluate:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - t0
                     tps = tokens / elapsed
                     record = {
                         "step": self.step,
+                        "updates": self.updates,
                         "loss": result.loss,
                         "lr": lr,
                         "grad_norm": result.grad_norm,
                         f"{self.spec.target_unit}_per_s": tps,
                         "peak_mem_bytes": peak_memory_bytes(self.device),
                         "mfu": tps * flops_per_token / (peak * self.env.world_size) if peak and flops_per_token else None,
-                        "skipped_steps": skipped,
+                        "skipped_steps": self.skipped_steps,
                         "loss_scale": self.precision.scaler.get_scale() if self.precision.scaler.is_enabled() else None,
                     }
                     if hasattr(self.strategy, "extra_metrics"):  # per-variable metrics (ModelSpec.metrics)
                         record.update(self.strategy.extra_metrics.pop())
+                    if evaluate:  # every rank runs it; the main rank may write predictions to the run directory
+                        with self.precision.autocast():
+                            record.update(self.evaluator(self.model, self.step, self.run_dir if self.env.is_main else None, self.device))
                     if metrics:
                         metrics.log(record)
                     records.append(record)
@@ -201,9 +268,12 @@ class Trainer:
                 if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")
                 if self.step < until and self.preemption.should_stop():  # every rank stops after this step
-                    self.console.print(f"stopping for a signal: saved [bold]{self.save()}[/]")
+                    saved = self.save() if self._saved_step != self.step else self.checkpointer.folder / step_dir_name(self.step)
+                    self.stop_signal = preemption.received() or 0  # 0: a signal another rank received
+                    self.console.print(f"stopping for a signal: saved [bold]{saved}[/]")
                     self.preemption.stopped(self.run_dir, self.step, self.env.is_main)
                     break
         if metrics:
             metrics.close()
         return records
+

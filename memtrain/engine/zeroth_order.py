@@ -47,5 +47,6 @@ def zeroth_order_step(trainer: Trainer) -> StepResult:
         group["lr"] = trainer.lr
     with torch.no_grad():
         loss, grad = trainer.optimizer.step(closure, seed=step_seed(trainer.tcfg.seed, trainer.step))
-    trainer.step += 1
-    return StepResult(loss, abs(grad), int(n_scored), not math.isfinite(grad))
+    skipped = not math.isfinite(grad)
+    trainer.count_step(skipped)
+    return StepResult(loss, abs(grad), int(n_scored), skipped)

@@ -67,15 +67,23 @@ def _tokens(cfg: DictConfig, dims: ParallelDims) -> int:
 def tp(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str, float]:
     """Megatron TP per layer and micro-batch: two all-reduces of [B, S, D] in the forward (after wo
     and w2) and two in the backward (the inputs' gradients of q/k/v and w1/w3), plus the
-    embedding's forward all-reduce and the output projection's backward one, and the all-gather
-    of the logits [B, S, V] for the loss. With tp_sp every all-reduce becomes an all-gather plus a
-    reduce-scatter: the same bytes (Korthikanti et al. 2022, Section 4.2.2)."""
+    embedding's forward all-reduce and the output projection's backward one (the fused loss's
+    all-reduce of the hidden states' gradient), and for the loss either the all-gather of the
+    logits [B, S, V] (plain loss) or, with the fused vocabulary-parallel loss (model.loss_chunk),
+    the all-reduces of three fp32 numbers per token (row max, sum of exponentials, target logit).
+    With tp_sp every all-reduce becomes an all-gather plus a reduce-scatter: the same bytes
+    (Korthikanti et al. 2022, Section 4.2.2)."""
+    from memtrain.models.gpt.spec import loss_chunk
+
     n, m = dims.tp, cfg.model
-    bsd = _tokens(cfg, dims) * m.dim * ctx.compute_bytes
+    tokens = _tokens(cfg, dims)
+    bsd = tokens * m.dim * ctx.compute_bytes
     count = (4 * m.n_layers + 2) * ctx.micro_batches
     key = "all_gather_reduce_scatter_activations" if cfg.parallel.tp_sp else "all_reduce_activations"
+    if loss_chunk(cfg):
+        return {key: count * 2 * _ring(n) * bsd, "all_reduce_loss_statistics": ctx.micro_batches * 2 * _ring(n) * tokens * 3 * 4}
     return {key: count * 2 * _ring(n) * bsd,
-            "all_gather_logits": ctx.micro_batches * _ring(n) * _tokens(cfg, dims) * m.vocab_size * ctx.compute_bytes}
+            "all_gather_logits": ctx.micro_batches * _ring(n) * tokens * m.vocab_size * ctx.compute_bytes}
 
 
 def sp(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str, float]:

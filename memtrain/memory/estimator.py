@@ -30,6 +30,7 @@ from memtrain.memory.precision_memory import (
     precision_state_bytes,
 )
 from memtrain.models import get_spec
+from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import dtype_of
 
 STEP_BYTES = 4  # torch optimizers keep `step` as a float32 scalar tensor per parameter
@@ -126,8 +127,7 @@ _PARAM_UNITS: dict[tuple[str, str], tuple[tuple[torch.Size, ...], ...]] = {}
 
 def _param_units(mcfg: DictConfig) -> tuple[tuple[torch.Size, ...], ...]:
     spec = get_spec(mcfg.arch)
-    with torch.device("meta"):
-        model = spec.build_model(mcfg)
+    model = build_on_meta(spec.build_model, mcfg)
     blocks = spec.blocks(model)
     in_blocks = {id(p) for p in blocks.parameters()}
     root = tuple(p.shape for p in model.parameters() if id(p) not in in_blocks)
@@ -307,8 +307,9 @@ def model_parallel_activations(parts: dict[str, float], cfg: DictConfig, dims: P
     """Saved activations under tensor and sequence parallelism. tp: the tensors inside the column/row
     parallel regions (q, k, v, attention, FFN hidden) split tp ways; the spec's `tp_replicated`
     share of a block (norms and their inputs) and the block input split too only with tp_sp
-    (Korthikanti et al. 2022, Table 2). The logits are all-gathered for the loss: what lies outside
-    the blocks is not split. sp: every per-token tensor, inside and outside the blocks, is split sp
+    (Korthikanti et al. 2022, Table 2). Outside the blocks only the spec's `vocab_parallel` share
+    is split (the fused, vocabulary-parallel loss head's weight gradient); plain logits are
+    all-gathered for the loss. sp: every per-token tensor, inside and outside the blocks, is split sp
     ways (Ulysses holds all positions of H / sp heads inside attention: the same bytes)."""
     parts = dict(parts)
     if dims.tp > 1:
@@ -317,6 +318,8 @@ def model_parallel_activations(parts: dict[str, float], cfg: DictConfig, dims: P
         parts["block"] = (parts["block"] - repl) / dims.tp + (repl / dims.tp if split_repl else repl)
         if split_repl:
             parts["block_input"] /= dims.tp
+        vocab = parts.get("vocab_parallel", 0.0)  # a vocabulary-parallel loss head's share
+        parts["outside_blocks"] -= vocab - vocab / dims.tp
     if dims.sp > 1:
         for key in ("block", "block_input", "attention_core_freed", "outside_blocks"):
             parts[key] /= dims.sp

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError
 from memtrain.models import get_spec
+from memtrain.models.meta import build_on_meta
 
 STEP_BYTES = 4
 BNB_BLOCK, BNB_CODE = 256, 256  # bitsandbytes' block-wise quantization: block size, code-map entries
@@ -123,8 +124,7 @@ def _param_roles(mcfg: DictConfig, adamw_names: tuple[str, ...]) -> tuple[tuple[
     from memtrain.optim.adam_mini import partition
 
     spec = get_spec(mcfg.arch)
-    with torch.device("meta"):
-        model = spec.build_model(mcfg)
+    model = build_on_meta(spec.build_model, mcfg)
     kinds = partition(model, adamw_names)
     blocks = spec.blocks(model)
     in_blocks = {id(p) for p in blocks.parameters()}

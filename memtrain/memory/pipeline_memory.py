@@ -42,6 +42,7 @@ from memtrain.distributed.mesh import ParallelDims
 from memtrain.distributed.pipeline import SCHEDULES, stage_ids
 from memtrain.memory.cfgview import with_values
 from memtrain.models import get_spec
+from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import dtype_of
 
 
@@ -86,8 +87,7 @@ _RANK_UNITS: dict[tuple, tuple] = {}
 
 def _rank_units(mcfg: DictConfig, ids: list[int], num_stages: int) -> tuple[tuple[torch.Size, ...], ...]:
     spec = get_spec(mcfg.arch)
-    with torch.device("meta"):
-        model = spec.build_model(mcfg)
+    model = build_on_meta(spec.build_model, mcfg)
     stages = spec.pipeline_fn(model, ids, num_stages)
     blocks = [b for stage in stages for b in spec.blocks(stage)]
     in_blocks = {id(p) for b in blocks for p in b.parameters()}

@@ -10,13 +10,18 @@ from rich.console import Console
 from memtrain.config.errors import ConfigError
 
 
-def _take(args: list[str], flag: str, default: int) -> int:
+MAX_VALIDATE_STEPS = 1000  # --validate runs this many training steps per row at most
+
+
+def _take(args: list[str], flag: str, default: int, most: int | None = None) -> int:
     if flag not in args:
         return default
     i = args.index(flag)
     value = args[i + 1] if i + 1 < len(args) else ""
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(flag, f"needs a positive integer, got {value!r}")
+    if most is not None and int(value) > most:
+        raise ConfigError(flag, f"at most {most}, got {value}")
     del args[i:i + 2]
     return int(value)
 
@@ -28,7 +33,7 @@ def plan_main(args: list[str], fail: Callable[[str], int]) -> int:
     try:
         top = _take(args, "--top", 10)
         global_batch = _take(args, "--global-batch", 0) or None
-        steps = _take(args, "--steps", 3)
+        steps = _take(args, "--steps", 3, most=MAX_VALIDATE_STEPS)
     except ConfigError as exc:
         return fail(str(exc))
     as_json, run_validate = "--json" in args, "--validate" in args

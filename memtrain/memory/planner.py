@@ -35,6 +35,7 @@ memory and time (their docs say how).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
@@ -47,8 +48,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.errors import ConfigError, enum_names, from_hydra
-from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all
-from memtrain.config.validate import OFFLOAD_SUPPORT, validate
+from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all, resolve_all
+from memtrain.config.validate import OFFLOAD_SUPPORT, check_values, validate, validate_hardware
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory.cfgview import ConfigView
 from memtrain.memory.cost_model import STEPS_RELATIVE, GiB, StepCost, step_cost
@@ -108,7 +109,9 @@ def _fmt(v: Any) -> str:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of n, ascending (trial division up to sqrt(n))."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def powers_of_two(n: int) -> list[int]:
@@ -319,7 +322,10 @@ class _Composer:
         with open_dict(cfg):
             del cfg["hydra"]
         self.base_cfg = cfg
-        self.view = ConfigView.of(cfg)
+        try:
+            self.view = ConfigView.of(cfg)
+        except OmegaConfBaseException as exc:  # an interpolation that does not resolve
+            raise from_hydra(exc) from exc
         self._group_updates = self._updates_by_group(choices.get("recipe"))
         self._hydra_only = set()
         for group in PLANNED_GROUPS:
@@ -457,6 +463,27 @@ def _validated(cfg, ctx: PlanContext, cpu=None) -> bool:
     return True
 
 
+MAX_GLOBAL_BATCH = 2**20  # samples per optimizer step (LLMs use a few thousand sequences, AlphaFold 128)
+
+
+def check_plan_inputs(base_cfg: DictConfig, global_batch: int | None) -> None:
+    """What the planner reads from the base config, checked before anything is enumerated: the
+    hardware (a zero or absurd count would divide by zero or enumerate without end), every value
+    against its schema check, and the global batch."""
+    try:
+        resolve_all(base_cfg)
+    except OmegaConfBaseException as exc:
+        raise from_hydra(exc) from exc
+    check_values(base_cfg)
+    validate_hardware(base_cfg.hardware)
+    gb = global_batch or base_cfg.trainer.micro_batch_size * base_cfg.trainer.grad_accum * \
+        base_cfg.hardware.gpus * base_cfg.hardware.nodes
+    if gb > MAX_GLOBAL_BATCH:
+        raise ConfigError("--global-batch" if global_batch else "trainer.micro_batch_size",
+                          f"a global batch of {gb} samples is beyond what the planner enumerates "
+                          f"(at most {MAX_GLOBAL_BATCH})")
+
+
 # stop a candidate's micro-batch loop at the first micro-batch that does not fit (exact: the
 # estimate never falls as the micro-batch grows; tests/unit/test_plan_candidates.py checks a plan
 # with and without it)
@@ -477,6 +504,7 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
     composer = _Composer(base)
     try:
         base_cfg = composer.base_cfg
+        check_plan_inputs(base_cfg, global_batch)
         hw = base_cfg.hardware
         gb = global_batch or base_cfg.trainer.micro_batch_size * base_cfg.trainer.grad_accum * hw.gpus * hw.nodes
         ctx = PlanContext(base, base_cfg, hw.gpus, hw.nodes, gb)

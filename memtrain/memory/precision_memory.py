@@ -36,10 +36,10 @@ def block_linears(cfg: DictConfig) -> list[tuple[int, int, int]]:
     with torch.device("meta"):
         model = spec.build_model(cfg.model)
     linears = [m for m in spec.blocks(model)[0].modules() if type(m) is nn.Linear]
-    inputs: dict[nn.Module, int] = {}
+    inputs: dict[nn.Module, torch.Tensor] = {}  # the tensors themselves: an id() of a freed one can be reused
 
     def record(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        inputs.setdefault(mod, id(args[0]))
+        inputs.setdefault(mod, args[0])
 
     hooks = [m.register_forward_hook(record) for m in linears]
     try:
@@ -49,8 +49,8 @@ def block_linears(cfg: DictConfig) -> list[tuple[int, int, int]]:
         inputs.clear()
     for h in hooks:
         h.remove()
-    return [(m.in_features, m.out_features, sum(v == inputs.get(m, -i) for v in inputs.values()) or 1)
-            for i, m in enumerate(linears, start=1)]
+    return [(m.in_features, m.out_features, sum(v is inputs.get(m) for v in inputs.values()) or 1)
+            for m in linears]
 
 
 def precision_activation_parts(cfg: DictConfig, parts: dict[str, float], compute: int, residual: int) -> dict[str, float]:

@@ -48,12 +48,25 @@ class ModelSpec:
     metrics: Callable[[DictConfig], Callable[[Any, Batch], dict[str, float]]] | None = None
     # pipeline parallelism: (model, stage ids, number of stages) -> one module per stage id, each
     # taking the previous stage's output (the first the model inputs, the last giving the model
-    # outputs), sharing the model's modules and parameter names; None: no pipeline split
+    # outputs), sharing the model's modules and parameter names; None: no pipeline split. Stages
+    # return tensors (torch.distributed.pipelining passes nothing else); a last stage whose model
+    # output is not a tensor (a fused loss head's) has `loss_outputs(tensors)` giving it to loss_fn
     pipeline_fn: Callable[[nn.Module, list[int], int], list[nn.Module]] | None = None
     # the model-parallel mesh dimensions `parallelize` implements, e.g. ("tp", "sp")
     model_parallel: tuple[str, ...] = ()
     # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.sp)
     shard_batches: Callable[..., Batches] | None = None
+    # held-out evaluation every trainer.eval_every steps: config -> evaluate(model, step, out_dir or
+    # None, device) -> {metric: value}, called on every rank (the model may be sharded); out_dir (the
+    # run directory, main rank only) is where it may write predictions
+    build_evaluator: Callable[[DictConfig], Callable[..., dict[str, float]]] | None = None
+    # `memtrain predict`: (model with its trained weights, the run's config, input file, output file,
+    # msa=..., chain=...) -> {"output": path, ...}; None: the family has no predict
+    predict: Callable[..., dict[str, Any]] | None = None
+    # (model, config) -> None, in place: the output layer fused with the loss for training (e.g. the
+    # GPT's chunked linear cross entropy; loss_fn then takes what the fused head returns); applied
+    # after the precision swaps, before model parallelism
+    loss_head: Callable[[nn.Module, DictConfig], None] | None = None
     # further stacks of blocks that activation checkpointing wraps by the same policy as `blocks`,
     # each counted from its own first block (AlphaFold's extra-MSA and template pair stacks); their
     # saved bytes come from activation_bytes' "stacks"

@@ -34,6 +34,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from memtrain.optim._dtensor import settle
+from memtrain.optim._foreach import buckets, local, resolve
 
 ROW, HEAD, FULL, TENSOR = "row", "head", "full", "tensor"
 
@@ -71,12 +72,17 @@ def _per_row(v_head: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class AdamMini(torch.optim.Optimizer):
+    """foreach (default None: on): the moment, weight-decay and parameter updates as multi-tensor ops
+    over buckets of parameters (memtrain.optim._foreach); the per-block statistics stay per
+    parameter. The same operations as the per-parameter loop (foreach=False)."""
+
     def __init__(self, params, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.0, adamw_names: tuple[str, ...] = ("tok_embeddings", "output")):
+                 weight_decay: float = 0.0, adamw_names: tuple[str, ...] = ("tok_embeddings", "output"),
+                 foreach: bool | None = None):
         if lr <= 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"Adam-mini needs lr > 0 and betas in [0, 1), got lr={lr}, betas={betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      block=ROW, heads=0))
+                                      block=ROW, heads=0, foreach=foreach))
 
     @staticmethod
     def build_param_groups(model: nn.Module, weight_decay: float, adamw_names=("tok_embeddings", "output")) -> list[dict]:
@@ -98,13 +104,11 @@ class AdamMini(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd, kind, heads = group["lr"], group["eps"], group["weight_decay"], group["block"], group["heads"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            kind, heads = group["block"], group["heads"]
+            params = [p for p in group["params"] if p.grad is not None]
+            squares = []
+            for p in params:
                 g = p.grad
-                state = self.state[p]
                 if kind == HEAD:
                     sq = _head_mean_sq(g, heads)
                 elif kind == ROW:
@@ -113,22 +117,52 @@ class AdamMini(torch.optim.Optimizer):
                     sq = settle((g * g).mean())
                 else:
                     sq = g * g
+                state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(sq)
                 state["step"] += 1
-                t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - beta1)
-                v.lerp_(sq, 1 - beta2)
-                denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
-                if kind == HEAD:
-                    denom = _per_row(denom, p)
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+                squares.append(sq)
+            step = self._foreach_step if resolve(group["foreach"]) else self._single_tensor_step
+            step(params, squares, group)
         return loss
+
+    def _single_tensor_step(self, params: list[torch.Tensor], squares: list[torch.Tensor], group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd, kind = group["lr"], group["eps"], group["weight_decay"], group["block"]
+        for p, sq in zip(params, squares):
+            state = self.state[p]
+            t = float(state["step"])
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.lerp_(p.grad, 1 - beta1)
+            v.lerp_(sq, 1 - beta2)
+            denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
+            if kind == HEAD:
+                denom = _per_row(denom, p)
+            if wd:
+                p.mul_(1 - lr * wd)
+            p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+
+    def _foreach_step(self, params: list[torch.Tensor], squares: list[torch.Tensor], group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd, kind = group["lr"], group["eps"], group["weight_decay"], group["block"]
+        for ids in buckets(params):
+            states = [self.state[params[i]] for i in ids]
+            steps = [float(s["step"]) for s in states]
+            ps = [local(params[i]) for i in ids]
+            torch._foreach_lerp_([local(s["exp_avg"]) for s in states], [local(params[i].grad) for i in ids], 1 - beta1)
+            vs = [local(s["exp_avg_sq"]) for s in states]
+            torch._foreach_lerp_(vs, [local(squares[i]) for i in ids], 1 - beta2)
+            denoms = torch._foreach_div(vs, [1 - beta2**t for t in steps])
+            torch._foreach_sqrt_(denoms)
+            torch._foreach_add_(denoms, eps)
+            if kind == HEAD:  # [H] -> this rank's rows (the head of each row), as the parameter's local shard
+                denoms = [local(_per_row(d, params[i])) for d, i in zip(denoms, ids)]
+            if wd:
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            # denominators broadcast against the parameters (a row's, a tensor's): per pair, as addcdiv_ does
+            torch._foreach_addcdiv_(ps, [local(s["exp_avg"]) for s in states], denoms, [-lr / (1 - beta1**t) for t in steps])
 
 
 def block_count(kind: str, heads: int, shape: torch.Size) -> int:

@@ -19,10 +19,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def fused_supported(device_type: str) -> bool:
+    """Whether torch has fused (single-kernel, multi-tensor) Adam/AdamW steps for this device type:
+    CUDA, and the CPU since torch 2.4 (one vectorized, multithreaded pass over each parameter; see
+    scripts/bench/optimizer_step.py for its time against the per-parameter loop)."""
+    from torch.optim import optimizer as torch_optimizer
+
+    supported = getattr(torch_optimizer, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    return device_type in supported()
+
+
 def build_optimizer(ocfg: DictConfig, model: nn.Module, device_type: str) -> torch.optim.Optimizer:
     kwargs = OmegaConf.to_container(ocfg, resolve=True)
     if "fused" in kwargs and kwargs["fused"] is None:
-        kwargs["fused"] = device_type == "cuda"  # fused kernels where they exist, foreach elsewhere
+        kwargs["fused"] = fused_supported(device_type)
     for key in ("betas", "eps", "adamw_names"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])

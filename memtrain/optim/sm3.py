@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from memtrain.optim._dtensor import settle
+from memtrain.optim._foreach import buckets, local, resolve
 
 
 def _accumulators(nu: torch.Tensor) -> list[torch.Tensor]:
@@ -36,10 +37,33 @@ def _accumulators(nu: torch.Tensor) -> list[torch.Tensor]:
 
 
 class SM3(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, weight_decay: float = 0.0):
+    """foreach (default None: on): the elementwise parts (g^2, momentum, weight decay, the update) as
+    multi-tensor ops over buckets of parameters (memtrain.optim._foreach); the cover's min/max stay
+    per parameter. The same operations as the per-parameter loop (foreach=False)."""
+
+    def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, weight_decay: float = 0.0,
+                 foreach: bool | None = None):
         if lr <= 0 or not 0 <= momentum < 1:
             raise ValueError(f"SM3 needs lr > 0 and momentum in [0, 1), got lr={lr}, momentum={momentum}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach))
+
+    def _preconditioned(self, p: torch.Tensor, g2: torch.Tensor, momentum: float) -> torch.Tensor:
+        """g / sqrt(nu) (0 where nu = 0), updating the accumulators (created on the first step)."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["accumulators"] = [torch.zeros_like(a) for a in _accumulators(g2)]
+            if momentum > 0:
+                state["momentum_buffer"] = torch.zeros_like(p)
+        state["step"] += 1
+        mus = state["accumulators"]
+        nu = mus[0]
+        for mu in mus[1:]:
+            nu = torch.minimum(nu, mu)
+        nu = nu + g2
+        for mu, new in zip(mus, _accumulators(nu)):
+            mu.copy_(new)
+        return torch.where(nu > 0, p.grad / nu.sqrt(), torch.zeros_like(p.grad))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -48,32 +72,36 @@ class SM3(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                g2 = g * g
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["accumulators"] = [torch.zeros_like(a) for a in _accumulators(g2)]
-                    if beta > 0:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                state["step"] += 1
-                mus = state["accumulators"]
-                nu = mus[0]
-                for mu in mus[1:]:
-                    nu = torch.minimum(nu, mu)
-                nu = nu + g2
-                for mu, new in zip(mus, _accumulators(nu)):
-                    mu.copy_(new)
-                update = torch.where(nu > 0, g / nu.sqrt(), torch.zeros_like(g))
-                if beta > 0:
-                    buf = state["momentum_buffer"]
-                    buf.mul_(beta).add_(update, alpha=1 - beta)
-                    update = buf
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            step = self._foreach_step if resolve(group["foreach"]) else self._single_tensor_step
+            step(params, group)
         return loss
+
+    def _single_tensor_step(self, params: list[torch.Tensor], group: dict) -> None:
+        lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+        for p in params:
+            update = self._preconditioned(p, p.grad * p.grad, beta)
+            if beta > 0:
+                buf = self.state[p]["momentum_buffer"]
+                buf.mul_(beta).add_(update, alpha=1 - beta)
+                update = buf
+            if wd:
+                p.mul_(1 - lr * wd)
+            p.add_(update, alpha=-lr)
+
+    def _foreach_step(self, params: list[torch.Tensor], group: dict) -> None:
+        lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+        for ids in buckets(params):
+            bucket = [params[i] for i in ids]
+            squares = torch._foreach_mul([p.grad for p in bucket], [p.grad for p in bucket])
+            updates = [local(self._preconditioned(p, g2, beta)) for p, g2 in zip(bucket, squares)]
+            del squares
+            if beta > 0:
+                bufs = [local(self.state[p]["momentum_buffer"]) for p in bucket]
+                torch._foreach_mul_(bufs, beta)
+                torch._foreach_add_(bufs, updates, alpha=1 - beta)
+                updates = bufs
+            ps = [local(p) for p in bucket]
+            if wd:
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            torch._foreach_add_(ps, updates, alpha=-lr)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +14,8 @@ import textwrap
 import pytest
 import torch
 
-from memtrain.engine.checkpoint import Checkpointer, CheckpointError
+from memtrain.engine.checkpoint import Checkpointer
+from memtrain.safe_pickle import UnsafePickleError
 from memtrain.engine.trainer import Trainer
 
 
@@ -102,6 +105,122 @@ def test_loading_refuses_pickled_code_in_metadata(compose, tmp_path):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     (path / ".metadata").write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(CheckpointError, match="refusing to load"):
+    with pytest.raises(UnsafePickleError, match="refusing to load"):
         trainer.load(path)
     assert not (tmp_path / "pwned").exists()
+
+
+# -- the commit routine: a crash at any point leaves a complete checkpoint -----------------------------
+
+from memtrain.engine import checkpoint as checkpoint_module  # noqa: E402
+
+COMMIT_OPS = ("_write_meta", "_fsync_tree", "_fsync_dir", "_rename", "remove_checkpoint")
+
+
+class Crash(Exception):
+    """The process dies here: nothing after this point of the commit runs."""
+
+
+def crash_at(monkeypatch, k: int | None) -> list[str]:
+    """Make the k-th file-system step of the next commits raise Crash (None: count them only);
+    returns the names of the steps run so far. A crash inside remove_checkpoint happens halfway:
+    after meta.json is gone, before the rest of the folder is."""
+    done: list[str] = []
+
+    def wrap(name, fn):
+        def step(*args, **kwargs):
+            i = len(done)
+            done.append(name)
+            if i == k:
+                if name == "remove_checkpoint":
+                    (args[0] / "meta.json").unlink(missing_ok=True)
+                raise Crash(name)
+            return fn(*args, **kwargs)
+        return step
+
+    for name in COMMIT_OPS:
+        monkeypatch.setattr(checkpoint_module, name, wrap(name, getattr(checkpoint_module, name)))
+    return done
+
+
+def weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def loads_as(reader, path):
+    """The model weights stored in checkpoint `path`, loaded into `reader` (another trainer: DCP
+    loads in place)."""
+    state = reader.strategy.state()
+    Checkpointer(path.parent).load(path, state)
+    return {k: v.detach().clone() for k, v in state["model"].items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resave", [True, False], ids=["same-step", "next-step"])
+def test_a_crash_at_every_point_of_the_commit_leaves_a_complete_checkpoint(compose, tmp_path, monkeypatch, resave):
+    """keep_last=1, the issue's setting: re-saving step 2 (a preemption on a save step) or saving
+    step 3 over it. At every file-system step of the commit the process dies; a fresh look at the
+    folder then finds a complete checkpoint of step 2 (old or new contents) or of step 3, loadable,
+    and the next save cleans up and leaves one complete checkpoint."""
+    trainer = Trainer(compose("trainer.max_steps=10", "trainer.keep_last=1"), tmp_path / "run")
+    reader = Trainer(compose("trainer.max_steps=10"), tmp_path / "reader")
+    trainer.fit(until=2)
+    trainer.save()
+    old = weights(trainer)
+    trainer.train_step()  # new weights; saved as step 2 again, or as step 3
+    if resave:
+        trainer.step = 2
+    new = weights(trainer)
+    folder = trainer.checkpointer.folder
+    pristine = tmp_path / "pristine"
+    shutil.copytree(folder, pristine)
+
+    with monkeypatch.context() as m:
+        steps = crash_at(m, None)
+        trainer.save()
+    assert len(steps) >= 6 and "_rename" in steps, steps
+    for k in range(len(steps)):
+        shutil.rmtree(folder)
+        shutil.copytree(pristine, folder)
+        with monkeypatch.context() as m:
+            crash_at(m, k)
+            with pytest.raises(Crash):
+                trainer.save()
+        latest = Checkpointer(folder).latest()
+        assert latest is not None, (k, steps[k], sorted(p.name for p in folder.iterdir()))
+        got = loads_as(reader, latest)
+        step = json.loads((latest / "meta.json").read_text())["step"]
+        assert (step, same(got, old) or same(got, new)) in ((2, True), (3, True)), (k, steps[k], latest)
+        if step == 3 or not same(got, old):
+            assert same(got, new)
+        # the next save (here: the same step again) recovers and prunes to one complete checkpoint
+        trainer.save()
+        assert [p.name for p in Checkpointer(folder).checkpoints()] == [f"step_0000000{trainer.step}"]
+        assert sorted(p.name for p in folder.iterdir()) == [f"step_0000000{trainer.step}"], (k, steps[k])
+
+
+def test_checkpoints_fall_back_to_the_copy_set_aside_and_pruning_keeps_it(compose, tmp_path):
+    """Between the two renames only .old-step_N is complete: latest() returns it, and pruning for
+    a later save (keep_last=1) puts it back rather than deleting the last complete checkpoint."""
+    trainer = Trainer(compose("trainer.max_steps=4", "trainer.keep_last=1"), tmp_path)
+    trainer.fit(until=2)
+    path = trainer.save()
+    aside = path.with_name(".old-" + path.name)
+    path.rename(aside)
+    (path.parent / ".tmp-step_00000002").mkdir()  # the new copy, never completed
+    ckpt = Checkpointer(path.parent, keep_last=1)
+    assert ckpt.latest() == aside
+    ckpt._prune()
+    assert ckpt.latest() == path and sorted(p.name for p in path.parent.iterdir()) == ["step_00000002"]
+
+
+def test_step_numbers_beyond_eight_digits_sort_numerically(tmp_path):
+    for step in (99_999_999, 100_000_000, 7):
+        folder = tmp_path / f"step_{step:08d}"
+        folder.mkdir()
+        (folder / "meta.json").write_text(json.dumps({"step": step}))
+    assert [p.name for p in Checkpointer(tmp_path).checkpoints()] == ["step_00000007", "step_99999999", "step_100000000"]

@@ -56,7 +56,9 @@ ACTIVATION_CASES = [
     (prec, ck)
     for prec in ("fp32", "bf16")
     for ck in (["checkpoint=none"], ["checkpoint=full"], ["checkpoint=selective"],
-               ["checkpoint=selective", "checkpoint.policy=attention"])
+               ["checkpoint=selective", "checkpoint.policy=attention"],
+               # the default fused loss above; the plain loss on full logits here
+               ["checkpoint=none", "model.loss_chunk=0"])
 ]
 
 

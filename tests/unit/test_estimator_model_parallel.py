@@ -38,6 +38,10 @@ def test_tp_sp_and_sp_split_the_activations(compose):
     assert block / 2 < tp.activations_per_block[0] < block
     assert ring.activations_per_block[0] == pytest.approx(block / 2, abs=1)
     assert ring.activations_outside_blocks == pytest.approx(single.activations_outside_blocks / 2, abs=1)
+    # the fused loss's weight gradient [V, D] (fp32) is split over the vocabulary-parallel tp ranks
+    m = compose().model
+    assert m.loss_chunk == -1  # the default: the fused loss
+    assert single.activations_outside_blocks - tp.activations_outside_blocks == 4 * m.vocab_size * m.dim // 2
 
 
 def test_comm_bytes(compose):
@@ -46,13 +50,17 @@ def test_comm_bytes(compose):
     # ring all-reduce of the fp32 gradients: 2 (n-1)/n of them sent per device
     assert est.comm_bytes == {"dp_replicate": {"all_reduce_grads": int(2 * 3 / 4 * est.n_params * 4)}}
 
-    cfg = compose("parallel=tp", "launcher.nproc_per_node=2", "trainer.grad_accum=3")
+    cfg = compose("parallel=tp", "launcher.nproc_per_node=2", "trainer.grad_accum=3", "model.loss_chunk=0")
     m, t = cfg.model, cfg.trainer
     bsd = t.micro_batch_size * cfg.data.seq_len * m.dim * 4
     tp = estimate(cfg).comm_bytes["tp"]
     # per micro-batch: 4 all-reduces per layer, the embedding's and the output's; each sends (n-1)/n x 2
     assert tp["all_reduce_activations"] == int(3 * (4 * m.n_layers + 2) * bsd)
     assert tp["all_gather_logits"] == int(3 * 0.5 * t.micro_batch_size * cfg.data.seq_len * m.vocab_size * 4)
+    # the fused vocabulary-parallel loss: no logits gathered, three fp32 statistics per token all-reduced
+    fused = estimate(compose("parallel=tp", "launcher.nproc_per_node=2", "trainer.grad_accum=3")).comm_bytes["tp"]
+    assert fused["all_reduce_activations"] == tp["all_reduce_activations"] and "all_gather_logits" not in fused
+    assert fused["all_reduce_loss_statistics"] == int(3 * 2 * 0.5 * t.micro_batch_size * cfg.data.seq_len * 3 * 4)
 
     cfg = compose("parallel=ring", "launcher.nproc_per_node=2")
     ring = estimate(cfg).comm_bytes["sp"]

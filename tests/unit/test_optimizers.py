@@ -49,10 +49,11 @@ def problem():
     return theta, grads
 
 
-def test_lion_matches_algorithm_2(problem):
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per-parameter"])
+def test_lion_matches_algorithm_2(problem, foreach):
     theta, (g1, g2) = problem
     lr, b1, b2, wd = 1e-2, 0.9, 0.99, 0.1
-    got, _ = one_step(Lion, theta, [g1, g2], steps=2, lr=lr, betas=(b1, b2), weight_decay=wd)
+    got, _ = one_step(Lion, theta, [g1, g2], steps=2, lr=lr, betas=(b1, b2), weight_decay=wd, foreach=foreach)
     m, t = torch.zeros_like(theta), theta.clone()
     for g in (g1, g2):
         c = b1 * m + (1 - b1) * g
@@ -61,10 +62,11 @@ def test_lion_matches_algorithm_2(problem):
     torch.testing.assert_close(got, t, rtol=RTOL, atol=ATOL)
 
 
-def test_sm3_matches_sm3_ii(problem):
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per-parameter"])
+def test_sm3_matches_sm3_ii(problem, foreach):
     theta, (g1, g2) = problem
     lr = 0.1
-    got, opt = one_step(SM3, theta, [g1, g2], steps=2, lr=lr)
+    got, opt = one_step(SM3, theta, [g1, g2], steps=2, lr=lr, foreach=foreach)
     t, mu_r, mu_c = theta.clone(), torch.zeros(6), torch.zeros(5)
     for g in (g1, g2):
         nu = torch.empty_like(g)
@@ -79,10 +81,11 @@ def test_sm3_matches_sm3_ii(problem):
     assert [a.shape for a in acc] == [(6, 1), (1, 5)]
 
 
-def test_came_matches_algorithm_1(problem):
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per-parameter"])
+def test_came_matches_algorithm_1(problem, foreach):
     theta, (g1, g2) = problem
     lr, (b1, b2, b3), (e1, e2), d = 1e-2, (0.9, 0.999, 0.9999), (1e-30, 1e-16), 1.0
-    got, _ = one_step(CAME, theta, [g1, g2], steps=2, lr=lr, betas=(b1, b2, b3), eps=(e1, e2), d=d)
+    got, _ = one_step(CAME, theta, [g1, g2], steps=2, lr=lr, betas=(b1, b2, b3), eps=(e1, e2), d=d, foreach=foreach)
     t = theta.clone()
     r, c, m, R, C = torch.zeros(6), torch.zeros(5), torch.zeros(6, 5), torch.zeros(6), torch.zeros(5)
     ones_r, ones_c = torch.ones(6), torch.ones(5)
@@ -101,7 +104,8 @@ def test_came_matches_algorithm_1(problem):
     torch.testing.assert_close(got, t, rtol=RTOL, atol=ATOL)
 
 
-def test_adam_mini_one_v_per_head_row_and_tensor():
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per-parameter"])
+def test_adam_mini_one_v_per_head_row_and_tensor(foreach):
     """A GQA attention: W_q with 4 heads, W_k with 2; W_v per row; the output layer full AdamW."""
     torch.manual_seed(0)
     from memtrain.models.gpt.model import GPT
@@ -111,7 +115,7 @@ def test_adam_mini_one_v_per_head_row_and_tensor():
         p.grad = torch.randn_like(p)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     lr, b1, b2, eps, wd = 1e-2, 0.9, 0.95, 1e-8, 0.1
-    opt = AdamMini(AdamMini.build_param_groups(model, wd), lr=lr, betas=(b1, b2), eps=eps)
+    opt = AdamMini(AdamMini.build_param_groups(model, wd), lr=lr, betas=(b1, b2), eps=eps, foreach=foreach)
     opt.step()
 
     def expected(name, blocks):
@@ -141,10 +145,11 @@ def test_adam_mini_one_v_per_head_row_and_tensor():
     assert state["exp_avg_sq"].shape == (4,)
 
 
-def test_adamw_bf16_step_is_adamw_and_rounding_is_unbiased(problem):
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per-parameter"])
+def test_adamw_bf16_step_is_adamw_and_rounding_is_unbiased(problem, foreach):
     theta, (g1, _) = problem
     lr, b1, b2, eps, wd = 1e-2, 0.9, 0.95, 1e-8, 0.1
-    got, opt = one_step(AdamWBF16, theta, [g1], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    got, opt = one_step(AdamWBF16, theta, [g1], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, foreach=foreach)
     m, v = (1 - b1) * g1, (1 - b2) * g1**2
     want = theta * (1 - lr * wd) - lr * (m / (1 - b1)) / ((v / (1 - b2)).sqrt() + eps)
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
@@ -159,6 +164,56 @@ def test_adamw_bf16_step_is_adamw_and_rounding_is_unbiased(problem):
     # 2^-9 / 2^-7 = 1/4 rounds up; the mean of 20000 Bernoulli(1/4) draws is within 0.02 of 1/4 (6 sigma)
     assert abs(float((r > 1).float().mean()) - 0.25) < 0.02
     assert torch.equal(x.to(torch.bfloat16).float(), torch.ones(20000))  # round-to-nearest loses it every time
+
+
+# -- foreach: the multi-tensor step against the per-parameter loop ---------------------------------
+
+FOREACH = {
+    "lion": (Lion, dict(lr=1e-2, weight_decay=0.1)),
+    "sm3": (SM3, dict(lr=1e-1, momentum=0.9, weight_decay=0.1)),
+    "came": (CAME, dict(lr=1e-2, weight_decay=0.1)),
+    "adam_mini": (AdamMini, dict(lr=1e-2, weight_decay=0.1)),
+    "adamw_bf16": (AdamWBF16, dict(lr=1e-2, weight_decay=0.1)),
+}
+
+
+def tiny_gpt():
+    from memtrain.models.gpt.model import GPT
+
+    torch.manual_seed(0)
+    return GPT(vocab_size=40, dim=16, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=24)
+
+
+@pytest.mark.parametrize("name", list(FOREACH))
+def test_foreach_equals_the_per_parameter_loop(name, monkeypatch):
+    """Bit for bit on CPU: the same elementwise kernels, run per bucket instead of per parameter.
+    Buckets of 4 KiB split the tiny GPT's parameters into many (and keep its larger ones alone);
+    on the second step one matrix has no gradient and must be left alone by both."""
+    from memtrain.optim import _foreach
+
+    monkeypatch.setattr(_foreach, "BUCKET_BYTES", 4096)
+    monkeypatch.setattr(_foreach.buckets, "__defaults__", (4096,))
+    cls, kw = FOREACH[name]
+    models = {flag: tiny_gpt() for flag in (True, False)}
+    opts = {}
+    for flag, model in models.items():
+        groups = cls.build_param_groups(model, 0.1) if name == "adam_mini" else model.parameters()
+        opts[flag] = cls(groups, **kw, foreach=flag)
+    assert len(list(_foreach.buckets(list(models[True].parameters())))) > 5
+    gen = torch.Generator().manual_seed(1)
+    for step in range(3):
+        grads = [torch.randn(p.shape, generator=gen) for p in models[True].parameters()]
+        for flag, model in models.items():
+            for i, (p, g) in enumerate(zip(model.parameters(), grads)):
+                p.grad = None if (step == 1 and i == 3) else g.clone()
+            opts[flag].step()
+    for (n, a), b in zip(models[True].named_parameters(), models[False].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
+    for pa, pb in zip(models[True].parameters(), models[False].parameters()):
+        sa, sb = opts[True].state[pa], opts[False].state[pb]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
 
 
 # -- state bytes: the estimator's formula against the states torch allocated -------------------

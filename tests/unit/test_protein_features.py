@@ -177,6 +177,49 @@ def test_backbone_geometry(chains_by_file, pdb_id: str) -> None:
         assert abs(np.median(np.linalg.norm(ca - c, axis=-1)[m]) - 1.52) < 0.04, chain.name
 
 
+@pytest.mark.parametrize("pdb_id", ["2q2k", "4zey", "1psm"])
+def test_atom14_coordinates_agree_with_the_file_read_independently(chains_by_file, cifs, pdb_id) -> None:
+    """Every heavy atom of the first model without alternate locations, read with parse_cif, sits in
+    its residue type's atom14 slot (residue_constants.GT_ATOM14_NAMES); selenomethionine's SE (4ZEY
+    has MSE) fills MET's SD; nothing else is marked present."""
+    from memtrain.models.alphafold import residue_constants as rc
+
+    cif = cifs[pdb_id]
+    site = {k.split(".", 1)[1]: v for k, v in cif.items() if k.startswith("_atom_site.")}
+    first_model = site["pdbx_PDB_model_num"][0]
+    checked = selenium = 0
+    for chain in chains_by_file[pdb_id]:
+        seen = np.zeros_like(chain.atom14_mask)
+        for i in range(len(site["id"])):
+            if site["pdbx_PDB_model_num"][i] != first_model or site["label_asym_id"][i] != chain.label_asym_id:
+                continue
+            position = int(site["label_seq_id"][i]) - 1
+            resname = rc.RESNAMES[RESTYPE_ORDER.get(chain.sequence[position], UNK_ID)]
+            name = site["label_atom_id"][i]
+            if site["label_comp_id"][i] == "MSE" and name == "SE":
+                name, selenium = "SD", selenium + 1
+            if name not in rc.GT_ATOM14_NAMES[resname]:
+                continue
+            slot = rc.GT_ATOM14_NAMES[resname].index(name)
+            seen[position, slot] = 1.0
+            if site["label_alt_id"][i] in (".", "?"):
+                xyz = [float(site[f"Cartn_{c}"][i]) for c in "xyz"]
+                np.testing.assert_allclose(chain.atom14[position, slot], xyz, rtol=0, atol=1e-3)  # 3 decimals in the file
+                assert chain.atom14_mask[position, slot] == 1.0
+                checked += 1
+        np.testing.assert_array_equal(chain.atom14_mask, seen)
+        assert np.all(chain.atom14[chain.atom14_mask == 0] == 0)
+    assert checked > 200
+    assert (selenium > 0) == (pdb_id == "4zey")
+
+
+def test_resolution_is_read_from_the_file(chains_by_file) -> None:
+    """X-ray and EM resolutions as the files state them; NMR structures (1PSM, 2CRB) have none: 0."""
+    expected = {"1psm": 0.0, "2crb": 0.0, "2q2k": 3.0, "3u8v": 1.9, "3zee": 6.1, "4i6p": 2.9, "4zey": 1.5, "5kc1": 2.2}
+    for pdb_id, resolution in expected.items():
+        assert [c.resolution for c in chains_by_file[pdb_id]] == pytest.approx([resolution] * len(chains_by_file[pdb_id]))
+
+
 def _atom_site_span(text: str) -> tuple[int, int]:
     start = text.index("loop_\n_atom_site.")
     return start, text.index("\n#", start)
@@ -347,12 +390,22 @@ def test_batch_shapes_dtypes_and_content(dataset: ProteinStructureBatches) -> No
         "backbone_mask",
         "seq_mask",
         "msa_mask",
+        "aatype",
+        "atom14_gt_positions",
+        "atom14_gt_exists",
+        "torsion_angles_sin_cos",
+        "alt_torsion_angles_sin_cos",
+        "torsion_angles_mask",
+        "resolution",
     }
     shapes = {
         "aatype": (B, L), "residue_index": (B, L), "seq_mask": (B, L),
         "target_feat": (B, L, TARGET_FEAT_DIM), "msa_feat": (B, S, L, MSA_FEAT_DIM),
         "msa_mask": (B, S, L), "true_msa": (B, S, L), "bert_mask": (B, S, L),
         "backbone_coords": (B, L, 3, 3), "backbone_mask": (B, L),
+        "atom14_gt_positions": (B, L, 14, 3), "atom14_gt_exists": (B, L, 14),
+        "torsion_angles_sin_cos": (B, L, 7, 2), "alt_torsion_angles_sin_cos": (B, L, 7, 2),
+        "torsion_angles_mask": (B, L, 7), "resolution": (B,),
     }  # fmt: skip
     for key, tensor in {**inputs, **targets}.items():
         assert tuple(tensor.shape) == shapes[key], key
@@ -370,6 +423,14 @@ def test_batch_shapes_dtypes_and_content(dataset: ProteinStructureBatches) -> No
         coords, mask = targets["backbone_coords"][b], targets["backbone_mask"][b]
         np.testing.assert_array_equal(coords[real].numpy(), chain.backbone[idx])
         np.testing.assert_array_equal(mask[real].numpy(), chain.backbone_mask[idx])
+        # all-atom targets: the chain's atoms; torsions computed over the whole chain, so the crop's
+        # first residue keeps the omega and phi that read the residue before it
+        np.testing.assert_array_equal(targets["atom14_gt_positions"][b][real].numpy(), chain.atom14[idx])
+        np.testing.assert_array_equal(targets["atom14_gt_exists"][b][real].numpy(), chain.atom14_mask[idx])
+        for key in ("torsion_angles_sin_cos", "alt_torsion_angles_sin_cos", "torsion_angles_mask"):
+            np.testing.assert_array_equal(targets[key][b][real].numpy(), chain.torsion_angles[key][idx])
+        assert torch.all(targets["atom14_gt_exists"][b][~real] == 0) and torch.all(targets["torsion_angles_mask"][b][~real] == 0)
+        assert targets["resolution"][b] == pytest.approx(chain.resolution)
         # target_feat: column 0 = has_break (0 for one chain), columns 1..21 = one-hot(aatype).
         tf = inputs["target_feat"][b]
         assert torch.all(tf[:, 0] == 0)

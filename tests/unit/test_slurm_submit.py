@@ -98,15 +98,14 @@ def test_a_signal_only_sets_the_flag_and_stop_is_recorded(tmp_path, monkeypatch)
 
     old = {s: signal.getsignal(s) for s in preemption.SIGNALS}
     monkeypatch.setattr(preemption, "_received", [])
-    try:
-        p = preemption.Preemption(torch.device("cpu"), enabled=True)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    p = preemption.Preemption(torch.device("cpu"))
+    with p.catching():
         assert not p.should_stop()
         os.kill(os.getpid(), signal.SIGUSR1)
         assert p.should_stop() and preemption.received() == signal.SIGUSR1
         p.stopped(tmp_path, 7, is_main=True)
         assert preemption.marker_path(tmp_path).read_text() == "7\n"
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == old  # the handlers are restored
     assert not preemption.Preemption(torch.device("cpu"), enabled=False).should_stop()
     assert Path(preemption.marker_path(tmp_path)).parent.name == "slurm"

@@ -63,14 +63,16 @@ class InputEmbedder(nn.Module):
 def distance_bins(x: torch.Tensor, min_bin: float, max_bin: float, no_bins: int) -> torch.Tensor:
     """Distogram one-hot of the pairwise distances of x [*, N_res, 3] -> [*, N_res, N_res, no_bins].
 
-    Bin b covers (lower_b, lower_{b+1}] with lower = linspace(min_bin, max_bin, no_bins) and the last
-    bin open-ended; distances up to min_bin fall in no bin (all zeros), as in AlphaFold's
-    dgram_from_positions (3.25, 4.5, ..., 20.75 Angstrom for the defaults). Compared on squared
-    distances, so no sqrt."""
-    lower = torch.linspace(min_bin, max_bin, no_bins, device=x.device, dtype=torch.float32) ** 2
+    Bin b covers the open interval (lower_b, lower_{b+1}) with lower = linspace(min_bin, max_bin,
+    no_bins) and the last bin open-ended, as AlphaFold's dgram_from_positions compares
+    (d^2 > lower^2) & (d^2 < upper^2) (3.25, 4.5, ..., 20.75 Angstrom for the defaults): a distance
+    up to min_bin, or exactly on an inner edge, falls in no bin (all zeros). Compared on squared
+    distances in max(float32, x.dtype), so no sqrt."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    lower = torch.linspace(min_bin, max_bin, no_bins, device=x.device, dtype=dtype) ** 2
     upper = torch.cat([lower[1:], lower.new_full((1,), float("inf"))])
-    d2 = (x[..., :, None, :] - x[..., None, :, :]).float().square().sum(-1, keepdim=True)
-    return ((d2 > lower) & (d2 <= upper)).float()
+    d2 = (x[..., :, None, :] - x[..., None, :, :]).to(dtype).square().sum(-1, keepdim=True)
+    return ((d2 > lower) & (d2 < upper)).to(dtype)
 
 
 class RecyclingEmbedder(nn.Module):
@@ -93,9 +95,7 @@ class RecyclingEmbedder(nn.Module):
         self, m1_prev: torch.Tensor, z_prev: torch.Tensor, x_prev: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """m1_prev [*, N_res, C_m] (first MSA row), z_prev [*, N_res, N_res, C_z], x_prev [*, N_res, 3]
-        (previous CA positions, Angstrom) -> (m1 update [*, N_res, C_m], z update [*, N_res, N_res, C_z])."""
-        # DISCREPANCY: Algorithm 32 bins the distances of the pseudo-beta atoms (CB, CA for
-        # glycine); this model predicts only the backbone N, CA, C, so it bins CA-CA distances.
+        (the previous iteration's pseudo-beta positions: CB, CA for glycine; Angstrom) -> (m1 update [*, N_res, C_m], z update [*, N_res, N_res, C_z])."""
         d = distance_bins(x_prev, self.min_bin, self.max_bin, self.no_bins).to(z_prev.dtype)
         z_update = self.layer_norm_z(z_prev) + self.linear(d)
         return self.layer_norm_m(m1_prev), z_update

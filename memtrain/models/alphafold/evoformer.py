@@ -14,6 +14,7 @@ slice of the full result out. Chunking (`chunk_size`, set from outside with
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -79,7 +80,10 @@ class MSARowAttentionWithPairBias(nn.Module):
 class MSAColumnAttention(nn.Module):
     """Algorithm 8: gated self-attention along each MSA column (over sequences), no pair bias.
 
-    Chunked (chunk_size) over the columns (residues)."""
+    The LayerNorm reads the transposed view of m, so its output is laid out [*, N_res, S, C_m] and
+    the q, k, v and gate projections read it as it is (LayerNorm first, then the transpose, would
+    make each of the four projections save its own contiguous copy). Chunked (chunk_size) over the
+    columns (residues)."""
 
     def __init__(self, c_m: int, c_hidden: int = 32, no_heads: int = 8):
         super().__init__()
@@ -94,7 +98,7 @@ class MSAColumnAttention(nn.Module):
     def forward(self, m: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
         """m [*, S, N_res, C_m], msa_mask [*, S, N_res] -> [*, S, N_res, C_m]. Column-local: works on
         any subset of the columns."""
-        m_t = self.layer_norm_m(m).transpose(-2, -3)  # [*, N_res, S, C_m]
+        m_t = self.layer_norm_m(m.transpose(-2, -3))  # [*, N_res, S, C_m], contiguous
         inputs = {"m": m_t, "mask": msa_mask.transpose(-1, -2)}
         out = _maybe_chunked(self._attend, inputs, self.chunk_size, no_batch_dims=m_t.dim() - 2)
         return out.transpose(-2, -3)
@@ -105,7 +109,9 @@ class Transition(nn.Module):
 
         x <- Linear(relu(Linear(LayerNorm(x))))      hidden width n * C, n = 4
 
-    with the output zeroed at masked positions (as in OpenFold). Chunked over all leading dims."""
+    with the output zeroed at masked positions (as in OpenFold). Chunked over the leading batch
+    dims, i.e. over rows of positions (the MSA's sequences, the pair's rows i), as OpenFold's
+    chunk_layer does: each chunk is chunk_size rows of whole rows, not chunk_size positions."""
 
     def __init__(self, c: int, n: int = 4):
         super().__init__()
@@ -116,13 +122,18 @@ class Transition(nn.Module):
 
     def _mlp(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         out = self.linear_2(torch.relu(self.linear_1(x)))
-        return out if mask is None else out * mask[..., None].to(out.dtype)
+        if mask is None:
+            return out
+        # under autocast the fp32 mask as it is (a low-precision copy would be kept for the backward
+        # pass; the update joins the fp32 stream anyway); without, in the stream's dtype
+        mask = mask[..., None]
+        return out * (mask if torch.is_autocast_enabled(out.device.type) else mask.to(out.dtype))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [*, C], mask [*] or None -> [*, C]."""
+        """x [*, N, C], mask [*, N] or None -> [*, N, C]."""
         x = self.layer_norm(x)
         inputs = {"x": x} if mask is None else {"x": x, "mask": mask}
-        return _maybe_chunked(self._mlp, inputs, self.chunk_size, no_batch_dims=x.dim() - 1)
+        return _maybe_chunked(self._mlp, inputs, self.chunk_size, no_batch_dims=x.dim() - 2)
 
 
 class OuterProductMean(nn.Module):
@@ -132,7 +143,9 @@ class OuterProductMean(nn.Module):
         a_si, b_sj = Linear(LayerNorm(m_si)), Linear(LayerNorm(m_sj))          project  (c = 32 each)
         z_ij = Linear(sum_s a_si (x) b_sj) / (sum_s mask_si mask_sj + 1e-3)    combine
 
-    Chunked (chunk_size) over the first residue dim i of the output.
+    Chunked (chunk_size) over the first residue dim i of the output, one batch element at a time
+    with b shared by every chunk (OpenFold's OuterProductMean._chop): chunk_layer would expand b
+    over the chunked rows.
     """
 
     def __init__(self, c_m: int, c_z: int, c_hidden: int = 32, eps: float = 1e-3):
@@ -157,18 +170,31 @@ class OuterProductMean(nn.Module):
         """a [*, S, I, c], b [*, S, J, c], mask_a [*, S, I], mask_b [*, S, J] -> z update [*, I, J, C_z].
 
         a and b may cover different residue ranges (a DAP shard of i against all j)."""
-        inputs = {
-            "a": a.transpose(-2, -3),  # [*, I, S, c]: i leads, so chunks run over it
-            "mask_a": mask_a.transpose(-1, -2),  # [*, I, S]
-            "b": b.unsqueeze(-4),  # [*, 1, S, J, c], shared by every i
-            "mask_b": mask_b.unsqueeze(-3),  # [*, 1, S, J]
-        }
-        return _maybe_chunked(self._outer_mean, inputs, self.chunk_size, no_batch_dims=a.dim() - 2)
+        if self.chunk_size is not None and torch.is_autocast_enabled(a.device.type):
+            # cast once here: each chunk's einsum would otherwise cast (and keep) all of b again
+            dtype = torch.get_autocast_dtype(a.device.type)
+            a, b = a.to(dtype), b.to(dtype)
+        a_t, mask_a_t = a.transpose(-2, -3), mask_a.transpose(-1, -2)  # [*, I, S, c], [*, I, S]: i leads
+        if self.chunk_size is None:
+            return self._outer_mean(a_t, mask_a_t, b.unsqueeze(-4), mask_b.unsqueeze(-3))
+        batch = a.shape[:-3]
+        pieces = zip(
+            a_t.reshape(-1, *a_t.shape[-3:]), mask_a_t.reshape(-1, *mask_a_t.shape[-2:]),
+            b.expand(*batch, *b.shape[-3:]).reshape(-1, *b.shape[-3:]),
+            mask_b.expand(*batch, *mask_b.shape[-2:]).reshape(-1, *mask_b.shape[-2:]),
+        )
+        out = [
+            chunk_layer(partial(self._outer_mean, b=b_k, mask_b=mb_k), {"a": a_k, "mask_a": ma_k},
+                        chunk_size=self.chunk_size, no_batch_dims=1)
+            for a_k, ma_k, b_k, mb_k in pieces
+        ]
+        return torch.stack(out).reshape(*batch, *out[0].shape)
 
     def _outer_mean(
         self, a: torch.Tensor, mask_a: torch.Tensor, b: torch.Tensor, mask_b: torch.Tensor
     ) -> torch.Tensor:
-        """a [*, S, c], mask_a [*, S], b [*, S, J, c], mask_b [*, S, J] -> [*, J, C_z] (`*` includes i)."""
+        """a [*, S, c], mask_a [*, S], b [*, S, J, c], mask_b [*, S, J] -> [*, J, C_z] (`*` includes i;
+        b and mask_b broadcast against it)."""
         outer = torch.einsum("...sc,...sjd->...jcd", a, b).flatten(-2)  # [*, J, c * c]
         norm = torch.einsum("...s,...sj->...j", mask_a, mask_b)[..., None]  # sequences present at both i and j
         # DISCREPANCY: Algorithm 10 applies the final Linear to the mean; AlphaFold's and OpenFold's

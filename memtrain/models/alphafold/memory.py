@@ -14,6 +14,10 @@ from memtrain.models.alphafold.model import AlphaFold
 FP32, INT64 = 4, 8
 RECYCLE_BINS = 15  # RecyclingEmbedder's distance bins (a constructor default, not a config key)
 FRAME_FLOATS_PER_LAYER = 25  # per residue; counted in _structure_module_bytes
+ANGLE_NORM_FLOATS = 28  # per residue and layer: the angles' normalisation (_structure_module_bytes)
+# per residue, once: Algorithm 24 on the last layer (counted tensor by tensor in _structure_module_bytes)
+ALL_ATOM_FLOATS = 128 + 5 * 72 + 18 + 2 * 24 + 42 + 14 + 9
+TORSION_LOSS_FLOATS = 52  # per residue and layer: chi errors and their alternatives, angle norms
 _MODEL_DEFAULTS = {name: p.default for name, p in inspect.signature(AlphaFold).parameters.items()}
 
 
@@ -51,12 +55,15 @@ def _gated_attention_bytes(
 
 
 def _pair_terms(
-    b: int, n: int, cz: int, c_mul: int, h_z: int, hc_z: int, tn: int, sdpa: bool, c: int, st: int
+    b: int, n: int, cz: int, c_mul: int, h_z: int, hc_z: int, tn: int, sdpa: bool, c: int, st: int,
+    amp: bool | None = None,
 ) -> dict[str, int]:
     """Bytes the pair modules of one block keep (both triangle multiplications and attentions and
     the pair transition) for b pair representations [b, N, N, C_z] (b = B, or B T for the
-    templates)."""
+    templates). st: the pair stream's bytes per element; amp: whether autocast is on (default
+    c != st; the template stream is in the compute dtype under autocast)."""
     autocast = c != st
+    amp = autocast if amp is None else amp
     pr = b * n * n
 
     def ln(elems: int, rows: int) -> int:  # LayerNorm: its input in fp32 (a copy if not fp32), mean, rstd
@@ -82,7 +89,8 @@ def _pair_terms(
             ln(pr * cz, pr) + lin(5, pr * cz)
             + _gated_attention_bytes(pr, hc_z, b * n * h_z * n * n, 0, 0, True, sdpa, c)
         ),
-        "pair_transition": ln(pr * cz, pr) + lin(1, pr * cz) + c * pr * tn * cz + mask_cast(pr, FP32, c),
+        # under autocast the transition multiplies by the fp32 mask as it is; otherwise by its cast
+        "pair_transition": ln(pr * cz, pr) + lin(1, pr * cz) + c * pr * tn * cz + (0 if amp else mask_cast(pr, FP32, st)),
     }
 
 
@@ -98,7 +106,6 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
     hc_m, hc_z = h_m * mcfg.c_hidden_msa_att, h_z * mcfg.c_hidden_pair_att
     c_opm, c_mul = mcfg.c_hidden_opm, mcfg.c_hidden_mul
     sdpa = enum_names(mcfg.attention_backend) == "sdpa"
-    chunk = mcfg.chunk_size
     autocast = c != st
     ms, pr = b * s * n, b * n * n  # MSA and pair positions
 
@@ -111,28 +118,21 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
     def mask_cast(elems: int, src: int, dst: int) -> int:  # a fp32 mask cast to another dtype; a view if fp32
         return dst * elems if dst != src else 0
 
-    opm_b = c * ms * c_opm
-    if chunk is not None and b > 1:
-        # chunk_layer expands b [*, 1, S, J, c] over the B * N_res chunked rows and the einsums keep the copy
-        opm_b = c * pr * s * c_opm
-    elif chunk is not None and autocast:
-        opm_b *= -(-b * n // chunk)  # each chunk's einsum casts (and keeps) all of b again
-    # the column attention's projections read the transposed LayerNorm output: each copies (or casts)
-    # it, except when chunk_layer has already made it contiguous (B > 1 and chunked, no autocast)
-    col_copies = 1 if chunk is not None and b > 1 and not autocast else 4
     terms = {
         "msa_row_attention": ln(pr * cz, pr) + lin(1, pr * cz) + ln(ms * cm, ms) + lin(4, ms * cm)
         + _gated_attention_bytes(ms, hc_m, b * s * h_m * n * n, 0, 0, True, sdpa, c),
-        "msa_column_attention": ln(ms * cm, ms) + col_copies * (c if autocast else st) * ms * cm
+        # the LayerNorm reads the transposed MSA, so its output is laid out as the projections read it
+        "msa_column_attention": ln(ms * cm, ms) + lin(4, ms * cm)
         + _gated_attention_bytes(ms, hc_m, b * n * h_m * s * s, b * n * h_m * s, b * n * s, False, sdpa, c),
-        "msa_transition": ln(ms * cm, ms) + lin(1, ms * cm) + c * ms * tn * cm + mask_cast(ms, FP32, c),
-        # a and b (masked projections, kept by the einsum in the compute dtype), the outer product
-        # [*, I, J, c^2] (the output Linear's input) and the divisor [*, I, J, 1]
+        "msa_transition": ln(ms * cm, ms) + lin(1, ms * cm) + c * ms * tn * cm + mask_cast(ms, FP32, st),
+        # a and b (masked projections, kept by the einsum in the compute dtype, cast once whether
+        # chunked or not), the outer product [*, I, J, c^2] (the output Linear's input) and the
+        # divisor [*, I, J, 1]
         # its LayerNorm's input is the block's output m: counted as the next block's input (or outside)
         # unless the stream is below fp32, where the LayerNorm keeps its own fp32 copy
         "outer_product_mean": ln(ms * cm, ms) - (FP32 * ms * cm if st == FP32 else 0) + lin(2, ms * cm)
         + mask_cast(ms, FP32, st)
-        + c * ms * c_opm + opm_b + c * pr * c_opm**2 + c * pr,
+        + 2 * c * ms * c_opm + c * pr * c_opm**2 + c * pr,
         **_pair_terms(b, n, cz, c_mul, h_z, hc_z, tn, sdpa, c, st),
         # SharedDropout keeps its mask [*, 1, N_res, C] ([*, N_res, 1, C] column-wise) in the update's dtype
         "dropout_masks": (c * b * n * cm if mcfg.msa_dropout > 0 else 0)
@@ -194,7 +194,7 @@ def _template_block_terms(mcfg: DictConfig, b: int, t: int, n: int, c: int, st: 
     ct, c_mul, h = mcfg.c_t, mcfg.c_hidden_template_mul, mcfg.n_heads_template
     hc, tn = h * mcfg.c_hidden_template_att, mcfg.template_transition_n
     sdpa = enum_names(mcfg.attention_backend) == "sdpa"
-    terms = _pair_terms(b * t, n, ct, c_mul, h, hc, tn, sdpa, c, c)
+    terms = _pair_terms(b * t, n, ct, c_mul, h, hc, tn, sdpa, c, c, amp=c != st)
     terms["dropout_masks"] = 4 * c * b * t * n * ct if mcfg.pair_dropout > 0 else 0
     if c != st:
         terms["weight_casts"] = c * _pair_weights(ct, c_mul, h, hc, tn)
@@ -261,9 +261,16 @@ def _structure_module_bytes(mcfg: DictConfig, b: int, n: int, sm: int) -> int:
     ) + 2 * sm * b * h * n * n  # squared point distances, softmax
     if b > 1:  # batched einsums that cannot view their operands: the k points, the softmax for the pair values
         ipa += sm * sn * h * 3 * pq + sm * b * h * n * n
-    layer = ipa + 2 * drop + 2 * (FP32 * sn * cs + 2 * FP32 * sn) + 4 * sm * sn * cs + FRAME_FLOATS_PER_LAYER * sm * sn
-    # LayerNorm of s (input in fp32, stats), linear_in's input, its output (the first IPA's input), z's LayerNorm output
-    return (FP32 * sn * cs + 2 * FP32 * sn) + 2 * sm * sn * cs + sm * b * n * n * cz + layers * layer + 13 * sm * sn
+    cr = _dim(mcfg, "c_resnet")
+    # the angle ResNet: ReLUs of s and s_initial (2 C_s), of its 5 hidden activations (C_r each), the
+    # unnormalised angles read by the norm (14), the norm's clamp input and root (7 each)
+    resnet = sm * sn * (2 * cs + 5 * cr + ANGLE_NORM_FLOATS)
+    layer = (ipa + 2 * drop + 2 * (FP32 * sn * cs + 2 * FP32 * sn) + 4 * sm * sn * cs + FRAME_FLOATS_PER_LAYER * sm * sn
+             + resnet)
+    # LayerNorm of s (input in fp32, stats), linear_in's input, its output (the first IPA's input), z's LayerNorm output;
+    # once: the all-atom frames and atoms of the last layer (Algorithm 24)
+    all_atom = sm * sn * ALL_ATOM_FLOATS + INT64 * sn * 14
+    return (FP32 * sn * cs + 2 * FP32 * sn) + 2 * sm * sn * cs + sm * b * n * n * cz + layers * layer + 13 * sm * sn + all_atom
 
 
 def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_evo: int | None = None) -> dict[str, int]:
@@ -278,9 +285,12 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_
     # recycling: LayerNorm of the previous pair (fp32) and first MSA row; after a no-grad iteration
     # the row is a view of the previous MSA representation, which it then keeps whole
     m1_prev = st * b * s_evo * n * cm if mcfg.num_recycles > 0 and st == FP32 else FP32 * sn * cm
-    # FAPE (computed under autocast): per frame-position pair, the expanded rotation (9) and point (3)
-    # the matmul keeps, the difference (3), the distance (1) in the compute dtype, the fp32 pair mask
-    fape_pairs = mcfg.n_structure_layers * sn * n + sn * 3 * n
+    layers = mcfg.n_structure_layers
+    # FAPE (fp32, autocast off): per frame-position pair the position relative to the frame's origin
+    # (3, kept by the einsum with the rotation), the error vector (3) and the distance (1); backbone
+    # FAPE over N x N pairs per layer, all-atom FAPE over 8 N frames x 14 N atoms
+    fape_pairs = layers * sn * n + 8 * 14 * sn * n
+    plddt_bins, c_plddt = _dim(mcfg, "n_plddt_bins"), _dim(mcfg, "c_hidden_plddt")
     terms = {
         "input_embedder": (c * (3 * sn * tf + ms * msa_dim) if autocast else 0) + c * pr * relpos,
         "recycling_embedder": c * pr * RECYCLE_BINS + FP32 * pr * cz + 2 * FP32 * pr + m1_prev + 2 * FP32 * sn,
@@ -293,14 +303,22 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_
                              + (st * ms * cm if b > 1 and s_evo > s else 0))
         + FP32 * pr * cz + 2 * FP32 * pr + (c * pr * cz if autocast or st != FP32 else 0),
         "structure_module": _structure_module_bytes(mcfg, b, n, st),
-        "losses": fape_pairs * (16 * c + FP32)
+        # pLDDT head: LayerNorm statistics, its output (linear_1's input, cast under autocast), two
+        # ReLU outputs; the experimentally-resolved head's input (the Evoformer's single
+        # representation, a copy of its own only under autocast: else the structure module keeps it)
+        "heads": 2 * FP32 * sn + c * sn * cs + 2 * c * sn * c_plddt + (c * sn * cs if autocast else 0),
+        "losses": 7 * FP32 * fape_pairs + FP32 * layers * 9 * sn  # FAPE pairs; the stacked rotations
         + FP32 * pr * bins + INT64 * pr + FP32 * pr  # distogram: log-softmax, bin targets, pair mask
-        + FP32 * ms * classes,  # masked MSA: log-softmax
+        + FP32 * ms * classes  # masked MSA: log-softmax
+        + FP32 * layers * sn * TORSION_LOSS_FLOATS  # torsion and angle-norm errors
+        + FP32 * sn * plddt_bins + INT64 * sn  # pLDDT: log-softmax, bin targets
+        + 3 * FP32 * sn * 37,  # experimentally resolved: logits, targets, weights
     }
     if autocast:
         # the single projection's and the heads' weights; the embedders' Linears read inputs that need
         # no gradient, so their matmuls keep no weight
-        terms["weight_casts"] = c * (cm * cs + cz * bins + cm * classes)
+        terms["weight_casts"] = c * (cm * cs + cz * bins + cm * classes
+                                     + cs * c_plddt + c_plddt * c_plddt + c_plddt * plddt_bins + cs * 37)
     return terms
 
 
@@ -371,10 +389,10 @@ def activation_bytes(
       MSA row attention: fp32 softmax [B, S, H_m, N, N] (+ its c-byte cast below fp32, naive),
         q, k, v copies, gate, o, o * g (6 c B S N H_m c_h), LayerNorms of m and z and their outputs
         (read once per projection under autocast);
-      MSA column attention: the same with softmax [B, N, H_m, S, S] and four copies of the
-        transposed LayerNorm output;
+      MSA column attention: the same with softmax [B, N, H_m, S, S]; its LayerNorm reads the
+        transposed MSA, so the projections read its output without copies;
       MSA transition: LayerNorm, ReLU output [B, S, N, n C_m];
-      outer product mean: a, b [B, S, N, c_opm] and the outer product [B, N, N, c_opm^2] (c);
+      outer product mean: a, b [B, S, N, c_opm] (c) and the outer product [B, N, N, c_opm^2] (c);
       triangle multiplication x2: per projection sigmoid, masked gate (max(c, r)) and value
         [B, N, N, c_mul], the einsum's copies of a and b, the fp32 LayerNorm of the product, the
         gate and output [B, N, N, C_z];
@@ -385,9 +403,8 @@ def activation_bytes(
     attention_backend=sdpa is modelled as torch runs it on CPU (see _gated_attention_bytes): the
     biased attentions fall back to the math kernel (fp32 probabilities and q, k, v), the column
     attention uses the flash kernel (no S x S matrix).
-    model.chunk_size does not reduce what is saved (each chunk's tensors are kept for the backward
-    pass; chunking only lowers the transient peak); it adds copies the outer product mean keeps of
-    its shared operand b: one cast per chunk under autocast, and b expanded over every row when B > 1.
+    model.chunk_size does not change what is saved (each chunk's tensors are kept for the backward
+    pass; chunking only lowers the transient peak).
 
     block_input: what a checkpointed block keeps, its inputs m and z in the stream dtype. A
     block's output m is counted as the next block's input (the last one's outside); under autocast
@@ -399,8 +416,11 @@ def activation_bytes(
     outside_blocks (`_outside_terms`): the embedders (relative-position one-hot [B, N, N, 65],
     recycling distance bins and LayerNorms), the pair mask, the last block's outputs as read by the
     single projection, the heads and the structure module, the structure module (fp32, autocast
-    off; `_structure_module_bytes`), and the losses (FAPE [B, N, N] per layer and [B, N, 3N] for
-    the final atoms, distogram and masked-MSA log-softmax in fp32). Input features are not counted.
+    off; `_structure_module_bytes`, with the angle ResNet per layer and the all-atom frames and
+    atoms once), the pLDDT and experimentally-resolved heads, and the losses (fp32, autocast off:
+    7 values per FAPE frame-position pair, [B, N, N] per layer for the backbone and [B, 8N, 14N]
+    all-atom; distogram, masked-MSA and pLDDT log-softmax; torsion errors; the resolved-atom
+    logits). Input features are not counted.
     """
     extra_last_checkpointed = False
     if cfg is not None:

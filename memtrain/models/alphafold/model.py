@@ -4,7 +4,7 @@ embedding, recycling, the Evoformer stack, the structure module and the auxiliar
 Input features (a dict; B batch, N_seq MSA rows, N_res residues), the contract with the data
 pipeline (memtrain.data):
 
-    aatype          [B, N_res]             long   0..20 (20 = unknown); not read (target_feat carries it)
+    aatype          [B, N_res]             long   0..20 (20 = unknown): each residue's rigid groups and atoms
     residue_index   [B, N_res]             long   residue numbers (gaps allowed), for relpos
     seq_mask        [B, N_res]             float  1 = residue present (0 = padding)
     target_feat     [B, N_res, 22]         float  Supplement Table 1 (one-hot aatype + "between segment")
@@ -21,9 +21,14 @@ With templates (`templates`): the template_* features [B, N_templ, N_res, ...] a
 [B, N_templ] (memtrain.models.alphafold.template).
 
 Outputs (`forward`): msa_logits [B, N_seq, N_res, 23], distogram_logits [B, N_res, N_res, 64],
-frames_rot [L, B, N_res, 3, 3], frames_trans [L, B, N_res, 3] (Angstrom, per structure-module
-layer), backbone_positions [B, N_res, 3, 3], single [B, N_res, C_s], pair [B, N_res, N_res, C_z],
-msa_first_row [B, N_res, C_m]. Losses: memtrain.models.alphafold.loss.alphafold_loss.
+lddt_logits [B, N_res, 50] (from the structure module's single representation),
+experimentally_resolved_logits [B, N_res, 37] (from the Evoformer's), and from the structure
+module (StructureModule.forward): frames_rot [L, B, N_res, 3, 3], frames_trans [L, B, N_res, 3]
+(Angstrom, per layer), angles and unnormalized_angles [L, B, N_res, 7, 2], all_frames_rot
+[B, N_res, 8, 3, 3], all_frames_trans [B, N_res, 8, 3], atom14_positions [B, N_res, 14, 3],
+backbone_positions [B, N_res, 3, 3], single [B, N_res, C_s]; pair [B, N_res, N_res, C_z],
+msa_first_row [B, N_res, C_m]. Losses: memtrain.models.alphafold.loss.alphafold_loss, which also
+reads the ground-truth all-atom targets (memtrain.data.protein_features).
 
 The model holds no parallel or memory-saving code. From outside: `set_chunk_size` and
 `set_attention_backend` (primitives.py) set module attributes; activation checkpointing wraps
@@ -37,18 +42,24 @@ from torch import nn
 
 from memtrain.models.alphafold.embedders import InputEmbedder, RecyclingEmbedder
 from memtrain.models.alphafold.evoformer import EvoformerStack
+from memtrain.models.alphafold.all_atom import predicted_pseudo_beta
+from memtrain.models.alphafold.heads import (
+    DistogramHead,
+    ExperimentallyResolvedHead,
+    MaskedMSAHead,
+    PerResidueLDDTCaPredictor,
+)
 from memtrain.models.alphafold.extra_msa import (
     ExtraMSAEmbedder,
     ExtraMSAStack,
     extra_msa_feat,
 )
-from memtrain.models.alphafold.heads import DistogramHead, MaskedMSAHead
 from memtrain.models.alphafold.structure import StructureModule
 from memtrain.models.alphafold.template import TemplateEmbedder
 
 # DISCREPANCY: a fixed number of recycling iterations (`num_recycles` without grad, then one
 # with); the paper samples the number uniformly from 1..4 per batch during training (1.10).
-# DISCREPANCY: no pLDDT, PAE, experimentally-resolved or side-chain outputs (see loss.py).
+# DISCREPANCY: no PAE head (the paper trains it only in fine-tuning, 1.9.7) and no violation loss.
 
 # Published sizes (Supplement 1.5-1.9; OpenFold's model_1 config): the keyword arguments of AlphaFold.
 PUBLISHED = {
@@ -87,14 +98,11 @@ PUBLISHED = {
 
 # Parameters of AlphaFold(**PUBLISHED), counted on the meta device by
 # tests/unit/alphafold/test_model.py: 48 Evoformer blocks of 1,829,952 (87,936,384 with the
-# single projection), structure module 1,852,702, embedders 35,840, heads 14,167, extra-MSA stack
-# 2,805,248 (4 blocks of 701,312) and its embedder 1,664, template embedder 329,408.
-# DISCREPANCY: AlphaFold 2 has about 93.2M. The 254k gap is the parts this model leaves out,
-# sized with these modules at the published widths (OpenFold's model_1 config):
-#   torsion-angle ResNet (Algorithm 20 lines 13-18)                       166,414
-#   pLDDT head 73,010 and experimentally-resolved head 14,245
-# which sum to 253,669, i.e. 92,975,413 + 253,669 = 93,229,082.
-PUBLISHED_PARAMETERS = 92_975_413
+# single projection), structure module 2,019,116 (with the torsion-angle ResNet's 166,414),
+# embedders 35,840, heads 101,422 (distogram 8,256, masked MSA 5,911, pLDDT 73,010,
+# experimentally resolved 14,245), extra-MSA stack 2,805,248 (4 blocks of 701,312) and its
+# embedder 1,664, template embedder 329,408: 93,229,082, AlphaFold 2's 93.2M.
+PUBLISHED_PARAMETERS = 93_229_082
 
 
 class AlphaFold(nn.Module):
@@ -131,6 +139,9 @@ class AlphaFold(nn.Module):
         max_relative_position: int = 32,
         n_distogram_bins: int = 64,
         n_msa_classes: int = 23,
+        c_resnet: int = 128,
+        c_hidden_plddt: int = 128,
+        n_plddt_bins: int = 50,
         n_extra_msa_blocks: int = 4,
         c_e: int = 64,
         c_hidden_extra_msa_att: int = 8,
@@ -177,9 +188,12 @@ class AlphaFold(nn.Module):
             no_v_points=n_ipa_v_points,
             no_blocks=n_structure_layers,
             dropout=structure_dropout,
+            c_resnet=c_resnet,
         )
         self.distogram_head = DistogramHead(c_z, n_distogram_bins)
         self.masked_msa_head = MaskedMSAHead(c_m, n_msa_classes)
+        self.lddt_head = PerResidueLDDTCaPredictor(c_s, c_hidden_plddt, n_plddt_bins)
+        self.experimentally_resolved_head = ExperimentallyResolvedHead(c_s)
         # Supplement 1.7: the template embedder and the extra-MSA stack (None when switched off)
         self.template_embedder = TemplateEmbedder(
             c_m, c_z, c_t, n_template_blocks, c_hidden_att=c_hidden_template_att, no_heads=n_heads_template,
@@ -202,7 +216,8 @@ class AlphaFold(nn.Module):
         x_prev: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """One pass of Algorithm 2 (lines 5-14) given the previous iteration's first MSA row
-        m1_prev [B, N_res, C_m], pair z_prev [B, N_res, N_res, C_z] and CA positions x_prev [B, N_res, 3]."""
+        m1_prev [B, N_res, C_m], pair z_prev [B, N_res, N_res, C_z] and pseudo-beta positions
+        x_prev [B, N_res, 3] (CB, CA for glycine; Algorithm 32)."""
         msa_mask, seq_mask = batch["msa_mask"], batch["seq_mask"]
         pair_mask = seq_mask[..., :, None] * seq_mask[..., None, :]
         m, z = self.input_embedder(batch["target_feat"], batch["residue_index"], batch["msa_feat"])
@@ -220,9 +235,10 @@ class AlphaFold(nn.Module):
             m = torch.cat([m, rows.to(m.dtype)], dim=-3)
             msa_mask = torch.cat([msa_mask, rows_mask.to(msa_mask.dtype)], dim=-2)
         m, z, s = self.evoformer(m, z, msa_mask, pair_mask)
-        outputs = self.structure_module(s, z, seq_mask)
+        outputs = self.structure_module(s, z, seq_mask, batch["aatype"])
         outputs["pair"], outputs["msa_first_row"] = z, m[..., 0, :, :]
         outputs["msa"] = m[..., :n_seq, :, :]  # the template rows are not scored by the masked-MSA loss
+        outputs["evoformer_single"] = s
         return outputs
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -242,7 +258,11 @@ class AlphaFold(nn.Module):
             if not last:
                 m1_prev = outputs["msa_first_row"].detach()
                 z_prev = outputs["pair"].detach()
-                x_prev = outputs["frames_trans"][-1].detach()  # CA positions, Angstrom
+                x_prev = predicted_pseudo_beta(
+                    batch["aatype"], outputs["atom14_positions"], outputs["frames_trans"][-1]
+                ).detach()  # Angstrom
         outputs["msa_logits"] = self.masked_msa_head(outputs.pop("msa"))
         outputs["distogram_logits"] = self.distogram_head(outputs["pair"])
+        outputs["lddt_logits"] = self.lddt_head(outputs["single"])
+        outputs["experimentally_resolved_logits"] = self.experimentally_resolved_head(outputs.pop("evoformer_single"))
         return outputs

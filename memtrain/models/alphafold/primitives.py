@@ -86,18 +86,26 @@ class Linear(nn.Linear):
                 nn.init.zeros_(self.bias)
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """max(float32, x.dtype): the dtype reductions are computed in. fp32 for bf16/fp16 inputs (as
+    OpenFold keeps LayerNorm and softmax), fp64 for fp64 inputs (so fp64 gradient checks hold)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class LayerNorm(nn.LayerNorm):
-    """torch.nn.LayerNorm over the last dim, always computed in fp32 (input, weight and bias cast
-    to float, autocast off), then cast back to the input's dtype. Under bf16/fp16 autocast this keeps
-    the mean/variance reductions over C in fp32, as OpenFold does."""
+    """torch.nn.LayerNorm over the last dim, computed in max(fp32, input dtype) (input, weight and
+    bias cast to it, autocast off), then cast back to the input's dtype. Under bf16/fp16 autocast this
+    keeps the mean/variance reductions over C in fp32, as OpenFold does; fp64 stays fp64."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        dtype = compute_dtype(x)
+        same = self.weight is None or self.weight.dtype == dtype
+        if x.dtype == dtype and same and not torch.is_autocast_enabled(x.device.type):
             return super().forward(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            weight = None if self.weight is None else self.weight.float()
-            bias = None if self.bias is None else self.bias.float()
-            out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+            weight = None if self.weight is None else self.weight.to(dtype)
+            bias = None if self.bias is None else self.bias.to(dtype)
+            out = F.layer_norm(x.to(dtype), self.normalized_shape, weight, bias, self.eps)
         return out.to(x.dtype)
 
 
@@ -150,13 +158,14 @@ def _sum_biases(biases: list[torch.Tensor]) -> torch.Tensor | None:
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, biases: list[torch.Tensor]) -> torch.Tensor:
     """q [*, H, Q, D], k and v [*, H, K, D], biases broadcastable to [*, H, Q, K] -> [*, H, Q, D].
 
-    The logits are formed in the compute dtype, the softmax in fp32, and the weights cast back.
+    The logits are formed in the compute dtype, the softmax in max(fp32, that dtype), and the
+    weights cast back.
     """
     logits = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
     bias = _sum_biases(biases)
     if bias is not None:
         logits = logits + bias
-    weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)
+    weights = torch.softmax(logits.to(compute_dtype(logits)), dim=-1).to(v.dtype)
     return torch.matmul(weights, v)
 
 

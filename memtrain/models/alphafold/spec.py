@@ -9,7 +9,8 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from memtrain.config.errors import enum_names, require
 from memtrain.distributed.dap import all_reduce_gradients
-from memtrain.models.alphafold.loss import alphafold_loss
+from memtrain.models.alphafold.evaluation import build_evaluator, predict
+from memtrain.models.alphafold.loss import alphafold_loss, alphafold_loss_terms
 from memtrain.models.alphafold.memory import activation_bytes
 from memtrain.models.alphafold.model import AlphaFold
 from memtrain.models.alphafold.parallelize import apply_dap, reduce_dap_gradients
@@ -35,9 +36,15 @@ def build_data(cfg: DictConfig):
     from memtrain.data.sequences import default_protein_root
 
     root = cfg.data.root or default_protein_root()
+    return ProteinStructureBatches(root, cfg.data.crop_size, cfg.data.max_msa, cfg.trainer.seed,
+                                   exclude=list(cfg.data.eval_chains), **stack_data_kwargs(cfg))
+
+
+def stack_data_kwargs(cfg: DictConfig) -> dict:
+    """ProteinStructureBatches' extra-MSA and template arguments for the model config: none for a
+    stack the model leaves out."""
     m = cfg.model
-    return ProteinStructureBatches(
-        root, cfg.data.crop_size, cfg.data.max_msa, cfg.trainer.seed,
+    return dict(
         max_extra_msa=cfg.data.max_extra_msa if m.n_extra_msa_blocks > 0 else 0,
         max_templates=cfg.data.max_templates if m.templates else 0,
         template_source=enum_names(cfg.data.template_source),
@@ -45,9 +52,20 @@ def build_data(cfg: DictConfig):
 
 
 def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed per-sample AlphaFold loss (FAPE, distogram, masked MSA) and the number of samples."""
+    """Summed per-sample AlphaFold loss (memtrain.models.alphafold.loss) and the number of samples."""
     per_sample = alphafold_loss(outputs, targets)
     return per_sample.sum(), torch.tensor(per_sample.shape[0])
+
+
+def metrics(cfg: DictConfig):
+    """Every unweighted loss term (loss_<name>, averaged over the micro-batch's samples), logged
+    with the loss."""
+
+    def terms(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, float]:
+        with torch.no_grad():
+            return {f"loss_{k}": float(v.float().mean()) for k, v in alphafold_loss_terms(outputs, targets).items()}
+
+    return terms
 
 
 def num_targets(targets: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -105,6 +123,8 @@ def validate(cfg: DictConfig) -> None:
     require(not (enum_names(cfg.checkpoint.mode) == "selective" and enum_names(cfg.checkpoint.policy) == "attention"),
             "checkpoint.policy", "the Evoformer has no single attention core; checkpoint whole blocks",
             allowed=["every_k"])
+    require(cfg.trainer.eval_every == 0 or len(cfg.data.eval_chains) > 0, "data.eval_chains",
+            f"trainer.eval_every={cfg.trainer.eval_every} evaluates held-out chains: name them, e.g. data.eval_chains=[4zey_A]")
 
 
 SPEC = register_spec(
@@ -125,5 +145,8 @@ SPEC = register_spec(
         target_unit="samples",
         parallelize=parallelize,
         reduce_gradients=reduce_gradients,
+        metrics=metrics,
+        build_evaluator=build_evaluator,
+        predict=predict,
     )
 )

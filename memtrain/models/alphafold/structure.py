@@ -1,5 +1,5 @@
-"""The structure module (Supplement 1.8, Algorithms 20-23): rigid frames, Invariant Point
-Attention and the backbone update.
+"""The structure module (Supplement 1.8, Algorithms 20-24): Invariant Point Attention, the
+backbone update, the torsion-angle ResNet and the all-atom structure.
 
 Shapes: `*` batch dims, N = N_res residues, H heads, P points per head. A frame T = (R, t) maps
 local coordinates x to global ones T . x = R x + t (Supplement 1.1).
@@ -8,100 +8,18 @@ local coordinates x to global ones T . x = R x + t (Supplement 1.1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtrain.models.alphafold.all_atom import frames_to_atom14_positions, restype_table, torsion_angles_to_frames
 from memtrain.models.alphafold.primitives import LayerNorm, Linear, mask_bias
+from memtrain.models.alphafold.rigid import Rigid, quat_multiply, quat_to_rot  # noqa: F401 (re-exported)
 
-# Idealised backbone atoms in the residue frame (Angstrom), AlphaFold's rigid_group_atom_positions
-# (Engh & Huber 1991 geometry): N, CA at the origin, C on the x axis; N-CA 1.460 A, CA-C 1.526 A,
-# N-CA-C 111.1 degrees.
+# Alanine's idealised backbone atoms N, CA, C in the residue frame (Angstrom; residue_constants),
+# N-CA 1.460 A, CA-C 1.526 A, N-CA-C 111.1 degrees. The structure module places each residue with
+# its own type's geometry (residue_constants.BACKBONE_LITERATURE); this constant stays for tests.
 BACKBONE_LOCAL = ((-0.525, 1.363, 0.0), (0.0, 0.0, 0.0), (1.526, 0.0, 0.0))
-
-
-# -- rigid frames ---------------------------------------------------------------------------------
-
-
-def quat_to_rot(q: torch.Tensor) -> torch.Tensor:
-    """Unit quaternion (a, b, c, d) [*, 4] -> rotation matrix [*, 3, 3] (Algorithm 23, line 3)."""
-    a, b, c, d = q.unbind(-1)
-    rows = (
-        (a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)),
-        (2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)),
-        (2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d),
-    )
-    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
-
-
-def quat_multiply(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
-    """Hamilton product q1 q2 [*, 4]; quat_to_rot(q1 q2) = quat_to_rot(q1) @ quat_to_rot(q2)."""
-    a1, b1, c1, d1 = q1.unbind(-1)
-    a2, b2, c2, d2 = q2.unbind(-1)
-    return torch.stack(
-        (
-            a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
-            a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
-            a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
-            a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
-        ),
-        dim=-1,
-    )
-
-
-@dataclass
-class Rigid:
-    """A batch of frames: rot [*, 3, 3], trans [*, 3] (batch shape `*`)."""
-
-    rot: torch.Tensor
-    trans: torch.Tensor
-
-    @classmethod
-    def identity(cls, shape: tuple[int, ...], device=None, dtype=torch.float32) -> Rigid:
-        rot = torch.eye(3, device=device, dtype=dtype).expand(*shape, 3, 3).clone()
-        return cls(rot, torch.zeros(*shape, 3, device=device, dtype=dtype))
-
-    @classmethod
-    def from_3_points(cls, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, eps: float = 1e-8) -> Rigid:
-        """Algorithm 21 (Gram-Schmidt): the frame at x2 with e1 along x3 - x2 and x1 in the e1-e2 plane.
-        For backbone frames x1, x2, x3 = N, CA, C. Each [*, 3]."""
-        v1, v2 = x3 - x2, x1 - x2
-        e1 = v1 / torch.sqrt(v1.square().sum(-1, keepdim=True) + eps)
-        u2 = v2 - e1 * (e1 * v2).sum(-1, keepdim=True)
-        e2 = u2 / torch.sqrt(u2.square().sum(-1, keepdim=True) + eps)
-        e3 = torch.cross(e1, e2, dim=-1)
-        return cls(torch.stack((e1, e2, e3), dim=-1), x2)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.trans.shape[:-1]
-
-    def compose(self, other: Rigid) -> Rigid:
-        """self . other: x -> R1 (R2 x + t2) + t1."""
-        return Rigid(self.rot @ other.rot, (self.rot @ other.trans.unsqueeze(-1)).squeeze(-1) + self.trans)
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """T . x = R x + t; x [*, 3] with `*` broadcastable against the frames' batch shape."""
-        return (self.rot @ x.unsqueeze(-1)).squeeze(-1) + self.trans
-
-    def invert(self) -> Rigid:
-        rot_t = self.rot.transpose(-1, -2)
-        return Rigid(rot_t, -(rot_t @ self.trans.unsqueeze(-1)).squeeze(-1))
-
-    def invert_apply(self, x: torch.Tensor) -> torch.Tensor:
-        """T^-1 . x = R^T (x - t)."""
-        return (self.rot.transpose(-1, -2) @ (x - self.trans).unsqueeze(-1)).squeeze(-1)
-
-    def unsqueeze(self, dim: int) -> Rigid:
-        """Insert a batch dim (dim < 0 counts from the end of the batch shape)."""
-        if dim >= 0:
-            return Rigid(self.rot.unsqueeze(dim), self.trans.unsqueeze(dim))
-        return Rigid(self.rot.unsqueeze(dim - 2), self.trans.unsqueeze(dim - 1))
-
-    def scale_translation(self, factor: float) -> Rigid:
-        return Rigid(self.rot, self.trans * factor)
 
 
 # -- Invariant Point Attention --------------------------------------------------------------------
@@ -225,19 +143,57 @@ class StructureModuleTransition(nn.Module):
         return self.layer_norm(self.dropout(s))
 
 
+class AngleResnet(nn.Module):
+    """Algorithm 20, lines 11-14: the torsion angles of every residue from the current and the
+    initial single representation,
+
+        a = Linear(relu(s_initial)) + Linear(relu(s))
+        a += Linear(relu(Linear(relu(a))))                     x no_blocks (2)
+        alpha = Linear(relu(a))                                 7 unnormalised (sin, cos) pairs
+
+    C = c_resnet (128) channels. Returns the pairs normalised to the unit circle (Algorithm 24
+    reads them as rotations) and unnormalised (the angle-norm loss, 1.9.1).
+    """
+
+    # DISCREPANCY: Algorithm 20 line 11 writes Linear(s_initial) + Linear(s); AlphaFold's and
+    # OpenFold's code apply a ReLU to both inputs first (the published weights were trained so).
+
+    def __init__(self, c_s: int, c_resnet: int = 128, no_blocks: int = 2, no_angles: int = 7, eps: float = 1e-8):
+        super().__init__()
+        self.no_angles, self.eps = no_angles, eps
+        self.linear_in = Linear(c_s, c_resnet)
+        self.linear_initial = Linear(c_s, c_resnet)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList((Linear(c_resnet, c_resnet, init="relu"), Linear(c_resnet, c_resnet, init="final")))
+            for _ in range(no_blocks)
+        )
+        self.linear_out = Linear(c_resnet, 2 * no_angles)
+
+    def forward(self, s: torch.Tensor, s_initial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """s, s_initial [*, N_res, C_s] -> (angles, unnormalised angles), each [*, N_res, 7, 2] (sin, cos)."""
+        a = self.linear_in(torch.relu(s)) + self.linear_initial(torch.relu(s_initial))
+        for linear_1, linear_2 in self.blocks:
+            a = a + linear_2(torch.relu(linear_1(torch.relu(a))))
+        unnormalised = self.linear_out(torch.relu(a)).unflatten(-1, (self.no_angles, 2))
+        norm = torch.sqrt(unnormalised.square().sum(-1, keepdim=True).clamp(min=self.eps))
+        return unnormalised / norm, unnormalised
+
+
 # DISCREPANCY: the nm scale of the frames inside the structure module is AlphaFold's and
 # OpenFold's code (position_scale / trans_scale_factor = 10); Algorithm 20 does not spell it out.
-# DISCREPANCY: no torsion-angle ResNet (Algorithm 20 lines 13-18) and no side chains
-# (Algorithm 24): the module predicts backbone frames and, from them, the atoms N, CA, C only.
 class StructureModule(nn.Module):
-    """Algorithm 20 (backbone only): `no_blocks` layers sharing one set of weights of
+    """Algorithm 20: `no_blocks` layers sharing one set of weights of
 
         s += IPA(s, z, T);  s = LayerNorm(Dropout(s));  s = Transition(s);  T = T . BackboneUpdate(s)
+        alpha = AngleResnet(s, s_initial)                                       (lines 11-14)
 
-    with the rotations' gradient stopped between layers (line 20).
+    with the rotations' gradient stopped between layers (line 20); then, from the last layer's
+    backbone frames and torsion angles, the frames of all 8 rigid groups and every heavy atom in
+    the atom14 layout (Algorithm 24, memtrain.models.alphafold.all_atom), each residue placed with
+    its own type's idealised geometry (residue_constants).
 
     Frames are kept internally in nm (translations divided by `trans_scale_factor` = 10) and
-    returned in Angstrom. Backbone only: frames and the atoms N, CA, C.
+    returned in Angstrom.
 
     The module runs in its parameters' dtype with autocast off: the frame arithmetic over
     `no_blocks` compositions is precision-sensitive (OpenFold also keeps it in fp32).
@@ -254,6 +210,8 @@ class StructureModule(nn.Module):
         no_blocks: int = 8,
         dropout: float = 0.1,
         trans_scale_factor: float = 10.0,
+        c_resnet: int = 128,
+        no_resnet_blocks: int = 2,
     ):
         super().__init__()
         self.no_blocks, self.trans_scale_factor = no_blocks, trans_scale_factor
@@ -265,36 +223,55 @@ class StructureModule(nn.Module):
         self.layer_norm_ipa = LayerNorm(c_s)
         self.transition = StructureModuleTransition(c_s, dropout)
         self.backbone_update = BackboneUpdate(c_s)
+        self.angle_resnet = AngleResnet(c_s, c_resnet, no_resnet_blocks)
 
-    def forward(self, s: torch.Tensor, z: torch.Tensor, seq_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """s [*, N, C_s], z [*, N, N, C_z], seq_mask [*, N] -> dict of
-        frames_rot [L, *, N, 3, 3], frames_trans [L, *, N, 3] (Angstrom; the CA positions) per layer,
-        backbone_positions [*, N, 3, 3] (atoms N, CA, C of the last layer, Angstrom),
-        single [*, N, C_s] (the final s)."""
+    def forward(
+        self, s: torch.Tensor, z: torch.Tensor, seq_mask: torch.Tensor, aatype: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """s [*, N, C_s], z [*, N, N, C_z], seq_mask [*, N], aatype [*, N] (long, 0..20) -> dict of
+
+            frames_rot [L, *, N, 3, 3], frames_trans [L, *, N, 3]   backbone frames per layer (Angstrom;
+                                                                   the translations are the CA positions)
+            angles, unnormalized_angles [L, *, N, 7, 2]            torsion angles per layer (sin, cos)
+            all_frames_rot [*, N, 8, 3, 3], all_frames_trans [*, N, 8, 3]   the last layer's rigid groups
+            atom14_positions [*, N, 14, 3]                          every heavy atom (0 where absent)
+            backbone_positions [*, N, 3, 3]                         N, CA, C (unknown residues: alanine's geometry)
+            single [*, N, C_s]                                      the final s
+        """
         dtype = self.linear_in.weight.dtype
         with torch.autocast(device_type=s.device.type, enabled=False):
             s, z, seq_mask = s.to(dtype), z.to(dtype), seq_mask.to(dtype)
-            s = self.linear_in(self.layer_norm_s(s))
+            s_initial = self.layer_norm_s(s)
+            s = self.linear_in(s_initial)
             z = self.layer_norm_z(z)
             quat = s.new_zeros(*s.shape[:-1], 4)
             quat[..., 0] = 1.0  # identity frames (line 4)
             trans = s.new_zeros(*s.shape[:-1], 3)
-            rots, transs = [], []
+            rots, transs, angles, unnormalized = [], [], [], []
             for layer in range(self.no_blocks):
                 frames = Rigid(quat_to_rot(quat), trans)
                 s = s + self.ipa(s, z, frames, seq_mask)
                 s = self.layer_norm_ipa(self.ipa_dropout(s))
                 s = self.transition(s)
                 quat, trans = compose_quat_update(quat, trans, *self.backbone_update(s))
+                alpha, alpha_raw = self.angle_resnet(s, s_initial)
                 rots.append(quat_to_rot(quat))
                 transs.append(trans * self.trans_scale_factor)
+                angles.append(alpha)
+                unnormalized.append(alpha_raw)
                 if layer < self.no_blocks - 1:
                     quat = quat.detach()  # line 20: stop the rotation gradient between layers
-            final = Rigid(rots[-1], transs[-1]).unsqueeze(-1)
-            local = torch.tensor(BACKBONE_LOCAL, device=s.device, dtype=dtype)  # [3 atoms, 3]
+            backbone = Rigid(rots[-1], transs[-1])
+            all_frames = torsion_angles_to_frames(backbone, angles[-1], aatype)
+            literature = restype_table("BACKBONE_LITERATURE", aatype, dtype)  # [*, N, 3 atoms, 3]
             return {
                 "frames_rot": torch.stack(rots),
                 "frames_trans": torch.stack(transs),
-                "backbone_positions": final.apply(local),
+                "angles": torch.stack(angles),
+                "unnormalized_angles": torch.stack(unnormalized),
+                "all_frames_rot": all_frames.rot,
+                "all_frames_trans": all_frames.trans,
+                "atom14_positions": frames_to_atom14_positions(all_frames, aatype),
+                "backbone_positions": backbone.unsqueeze(-1).apply(literature),
                 "single": s,
             }

@@ -3,9 +3,11 @@
 Tensor parallelism (Shoeybi et al. 2019, "Megatron-LM", Section 3): DTensor `parallelize_module`
 plans. q/k/v and w1/w3 are column-parallel (each rank holds H/tp heads and F/tp hidden units), wo
 and w2 row-parallel (partial sums all-reduced), the embedding row-parallel over the vocabulary and
-the output projection column-parallel over it, its logits all-gathered for the loss.
-# DISCREPANCY: the cross entropy runs on all-gathered logits [B, S, V] on every tp rank, not
-# Megatron's vocabulary-parallel cross entropy (loss_parallel), which would keep [B, S, V/tp].
+the output projection column-parallel over it. With the fused loss (model.loss_chunk, the default)
+the head's cross entropy is vocabulary-parallel as Megatron's (memtrain.models.gpt.loss): no rank
+holds more than a chunk of [C, V/tp] logits.
+# DISCREPANCY: with model.loss_chunk=0 (plain logits) the cross entropy runs on all-gathered
+# logits [B, S, V] on every tp rank, not on Megatron's [B, S, V/tp] shards.
 
 With parallel.tp_sp (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
 Transformer Models", Section 4.2.2) the residual stream and the norms are sharded along the
@@ -40,6 +42,7 @@ from memtrain.distributed.sequence_parallel import (
     UlyssesAttention,
     shard_positions,
 )
+from memtrain.models.gpt.loss import LinearCrossEntropyHead, shard_vocabulary
 from memtrain.models.gpt.model import rotary_tables
 
 
@@ -63,11 +66,15 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> 
     tp = tp_mesh.size()
     seq = Shard(1) if sequence_parallel else Replicate()
     norm = SequenceParallel() if sequence_parallel else ReplicateParallel()
-    parallelize_module(model, tp_mesh, {
+    plan = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
         "norm": norm,
         "output": ColwiseParallel(input_layouts=seq, output_layouts=Replicate()),
-    })
+    }
+    if isinstance(model.output, LinearCrossEntropyHead):  # the fused loss: vocabulary-parallel, no logits gathered
+        del plan["output"]
+        shard_vocabulary(model.output, tp_mesh, sequence_sharded=sequence_parallel)
+    parallelize_module(model, tp_mesh, plan)
     for block in model.layers:
         plan = {
             "attention_norm": norm,

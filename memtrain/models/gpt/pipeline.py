@@ -15,12 +15,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from memtrain.models.gpt.loss import DeferredLogits, LinearCrossEntropyHead
 from memtrain.models.gpt.model import GPT, rotary_tables
 
 
 class GPTStage(nn.Module):
     """One stage: tokens [B, S] (int64) -> h [B, S, D] on the first stage, h -> h in the middle,
-    h -> logits [B, S, V] on the last (a one-stage pipeline is the whole model)."""
+    h -> logits [B, S, V] on the last (a one-stage pipeline is the whole model). With the fused loss
+    head (memtrain.models.gpt.loss) the last stage returns the normalized h [B, S, D]: pipelining
+    passes tensors only, and `loss_outputs` gives the loss the head's DeferredLogits."""
 
     def __init__(self, model: GPT, layer_ids: range, first: bool, last: bool):
         super().__init__()
@@ -30,6 +33,7 @@ class GPTStage(nn.Module):
         self.layers = nn.ModuleDict({str(i): model.layers[i] for i in layer_ids})
         self.norm = model.norm if last else None
         self.output = model.output if last else None
+        self.fused_head = last and isinstance(model.output, LinearCrossEntropyHead)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tok_embeddings is not None:
@@ -38,8 +42,15 @@ class GPTStage(nn.Module):
         for layer in self.layers.values():
             x = layer(x, cos, sin)
         if self.output is not None:
-            x = self.output(self.norm(x))
+            x = self.norm(x)
+            if not self.fused_head:
+                x = self.output(x)
         return x
+
+    def loss_outputs(self, outputs: torch.Tensor) -> torch.Tensor | DeferredLogits:
+        """What the loss takes from the last stage's outputs: the fused head's DeferredLogits of h,
+        or the logits as they are."""
+        return self.output(outputs) if self.fused_head else outputs
 
 
 def pipeline_stages(model: GPT, stage_ids: list[int], num_stages: int) -> list[GPTStage]:

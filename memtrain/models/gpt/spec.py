@@ -3,35 +3,47 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
 from memtrain.config.errors import enum_names, require
 from memtrain.data.lm import build_lm_data
 from memtrain.models.gpt.attention import ATTENTION_KEYS, core_activation_bytes, set_attention_cores
+from memtrain.models.gpt.loss import LinearCrossEntropyHead, default_chunk, loss_fn
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.gpt.pipeline import pipeline_stages
 from memtrain.models.gpt.parallelize import parallelize, reduce_gradients, shard_batches, validate_parallel
 from memtrain.models.spec import ModelSpec, register_spec
 
 PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
+# parallel options under which the fused loss cannot run: DeepSpeed ZeRO-3 gathers a module's
+# parameters for its forward only, and the loss uses the head's weight after the model returns
+FUSED_LOSS_REFUSED = ("zero3",)
 
 
 def build_model(mcfg: DictConfig) -> GPT:
-    kwargs = {k: v for k, v in mcfg.items() if k != "arch" and k not in ATTENTION_KEYS}
+    kwargs = {k: v for k, v in mcfg.items() if k not in ("arch", "loss_chunk") and k not in ATTENTION_KEYS}
     model = GPT(**kwargs)
     set_attention_cores(model, blocks(model), mcfg, SPEC.attention_core)
     return model
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross entropy (in fp32) and the number of scored tokens.
+def loss_chunk(cfg: DictConfig) -> int:
+    """Tokens per chunk of the fused output projection + cross entropy, 0 for the plain loss on full
+    logits: model.loss_chunk, with -1 resolved (plain under ZeRO-3, which partitions the head's weight
+    again once its forward returns, before the loss could use it)."""
+    chunk = cfg.model.get("loss_chunk", -1)
+    if chunk == -1:
+        return 0 if cfg.parallel.name in FUSED_LOSS_REFUSED else default_chunk(cfg.model.vocab_size)
+    return chunk
 
-    The trainer divides by the token count of the whole optimizer step, so gradient accumulation
-    gives the same gradient as one large batch."""
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum", ignore_index=-100)
-    return loss, (targets != -100).sum()
+
+def apply_loss_head(model: nn.Module, cfg: DictConfig) -> None:
+    """The ModelSpec's loss_head: the output layer becomes a LinearCrossEntropyHead (same weight)
+    unless the resolved model.loss_chunk is 0."""
+    chunk = loss_chunk(cfg)
+    if chunk:
+        model.output = LinearCrossEntropyHead.replacing(model.output, chunk)
 
 
 def num_targets(targets: torch.Tensor) -> torch.Tensor:
@@ -56,7 +68,10 @@ def flops_per_token(mcfg: DictConfig, seq_len: int) -> float:
 
 def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -> dict[str, float]:
     """Bytes saved for the backward pass, per block and outside the blocks, for one micro-batch
-    of trainer.micro_batch_size x data.seq_len tokens.
+    of trainer.micro_batch_size x data.seq_len tokens. Outside the blocks, the loss: with the fused
+    head (model.loss_chunk) the gradients it computed in its forward, else the fp32 log-softmax of
+    the full logits; the fused loss's transient chunk of logits (at most model.loss_chunk x V x 6
+    bytes while the loss runs) is not saved and not counted.
 
     Counted tensor by tensor for this implementation (B S D units; kvr = K / H; F = SwiGLU width):
       attention: norm input (r) + its rstd, norm output and normalized product (2r: nn.RMSNorm's
@@ -89,18 +104,29 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
     core = compute_bytes * bsd * (2 + 2 * kvr) + lse  # q, k, v, out, logsumexp
     attn = norm_attn + core
     ffn = norm_ffn + 4 * compute_bytes * b * s * hidden
-    head = norm - residual_bytes * bsd + compute_bytes * bsd if autocast else norm  # final norm, output proj input
-    logits = 4 * b * s * mcfg.vocab_size  # log-softmax output, fp32, kept by the cross entropy
     # Under autocast each matmul keeps the low-precision copy of its weight for the backward pass.
     cast_block = compute_bytes * d * (d * (2 + 2 * kvr) + 3 * hidden) if autocast else 0
-    cast_head = compute_bytes * d * mcfg.vocab_size if autocast else 0
+    v = mcfg.vocab_size
+    if loss_chunk(cfg):
+        # fused loss: the final norm's tensors but its output (nothing saves it), the gradients the
+        # loss computed in its forward: dh [B, S, D] in the hidden states' dtype and dW [V, D] in
+        # fp32 (split over tp ranks: the vocabulary-parallel head); no logits, no weight copy
+        loss = norm - residual_bytes * bsd + residual_bytes * bsd + 4 * v * d
+        vocab_parallel = 4 * v * d
+    else:
+        head = norm - residual_bytes * bsd + compute_bytes * bsd if autocast else norm  # final norm, output proj input
+        logits = 4 * b * s * v  # log-softmax output, fp32, kept by the cross entropy
+        cast_head = compute_bytes * d * v if autocast else 0
+        loss, vocab_parallel = head + logits + cast_head, 0
     return {
         "block": attn + ffn + cast_block,
         "block_input": residual_bytes * bsd,
         # Recomputing the attention core frees only what SDPA alone keeps: its inputs stay saved as
         # the checkpoint's inputs and its output as the output projection's input.
         "attention_core_freed": lse,
-        "outside_blocks": head + logits + cast_head + 8 * b * s,  # + token ids
+        "outside_blocks": loss + 8 * b * s,  # + token ids
+        # of "outside_blocks": what a vocabulary-parallel head splits over the tp ranks
+        "vocab_parallel": vocab_parallel,
         # of "block": the norms' tensors, outside the tensor-parallel regions (replicated over tp
         # ranks unless parallel.tp_sp shards them along the sequence)
         "tp_replicated": norm_attn + norm_ffn,
@@ -119,6 +145,13 @@ def validate(cfg: DictConfig) -> None:
             f"seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
     require(not (m.tie_embeddings and cfg.parallel.pp != 1), "model.tie_embeddings",
             "tied embeddings would live on the first and the last pipeline stage; use tie_embeddings=false with parallel.pp")
+    require(m.loss_chunk >= -1, "model.loss_chunk",
+            f"must be -1 (fused, chunk chosen from the vocabulary), 0 (plain logits) or a token count, got {m.loss_chunk}")
+    require(m.loss_chunk <= 0 or cfg.parallel.name not in FUSED_LOSS_REFUSED, "model.loss_chunk",
+            f"model.loss_chunk={m.loss_chunk} fuses the output layer with the loss, which uses the head's weight after "
+            f"the model's forward has returned; parallel={cfg.parallel.name} (DeepSpeed ZeRO-3) partitions that weight "
+            "again as soon as its module's forward ends. Use model.loss_chunk=0 or -1 (both give the plain loss there), "
+            "or parallel=fsdp, which shards parameters and keeps the fused loss")
     validate_parallel(cfg)
     require(enum_names(m.get("attention", "softmax")) == "softmax" or cfg.parallel.sp == 1, "model.attention",
             f"model.attention={enum_names(m.attention)} replaces the attention core that parallel.sp={cfg.parallel.sp} "
@@ -153,5 +186,6 @@ SPEC = register_spec(
         reduce_gradients=reduce_gradients,
         model_parallel=("tp", "sp"),
         shard_batches=shard_batches,
+        loss_head=apply_loss_head,
     )
 )

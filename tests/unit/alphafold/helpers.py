@@ -10,12 +10,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from memtrain.models.alphafold.all_atom import (
+    atom14_torsion_angles,
+    frames_to_atom14_positions,
+    restype_table,
+    torsion_angles_to_frames,
+)
 from memtrain.models.alphafold.structure import Rigid, quat_to_rot
 
 TINY = {
     "c_m": 16, "c_z": 8, "c_s": 16, "n_blocks": 2, "n_heads_msa": 2, "n_heads_pair": 2, "c_hidden_msa_att": 8,
     "c_hidden_pair_att": 8, "c_hidden_opm": 4, "c_hidden_mul": 8, "transition_n": 2, "n_structure_layers": 2,
-    "n_heads_ipa": 2, "c_hidden_ipa": 8,
+    "n_heads_ipa": 2, "c_hidden_ipa": 8, "c_resnet": 16, "c_hidden_plddt": 16,
     "n_extra_msa_blocks": 2, "c_e": 8, "c_hidden_extra_msa_att": 4, "c_t": 8, "n_template_blocks": 2,
     "c_hidden_template_att": 4, "n_heads_template": 2, "c_hidden_template_mul": 8, "c_hidden_template_pointwise": 4,
     "n_heads_template_pointwise": 2,
@@ -64,9 +70,9 @@ def random_batch(
     steps = torch.randn(b, n_res, 3, generator=gen)
     ca = torch.cumsum(3.8 * steps / steps.norm(dim=-1, keepdim=True), dim=1)
     frames = random_rigid((b, n_res), gen)
-    local = torch.tensor(((-0.525, 1.363, 0.0), (0.0, 0.0, 0.0), (1.526, 0.0, 0.0)))
-    coords = (frames.rot[..., None, :, :] @ local[..., None]).squeeze(-1) + ca[..., None, :]  # [B, N, 3, 3]
-    return random_stack_features(gen, b, n_res, coords, n_extra, n_templ) | {
+    frames = Rigid(frames.rot, ca)
+    truth = ground_truth(aatype, frames, gen)
+    return random_stack_features(gen, b, n_res, truth["backbone_coords"], n_extra, n_templ) | {
         "aatype": aatype,
         "residue_index": torch.arange(n_res).expand(b, n_res).clone(),
         "seq_mask": torch.ones(b, n_res),
@@ -75,9 +81,39 @@ def random_batch(
         "msa_mask": torch.ones(b, n_seq, n_res),
         "true_msa": true_msa,
         "bert_mask": (torch.rand(b, n_seq, n_res, generator=gen) < 0.3).float(),
-        "backbone_coords": coords,
         "backbone_mask": torch.ones(b, n_res),
+        **truth,
+        "resolution": torch.full((b,), 2.0),
     }
+
+
+def ground_truth(aatype: torch.Tensor, frames: Rigid, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every heavy atom of residue types aatype [B, N] placed by backbone frames [B, N] and random
+    torsion angles on the idealised geometry; unknown residues get N, CA, C (alanine's geometry)
+    and an O 1 A from CA. -> backbone_coords, atom14_gt_positions/exists and torsion angles."""
+    angles = 2 * math.pi * torch.rand(*aatype.shape, 7, generator=gen)
+    sin_cos = torch.stack((angles.sin(), angles.cos()), -1)
+    atom14 = frames_to_atom14_positions(torsion_angles_to_frames(frames, sin_cos, aatype), aatype)
+    atom14_mask = restype_table("ATOM14_MASK", aatype)
+    unknown = aatype == 20
+    atom14_mask[unknown, :4] = 1.0  # unknown residues: the ground truth keeps N, CA, C, O
+    local = torch.tensor(((-0.525, 1.363, 0.0), (0.0, 0.0, 0.0), (1.526, 0.0, 0.0)))  # alanine's
+    atom14[..., :3, :] = torch.where(unknown[..., None, None], frames.unsqueeze(-1).apply(local), atom14[..., :3, :])
+    atom14[..., 3, :] = torch.where(unknown[..., None], frames.trans + 1.0, atom14[..., 3, :])
+    return {
+        "backbone_coords": atom14[..., :3, :].clone(),  # N, CA, C
+        "atom14_gt_positions": atom14,
+        "atom14_gt_exists": atom14_mask,
+        **atom14_torsion_angles(aatype, atom14, atom14_mask),
+    }
+
+
+def rebuild_ground_truth(batch: dict[str, torch.Tensor], seed: int = 0) -> None:
+    """Recompute batch's ground truth (in place) for its current aatype, on its backbone frames."""
+    from memtrain.models.alphafold.loss import backbone_frames
+
+    frames = backbone_frames(batch["backbone_coords"])
+    batch.update(ground_truth(batch["aatype"], frames, torch.Generator().manual_seed(seed)))
 
 
 def random_stack_features(

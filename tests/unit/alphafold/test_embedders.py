@@ -52,10 +52,22 @@ def test_recycling_distance_bins():
     d = distance_bins(x, 3.25, 20.75, 15)
     assert d.shape == (5, 5, 15)
     assert d[0, 1].sum() == 0  # 3.0 A: below the first edge
-    assert d[0, 2].argmax() == 0 and d[0, 2].sum() == 1  # 4.0 A in (3.25, 4.5]
-    assert d[0, 3].argmax() == 1  # 5.0 A in (4.5, 5.75]
+    assert d[0, 2].argmax() == 0 and d[0, 2].sum() == 1  # 4.0 A in (3.25, 4.5)
+    assert d[0, 3].argmax() == 1  # 5.0 A in (4.5, 5.75)
     assert d[0, 4].argmax() == 14 and d[0, 4].sum() == 1  # 25 A: the open last bin
     assert torch.equal(d, d.transpose(0, 1))
+
+
+def test_recycling_distance_on_a_bin_edge_falls_in_no_bin():
+    """AlphaFold's dgram_from_positions bins (d^2 > lower^2) & (d^2 < upper^2): a distance exactly on
+    an inner edge (4.5 A, 5.75 A: exact in binary) is in neither neighbouring bin; just inside it is."""
+    x = torch.zeros(5, 3, dtype=torch.float64)
+    x[1:, 0] = torch.tensor([4.5, 5.75, 4.5 - 1e-9, 4.5 + 1e-9], dtype=torch.float64)
+    d = distance_bins(x, 3.25, 20.75, 15)
+    assert d.dtype == torch.float64  # computed in fp64 for fp64 positions, so the 1e-9 offsets survive
+    assert d[0, 1].sum() == 0 and d[0, 2].sum() == 0
+    assert d[0, 3].argmax() == 0 and d[0, 3].sum() == 1
+    assert d[0, 4].argmax() == 1 and d[0, 4].sum() == 1
 
 
 def test_recycling_embedder_shapes_and_layer_norms():

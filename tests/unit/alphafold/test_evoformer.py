@@ -261,6 +261,26 @@ def test_chunked_equals_unchunked_values_and_gradients(inputs, chunk_size):
                 torch.testing.assert_close(gc, gf, **GRAD_TOL, msg=lambda s, name=name: f"{name} grad: {s}")
 
 
+def test_chunks_are_whole_rows_as_openfold_chunk_layer():
+    """Transitions chunk over the leading batch dims (rows of positions), not over every position:
+    the pair transition of [2, 7, 7, C] at chunk_size 4 runs ceil(2 * 7 / 4) = 4 chunks of whole rows
+    (over positions it would be ceil(98 / 4) = 25). The outer product mean chunks over i per batch
+    element and reads its shared b whole in every chunk: 2 * ceil(7 / 4) = 4 chunks."""
+    m, z, msa_mask, pair_mask = (t for t in (torch.randn(B, S, N, C_M), torch.randn(B, N, N, C_Z),
+                                             torch.ones(B, S, N), torch.ones(B, N, N)))
+    mods = modules()
+    calls = []
+    mods["pair_transition"].linear_1.register_forward_hook(lambda mod, args, out: calls.append(tuple(args[0].shape)))
+    mods["pair_transition"].chunk_size = 4
+    mods["pair_transition"](z, pair_mask)
+    assert calls == [(4, N, C_Z)] * 3 + [(2, N, C_Z)]
+    calls.clear()
+    mods["opm"].linear_out.register_forward_hook(lambda mod, args, out: calls.append(tuple(args[0].shape)))
+    mods["opm"].chunk_size = 4
+    mods["opm"](m, msa_mask)
+    assert calls == [(4, N, 9), (3, N, 9)] * 2
+
+
 # -- the block -----------------------------------------------------------------------------------------
 
 

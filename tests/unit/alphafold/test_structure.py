@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from memtrain.models.alphafold import residue_constants as rc
 from memtrain.models.alphafold.structure import (
     BACKBONE_LOCAL,
     BackboneUpdate,
@@ -138,21 +139,35 @@ def test_ipa_point_attention_matches_a_direct_distance():
 
 
 def test_structure_module_outputs_and_backbone_geometry():
+    """Every residue's N, CA, C sit at its own type's idealised geometry (residue_constants), not
+    alanine's for all: glycine's N-CA is 1.4543 A, alanine's 1.4606 A (its N 0.05 A away)."""
     torch.manual_seed(0)
     sm = randomize_(StructureModule(c_s=12, c_z=6, c_hidden_ipa=4, no_heads_ipa=2, no_qk_points=2,
-                                    no_v_points=3, no_blocks=3), scale=0.3).eval()
+                                    no_v_points=3, no_blocks=3, c_resnet=8), scale=0.3).eval()
     s, z = torch.randn(2, 8, 12), torch.randn(2, 8, 8, 6)
-    out = sm(s, z, torch.ones(2, 8))
+    aatype = torch.tensor([[7, 0, 7, 20, 13, 1, 18, 14], [0, 7, 2, 3, 4, 5, 6, 19]])  # GLY, ALA, ..., unknown
+    out = sm(s, z, torch.ones(2, 8), aatype)
     assert out["frames_rot"].shape == (3, 2, 8, 3, 3) and out["frames_trans"].shape == (3, 2, 8, 3)
     assert out["backbone_positions"].shape == (2, 8, 3, 3) and out["single"].shape == (2, 8, 12)
+    assert out["angles"].shape == out["unnormalized_angles"].shape == (3, 2, 8, 7, 2)
+    assert out["all_frames_rot"].shape == (2, 8, 8, 3, 3) and out["atom14_positions"].shape == (2, 8, 14, 3)
+    torch.testing.assert_close(out["angles"].norm(dim=-1), torch.ones(3, 2, 8, 7), rtol=0, atol=1e-6)
     rot = out["frames_rot"]
     torch.testing.assert_close(rot @ rot.transpose(-1, -2), torch.eye(3).expand_as(rot), rtol=0, atol=1e-5)
     pos = out["backbone_positions"]
     torch.testing.assert_close(pos[..., 1, :], out["frames_trans"][-1], rtol=0, atol=0)  # CA = frame origin
     n_ca = (pos[..., 0, :] - pos[..., 1, :]).norm(dim=-1)
     ca_c = (pos[..., 2, :] - pos[..., 1, :]).norm(dim=-1)
-    torch.testing.assert_close(n_ca, torch.full((2, 8), (0.525 ** 2 + 1.363 ** 2) ** 0.5), **TOL)
-    torch.testing.assert_close(ca_c, torch.full((2, 8), 1.526), **TOL)
+    lit = torch.as_tensor(rc.BACKBONE_LITERATURE, dtype=torch.float32)[aatype]  # [2, 8, 3, 3]
+    torch.testing.assert_close(n_ca, lit[..., 0, :].norm(dim=-1), **TOL)
+    torch.testing.assert_close(ca_c, lit[..., 2, :].norm(dim=-1), **TOL)
+    torch.testing.assert_close(n_ca[0, 0], torch.tensor((0.572 ** 2 + 1.337 ** 2) ** 0.5), **TOL)  # glycine
+    torch.testing.assert_close(n_ca[0, 1], torch.tensor((0.525 ** 2 + 1.363 ** 2) ** 0.5), **TOL)  # alanine
+    torch.testing.assert_close(n_ca[0, 3], n_ca[0, 1], **TOL)  # unknown: alanine's geometry
+    # the atom14 backbone is the same atoms; unknown residues have no atom14 atoms
+    known = aatype != 20
+    torch.testing.assert_close(out["atom14_positions"][..., :3, :][known], pos[known], **TOL)
+    assert out["atom14_positions"][0, 3].abs().max() == 0
     assert out["frames_trans"].abs().max() > 0.1  # the randomised updates moved the frames
 
 
@@ -161,10 +176,10 @@ def test_structure_module_stops_rotation_gradients_between_layers():
     1's translation update still reaches layer 2 (only the rotation gradient is stopped)."""
     torch.manual_seed(0)
     sm = randomize_(StructureModule(c_s=8, c_z=4, c_hidden_ipa=4, no_heads_ipa=2, no_qk_points=2,
-                                    no_v_points=2, no_blocks=2), scale=0.3).eval()
+                                    no_v_points=2, no_blocks=2, c_resnet=8), scale=0.3).eval()
     updates = []
     sm.backbone_update.register_forward_hook(lambda mod, args, out: updates.append(out))
-    out = sm(torch.randn(1, 5, 8), torch.randn(1, 5, 5, 4), torch.ones(1, 5))
+    out = sm(torch.randn(1, 5, 8), torch.randn(1, 5, 5, 4), torch.ones(1, 5), torch.arange(5)[None])
     (quat_update_1, trans_update_1), _ = updates
     layer_2 = out["frames_rot"][1].sum() + out["frames_trans"][1].sum() + out["single"].sum()
     g_quat, g_trans = torch.autograd.grad(layer_2, [quat_update_1, trans_update_1], allow_unused=True, retain_graph=True)
