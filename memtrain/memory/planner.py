@@ -271,7 +271,8 @@ class PlanRow:
 
     def as_dict(self) -> dict:
         return {"overrides": self.overrides, "command": "memtrain train " + " ".join(self.overrides),
-                "choices": self.choices, "step_s": self.cost.total_s, "cost": self.cost.as_dict(),
+                "choices": self.choices, "step_s": self.cost.total_s, "progress_s": self.cost.progress_s,
+                "steps_relative": self.cost.steps_relative, "cost": self.cost.as_dict(),
                 "peak_bytes": self.estimate.total, "host_bytes": self.estimate.host, "estimate": self.estimate.as_dict()}
 
 
