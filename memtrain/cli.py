@@ -2,7 +2,7 @@
 
     memtrain train [hydra overrides]            e.g. +recipe=protein_lm precision=bf16
     memtrain train -m optimizer=adamw,adafactor  (Hydra multirun)
-    memtrain estimate [hydra overrides] [--json]
+    memtrain estimate [hydra overrides] [--json] [--plot FILE.png]
 
 Every job's config is composed and validated before anything starts; a bad key, value, option or
 combination is one paragraph naming the key and the allowed values, and exit code 2.
@@ -30,8 +30,8 @@ from memtrain.config.loader import CONF_DIR, check_config, load_config, register
 from memtrain.errors import EXIT_USER_ERROR, UserError, file_system_error
 
 USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydra multirun sweep)
-       memtrain estimate [hydra overrides] [--json]   per-device memory, before a GPU is touched
-       memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]]
+       memtrain estimate [hydra overrides] [--json] [--plot FILE.png]   per-device memory, before a GPU is touched
+       memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]] [--plot FILE.png]
                                                   what fits hardware.* and runs fastest
        memtrain export CHECKPOINT OUT               a precision.qat checkpoint with integer weights
        memtrain predict CHECKPOINT INPUT OUTPUT [--msa A3M] [--chain ID] [--device auto|cpu|cuda]
@@ -186,16 +186,28 @@ def estimate_command(args: list[str]) -> int:
     from memtrain.memory.estimator import estimate
     from memtrain.memory.report import render_table
 
+    from memtrain.memory.plot import take_plot_path
+
+    args, plot_path, error = take_plot_path(list(args))
+    if error:
+        return _fail(error)
     as_json = "--json" in args
     unknown = [a for a in args if a.startswith("-") and a != "--json"]
     if unknown:
-        return _fail(f"unknown option {unknown[0]!r} for estimate (allowed: --json)")
+        return _fail(f"unknown option {unknown[0]!r} for estimate (allowed: --json, --plot FILE.png)")
     cfg = load_config([a for a in args if a != "--json"])
     result = estimate(cfg)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
         Console().print(render_table(cfg, result))
+    if plot_path is not None:
+        from memtrain.memory.plot import bar_chart, write_png
+
+        hw = cfg.hardware
+        fig = bar_chart([f"{cfg.parallel.name} x {result.world_size}"], [result], hw.gpu_mem_gb, hw.mem_usable,
+                        f"memtrain estimate: {cfg.model.arch}, per device and rank")
+        print(f"wrote {write_png(fig, plot_path)}", file=sys.stderr)
     return 0
 
 

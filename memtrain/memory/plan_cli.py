@@ -36,11 +36,16 @@ def plan_main(args: list[str], fail: Callable[[str], int]) -> int:
         steps = _take(args, "--steps", 3, most=MAX_VALIDATE_STEPS)
     except ConfigError as exc:
         return fail(str(exc))
+    from memtrain.memory.plot import take_plot_path
+
+    args, plot_path, error = take_plot_path(args)
+    if error:
+        return fail(error)
     as_json, run_validate = "--json" in args, "--validate" in args
     args = [a for a in args if a not in ("--json", "--validate")]
     unknown = [a for a in args if a.startswith("-")]
     if unknown:
-        return fail(f"unknown option {unknown[0]!r} for plan (allowed: --json, --top K, --global-batch N, --validate, --steps N)")
+        return fail(f"unknown option {unknown[0]!r} for plan (allowed: --json, --top K, --global-batch N, --validate, --steps N, --plot FILE.png)")
     console, err = Console(), Console(stderr=True)
     try:
         result = _plan_with_progress(err, args, global_batch, top)
@@ -50,6 +55,13 @@ def plan_main(args: list[str], fail: Callable[[str], int]) -> int:
         return fail(no_fit_message(result)) - 1  # exit 1: valid input, nothing fits
     if not as_json:
         console.print(render_plan(result, top))
+    if plot_path is not None:
+        from memtrain.memory.plot import bar_chart, write_png
+
+        hw, rows = result.hardware, result.rows[:top]
+        fig = bar_chart([f"#{i}" for i in range(1, len(rows) + 1)], [r.estimate for r in rows], hw["gpu_mem_gb"],
+                        hw["mem_usable"], f"memtrain plan: top {len(rows)} rows (numbered as in the table)")
+        err.print(f"wrote {write_png(fig, plot_path)}", highlight=False)
     validated = []
     if run_validate:
         from memtrain.memory.plan_validate import render_validation_row, validate_rows
