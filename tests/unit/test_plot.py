@@ -9,7 +9,14 @@ import pytest
 from memtrain.config.loader import load_config
 from memtrain.memory.estimator import estimate
 from memtrain.memory.planner import plan
-from memtrain.memory.plot import DEVICE_TERMS, GiB, OFF_DEVICE_TERMS, bar_chart, take_plot_path, write_png
+from memtrain.memory.plot import (
+    DEVICE_TERMS,
+    OFF_DEVICE_TERMS,
+    GiB,
+    bar_chart,
+    take_plot_path,
+    write_png,
+)
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
@@ -59,5 +66,5 @@ def test_bad_plot_paths_are_refused_before_anything_runs(tmp_path):
     assert take_plot_path(["a=1"]) == (["a=1"], None, None)
     for args, words in ((["--plot"], "needs a file name"), (["--plot", "x.svg"], "ending in .png"),
                         (["--plot", str(tmp_path / "no" / "x.png")], "does not exist")):
-        rest, path, error = take_plot_path(args)
+        _, path, error = take_plot_path(args)
         assert path is None and words in error
