@@ -16,31 +16,18 @@ import math
 import os
 import signal
 import sys
-from pathlib import Path
 import threading
+import time
+from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
 
-from memtrain.config.errors import ConfigError, from_hydra
-from memtrain.config.loader import CONF_DIR, check_config, load_config, register_all
+from memtrain.cli_help import command_help, usage, wants_help
 from memtrain.errors import EXIT_USER_ERROR, UserError, file_system_error
 
-USAGE = """usage: memtrain train [hydra overrides]      train (add -m for a Hydra multirun sweep)
-       memtrain estimate [hydra overrides] [--json] [--plot FILE.png]   per-device memory, before a GPU is touched
-       memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]] [--plot FILE.png]
-                                                  what fits hardware.* and runs fastest
-       memtrain export CHECKPOINT OUT               a precision.qat checkpoint with integer weights
-       memtrain predict CHECKPOINT INPUT OUTPUT [--msa A3M] [--chain ID] [--device auto|cpu|cuda]
-                                                  a structure (PDB/mmCIF) from a trained AlphaFold
-       memtrain submit [slurm options] -- [hydra overrides]   sbatch a run (memtrain submit --help)
-
-overrides: group choices (model=gpt_1b precision=bf16 checkpoint=full), keys
-(trainer.max_steps=100), recipes (+recipe=protein_lm). Groups: model parallel precision optimizer
-offload checkpoint data trainer hardware."""
+# Hydra, torch and the models are imported where a command needs them, so help and config errors
+# answer at once.
 
 MAX_SWEEP_JOBS = 256  # a multirun of more jobs is refused: every job is composed and checked before any starts
 err = Console(stderr=True)
@@ -68,6 +55,11 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override lists of every job of a multirun sweep (Hydra's basic sweeper: a cartesian
     product of the sweep overrides). More than MAX_SWEEP_JOBS jobs are refused (ConfigError): each is
     composed and checked before any starts."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from memtrain.config.errors import ConfigError, from_hydra
+
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
@@ -91,19 +83,47 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 
 def train_command(args: list[str]) -> int:
+    from memtrain.config.loader import load_config
+    from memtrain.prereq import check_runs_here, check_slurm, launcher_choice
+
     multirun = any(a in ("-m", "--multirun") for a in args)
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides = _overrides(args)
     try:
-        for job in sweep_jobs(overrides) if multirun else [overrides]:
-            load_config(job)
+        jobs = [load_config(job) for job in (sweep_jobs(overrides) if multirun else [overrides])]
+        if launcher_choice(overrides) == "slurm":  # the jobs run on the cluster's nodes, not here
+            check_slurm("hydra/launcher=slurm", "Check the sweep with `memtrain submit --dry-run -- OVERRIDES`, or run "
+                        "it on this machine without hydra/launcher=slurm.")
+        elif not _print_only(args):
+            for cfg in jobs:
+                check_runs_here(cfg)
     except UserError as exc:
         return _fail(str(exc))
     return _run_hydra(args)
 
 
+def _overrides(args: list[str]) -> list[str]:
+    """The Hydra overrides among `args`: not the flags, nor the value of Hydra's --cfg/--package."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a.startswith("-"):
+            skip = a in ("--cfg", "-c", "--package", "-p", "--info", "-i")
+        else:
+            out.append(a)
+    return out
+
+
+def _print_only(args: list[str]) -> bool:
+    """Hydra prints the config (--cfg) or its info (--info) and runs nothing."""
+    return any(a in ("--cfg", "-c", "--info", "-i") for a in args)
+
+
 def _run_hydra(args: list[str]) -> int:
     """Hand the command line to Hydra, which makes the run directory (or the multirun sweep)."""
     import hydra
+
+    from memtrain.config.loader import CONF_DIR, register_all
 
     register_all()
     sys.argv = ["memtrain train", *args]
@@ -127,9 +147,10 @@ def _run_hydra(args: list[str]) -> int:
     return 0
 
 
-def _train_job(cfg: DictConfig) -> None:
+def _train_job(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from memtrain.config.loader import check_config
     from memtrain.distributed.launch import launch_workers, launched, needs_launch, world_size
     from memtrain.engine.resume import check_resume, resume_path
     from memtrain.memory.capacity import check_fits_here, check_launch_here
@@ -158,20 +179,27 @@ def _train_job(cfg: DictConfig) -> None:
         raise _user_failure(exc) from None
 
 
-def _train_here(cfg: DictConfig, run_dir: str) -> None:
+def _train_here(cfg, run_dir: str) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from memtrain.engine.checkpoint import step_dir_name
+    from memtrain.engine.console import print_startup, summary, warnings_from_rank0_only
     from memtrain.engine.preemption import signal_name, under_slurm
     from memtrain.engine.trainer import Trainer
 
+    warnings_from_rank0_only()
+    print_startup(cfg, dict(HydraConfig.get().runtime.choices))
+    start = time.perf_counter()
     trainer = Trainer(cfg, run_dir)
     try:
-        trainer.fit()
+        records = trainer.fit()
     finally:
         trainer.close()
     if not trainer.env.is_main and trainer.stop_signal is None:
         return
     if trainer.stop_signal is None:
-        Console().print(f"done: step {trainer.step}; metrics in {trainer.run_dir / 'metrics.jsonl'}", highlight=False)
+        Console().print(summary(records, trainer.step, time.perf_counter() - start, trainer.run_dir,
+                                trainer.checkpointer.latest()), highlight=False)
         return
     why = signal_name(trainer.stop_signal) if trainer.stop_signal else "a signal another rank received"
     if trainer.env.is_main:
@@ -183,6 +211,7 @@ def _train_here(cfg: DictConfig, run_dir: str) -> None:
 
 
 def estimate_command(args: list[str]) -> int:
+    from memtrain.config.loader import load_config
     from memtrain.memory.estimator import estimate
     from memtrain.memory.report import render_table
 
@@ -261,6 +290,8 @@ def predict_command(args: list[str]) -> int:
     import torch
     from omegaconf import OmegaConf
 
+    from memtrain.config.errors import ConfigError
+    from memtrain.data.errors import DataFormatError
     from memtrain.engine.checkpoint import CheckpointError, Checkpointer
     from memtrain.engine.trainer import resolve_device
     from memtrain.models import get_spec
@@ -329,13 +360,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     commands = {"train": train_command, "estimate": estimate_command, "plan": plan_command, "export": export_command,
                 "submit": submit_command, "predict": predict_command}
     if command not in commands:
-        return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)})\n{USAGE}")
+        return _fail(f"unknown command {command!r} (allowed: {', '.join(commands)}); memtrain --help lists them")
+    if command != "submit" and wants_help(rest):  # submit's argparse prints its own
+        print(command_help(command))
+        return 0
     try:
         return commands[command](rest)
     except UserError as exc:  # bad input met by any command: one paragraph, exit 2

@@ -37,6 +37,7 @@ from Bio.PDB import MMCIFParser
 from Bio.PDB.MMCIF2Dict import MMCIF2Dict
 from Bio.PDB.PDBExceptions import PDBConstructionException
 
+from memtrain.data.cache import cached_records
 from memtrain.data.errors import DataFormatError
 from memtrain.data.mmcif import PROTEIN_POLYMER_TYPE
 from memtrain.data.residue_constants import ATOM_ORDER, ATOM_RENAMES, NUM_ATOM_TYPES
@@ -675,6 +676,9 @@ class _Entry:
     msa_source: Path | None
 
 
+_CHAIN_PARSERS = ("memtrain.data.protein_features", "memtrain.data.mmcif", "memtrain.data.residue_constants")
+
+
 class ProteinStructureBatches:
     """Deterministic micro-batches of AlphaFold-style features for the chains under ``root``.
 
@@ -733,7 +737,7 @@ class ProteinStructureBatches:
         self.entries: list[_Entry] = []
         all_chains: list[Chain] = []
         for path in files:
-            chains = read_chains(path)
+            chains = cached_records(path, "chains", Chain, read_chains, _CHAIN_PARSERS)  # parsed once per content
             all_chains.extend(chains)
             for chain in chains:
                 if chain.num_resolved < min_resolved or chain.name in exclude:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from memtrain.data.cache import cached_sequences
 from memtrain.data.errors import DataFormatError
 from memtrain.data.mmcif import read_mmcif_sequences
 
@@ -165,6 +166,9 @@ def default_protein_root() -> Path:
     return repo_root.parent / "shared" / "data" / "proteins"
 
 
+_PARSERS = ("memtrain.data.sequences", "memtrain.data.mmcif")  # a change to either re-parses the files
+
+
 def _file_sequences(path: Path, kind: str) -> list[str]:
     if kind == "fasta":
         return [ungap(seq).rstrip("*") for _, seq in read_fasta(path)]
@@ -207,7 +211,7 @@ def load_protein_sequences(
         kind = kind_of_suffix.get(path.suffix.lower())
         if kind is None:
             continue
-        for seq in _file_sequences(path, kind):
+        for seq in cached_sequences(path, kind, _file_sequences, _PARSERS):
             if seq:
                 unique.setdefault(seq)
                 if len(unique) == max_sequences:

@@ -228,10 +228,11 @@ class Trainer:
         flops_per_token = self.spec.flops_per_token(self.cfg.model, self.cfg.data.seq_len)
         peak = peak_flops(self.device)
         records, tokens, t0 = [], 0, time.perf_counter()
-        columns = [TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        columns = [TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.fields[rate]}")]  # throughput of the last logged interval
         with self.preemption.catching(), Progress(*columns, console=self.console, transient=True,
                                                   disable=not self.env.is_main) as progress:
-            task = progress.add_task("train", total=until, completed=self.step)
+            task = progress.add_task("train", total=until, completed=self.step, rate="")
             while self.step < until:
                 lr = self.lr
                 result = self.train_step()
@@ -264,6 +265,7 @@ class Trainer:
                         metrics.log(record)
                     records.append(record)
                     progress.console.print(format_line(record, tcfg.max_steps, self.spec.target_unit))
+                    progress.update(task, rate=f"{tps:.3g} {'tok' if self.spec.target_unit == 'tokens' else self.spec.target_unit}/s")
                     tokens, t0 = 0, time.perf_counter()
                 if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")

@@ -228,6 +228,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 def submit_command(argv: list[str]) -> int:
     from memtrain.cli import _fail
     from memtrain.config.errors import ConfigError
+    from memtrain.prereq import PrerequisiteError, check_slurm
 
     options, overrides = split_argv(argv)
     args = parser().parse_args(options)
@@ -241,6 +242,10 @@ def submit_command(argv: list[str]) -> int:
         sys.stdout.write(batch_script(spec))
         print(f"# {overrides_path(spec.run_dir)}:\n# {json.dumps(overrides)}")
         return 0
+    try:
+        check_slurm("memtrain submit", "Check the batch script with `memtrain submit --dry-run ...`, which submits nothing.")
+    except PrerequisiteError as exc:
+        return _fail(str(exc))
     script = write_job(spec, overrides)
     try:
         job_id = sbatch(script)

@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 from memtrain.config.loader import load_config
 from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate
@@ -78,9 +79,8 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="CPU, tiny models, activations only")
     args = p.parse_args()
     models = ["gpt_tiny", "alphafold_tiny"] if args.smoke else args.models
-    if not args.smoke and not torch.cuda.is_available():
-        print("no CUDA device: run on the GPU machine, or pass --smoke", file=sys.stderr)
-        return 2
+    if not args.smoke:
+        require_cuda("calibrate_estimator.py", "--smoke")
     what = "activations (CPU forward)" if args.smoke else "peak max_memory_allocated"
     table = Table(title=f"estimator calibration: {what}", title_justify="left")
     for col in ("model", "config", "predicted MiB", "measured MiB", "measured / predicted"):

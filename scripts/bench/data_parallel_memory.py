@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 from rich.console import Console
 from rich.table import Table
 
@@ -127,6 +128,8 @@ def main() -> None:
     p.add_argument("--max-layers", type=int, default=512, help="stop the search here")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    if args.device != "cpu":
+        require_cuda("data_parallel_memory.py")
     console = Console(width=140)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     console.print(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 from memtrain.kernels.evoformer_attention import evoformer_attention
 from memtrain.kernels.evoformer_attention.reference import MASK_BIAS
 
@@ -100,6 +101,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    if not args.smoke:
+        require_cuda("evoformer_attention.py", "--smoke (with TRITON_INTERPRET=1)")
     device = torch.device("cpu" if args.smoke else "cuda")
     dtype = getattr(torch, args.dtype or ("float32" if args.smoke else "bfloat16"))
     shapes = SMOKE if args.smoke else MSA_ROW + TRIANGLE

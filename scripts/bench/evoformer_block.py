@@ -29,6 +29,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 from memtrain.models.alphafold.evoformer import EvoformerBlock
 from memtrain.models.alphafold.primitives import set_attention_backend, set_chunk_size
 
@@ -140,7 +141,7 @@ def main() -> None:
     p.add_argument("--res", type=int, default=256)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda", help="cpu runs the published widths on the CPU (slow; measures no GPU)")
     p.add_argument("--largest-crop", action="store_true")
     p.add_argument("--max-crop", type=int, default=2048)
     p.add_argument("--timeout", type=float, default=1200)
@@ -148,6 +149,8 @@ def main() -> None:
     p.add_argument("--triton", action="store_true",
                    help="also run attention_backend=triton (CUDA, or CPU with TRITON_INTERPRET=1 at tiny sizes)")
     args = p.parse_args()
+    if args.device != "cpu":
+        require_cuda("evoformer_block.py")
     device = torch.device(args.device)
     console = Console(width=140)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

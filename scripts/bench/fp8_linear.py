@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import load_config
 from memtrain.engine.trainer import Trainer
@@ -65,6 +66,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--smoke", action="store_true", help="gpt_tiny on CPU, 2 steps")
     args = p.parse_args()
+    if not args.smoke:
+        require_cuda("fp8_linear.py", "--smoke")
     if args.smoke:
         args.model, args.micro_batch, args.seq_len, args.steps, args.warmup, args.device = "gpt_tiny", 2, 64, 2, 1, "cpu"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"

@@ -408,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
+    if args.device == "cuda":
+        from gpu_only import require_cuda  # scripts/bench/ is on sys.path
+
+        require_cuda("lm_vs_hf.py", "--smoke")
     config: dict = {"smoke": args.smoke}
     for key in ("repeats", "steps", "warmup", "device", "sides"):
         if getattr(args, key) is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 
 OPTIMIZERS = ["adamw", "adafactor", "lion", "came", "sm3", "adam_mini", "adamw_bf16", "mezo"]
 LR = {"mezo": "1e-6"}  # MeZO's SPSA steps need a far smaller learning rate
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, 2 steps (tests the script)")
     args = parser.parse_args()
+    if not args.smoke and args.device != "cpu":
+        require_cuda("optimizers.py", "--smoke")
     if args.smoke:
         args.model, args.steps, args.seq_len, args.micro_batch, args.device = "gpt_tiny", 2, 32, 2, "cpu"
         args.precision = "fp32"

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 from memtrain.config.loader import load_config
 from memtrain.memory.planner import plan
 
@@ -56,6 +57,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = p.parse_args()
+    if args.device != "cpu":
+        require_cuda("plan_vs_default.py")
     cuda = args.device != "cpu" and torch.cuda.is_available()
     base = [f"+recipe={args.recipe}", *args.override, "hardware.gpus=1", f"trainer.device={'cuda' if cuda else 'cpu'}"]
     if cuda:

@@ -24,6 +24,7 @@ import sys
 import time
 
 import torch
+from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 
 CONFIGS = {  # name -> memtrain overrides
     "fp32, no technique": ["precision=fp32", "checkpoint=none", "offload=none"],
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny grid on CPU: checks the script, measures nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.smoke and not args.worker:
+        require_cuda("weather_step.py", "--smoke")
     if args.worker:  # one configuration, in its own process
         print(json.dumps(one_step(json.loads(args.worker), args.steps)))
         return
