@@ -220,11 +220,23 @@ def estimate_command(args: list[str]) -> int:
     args, plot_path, error = take_plot_path(list(args))
     if error:
         return _fail(error)
+    run = None
+    if "--from-run" in args:
+        i = args.index("--from-run")
+        run = args[i + 1] if i + 1 < len(args) else ""
+        args = args[:i] + args[i + 2:]
+        if not run or run.startswith("-") or "=" in run:
+            return _fail("--from-run needs a run folder or a checkpoint folder (step_<N>/)")
     as_json = "--json" in args
     unknown = [a for a in args if a.startswith("-") and a != "--json"]
     if unknown:
-        return _fail(f"unknown option {unknown[0]!r} for estimate (allowed: --json, --plot FILE.png)")
-    cfg = load_config([a for a in args if a != "--json"])
+        return _fail(f"unknown option {unknown[0]!r} for estimate (allowed: --json, --plot FILE.png, --from-run DIR)")
+    if run is not None:
+        from memtrain.memory.from_run import config_from_run
+
+        cfg = config_from_run(run, [a for a in args if a != "--json"])
+    else:
+        cfg = load_config([a for a in args if a != "--json"])
     result = estimate(cfg)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))

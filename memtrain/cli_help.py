@@ -59,7 +59,7 @@ trainer.save_every trainer.resume=auto|PATH hydra.run.dir=DIR launcher.nproc_per
 
 Output: hydra.run.dir (default outputs/<date>/<time>/): metrics.jsonl, checkpoints/step_<N>/."""
 
-ESTIMATE = """usage: memtrain estimate [hydra overrides] [--json] [--plot FILE.png]
+ESTIMATE = """usage: memtrain estimate [hydra overrides] [--json] [--plot FILE.png] [--from-run DIR]
 
 Per-device memory of the composed configuration: parameters, gradients, optimizer states (exact,
 from the parameter shapes on the meta device) and activations (analytic), with what moves to host
@@ -71,6 +71,8 @@ Starts no process and needs no GPU, rendezvous or data.
 
   --json            byte counts as JSON instead of the table
   --plot FILE.png   also write a stacked bar chart of the bytes by term against the GPU's memory
+  --from-run DIR    start from the config stored in a run's newest checkpoint (or a step_<N>/ folder);
+                    the overrides change it (parallel=fsdp launcher.nproc_per_node=8: that run sharded)
 
 {groups}"""
 
