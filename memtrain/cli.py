@@ -2,7 +2,7 @@
 
     memtrain train [hydra overrides]            e.g. +recipe=protein_lm precision=bf16
     memtrain train -m optimizer=adamw,adafactor  (Hydra multirun)
-    memtrain estimate [hydra overrides] [--json]
+    memtrain estimate [hydra overrides] [--json] [--plot FILE.png]
 
 Every job's config is composed and validated before anything starts; a bad key, value, option or
 combination is one paragraph naming the key and the allowed values, and exit code 2.
@@ -215,16 +215,40 @@ def estimate_command(args: list[str]) -> int:
     from memtrain.memory.estimator import estimate
     from memtrain.memory.report import render_table
 
+    from memtrain.memory.plot import take_plot_path
+
+    args, plot_path, error = take_plot_path(list(args))
+    if error:
+        return _fail(error)
+    run = None
+    if "--from-run" in args:
+        i = args.index("--from-run")
+        run = args[i + 1] if i + 1 < len(args) else ""
+        args = args[:i] + args[i + 2:]
+        if not run or run.startswith("-") or "=" in run:
+            return _fail("--from-run needs a run folder or a checkpoint folder (step_<N>/)")
     as_json = "--json" in args
     unknown = [a for a in args if a.startswith("-") and a != "--json"]
     if unknown:
-        return _fail(f"unknown option {unknown[0]!r} for estimate (allowed: --json)")
-    cfg = load_config([a for a in args if a != "--json"])
+        return _fail(f"unknown option {unknown[0]!r} for estimate (allowed: --json, --plot FILE.png, --from-run DIR)")
+    if run is not None:
+        from memtrain.memory.from_run import config_from_run
+
+        cfg = config_from_run(run, [a for a in args if a != "--json"])
+    else:
+        cfg = load_config([a for a in args if a != "--json"])
     result = estimate(cfg)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
         Console().print(render_table(cfg, result))
+    if plot_path is not None:
+        from memtrain.memory.plot import bar_chart, write_png
+
+        hw = cfg.hardware
+        fig = bar_chart([f"{cfg.parallel.name} x {result.world_size}"], [result], hw.gpu_mem_gb, hw.mem_usable,
+                        f"memtrain estimate: {cfg.model.arch}, per device and rank")
+        print(f"wrote {write_png(fig, plot_path)}", file=sys.stderr)
     return 0
 
 

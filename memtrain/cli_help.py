@@ -13,8 +13,8 @@ USAGE = """usage: memtrain COMMAND [hydra overrides] [options]      memtrain COM
 
 commands:
   train     compose, check and train (add -m for a Hydra multirun sweep)
-  estimate  per-device memory of a configuration, before a GPU is touched [--json]
-  plan      the configurations that fit hardware.* ranked by predicted step time [--json] [--top K] ...
+  estimate  per-device memory of a configuration, before a GPU is touched [--json] [--plot F.png]
+  plan      the configurations that fit hardware.*, fastest to a trained model first [--top K] ...
   export    write a precision.qat checkpoint with integer weights: memtrain export CHECKPOINT OUT
   predict   a structure (PDB/mmCIF) from a trained AlphaFold: memtrain predict CHECKPOINT INPUT OUTPUT
   submit    sbatch a training run: memtrain submit [slurm options] -- [hydra overrides]
@@ -59,7 +59,7 @@ trainer.save_every trainer.resume=auto|PATH hydra.run.dir=DIR launcher.nproc_per
 
 Output: hydra.run.dir (default outputs/<date>/<time>/): metrics.jsonl, checkpoints/step_<N>/."""
 
-ESTIMATE = """usage: memtrain estimate [hydra overrides] [--json]
+ESTIMATE = """usage: memtrain estimate [hydra overrides] [--json] [--plot FILE.png] [--from-run DIR]
 
 Per-device memory of the composed configuration: parameters, gradients, optimizer states (exact,
 from the parameter shapes on the meta device) and activations (analytic), with what moves to host
@@ -69,16 +69,21 @@ Starts no process and needs no GPU, rendezvous or data.
   memtrain estimate +recipe=alphafold parallel=zero2 launcher.nproc_per_node=8
   memtrain estimate model=gpt_1b precision=bf16 data.seq_len=2048 trainer.micro_batch_size=4 --json
 
-  --json   byte counts as JSON instead of the table
+  --json            byte counts as JSON instead of the table
+  --plot FILE.png   also write a stacked bar chart of the bytes by term against the GPU's memory
+  --from-run DIR    start from the config stored in a run's newest checkpoint (or a step_<N>/ folder);
+                    the overrides change it (parallel=fsdp launcher.nproc_per_node=8: that run sharded)
 
 {groups}"""
 
 PLAN = """usage: memtrain plan [hydra overrides] [--json] [--top K] [--global-batch N] [--validate [--steps N]]
+                     [--plot FILE.png]
 
 Enumerate precision, activation checkpointing, micro-batch, optimizer, parallel layout, offload and
 chunking for the composed model on hardware.* (hardware=h100|a100, hardware.gpus, hardware.nodes,
 hardware.gpu_mem_gb, hardware.host_mem_gb), drop what is invalid or does not fit, and rank the rest
-by predicted step time. Every row is a runnable `memtrain train` override string (docs/planner.md).
+by predicted time to a trained model (step time x the steps the optimizer needs; near-ties go to the
+simplest layout). Every row's `memtrain train` command is printed whole (docs/planner.md).
 
   memtrain plan model=gpt_1b hardware.gpu_mem_gb=24 --top 5
   memtrain plan +recipe=alphafold hardware=a100 hardware.gpus=8
@@ -86,8 +91,10 @@ by predicted step time. Every row is a runnable `memtrain train` override string
   --json             rows as JSON
   --top K            show the best K rows (default 10)
   --global-batch N   sequences per optimizer step to keep fixed (default: the config's)
-  --validate         run the top rows here for a few steps: measured vs predicted memory and time
-  --steps N          steps per validated row (default 3)"""
+  --validate         run the top rows here for a few steps (shrunk to this machine's devices where
+                     they need more): measured vs predicted memory and time, or why a row is skipped
+  --steps N          steps per validated row (default 3)
+  --plot FILE.png    also write a stacked bar chart of each row's bytes by term against the GPU's memory"""
 
 EXPORT = """usage: memtrain export CHECKPOINT OUT
 

@@ -11,8 +11,11 @@ bubble (bubble_fraction). MeZO (a zeroth-order optimizer) runs two forwards and 
 Communication: the bytes each device sends per step in every mesh dimension, from
 memtrain.memory.comm (est.comm_bytes), over NVLink when the dimension's groups stay inside a node
 and over the network when they span nodes (spans_nodes). DDP/ZeRO overlap the data-parallel part
-with the backward, FSDP/ZeRO-3 with the whole step, so only the part longer than that is exposed;
-DAP, tp, sp and pp communication sits on the critical path.
+with the backward, FSDP with the whole step, so only the part longer than that is exposed; ZeRO's
+gradient reduction overlaps only where memtrain's DeepSpeed config sets overlap_comm (it does not),
+ZeRO-1/2's parameter all-gather follows the optimizer step (exposed_dp_seconds); DAP, tp, sp and pp
+communication sits on the critical path. The planner ranks by progress_s: step time x the
+optimizer steps one first-order step's progress takes (STEPS_RELATIVE: MeZO 100).
 Offload moves bytes over PCIe and runs the optimizer on the host (hardware.cpu_optimizer_*).
 The constants and their sources are in docs/planner.md; the model ranks options, it does not
 promise absolute times.
@@ -21,13 +24,13 @@ promise absolute times.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from memtrain.config.errors import enum_names
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
+from memtrain.memory.cfgview import node_key
 from memtrain.memory.estimator import MemoryEstimate
 from memtrain.models import get_spec
 from memtrain.precision.amp import dtype_of
@@ -110,13 +113,12 @@ def alphafold_forward_flops(cfg: DictConfig) -> tuple[float, float]:
     return float(b * block), float(b * outside)
 
 
-@lru_cache(maxsize=256)
-def _flops(model_yaml: str, arch: str, micro_batch: int, seq_len: int, crop: int, msa: int, extra: int = 0,
-           templates: int = 0) -> tuple[float, float, float]:
-    cfg = OmegaConf.create({"model": OmegaConf.create(model_yaml), "trainer": {"micro_batch_size": micro_batch},
-                            "data": {"seq_len": seq_len, "crop_size": crop, "max_msa": msa, "max_extra_msa": extra,
-                                     "max_templates": templates}})
-    spec = get_spec(arch)
+_FLOPS: dict[tuple, tuple[float, float, float]] = {}
+
+
+def _flops(cfg: DictConfig) -> tuple[float, float, float]:
+    spec = get_spec(cfg.model.arch)
+    micro_batch, seq_len = cfg.trainer.micro_batch_size, cfg.data.seq_len
     n_blocks = spec.num_blocks(cfg.model)
     per_token = spec.flops_per_token(cfg.model, seq_len)
     if per_token is not None:
@@ -127,15 +129,23 @@ def _flops(model_yaml: str, arch: str, micro_batch: int, seq_len: int, crop: int
         outside = 2 * cfg.model.vocab_size * cfg.model.dim * tokens
         core = 4 * cfg.model.dim * seq_len * tokens
         return (forward - outside) / n_blocks, outside, core
+    if spec.forward_flops is not None:
+        return spec.forward_flops(cfg)
     block, outside = alphafold_forward_flops(cfg)
     return block, outside, 0.0
 
 
 def forward_flops(cfg: DictConfig) -> tuple[float, float, float]:
-    """(one block, outside the blocks, one block's attention core) forward FLOPs per micro-batch."""
-    return _flops(OmegaConf.to_yaml(cfg.model), cfg.model.arch, cfg.trainer.micro_batch_size, cfg.data.seq_len,
-                  cfg.data.crop_size, cfg.data.max_msa, cfg.data.get("max_extra_msa", 0),
-                  cfg.data.get("max_templates", 0))
+    """(one block, outside the blocks, one block's attention core) forward FLOPs per micro-batch;
+    cached per model and the data and batch sizes they depend on."""
+    d = cfg.data
+    key = (node_key(cfg.model), cfg.trainer.micro_batch_size, d.seq_len, d.crop_size, d.max_msa,
+           d.get("max_extra_msa", 0), d.get("max_templates", 0))
+    if key not in _FLOPS:
+        if len(_FLOPS) >= 1024:
+            _FLOPS.clear()
+        _FLOPS[key] = _flops(cfg)
+    return _FLOPS[key]
 
 
 @dataclass
@@ -146,13 +156,20 @@ class StepCost:
     axial_comm_s: float
     offload_s: float
     latency_s: float
+    steps_relative: float = 1.0  # optimizer steps for one first-order step's progress (STEPS_RELATIVE)
 
     @property
     def total_s(self) -> float:
+        """Seconds of one optimizer step."""
         return self.compute_s + self.recompute_s + self.dp_comm_s + self.axial_comm_s + self.offload_s + self.latency_s
 
+    @property
+    def progress_s(self) -> float:
+        """Seconds for one first-order step's worth of training: what the planner ranks by."""
+        return self.total_s * self.steps_relative
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "total_s": self.total_s}
+        return {**asdict(self), "total_s": self.total_s, "progress_s": self.progress_s}
 
 
 def peak_flops(hw: DictConfig, compute_dtype: str) -> float:
@@ -238,6 +255,69 @@ def comm_seconds(cfg: DictConfig, est: MemoryEstimate, dims: ParallelDims) -> di
     return out
 
 
+def zero_overlap_comm(cfg: DictConfig) -> bool:
+    """Whether the DeepSpeed config memtrain runs (memtrain.distributed.zero.deepspeed_config)
+    overlaps gradient reduction with the backward (zero_optimization.overlap_comm)."""
+    from memtrain.distributed.zero import deepspeed_config
+
+    key = (node_key(cfg.parallel), node_key(cfg.offload))
+    if key not in _OVERLAP:
+        dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
+        _OVERLAP[key] = bool(deepspeed_config(cfg, dims, "cuda")["zero_optimization"]["overlap_comm"])
+    return _OVERLAP[key]
+
+
+_OVERLAP: dict[tuple[str, str], bool] = {}
+
+
+def exposed_dp_seconds(cfg: DictConfig, est: MemoryEstimate, dims: ParallelDims, compute: float,
+                       recompute: float) -> float:
+    """Seconds of data-parallel communication not hidden behind compute, collective by collective:
+
+    - DDP's gradient all-reduce (buckets during the backward): hidden behind the backward;
+    - FSDP2/HSDP's parameter all-gathers (prefetched) and gradient reduce-scatters: behind the
+      whole forward, backward and recompute;
+    - DeepSpeed ZeRO: the gradient reduce-scatter overlaps the backward only with
+      zero_optimization.overlap_comm, which memtrain's DeepSpeed config sets to false, so it is
+      exposed; ZeRO-1/2's all-gather of the updated parameters runs after the optimizer step
+      (exposed); ZeRO-3's parameter all-gathers are prefetched during forward and backward (hidden
+      behind them)."""
+    hw, name = cfg.hardware, cfg.parallel.name
+    whole, backward, never = 0.0, 0.0, 0.0
+    overlap = zero_overlap_comm(cfg) if name.startswith("zero") else False
+    for dim in DATA_PARALLEL:
+        gbps = hw.inter_node_gbps if spans_nodes(dims, dim, hw.gpus) else hw.intra_node_gbps
+        for collective, nbytes in est.comm_bytes.get(dim, {}).items():
+            t = nbytes / (1e9 * gbps)
+            if name.startswith("zero"):
+                if collective.startswith("all_gather"):
+                    whole += t if name == "zero3" else 0.0
+                    never += 0.0 if name == "zero3" else t
+                elif overlap:
+                    backward += t
+                else:
+                    never += t
+            elif name in ("fsdp", "hsdp"):
+                whole += t
+            else:
+                backward += t
+    return never + max(0.0, backward - 2 / 3 * compute) + max(0.0, whole - (compute + recompute))
+
+
+# Optimizer steps needed for the same training progress as a first-order optimizer's step. MeZO
+# (SPSA) estimates the gradient from two forwards along one random direction: Malladi et al. 2023
+# ("Fine-Tuning Language Models with Just Forward Passes") run it for 100K steps where fine-tuning
+# with Adam runs 1K (their RoBERTa-large experiments), so the planner counts 100 steps for one. A
+# stated assumption from the paper's step budgets, not a convergence law.
+STEPS_RELATIVE = {"MeZO": 100.0}
+
+
+def steps_relative(cfg: DictConfig) -> float:
+    from memtrain.memory.optimizer_memory import optimizer_name
+
+    return STEPS_RELATIVE.get(optimizer_name(cfg), 1.0)
+
+
 def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
     """Per-device seconds of one optimizer step (see the module's docstring)."""
     from memtrain.memory.optimizer_memory import zeroth_order
@@ -280,9 +360,7 @@ def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
     comm = comm_seconds(cfg, est, dims)
     if zo:  # the replicas only all-reduce a scalar projected gradient, not the gradients
         comm = {d: t for d, t in comm.items() if d not in DATA_PARALLEL}
-    dp_time = sum(t for d, t in comm.items() if d in DATA_PARALLEL)
-    hidden = compute + recompute if cfg.parallel.name in ("fsdp", "hsdp", "zero3") else 2 / 3 * compute
-    exposed = max(0.0, dp_time - hidden)
+    exposed = 0.0 if zo else exposed_dp_seconds(cfg, est, dims, compute, recompute)
     axial = sum(t for d, t in comm.items() if d not in DATA_PARALLEL)
 
     pcie, host_params = offload_bytes(cfg, est.n_params, dims)
@@ -291,4 +369,4 @@ def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
     if cfg.offload.name == "activations_cpu":
         offload = 2 * est.host / (1e9 * hw.pcie_gbps)
     latency = launches * stretch * hw.block_latency_us * 1e-6
-    return StepCost(compute, recompute, exposed, axial, offload, latency)
+    return StepCost(compute, recompute, exposed, axial, offload, latency, steps_relative(cfg))

@@ -13,17 +13,17 @@ per rank; the world size is launcher.nnodes x launcher.nproc_per_node.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory import optimizer_memory
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
+from memtrain.memory.cfgview import node_key
 from memtrain.memory.comm import comm_bytes
 from memtrain.memory.precision_memory import (
     precision_activation_parts,
@@ -113,13 +113,21 @@ def param_units(cfg: DictConfig) -> list[list[torch.Size]]:
     """Parameter shapes by FSDP unit, from a build on the meta device: first the root's own
     parameters (those outside the blocks, tied ones once), then one list per block. Cached per
     model config (memtrain plan estimates many configurations of one model)."""
-    return [list(u) for u in _param_units(OmegaConf.to_yaml(cfg.model), cfg.model.arch)]
+    key = (cfg.model.arch, node_key(cfg.model))
+    units = _PARAM_UNITS.get(key)
+    if units is None:
+        if len(_PARAM_UNITS) >= 64:
+            _PARAM_UNITS.clear()
+        units = _PARAM_UNITS[key] = _param_units(cfg.model)
+    return [list(u) for u in units]
 
 
-@functools.lru_cache(maxsize=16)
-def _param_units(model_yaml: str, arch: str) -> tuple[tuple[torch.Size, ...], ...]:
-    spec = get_spec(arch)
-    model = build_on_meta(spec.build_model, OmegaConf.create(model_yaml))
+_PARAM_UNITS: dict[tuple[str, str], tuple[tuple[torch.Size, ...], ...]] = {}
+
+
+def _param_units(mcfg: DictConfig) -> tuple[tuple[torch.Size, ...], ...]:
+    spec = get_spec(mcfg.arch)
+    model = build_on_meta(spec.build_model, mcfg)
     blocks = spec.blocks(model)
     in_blocks = {id(p) for p in blocks.parameters()}
     root = tuple(p.shape for p in model.parameters() if id(p) not in in_blocks)
@@ -136,7 +144,7 @@ def param_shapes(cfg: DictConfig) -> list[torch.Size]:
 
 
 def numel(shapes: list[torch.Size]) -> int:
-    return sum(math.prod(s) for s in shapes)
+    return sum(map(math.prod, shapes))
 
 
 def shard(shape: torch.Size, n: int) -> torch.Size:
@@ -318,17 +326,36 @@ def model_parallel_activations(parts: dict[str, float], cfg: DictConfig, dims: P
     return parts
 
 
+# (dims, model, parallel, precision, optimizer, offload) -> (ModelStates, parameters): the model
+# states depend on nothing else, and memtrain plan asks for the same ones across micro-batches,
+# checkpointing and chunking (a model with thousands of tensors costs milliseconds per count)
+_STATES: dict[tuple, tuple[ModelStates, int]] = {}
+STATE_GROUPS = ("model", "parallel", "precision", "optimizer", "offload")
+
+
+def _model_states_of(cfg: DictConfig, dims: ParallelDims) -> tuple[ModelStates, int]:
+    key = (dims, *(node_key(cfg[g]) for g in STATE_GROUPS))
+    hit = _STATES.get(key)
+    if hit is None:
+        units = tp_units(param_units(cfg), dims.tp)
+        if len(_STATES) >= 4096:
+            _STATES.clear()
+        hit = _STATES[key] = (model_states(cfg, units, dims), numel(flat(units)))
+    states, n = hit
+    return ModelStates(**asdict(states)), n
+
+
 def estimate(cfg: DictConfig) -> MemoryEstimate:
     """Per-rank bytes. offload=activations_cpu (torch.autograd.graph.save_on_cpu): the tensors saved
     for the backward pass live on the host, and the device holds one unit's activations at a time,
     the largest block's (or the head's) while it is computed, recomputed or unpacked."""
     dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
-    units = tp_units(param_units(cfg), dims.tp)
     if dims.pp > 1:  # the pipeline rank with the largest total (memtrain.memory.pipeline_memory)
         from memtrain.memory.pipeline_memory import pipeline_estimate
 
+        units = tp_units(param_units(cfg), dims.tp)
         return pipeline_estimate(cfg, dims, numel(flat(units)), model_states, activation_bytes, MemoryEstimate)
-    states = model_states(cfg, units, dims)
+    states, n_params = _model_states_of(cfg, dims)
     per_block, outside, buffer = activation_bytes(cfg, dims)
     saved = sum(per_block) + outside
     precision_state = precision_state_bytes(cfg)
@@ -344,7 +371,7 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         optimizer=states.optimizer,
         activations=activations,
         total=states.params + states.grads + states.optimizer + states.gathered + activations + precision_state,
-        n_params=numel(flat(units)),
+        n_params=n_params,
         activations_per_block=per_block,
         activations_outside_blocks=outside,
         recompute_buffer=buffer,
@@ -354,6 +381,6 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         world_size=dims.world_size,
         dp_replicate=dims.dp_replicate,
         dp_shard=dims.dp_shard,
-        comm_bytes=comm_bytes(cfg, dims, numel(flat(units))),
+        comm_bytes=comm_bytes(cfg, dims, n_params),
         precision_state=precision_state,
     )

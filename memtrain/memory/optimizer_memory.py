@@ -21,6 +21,8 @@ elements, a matrix [..., R, C] having rows = prod(shape[:-1]) and cols = prod(sh
 
 from __future__ import annotations
 
+from collections import Counter
+
 import math
 
 import torch
@@ -28,6 +30,7 @@ from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError
 from memtrain.models import get_spec
+from memtrain.models.meta import build_on_meta
 
 STEP_BYTES = 4
 BNB_BLOCK, BNB_CODE = 256, 256  # bitsandbytes' block-wise quantization: block size, code-map entries
@@ -102,17 +105,31 @@ def zeroth_order(cfg: DictConfig) -> bool:
 
 def param_roles(cfg: DictConfig) -> list[tuple[str, int]]:
     """Adam-mini's block of every parameter, in the estimator's order (root parameters outside the
-    blocks, then each block's; tied ones once), from a build on the meta device."""
+    blocks, then each block's; tied ones once), from a build on the meta device; cached per model
+    and optimizer.adamw_names (memtrain plan asks for many configurations of one model)."""
+    from memtrain.memory.cfgview import node_key
+
+    key = (cfg.model.arch, node_key(cfg.model), tuple(cfg.optimizer.adamw_names))
+    if key not in _ROLES:
+        if len(_ROLES) >= 64:
+            _ROLES.clear()
+        _ROLES[key] = _param_roles(cfg.model, key[2])
+    return list(_ROLES[key])
+
+
+_ROLES: dict[tuple, tuple] = {}
+
+
+def _param_roles(mcfg: DictConfig, adamw_names: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     from memtrain.optim.adam_mini import partition
 
-    spec = get_spec(cfg.model.arch)
-    with torch.device("meta"):
-        model = spec.build_model(cfg.model)
-    kinds = partition(model, tuple(cfg.optimizer.adamw_names))
+    spec = get_spec(mcfg.arch)
+    model = build_on_meta(spec.build_model, mcfg)
+    kinds = partition(model, adamw_names)
     blocks = spec.blocks(model)
     in_blocks = {id(p) for p in blocks.parameters()}
     order = [p for p in model.parameters() if id(p) not in in_blocks] + [p for blk in blocks for p in blk.parameters()]
-    return [kinds[id(p)] for p in order]
+    return tuple(kinds[id(p)] for p in order)
 
 
 def state_bytes(cfg: DictConfig, shapes: list[torch.Size], b: int) -> int:
@@ -123,7 +140,9 @@ def state_bytes(cfg: DictConfig, shapes: list[torch.Size], b: int) -> int:
     roles = param_roles(cfg) if name == "AdamMini" else [None] * len(shapes)
     if len(roles) != len(shapes):
         raise ValueError(f"{len(shapes)} shapes for {len(roles)} parameters")
-    return sum(STATE[name](s, b, cfg.optimizer, r) for s, r in zip(shapes, roles))
+    # each distinct (shape, role) once, times how often it occurs (a model's blocks repeat shapes)
+    state, ocfg = STATE[name], cfg.optimizer
+    return sum(state(s, b, ocfg, r) * n for (s, r), n in Counter(zip(shapes, roles)).items())
 
 
 def inference_activation_bytes(per_block: list[int], outside: int) -> int:

@@ -36,11 +36,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.distributed.pipeline import SCHEDULES, stage_ids
+from memtrain.memory.cfgview import with_values
 from memtrain.models import get_spec
+from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import dtype_of
 
 
@@ -68,9 +70,24 @@ class RankPipeline:
 
 
 def rank_units(cfg: DictConfig, ids: list[int], num_stages: int) -> list[list[torch.Size]]:
-    spec = get_spec(cfg.model.arch)
-    with torch.device("meta"):
-        model = spec.build_model(cfg.model)
+    """Parameter shapes of the stages `ids`: their own (non-block) ones, then one list per block;
+    cached per model and split (memtrain plan estimates many configurations of one pipeline)."""
+    from memtrain.memory.cfgview import node_key
+
+    key = (cfg.model.arch, node_key(cfg.model), tuple(ids), num_stages)
+    if key not in _RANK_UNITS:
+        if len(_RANK_UNITS) >= 256:
+            _RANK_UNITS.clear()
+        _RANK_UNITS[key] = _rank_units(cfg.model, ids, num_stages)
+    return [list(u) for u in _RANK_UNITS[key]]
+
+
+_RANK_UNITS: dict[tuple, tuple] = {}
+
+
+def _rank_units(mcfg: DictConfig, ids: list[int], num_stages: int) -> tuple[tuple[torch.Size, ...], ...]:
+    spec = get_spec(mcfg.arch)
+    model = build_on_meta(spec.build_model, mcfg)
     stages = spec.pipeline_fn(model, ids, num_stages)
     blocks = [b for stage in stages for b in spec.blocks(stage)]
     in_blocks = {id(p) for b in blocks for p in b.parameters()}
@@ -80,7 +97,7 @@ def rank_units(cfg: DictConfig, ids: list[int], num_stages: int) -> list[list[to
             if id(p) not in in_blocks and id(p) not in seen:
                 seen.add(id(p))
                 own.append(p.shape)
-    return [own, *([p.shape for p in b.parameters()] for b in blocks)]
+    return (tuple(own), *(tuple(p.shape for p in b.parameters()) for b in blocks))
 
 
 def pipeline_ranks(cfg: DictConfig, dims: ParallelDims, activation_bytes) -> list[RankPipeline]:
@@ -89,9 +106,7 @@ def pipeline_ranks(cfg: DictConfig, dims: ParallelDims, activation_bytes) -> lis
     p = cfg.parallel
     pp, v, m = dims.pp, p.pp_stages_per_rank, p.pp_microbatches
     num_stages = pp * v
-    small = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    small.trainer.micro_batch_size = cfg.trainer.micro_batch_size // m
-    small = OmegaConf.merge(cfg, small)  # keep the schemas' types (enums)
+    small = with_values(cfg, {"trainer.micro_batch_size": cfg.trainer.micro_batch_size // m})
     per_block, outside, buffer = activation_bytes(small, dims)
     per_stage = len(per_block) // num_stages
     # the residual stream crosses a boundary: in the compute dtype under FSDP's mixed precision,

@@ -27,7 +27,7 @@ def _take(args: list[str], flag: str, default: int, most: int | None = None) -> 
 
 
 def plan_main(args: list[str], fail: Callable[[str], int]) -> int:
-    from memtrain.memory.planner import no_fit_message, plan, render_plan
+    from memtrain.memory.planner import no_fit_message, render_plan
 
     args = list(args)
     try:
@@ -36,31 +36,61 @@ def plan_main(args: list[str], fail: Callable[[str], int]) -> int:
         steps = _take(args, "--steps", 3, most=MAX_VALIDATE_STEPS)
     except ConfigError as exc:
         return fail(str(exc))
+    from memtrain.memory.plot import take_plot_path
+
+    args, plot_path, error = take_plot_path(args)
+    if error:
+        return fail(error)
     as_json, run_validate = "--json" in args, "--validate" in args
     args = [a for a in args if a not in ("--json", "--validate")]
     unknown = [a for a in args if a.startswith("-")]
     if unknown:
-        return fail(f"unknown option {unknown[0]!r} for plan (allowed: --json, --top K, --global-batch N, --validate, --steps N)")
+        return fail(f"unknown option {unknown[0]!r} for plan (allowed: --json, --top K, --global-batch N, --validate, --steps N, --plot FILE.png)")
+    console, err = Console(), Console(stderr=True)
     try:
-        result = plan(args, global_batch=global_batch, verify_top=top)
+        result = _plan_with_progress(err, args, global_batch, top)
     except ConfigError as exc:
         return fail(str(exc))
     if not result.rows:
         return fail(no_fit_message(result)) - 1  # exit 1: valid input, nothing fits
+    if not as_json:
+        console.print(render_plan(result, top))
+    if plot_path is not None:
+        from memtrain.memory.plot import bar_chart, write_png
+
+        hw, rows = result.hardware, result.rows[:top]
+        fig = bar_chart([f"#{i}" for i in range(1, len(rows) + 1)], [r.estimate for r in rows], hw["gpu_mem_gb"],
+                        hw["mem_usable"], f"memtrain plan: top {len(rows)} rows (numbered as in the table)")
+        err.print(f"wrote {write_png(fig, plot_path)}", highlight=False)
     validated = []
     if run_validate:
-        from memtrain.memory.plan_validate import render_validation, validate_rows
+        from memtrain.memory.plan_validate import render_validation_row, validate_rows
 
-        validated = validate_rows(result.rows[:top], steps)
+        out = err if as_json else console
+        out.print(f"validating the top {min(top, len(result.rows))} row(s) here, {steps} step(s) each:")
+        for i, entry in enumerate(validate_rows(result.rows[:top], steps), 1):
+            validated.append(entry)
+            out.print(render_validation_row(i, entry))
     if as_json:
-        out = {"hardware": result.hardware, "global_batch": result.global_batch, "considered": result.considered,
-               "invalid": result.invalid, "rows": [r.as_dict() for r in result.rows[:top]]}
+        data = {"hardware": result.hardware, "global_batch": result.global_batch, "considered": result.considered,
+                "invalid": result.invalid, "pruned": result.pruned, "rows": [r.as_dict() for r in result.rows[:top]]}
         if run_validate:
-            out["validation"] = validated
-        print(json.dumps(out, indent=2, default=str))
-        return 0
-    console = Console()
-    console.print(render_plan(result, top))
-    if run_validate:
-        console.print(render_validation(validated))
+            data["validation"] = validated
+        print(json.dumps(data, indent=2, default=str))
     return 0
+
+
+def _plan_with_progress(err: Console, args: list[str], global_batch: int | None, top: int):
+    """plan(), with a progress bar on stderr (a terminal only) while the space is walked."""
+    from memtrain.memory.planner import plan
+
+    if not err.is_terminal:
+        return plan(args, global_batch=global_batch, verify_top=top)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("planning"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("{task.fields[considered]} candidates"), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("plan", total=1.0, considered=0)
+        return plan(args, global_batch=global_batch, verify_top=top,
+                    progress=lambda done, n: bar.update(task, completed=done, considered=n))

@@ -38,22 +38,25 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.errors import ConfigError, enum_names, from_hydra
-from memtrain.config.loader import CONF_DIR, load_config, register_all, resolve_all
-from memtrain.config.validate import OFFLOAD_SUPPORT, validate_hardware, check_values, validate
+from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all, resolve_all
+from memtrain.config.validate import OFFLOAD_SUPPORT, check_values, validate, validate_hardware
 from memtrain.distributed.mesh import ParallelDims
-from memtrain.memory.cost_model import GiB, StepCost, step_cost
+from memtrain.memory.cfgview import ConfigView
+from memtrain.memory.cost_model import STEPS_RELATIVE, GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
 from memtrain.models import get_spec
 
+PLANNED_GROUPS = ("parallel", "precision", "optimizer", "offload", "checkpoint")  # the axes that swap groups
 GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher", "hardware")
 
 
@@ -268,7 +271,8 @@ class PlanRow:
 
     def as_dict(self) -> dict:
         return {"overrides": self.overrides, "command": "memtrain train " + " ".join(self.overrides),
-                "choices": self.choices, "step_s": self.cost.total_s, "cost": self.cost.as_dict(),
+                "choices": self.choices, "step_s": self.cost.total_s, "progress_s": self.cost.progress_s,
+                "steps_relative": self.cost.steps_relative, "cost": self.cost.as_dict(),
                 "peak_bytes": self.estimate.total, "host_bytes": self.estimate.host, "estimate": self.estimate.as_dict()}
 
 
@@ -279,6 +283,8 @@ class Plan:
     rows: list[PlanRow]  # fitting, ranked
     considered: int = 0
     invalid: int = 0
+    pruned: int = 0  # larger micro-batches of a candidate that already did not fit, not estimated
+    mismatched: int = 0  # verified rows whose estimate from the Hydra-composed config differed (a bug)
     too_big: list[PlanRow] = field(default_factory=list)
 
     @property
@@ -297,49 +303,143 @@ def _pinned(base: list[str]) -> set[str]:
 
 
 class _Composer:
-    """Hydra compositions, each done once: the base config, and each group option over it."""
+    """The recipe's config composed once by Hydra, as a ConfigView; each group option composed once.
+
+    A group option is the option's YAML over its schema, with the recipe's and the command line's
+    keys for that group applied after it, as Hydra composes it (conf/<group>/<option>.yaml list
+    the schema and _self_ in their defaults). The fast path is checked against Hydra on the base
+    config's own choice of every group: a group whose choice it does not reproduce exactly, and an
+    option file with other defaults, are composed by Hydra instead."""
 
     def __init__(self, base: list[str]):
         self.base = base
-        self._groups: dict[tuple[str, str], DictConfig | None] = {}
+        self._groups: dict[tuple[str, str], dict | None] = {}
+        self._typed: dict[tuple[str, Any], Any] = {}
         register_all()
         self._ctx = initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
         self._ctx.__enter__()
-        self.base_cfg = self._compose([])
-
-    def _compose(self, extra: list[str]) -> DictConfig:
+        cfg = self._compose([], hydra_config=True)
+        choices = dict(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        self.base_cfg = cfg
         try:
-            return compose(config_name="train", overrides=[*self.base, *extra])
+            self.view = ConfigView.of(cfg)
+        except OmegaConfBaseException as exc:  # an interpolation that does not resolve
+            raise from_hydra(exc) from exc
+        self._group_updates = self._updates_by_group(choices.get("recipe"))
+        self._hydra_only = set()
+        for group in PLANNED_GROUPS:
+            option = choices.get(group)
+            if option is None or self._fast_group(group, option) != self.view.to_dict()[group]:
+                self._hydra_only.add(group)
+
+    def _compose(self, extra: list[str], hydra_config: bool = False) -> DictConfig:
+        try:
+            return compose(config_name="train", overrides=[*self.base, *extra], return_hydra_config=hydra_config)
         except (HydraException, OmegaConfBaseException) as exc:
             raise from_hydra(exc) from exc
 
-    def group(self, group: str, option: str) -> DictConfig | None:
+    def _updates_by_group(self, recipe: str | None) -> dict[str, list[tuple[str, str, Any]]]:
+        """Per planned group, the (kind, key, value) updates the recipe's body and the command line
+        make to it, in Hydra's order (the recipe merged, then the overrides)."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        out: dict[str, list[tuple[str, str, Any]]] = {g: [] for g in PLANNED_GROUPS}
+        if recipe is not None:
+            body = OmegaConf.load(RECIPES_DIR / f"{recipe}.yaml")
+            for group in PLANNED_GROUPS:
+                if group in body:
+                    out[group].append(("merge", "", body[group]))
+        for o in OverridesParser.create().parse_overrides(self.base):
+            group, _, key = o.key_or_group.partition(".")
+            if group in out and key:
+                kind = "delete" if o.is_delete() else "add" if o.is_add() or o.is_force_add() else "set"
+                out[group].append((kind, key, None if o.is_delete() else o.value()))
+        return out
+
+    def _fast_group(self, group: str, option: str) -> dict | None:
+        path = CONF_DIR / group / f"{option}.yaml"
+        if not path.is_file():
+            return None
+        raw = OmegaConf.load(path)
+        defaults = [str(d) for d in raw.pop("defaults", ["_self_"])]
+        schemas = [d for d in defaults if d != "_self_"]
+        if defaults[-1:] != ["_self_"] or len(schemas) > 1 or any(
+                not (d.startswith(f"/schema/{group}/") and d.endswith("@_here_")) for d in schemas):
+            return _HYDRA
+        node = raw
+        if schemas:
+            schema = ConfigStore.instance().load(schemas[0][1:].removesuffix("@_here_") + ".yaml").node
+            node = OmegaConf.merge(schema, raw)
+        try:
+            for kind, key, value in self._group_updates[group]:
+                if kind == "merge":
+                    node = OmegaConf.merge(node, value)
+                elif kind == "delete":
+                    with open_dict(node):
+                        node.pop(key)
+                elif kind == "add":
+                    with open_dict(node):
+                        OmegaConf.update(node, key, value, merge=True, force_add=True)
+                else:
+                    OmegaConf.update(node, key, value, merge=True)
+        except (OmegaConfBaseException, KeyError, ValueError):
+            return None  # e.g. a recipe key this option's schema lacks: Hydra refuses it too
+        return OmegaConf.to_container(node, resolve=True)
+
+    def group(self, group: str, option: str) -> dict | None:
+        """The group's node (a plain container) with `option` chosen; None where it cannot compose."""
         if (group, option) not in self._groups:
-            try:
-                self._groups[group, option] = self._compose([f"{group}={option}"])[group]
-            except ConfigError:
-                self._groups[group, option] = None  # e.g. a recipe key this option's schema lacks
+            node = None if group in self._hydra_only else self._fast_group(group, option)
+            if group in self._hydra_only or node is _HYDRA:
+                try:
+                    node = OmegaConf.to_container(self._compose([f"{group}={option}"])[group], resolve=True)
+                except ConfigError:
+                    node = None  # e.g. a recipe key this option's schema lacks
+            self._groups[group, option] = node
         return self._groups[group, option]
+
+    def typed(self, key: str, value: Any) -> Any:
+        """`value` as the schema types `key` in the base config (an enum member for an enum key);
+        _INVALID where the schema refuses it."""
+        if (key, value) not in self._typed:
+            parent_key, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(self.base_cfg, parent_key) if parent_key else self.base_cfg
+            if not isinstance(parent, DictConfig) or leaf not in parent:
+                typed = value
+            else:
+                probe = parent.copy()
+                try:
+                    probe[leaf] = value
+                    typed = OmegaConf.to_container(probe, resolve=True)[leaf]
+                except (OmegaConfBaseException, ValueError):
+                    typed = _INVALID
+            self._typed[key, value] = typed
+        return self._typed[key, value]
 
     def close(self) -> None:
         self._ctx.__exit__(None, None, None)
 
 
-def _apply(composer: _Composer, cfg: DictConfig, option: Option) -> DictConfig | None:
-    out = cfg.copy()
+_HYDRA = object()  # _fast_group: this option file needs Hydra's composition
+_INVALID = object()  # _Composer.typed: the schema refuses the value
+
+
+def _apply(composer: _Composer, cfg: ConfigView, option: Option) -> ConfigView | None:
+    updates: dict[str, Any] = {}
     for key, value in option.overrides:
         if key in GROUPS:
             node = composer.group(key, str(value))
-            if node is None:
-                return None
-            with open_dict(out):
-                out[key] = node.copy()
         else:
-            try:
-                OmegaConf.update(out, key, value, merge=True)
-            except OmegaConfBaseException:
-                return None
-    return out
+            node = composer.typed(key, value)
+        if node is None and key in GROUPS or node is _INVALID:
+            return None
+        updates[key] = node
+    try:
+        return cfg.replace(updates)
+    except KeyError:
+        return None
 
 
 def _launcher(ctx: PlanContext) -> list[Option]:
@@ -351,13 +451,12 @@ def _launcher(ctx: PlanContext) -> list[Option]:
     return [Option("launcher", tuple(pairs))]
 
 
-def _validated(cfg: DictConfig, ctx: PlanContext) -> bool:
+def _validated(cfg, ctx: PlanContext, cpu=None) -> bool:
     """The project's validator on the candidate. Checks about the machine the plan is made on
     (visible CUDA devices) are left out: the plan is for the target hardware."""
     probe = cfg
-    if torch.cuda.device_count() < ctx.gpus_per_node:
-        probe = cfg.copy()
-        probe.trainer.device = "cpu"
+    if cpu is not None and torch.cuda.device_count() < ctx.gpus_per_node:
+        probe = cfg.replace({"trainer.device": cpu})
     try:
         validate(probe)
     except ConfigError:
@@ -386,9 +485,23 @@ def check_plan_inputs(base_cfg: DictConfig, global_batch: int | None) -> None:
                           f"(at most {MAX_GLOBAL_BATCH})")
 
 
-def plan(base: list[str], global_batch: int | None = None, verify_top: int | None = None) -> Plan:
+# stop a candidate's micro-batch loop at the first micro-batch that does not fit (exact: the
+# estimate never falls as the micro-batch grows; tests/unit/test_plan_candidates.py checks a plan
+# with and without it)
+PRUNE_MICRO_BATCHES = True
+Progress = Callable[[float, int], None]  # (fraction of the space walked, candidates considered)
+
+
+def plan(base: list[str], global_batch: int | None = None, verify_top: int | None = None,
+         progress: Progress | None = None) -> Plan:
     """Enumerate, validate, estimate and rank; `verify_top` rows (all when None) are composed
-    again from their override strings with load_config, and any that fails is dropped."""
+    again from their override strings with load_config, estimated from that config, and any that
+    fails is dropped.
+
+    The micro-batch axis runs last, from the smallest micro-batch up: the estimator's device and
+    host bytes never fall as the micro-batch grows (activations scale with it, model states do not
+    depend on it), so the first micro-batch that does not fit ends that candidate's loop
+    (`Plan.pruned` counts the larger ones left out)."""
     composer = _Composer(base)
     try:
         base_cfg = composer.base_cfg
@@ -399,48 +512,122 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
         pinned = _pinned(base)
         axes = [a for a in AXES if a.key not in pinned]
         user = [o for o in base if not o.split("=", 1)[0].lstrip("+").startswith("hardware")]
+        launcher = _launcher(ctx)
         result = Plan(hardware=OmegaConf.to_container(hw), global_batch=gb, rows=[])
-        start = base_cfg
-        for opt in _launcher(ctx):
+        start = composer.view
+        for opt in launcher:
             start = _apply(composer, start, opt)
+        cpu = composer.typed("trainer.device", "cpu")
         usable_dev = hw.gpu_mem_gb * GiB * hw.mem_usable
         usable_host = hw.host_mem_gb * GiB * hw.mem_usable
+        launch_strings = [s for o in launcher for s in o.strings()]
 
-        def walk(i: int, cfg: DictConfig, chosen: list[Option]) -> Iterable[tuple[DictConfig, list[Option]]]:
+        position: list[tuple[int, int]] = []  # (option index, options) per axis level walked
+
+        def evaluate(cfg: ConfigView, chosen: list[tuple[Axis, Option]]) -> bool:
+            """Validate, estimate and file one candidate; False when it does not fit."""
+            result.considered += 1
+            if progress is not None and result.considered % 50 == 0:
+                done, scale = 0.0, 1.0
+                for k, n in position:
+                    scale /= n
+                    done += k * scale
+                progress(done, result.considered)
+            if not _validated(cfg, ctx, cpu):
+                result.invalid += 1
+                return True
+            try:
+                est = estimate(cfg)
+            except ConfigError:
+                result.invalid += 1
+                return True
+            overrides = [*user, *launch_strings, *(s for _, o in chosen for s in o.strings())]
+            row = PlanRow(overrides, {a.name: o.label for a, o in chosen}, est, step_cost(cfg, est), cfg.data.seq_len)
+            fits = est.total <= usable_dev and est.host * min(ctx.world, hw.gpus) <= usable_host
+            (result.rows if fits else result.too_big).append(row)
+            return fits
+
+        def walk(i: int, cfg: ConfigView, chosen: list[tuple[Axis, Option]]) -> None:
             if i == len(axes):
-                yield cfg, chosen
+                evaluate(cfg, chosen)
                 return
             axis = axes[i]
             if not axis.applies(ctx, cfg):
-                yield from walk(i + 1, cfg, chosen)
+                walk(i + 1, cfg, chosen)
                 return
             try:
                 options = axis.options(ctx, cfg)
             except ConfigError:
                 return
-            for opt in options:
+            last = i == len(axes) - 1 and axis.name == "micro_batch"
+            level = len(position)
+            position.append((0, len(options)))
+            for k, opt in enumerate(options):
+                position[level] = (k, len(options))
                 nxt = _apply(composer, cfg, opt)
-                if nxt is not None:
-                    yield from walk(i + 1, nxt, [*chosen, opt])
+                if nxt is None:
+                    continue
+                if not last:
+                    walk(i + 1, nxt, [*chosen, (axis, opt)])
+                elif not evaluate(nxt, [*chosen, (axis, opt)]) and PRUNE_MICRO_BATCHES:
+                    result.pruned += len(options) - k - 1  # larger micro-batches need more memory
+                    break
+            position.pop()
 
-        for cfg, chosen in walk(0, start, []):
-            result.considered += 1
-            if not _validated(cfg, ctx):
-                result.invalid += 1
-                continue
-            try:
-                est = estimate(cfg)
-            except ConfigError:
-                result.invalid += 1
-                continue
-            overrides = [*user, *(s for o in _launcher(ctx) for s in o.strings()), *(s for o in chosen for s in o.strings())]
-            row = PlanRow(overrides, {a.name: o.label for a, o in zip(axes, chosen)}, est, step_cost(cfg, est),
-                          cfg.data.seq_len)
-            fits = est.total <= usable_dev and est.host * min(ctx.world, hw.gpus) <= usable_host
-            (result.rows if fits else result.too_big).append(row)
-        result.rows.sort(key=lambda r: (r.cost.total_s, r.peak_bytes))
+        walk(0, start, [])
+        if progress is not None:
+            progress(1.0, result.considered)
+        result.rows = rank(result.rows)
+        result.rows = _verified(composer, result, verify_top, ctx)
     finally:
         composer.close()
+    return result
+
+
+# Rows whose predicted time per unit of progress is within NEAR_TIE of the fastest remaining row
+# are ranked by simplicity: the cost model is one mfu for every shape and counts no optimizer
+# arithmetic, so differences this small are below what it can resolve, and a simpler configuration
+# (fewer moving parts to debug, no loss scaling, no offload) is the better advice.
+NEAR_TIE = 0.03
+SIMPLICITY = {  # per axis, option labels from simplest; anything unlisted comes after
+    "parallel": ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"),
+    "offload": ("none", "activations_cpu", "optimizer_cpu", "params_cpu", "nvme"),
+    "optimizer": ("adamw", "adamw_bf16", "lion", "adafactor", "came", "sm3", "adam_mini", "adamw_8bit", "mezo"),
+    "precision": ("bf16", "fp32", "fp16", "fp8"),
+    "checkpoint": ("none", "selective", "full"),
+    "chunk": ("null",),
+}
+
+
+def simplicity(row: PlanRow) -> tuple:
+    key = []
+    for axis, order in SIMPLICITY.items():
+        label = row.choices.get(axis)
+        key.append(order.index(label) if label in order else len(order))
+    return tuple(key)
+
+
+def rank(rows: list[PlanRow]) -> list[PlanRow]:
+    """Rows by predicted time per unit of training progress (StepCost.progress_s); within each run
+    of near-ties (within NEAR_TIE of the run's fastest row) the simplest first (SIMPLICITY, axis
+    by axis), then the faster, then the smaller."""
+    rows = sorted(rows, key=lambda r: (r.cost.progress_s, r.peak_bytes))
+    out, i = [], 0
+    while i < len(rows):
+        bound = rows[i].cost.progress_s * (1 + NEAR_TIE)
+        j = i
+        while j < len(rows) and rows[j].cost.progress_s <= bound:
+            j += 1
+        out += sorted(rows[i:j], key=lambda r: (simplicity(r), r.cost.progress_s, r.peak_bytes))
+        i = j
+    return out
+
+
+def _verified(composer: _Composer, result: Plan, verify_top: int | None, ctx: PlanContext) -> list[PlanRow]:
+    """The first `verify_top` rows (all when None) composed by Hydra from their override strings
+    and validated, as `memtrain train <overrides>` does, and estimated from that config; a row
+    that fails is dropped (counted as refused by validation)."""
+    on_cpu = [] if torch.cuda.device_count() >= ctx.gpus_per_node else ["trainer.device=cpu"]
     checked, kept = 0, []
     for row in result.rows:
         if verify_top is not None and checked >= verify_top:
@@ -448,15 +635,17 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
             continue
         checked += 1
         try:
-            cfg = load_config(row.overrides) if torch.cuda.device_count() >= ctx.gpus_per_node else \
-                load_config([*row.overrides, "trainer.device=cpu"])
-        except ConfigError:
+            cfg = compose(config_name="train", overrides=[*row.overrides, *on_cpu])
+            validate(cfg)
+        except (HydraException, OmegaConfBaseException, ConfigError):
             result.invalid += 1
             continue
+        composed = estimate(cfg)  # from the config the row composes to, as `memtrain estimate` gives it
+        if composed != row.estimate:
+            result.mismatched += 1
+        row.estimate, row.cost = composed, step_cost(cfg, composed)
         kept.append(row)
-        del cfg
-    result.rows = kept
-    return result
+    return kept
 
 
 def no_fit_message(p: Plan) -> str:
@@ -473,24 +662,38 @@ def no_fit_message(p: Plan) -> str:
 
 
 def render_plan(p: Plan, top: int):
+    """The ranked rows for a terminal of any width (80 columns included): a table of the numbers,
+    then each row's full `memtrain train` command on lines of its own (wrapped, never cut)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     hw = p.hardware
     title = (f"memtrain plan: {hw['name']} x {hw['gpus']} GPU(s) x {hw['nodes']} node(s), {hw['gpu_mem_gb']} GiB "
              f"per GPU, {hw['host_mem_gb']} GiB host per node; global batch {p.global_batch}; "
-             f"{len(p.rows)} of {p.considered} candidates fit ({p.invalid} refused by validation)\n"
-             f"step time from the cost model at mfu={hw['mfu']} (docs/planner.md); run a row with memtrain train <overrides>")
-    table = Table(title=title, title_justify="left")
-    for col in ("#", "overrides", "step s", "x best", "GiB/device", "host GiB/rank", "compute", "recompute", "comm",
-                "offload"):
-        table.add_column(col, justify="left" if col == "overrides" else "right")
-    best = p.rows[0].cost.total_s if p.rows else 1.0
-    for i, r in enumerate(p.rows[:top], 1):
+             f"{len(p.rows)} of {p.considered} candidates fit ({p.invalid} refused by validation"
+             + (f", {p.pruned} larger micro-batches of candidates that did not fit skipped" if p.pruned else "") + ")")
+    table = Table(title=title, title_justify="left", box=None, padding=(0, 1), pad_edge=False,
+                  header_style="bold underline")
+    for col in ("#", "s/step", "steps", "x best", "GiB dev", "GiB host", "compute", "recomp", "comm", "offload"):
+        table.add_column(col, justify="right", no_wrap=True)
+    rows = p.rows[:top]
+    best = rows[0].cost.progress_s if rows else 1.0
+    for i, r in enumerate(rows, 1):
         c = r.cost
-        table.add_row(str(i), " ".join(r.overrides), f"{c.total_s:.3f}", f"{c.total_s / best:.2f}",
-                      f"{r.peak_bytes / GiB:.2f}", f"{r.estimate.host / GiB:.2f}", f"{c.compute_s:.3f}",
-                      f"{c.recompute_s:.3f}", f"{c.dp_comm_s + c.axial_comm_s:.3f}", f"{c.offload_s:.3f}")
-    return table
+        table.add_row(str(i), f"{c.total_s:.3g}", f"{c.steps_relative:g}", f"{c.progress_s / best:.3f}",
+                      f"{r.peak_bytes / GiB:.2f}", f"{r.estimate.host / GiB:.2f}", f"{c.compute_s:.3g}",
+                      f"{c.recompute_s:.3g}", f"{c.dp_comm_s + c.axial_comm_s:.3g}", f"{c.offload_s:.3g}")
+    notes = Text(
+        f"Ranked by s/step x steps (steps: optimizer steps for one first-order step's progress; MeZO "
+        f"{STEPS_RELATIVE['MeZO']:g}, Malladi et al. 2023); rows within {NEAR_TIE:.0%} of each other go simplest "
+        f"first. Times from the cost model at mfu={hw['mfu']} (docs/planner.md), per step, in seconds.")
+    commands = Table.grid(padding=(0, 1))
+    commands.add_column(justify="right", no_wrap=True)
+    commands.add_column(overflow="fold")
+    for i, r in enumerate(rows, 1):
+        commands.add_row(str(i), "memtrain train " + " ".join(r.overrides))
+    return Group(table, notes, Text("Commands (copy a row's to run it):"), commands)
 
 
 def cpu_count() -> int:

@@ -71,6 +71,9 @@ class ModelSpec:
     # each counted from its own first block (AlphaFold's extra-MSA and template pair stacks); their
     # saved bytes come from activation_bytes' "stacks"
     block_stacks: Callable[[nn.Module], list[nn.ModuleList]] | None = None
+    # config -> (one block, outside the blocks, one block's attention core) forward FLOPs per
+    # micro-batch, for the cost model; None: flops_per_token (decoders) or AlphaFold's count
+    forward_flops: Callable[[DictConfig], tuple[float, float, float]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

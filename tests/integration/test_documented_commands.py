@@ -113,10 +113,15 @@ QAT_TRAIN = "memtrain train precision.qat=int8 trainer.max_steps=100 trainer.sav
 EVOFORMER_MEMORY_PARTS = ("python scripts/bench/evoformer_memory.py --sizes 64x128 --precisions float32 --backends naive "
                           "--dropout off --no-options --repeats 10 --threads 1 --markdown")
 EVOFORMER_MEMORY_OPTIONS = "python scripts/bench/evoformer_memory.py --sizes 64x128 --repeats 0 --parts --markdown"
-PLANNER = How(budget=3600, slow=True, reason="planner (issue 17): minutes today; tighten the budget and drop slow "
-                                              "once `memtrain plan` answers in seconds")
+PLANNER = How(budget=180, reason="planner: 7-31 s each on the shared 2-core machine (docs/planner.md)")
+# --validate trains each of the top rows here: a small decoder, one step, one GPU's worth of rows
+VALIDATE = How(set=("model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=32",
+                    "hardware.gpus=1"), replace=(("3", "1"),), slow=True, budget=900,
+               reason="trains every top row: a 2-layer decoder, 1 step each")
 
 SHRINK: dict[str, How] = {
+    "memtrain plan +recipe=protein_lm --validate --steps 3": VALIDATE,
+    "memtrain plan +recipe=protein_lm precision=bf16 hardware.gpus=1 --validate --steps 3": VALIDATE,
     "memtrain train": How(set=TWO_STEPS, full_slow=True, reason="40 steps: 1-3 minutes on 2 cores"),
     "memtrain train +recipe=protein_lm": How(set=(*TWO_STEPS, "trainer.micro_batch_size=2", "data.seq_len=64"),
                                             reason="2000 steps of 33M parameters"),

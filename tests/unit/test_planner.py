@@ -3,6 +3,7 @@ the top row trains, and the estimator moves the right way with each technique.""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -10,8 +11,14 @@ import pytest
 from memtrain.config.loader import load_config
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.memory import planner
-from memtrain.memory.cost_model import bubble_fraction, spans_nodes, step_cost
-from memtrain.memory.estimator import estimate
+from memtrain.memory.cost_model import (
+    STEPS_RELATIVE,
+    StepCost,
+    bubble_fraction,
+    spans_nodes,
+    step_cost,
+)
+from memtrain.memory.estimator import MemoryEstimate, estimate
 from memtrain.memory.planner import no_fit_message, plan
 from tests.conftest import TINY, run_cli
 
@@ -67,10 +74,11 @@ def test_candidates_the_validator_refuses_are_dropped():
 
 @pytest.mark.slow
 def test_rows_are_ranked_by_the_cost_model(tiny_plan, af_plan, gpt8_plan):
+    # by time per unit of progress, up to near-ties: no row is more than NEAR_TIE slower than a later one
     for p in (tiny_plan, af_plan, gpt8_plan):
-        keys = [(r.cost.total_s, r.peak_bytes) for r in p.rows]
-        assert keys == sorted(keys)
-        assert len({r.cost.total_s for r in p.rows}) > 1
+        t = [r.cost.progress_s for r in p.rows]
+        assert all(t[i] <= t[j] * (1 + planner.NEAR_TIE) for i in range(len(t)) for j in range(i + 1, len(t)))
+        assert len(set(t)) > 1
 
 
 @pytest.mark.slow
@@ -180,8 +188,10 @@ def test_hardware_too_small_gives_a_clear_message():
 def test_cli_table_and_json(capsys):
     proc = run_cli("plan", *TINY_PLAN, "checkpoint=full", "--top", "2")  # as a user runs it
     assert proc.returncode == 0, proc.stderr
-    assert "memtrain plan" in proc.stdout and "GiB/device" in proc.stdout
-    from memtrain.cli import plan_command  # the same entry point, in this interpreter (faster)
+    assert "memtrain plan" in proc.stdout and "GiB dev" in proc.stdout and "memtrain train " in proc.stdout
+    from memtrain.cli import (
+        plan_command,  # the same entry point, in this interpreter (faster)
+    )
 
     assert plan_command([*TINY_PLAN, "checkpoint=full", "--json", "--top", "2"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -231,3 +241,102 @@ def test_dap_lowers_evoformer_activations():
     single = est(base=af)
     dap = est("parallel=dap", "parallel.dap=2", "launcher.nproc_per_node=2", base=af)
     assert sum(dap.activations_per_block) < sum(single.activations_per_block)
+
+
+# -- ranking: time to a trained model, near-ties, exposed communication (issue: planner ranking) --
+
+def _row(choices: dict, step_s: float, peak: int = 1, steps_relative: float = 1.0) -> planner.PlanRow:
+    est = MemoryEstimate(params=0, grads=0, optimizer=0, activations=0, total=peak, n_params=1)
+    cost = StepCost(step_s, 0.0, 0.0, 0.0, 0.0, 0.0, steps_relative)
+    return planner.PlanRow([f"{k}={v}" for k, v in choices.items()], choices, est, cost)
+
+
+def test_mezo_is_ranked_by_the_steps_it_needs():
+    cfg = load_config([*TINY, "precision=fp32", "optimizer=mezo"])
+    cost = step_cost(cfg, estimate(cfg))
+    assert cost.steps_relative == STEPS_RELATIVE["MeZO"] and cost.progress_s == pytest.approx(100 * cost.total_s)
+    adamw = load_config([*TINY, "precision=fp32", "optimizer=adamw"])
+    assert step_cost(adamw, estimate(adamw)).steps_relative == 1
+    # a MeZO row three times faster per step still ranks after AdamW
+    rows = planner.rank([_row({"optimizer": "mezo"}, 1.0, steps_relative=100), _row({"optimizer": "adamw"}, 3.0)])
+    assert [r.choices["optimizer"] for r in rows] == ["adamw", "mezo"]
+
+
+def test_near_ties_go_to_the_simplest_configuration():
+    rows = planner.rank([
+        _row({"parallel": "zero3", "optimizer": "adamw_8bit"}, 1.00, peak=1),
+        _row({"parallel": "fsdp", "optimizer": "adamw"}, 1.02, peak=3),
+        _row({"parallel": "ddp", "optimizer": "adamw"}, 1.025, peak=9),
+        _row({"parallel": "ddp", "optimizer": "lion"}, 1.01, peak=5),
+        _row({"parallel": "single", "optimizer": "adamw"}, 1.2, peak=9),  # not a near-tie: 20% slower
+    ])
+    assert [(r.choices["parallel"], r.choices["optimizer"]) for r in rows] == [
+        ("ddp", "adamw"), ("ddp", "lion"), ("fsdp", "adamw"), ("zero3", "adamw_8bit"), ("single", "adamw")]
+
+
+def test_zero_gradient_reduction_is_exposed_as_deepspeed_is_configured():
+    # memtrain's DeepSpeed config sets overlap_comm=false: ZeRO-2's reduce-scatter and its
+    # all-gather after the step are both exposed; DDP's all-reduce hides behind the backward
+    from memtrain.distributed.zero import deepspeed_config
+
+    base = [*TINY, "launcher.nproc_per_node=8", "trainer.device=cpu", "precision=bf16", "model.dim=512",
+            "hardware.intra_node_gbps=1"]
+    zero2 = load_config([*base, "parallel=zero2"])
+    assert deepspeed_config(zero2, ParallelDims.from_config(zero2.parallel, 8), "cuda")["zero_optimization"][
+        "overlap_comm"] is False
+    e = estimate(zero2)
+    total = sum(e.comm_bytes["dp_shard"].values()) / 1e9
+    assert step_cost(zero2, e).dp_comm_s == pytest.approx(total)
+    zero3 = load_config([*base, "parallel=zero3"])
+    e3, c3 = estimate(zero3), None
+    c3 = step_cost(zero3, e3)
+    hidden = c3.compute_s + c3.recompute_s
+    gathers = e3.comm_bytes["dp_shard"]["all_gather_params"] / 1e9
+    assert c3.dp_comm_s == pytest.approx(e3.comm_bytes["dp_shard"]["reduce_scatter_grads"] / 1e9
+                                         + max(0.0, gathers - hidden))
+    ddp = load_config([*base, "parallel=ddp"])
+    ed = estimate(ddp)
+    cd = step_cost(ddp, ed)
+    assert cd.dp_comm_s == pytest.approx(max(0.0, sum(ed.comm_bytes["dp_replicate"].values()) / 1e9 - 2 / 3 * cd.compute_s))
+
+
+def test_choices_name_the_axes_that_applied():
+    # the decoder has no chunk axis: the micro-batch split is labelled micro_batch, not chunk
+    free = [o for o in TINY if not o.startswith("trainer.micro_batch_size")]
+    p = plan([*free, "precision=fp32", "optimizer=adamw", "checkpoint=none", "hardware.gpus=1"], verify_top=0)
+    assert p.rows
+    for row in p.rows:
+        assert "chunk" not in row.choices and "attention" not in row.choices
+        mb, accum = row.choices["micro_batch"].split("x")
+        assert f"trainer.micro_batch_size={mb}" in row.overrides and f"trainer.grad_accum={accum}" in row.overrides
+
+
+def test_the_table_fits_80_columns_and_prints_every_command_whole():
+    from rich.console import Console
+
+    p = plan(AF_PLAN, verify_top=0)
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(planner.render_plan(p, 5))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = " ".join(line.strip() for line in lines)
+    for row in p.rows[:5]:
+        assert "memtrain train " + " ".join(row.overrides) in text
+
+
+def test_validate_shrinks_rows_to_this_machine_and_says_what_it_skips(monkeypatch):
+    from memtrain.memory import plan_validate
+
+    row = [*TINY, "launcher.nproc_per_node=8", "parallel=fsdp", "parallel.tp=4", "parallel.dp_shard=-1"]
+    shrunk, note = plan_validate.shrink(row, 2)
+    assert "launcher.nproc_per_node=2" in shrunk and "parallel.tp=2" in shrunk and "8 to 2" in note
+    assert plan_validate.shrink(row, 8) == (row, None)
+    pp = [*TINY, "launcher.nproc_per_node=8", "parallel=pp", "parallel.pp=4", "parallel.pp_stages_per_rank=2",
+          "parallel.pp_microbatches=8"]
+    assert "parallel.pp_microbatches=4" in plan_validate.shrink(pp, 2)[0]
+    # a row whose estimate exceeds this machine's memory is skipped with the reason, without a run
+    monkeypatch.setattr(plan_validate, "available_bytes", lambda: 1024)
+    monkeypatch.setattr(plan_validate, "_idle_rss", lambda: 0)
+    p = plan([*TINY_PLAN, "checkpoint=full"], verify_top=1)
+    (entry,) = list(plan_validate.validate_rows(p.rows[:1], steps=1))
+    assert entry["measured_peak_bytes"] is None and "GiB available" in entry["skipped"]

@@ -12,6 +12,7 @@ from torch import nn
 from memtrain.config.errors import enum_names, require
 from memtrain.data.era5 import build_era5_data
 from memtrain.models.spec import ModelSpec, register_spec
+from memtrain.models.weather import flops
 from memtrain.models.weather.fuxi import FuXi
 from memtrain.models.weather.loss import rmse_per_variable, weather_loss
 from memtrain.models.weather.pangu import Pangu, padded, token_grid
@@ -141,8 +142,9 @@ def blocks(model: nn.Module) -> nn.ModuleList:
     return model.blocks
 
 
-for _arch, _build, _act, _validate in (("pangu", build_pangu, _pangu_activation_bytes, validate_pangu),
-                                      ("fuxi", build_fuxi, _fuxi_activation_bytes, validate_fuxi)):
+for _arch, _build, _act, _validate, _flops in (
+        ("pangu", build_pangu, _pangu_activation_bytes, validate_pangu, flops.pangu_forward_flops),
+        ("fuxi", build_fuxi, _fuxi_activation_bytes, validate_fuxi, flops.fuxi_forward_flops)):
     register_spec(ModelSpec(
         arch=_arch,
         build_model=_build,
@@ -152,6 +154,7 @@ for _arch, _build, _act, _validate in (("pangu", build_pangu, _pangu_activation_
         blocks=blocks,
         attention_core="attention",
         flops_per_token=lambda mcfg, seq_len: None,
+        forward_flops=_flops,
         activation_bytes=_act,
         num_blocks=(lambda mcfg: sum(mcfg.depths)) if _arch == "pangu" else (lambda mcfg: mcfg.depth),
         validate=_validate,

@@ -1,0 +1,80 @@
+"""`memtrain estimate --from-run PATH [overrides]`: the memory a checkpointed run needs, or would
+need with some keys changed ("this run with parallel=fsdp instead").
+
+PATH is a run folder (its newest complete checkpoint under checkpoints/), a checkpoints/ folder,
+or one checkpoint folder step_<N>/. The run's resolved config is read from the checkpoint's
+meta.json (memtrain.engine.checkpoint.read_meta: JSON only, nothing executed); each override then
+applies on top of it as on the command line: `group=option` replaces that group with the option
+composed by Hydra, `key=value` sets one key. The result is validated like any config, with
+trainer.resume cleared (the estimate resumes nothing) and trainer.device=auto where the run asked
+for CUDA on a machine without it (an estimate touches no device).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from memtrain.config.errors import ConfigError, from_hydra
+
+GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher",
+          "hardware")
+
+
+def checkpoint_folder(path: str | Path) -> Path:
+    """The checkpoint folder PATH names: itself (it holds meta.json), or the newest complete one
+    under PATH/checkpoints/ or PATH/; ConfigError naming --from-run when there is none."""
+    from memtrain.engine.checkpoint import META_FILE, Checkpointer
+
+    p = Path(path).expanduser()
+    if (p / META_FILE).is_file():
+        return p
+    for folder in (p / "checkpoints", p):
+        if folder.is_dir():
+            latest = Checkpointer(folder).latest()
+            if latest is not None:
+                return latest
+    raise ConfigError("--from-run", f"{path}: no checkpoint found (a run folder with checkpoints/step_<N>/, or a "
+                                    "step_<N>/ folder with meta.json, as memtrain train writes them)")
+
+
+def config_from_run(path: str | Path, overrides: list[str]) -> DictConfig:
+    """The stored config of the checkpoint at `path` with `overrides` applied, validated."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from memtrain.config.loader import compose_config
+    from memtrain.config.validate import validate
+    from memtrain.engine.checkpoint import read_meta
+
+    folder = checkpoint_folder(path)
+    stored = read_meta(folder).get("config")
+    if not isinstance(stored, dict) or not all(g in stored for g in ("model", "parallel", "trainer")):
+        raise ConfigError("--from-run", f"{folder}/meta.json holds no run config (a checkpoint from another tool?)")
+    cfg = OmegaConf.create(stored)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OmegaConfBaseException as exc:
+        raise from_hydra(exc) from exc
+    except Exception as exc:  # Hydra's OverrideParseException: a malformed override
+        raise ConfigError("overrides", f"cannot parse {overrides}: {exc}") from None
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() or key.startswith(("hydra", "recipe")):
+            raise ConfigError(key, "with --from-run, overrides change the run's config: use group=option or "
+                                   "key=value (no recipes, deletions or hydra keys)")
+        if key in GROUPS:  # a group option in place of the run's
+            node = compose_config([f"{key}={o.value()}"])[key]
+            cfg[key] = OmegaConf.create(OmegaConf.to_container(node, resolve=True, enum_to_str=True))
+        else:
+            group = key.split(".", 1)[0]
+            if group not in GROUPS or OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+                raise ConfigError(key, f"the run's config has no key {key!r}")
+            OmegaConf.update(cfg, key, o.value(), merge=True)
+    cfg.trainer.resume = "none"
+    if str(cfg.trainer.device) == "cuda" and not torch.cuda.is_available():
+        cfg.trainer.device = "auto"
+    validate(cfg)
+    return cfg
