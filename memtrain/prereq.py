@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from memtrain.config.errors import enum_names
+from memtrain.errors import UserError
 
 # A run whose forward + backward needs more than this many FLOPs per optimizer step is GPU-sized: a
 # CPU core does some 1e10-1e11 FLOP/s, so one step takes minutes to hours there.
@@ -24,7 +25,7 @@ CPU_FLOPS_PER_STEP_LIMIT = 1e13
 SLURM_PING_TIMEOUT_S = 10
 
 
-class PrerequisiteError(Exception):
+class PrerequisiteError(UserError):
     """Something the run needs is missing on this machine; the message says how to get it."""
 
 

@@ -74,12 +74,14 @@ def validate_rows(rows, steps: int):
     """Run each row here for `steps` steps, yielding one result per row as it finishes. A row that
     needs more processes than this machine has devices (CUDA devices, or CPU cores on a CPU) is
     shrunk to that many (`shrink`) and compared with the estimate of the shrunk configuration; a
-    row that cannot be shrunk, or whose estimated memory (device + host, all processes) exceeds 80%
+    row that cannot be shrunk, that `memtrain train` would refuse here (memtrain.prereq: e.g. a
+    GPU-sized row on a CPU), or whose estimated memory (device + host, all processes) exceeds 80%
     of this machine's available memory, is skipped with the reason."""
     from memtrain.config.errors import ConfigError
     from memtrain.config.loader import load_config
     from memtrain.memory.cost_model import step_cost
     from memtrain.memory.estimator import estimate
+    from memtrain.prereq import PrerequisiteError, check_runs_here
 
     cuda = torch.cuda.is_available()
     idle = 0 if cuda else _idle_rss()
@@ -96,6 +98,12 @@ def validate_rows(rows, steps: int):
             cfg = load_config(run)
         except ConfigError as exc:
             entry["skipped"] = f"cannot run on {slots} process(es) here: {exc}"
+            yield entry
+            continue
+        try:  # what `memtrain train` would refuse here (a GPU-sized row on a CPU, NVMe without libaio, ...)
+            check_runs_here(cfg if cuda else load_config(overrides))
+        except PrerequisiteError as exc:
+            entry["skipped"] = f"not run here: {exc}"
             yield entry
             continue
         est = estimate(cfg) if note else row.estimate

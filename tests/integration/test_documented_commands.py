@@ -109,6 +109,12 @@ class How:
 TWO_STEPS = ("trainer.max_steps=2",)
 SMALL_DECODER = ("model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "data.seq_len=16",
                  "trainer.micro_batch_size=1", "trainer.log_every=50")
+AF_TRAIN = "memtrain train +recipe=alphafold_tiny trainer.save_every=30 hydra.run.dir=outputs/af"
+# predict reads the checkpoint AF_TRAIN wrote (2 steps here) and the data folder the docs name relative
+# to the checkout (here wherever MEMTRAIN_DATA_DIR or the default puts it)
+PREDICT = How(run_first=AF_TRAIN, slow=True, budget=300, replace=(
+    ("outputs/af/checkpoints/step_00000030", "outputs/af/checkpoints/step_00000002"),),
+    reason="trains alphafold_tiny for 2 steps first, then predicts a whole chain on the CPU")
 QAT_TRAIN = "memtrain train precision.qat=int8 trainer.max_steps=100 trainer.save_every=100 hydra.run.dir=outputs/qat"
 EVOFORMER_MEMORY_PARTS = ("python scripts/bench/evoformer_memory.py --sizes 64x128 --precisions float32 --backends naive "
                           "--dropout off --no-options --repeats 10 --threads 1 --markdown")
@@ -136,6 +142,7 @@ SHRINK: dict[str, How] = {
     QAT_TRAIN: How(set=SMALL_DECODER, budget=180, reason="100 steps: the model shrunk, the steps and saves as written"),
     "memtrain export outputs/qat/checkpoints/step_00000100 quantized/": How(run_first=QAT_TRAIN, budget=240),
     "memtrain export outputs/qat/checkpoints/step_00000100 exported/": How(run_first=QAT_TRAIN, budget=240),
+    AF_TRAIN: How(set=(*TWO_STEPS, "trainer.save_every=2"), slow=True, budget=240, reason="30 steps of AlphaFold"),
     "memtrain train +recipe=alphafold_tiny": How(set=TWO_STEPS, full_slow=True, budget=240,
                                                  reason="about a minute as written"),
     "memtrain train model=gpt_small parallel=fsdp_tp launcher.nproc_per_node=8": How(
@@ -158,6 +165,10 @@ SHRINK: dict[str, How] = {
     "python scripts/bench/optimizers.py --smoke": How(slow=True, budget=300, reason="one process per optimizer"),
     "python scripts/bench/calibrate_estimator.py --smoke": How(slow=True, budget=300),
     "TRITON_INTERPRET=1 python scripts/bench/evoformer_attention.py --smoke": How(slow=True, budget=300),
+    "python scripts/bench/lm_vs_hf.py --device cpu --preset 58m --shape dim=256 n_layers=4 n_heads=4 micro_batch=2 "
+    "seq_len=256 --repeats 2 --steps 3 --warmup 1": How(
+        replace=(("2", "1"), ("3", "1")), slow=True, budget=600,
+        reason="8 fresh processes per repetition: one repetition of one step here"),
     EVOFORMER_MEMORY_PARTS: How(set=("--smoke",), slow=True, budget=300, reason="minutes at 64 x 128 on 2 cores"),
     EVOFORMER_MEMORY_OPTIONS: How(set=("--smoke",), slow=True, budget=300, reason="minutes at 64 x 128 on 2 cores"),
     "python3 scripts/bench/gpu_suite.py --smoke --out /tmp/gpu_suite_smoke": How(
@@ -187,11 +198,19 @@ DOCS = _expanded()
 def _how(doc: Doc) -> How:
     if doc.command.startswith("memtrain plan"):
         return SHRINK.get(doc.command, PLANNER)
+    if doc.command.startswith("memtrain predict"):
+        return SHRINK.get(doc.command, PREDICT)
     return SHRINK.get(doc.command, How())
 
 
+DOC_DATA = "../shared/data/proteins/"  # how the docs name the protein data: the default, next to the checkout
+
+
 def shrunk(command: str, how: How) -> list[str]:
-    args = shlex.split(command)
+    from memtrain.data.sequences import default_protein_root
+
+    args = [f"{default_protein_root()}/{a[len(DOC_DATA):]}" if a.startswith(DOC_DATA) else a
+            for a in shlex.split(command)]
     for old, new in how.replace:
         args = [new if a == old else a for a in args]
     for setting in how.set:
@@ -280,7 +299,8 @@ def _needs_protein_data(args: list[str]) -> bool:
     from memtrain.data.sequences import default_protein_root
 
     plain = args[0] == "memtrain" and args[1] == "train" and not any("recipe=" in a or "data=" in a for a in args)
-    return (plain or "+recipe=protein_lm" in args) and not default_protein_root().is_dir()
+    reads = plain or "+recipe=protein_lm" in args or any(a.startswith(str(default_protein_root())) for a in args)
+    return reads and not default_protein_root().is_dir()
 
 
 # ---------------------------------------------------------------------------------------------
