@@ -56,6 +56,32 @@ def pytest_collection_modifyitems(config, items):
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(600 + 2 * launch_timeout(len(batched))))
 
+_LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _no_process_group_left_behind():
+    """A test that leaves a process group or a launch environment (RANK, WORLD_SIZE, MASTER_PORT...)
+    in this xdist worker fails itself, and the leak is cleaned up: otherwise every later test in the
+    worker would read it as a launched job (a CLI run inherits it and cannot bind MASTER_PORT)."""
+    before = {k: os.environ.get(k) for k in _LAUNCH_ENV}
+    yield
+    import torch.distributed as dist
+
+    leaked = [k for k in _LAUNCH_ENV if os.environ.get(k) != before[k]]
+    group = dist.is_available() and dist.is_initialized()
+    for k in leaked:
+        if before[k] is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = before[k]
+    if group:
+        dist.destroy_process_group()
+    if leaked or group:
+        pytest.fail(f"the test left behind {'a process group and ' if group else ''}the environment {leaked}",
+                    pytrace=False)
+
+
 # A model and batch small enough that a few optimizer steps take well under a second on 2 cores.
 TINY = [
     "model=gpt_tiny",

@@ -72,7 +72,8 @@ def needs_launch(cfg: DictConfig) -> bool:
 def init_distributed(backend: str | None, device_type: str, need_group: bool) -> DistEnv:
     """Join the process group of a launched job. A lone process gets rank 0 of 1, with a
     one-rank group when `need_group` (DDP, FSDP and DeepSpeed want one even on one device)."""
-    if not launched():
+    launched_before = launched()
+    if not launched_before:
         if not need_group:
             return DistEnv(0, 0, 1)
         os.environ.update(_ONE_RANK_ENV, MASTER_PORT=str(_free_port()))
@@ -81,8 +82,13 @@ def init_distributed(backend: str | None, device_type: str, need_group: bool) ->
     if owns:
         if device_type == "cuda":
             torch.cuda.set_device(env.local_rank)
-        dist.init_process_group(backend or ("nccl" if device_type == "cuda" else "gloo"),
-                                timeout=datetime.timedelta(minutes=10))
+        try:
+            dist.init_process_group(backend or ("nccl" if device_type == "cuda" else "gloo"),
+                                    timeout=datetime.timedelta(minutes=10))
+        except BaseException:
+            if not launched_before:
+                _forget_one_rank_env()
+            raise
     return env
 
 
@@ -91,11 +97,15 @@ def shutdown(env: DistEnv) -> None:
     if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
         if os.environ.get("RANK") == "0" and os.environ.get("WORLD_SIZE") == "1":
-            for key in (*_ONE_RANK_ENV, "MASTER_PORT"):
-                os.environ.pop(key, None)
+            _forget_one_rank_env()
 
 
 _ONE_RANK_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+
+
+def _forget_one_rank_env() -> None:
+    for key in (*_ONE_RANK_ENV, "MASTER_PORT"):
+        os.environ.pop(key, None)
 
 
 def _free_port() -> int:

@@ -217,6 +217,23 @@ def _no_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def _forget_stale_groups() -> None:
+    """DeepSpeed caches process groups in module globals (deepspeed.utils.groups, e.g. its clone of
+    the world group) for the life of the process. After an earlier process group was destroyed in
+    this process (a second Trainer, a test), those point at groups torch no longer knows, and
+    deepspeed.initialize fails with "Group ... is not registered". Drop every cached group that
+    is not one of the current process group's."""
+    from deepspeed.utils import groups
+    from torch.distributed.distributed_c10d import _world
+
+    live = set(_world.pg_group_ranks)
+    for name, value in list(vars(groups).items()):
+        if name.isupper() and name.endswith("_GROUP") and value is not None:
+            cached = value.values() if isinstance(value, dict) else [value]
+            if any(isinstance(g, dist.ProcessGroup) and g not in live for g in cached):
+                setattr(groups, name, {} if isinstance(value, dict) else None)
+
+
 def _fix_zero3_param_dtype() -> None:
     """DeepSpeed 0.19.8 bug on accelerators without fp16 (the CPU one): zero.Init's _set_dtype reads
     `dtype or torch.float16 if fp16_supported else torch.bfloat16 ...`, which by precedence ignores
@@ -288,6 +305,7 @@ class DeepSpeedStrategy:
                                            "accelerator reports is_fp16_supported() False); use precision=bf16 or fp32")
         _no_shm_comm_build()
         _fix_zero3_param_dtype()
+        _forget_stale_groups()
         optimizer = build_optimizer(cfg.optimizer, model, device.type)
         engine, ds_optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False,

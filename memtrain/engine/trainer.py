@@ -71,17 +71,20 @@ class Trainer:
         self.spec = get_spec(cfg.model.arch)
         self.device = resolve_device(enum_names(self.tcfg.device))
         self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=cfg.parallel.name != "single")
+        try:
+            self._build(cfg, console)
+        except BaseException:
+            shutdown(self.env)  # a failed build leaves no process group (nor its environment) behind
+            raise
+
+    def _build(self, cfg: DictConfig, console: Console | None) -> None:
         if self.device.type == "cuda" and self.env.world_size > 1:
             self.device = torch.device("cuda", self.env.local_rank)
         self.console = console or Console(quiet=not self.env.is_main)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.tcfg.keep_last)
         # a checkpoint to resume from is checked against this run before anything is built
         path = resume_path(cfg, self.run_dir)
-        try:
-            self.resume: ResumeCheck | None = check_resume(path, cfg, self.env.world_size) if path is not None else None
-        except BaseException:
-            shutdown(self.env)
-            raise
+        self.resume: ResumeCheck | None = check_resume(path, cfg, self.env.world_size) if path is not None else None
         self.dims = ParallelDims.from_config(cfg.parallel, self.env.world_size)
         self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
         self.dp_rank = dp_rank(self.mesh)
