@@ -14,7 +14,7 @@ per rank; the world size is launcher.nnodes x launcher.nproc_per_node.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from omegaconf import DictConfig
@@ -70,6 +70,7 @@ class ModelStates:
     gathered: int = 0  # device: unsharded parameters and gradients of the units being computed
     host: int = 0
     nvme: int = 0
+    terms: tuple = ()  # DeepSpeed ZeRO: every term, labelled (memtrain.memory.zero_memory.ZeroTerm)
 
 
 @dataclass
@@ -93,6 +94,9 @@ class MemoryEstimate:
     # {mesh dimension: {collective: bytes sent per device per optimizer step}} (memtrain.memory.comm)
     comm_bytes: dict = field(default_factory=dict)
     precision_state: int = 0  # fp8 delayed scaling's amax histories
+    # DeepSpeed ZeRO: one rank's tensors, each {label, nbytes, where, phase, slot}
+    # (memtrain.memory.zero_memory); empty for the other parallel options
+    model_state_terms: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -189,38 +193,27 @@ def torch_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelD
 
 
 def zero_states(cfg: DictConfig, units: list[list[torch.Size]], stage: int, n_dp: int) -> ModelStates:
-    """DeepSpeed ZeRO stage 1, 2 or 3 over the N_dp data-parallel ranks.
+    """DeepSpeed ZeRO stage 1, 2 or 3 over the N_dp data-parallel ranks (Rajbhandari et al. 2020,
+    sec. 5: stage 1 partitions the optimizer states, stage 2 also the gradients, stage 3 also the
+    parameters), counted tensor by tensor as DeepSpeed allocates them under the config memtrain
+    runs (memtrain.memory.zero_memory, which labels each term). The device terms add to the
+    table's columns by what they are: parameters; gradients (the reduced gradient partition and the
+    fp32 gradient partition of the step); optimizer states (fp32 master partition and the
+    optimizer's state); transient (the reduce bucket, ZeRO-3's gathered parameters, one autograd
+    gradient). Host and disk terms add to `host` and `nvme`."""
+    from memtrain.memory import zero_memory
 
-    Mixed precision keeps the parameters and gradients in the compute dtype (2 bytes each) and
-    gives the optimizer an fp32 master copy besides its fp32 states: K = 4 + 8 = 12 bytes per
-    parameter for Adam, the ZeRO paper's accounting (sec. 3.1); for Adafactor the master copy plus
-    its factored state. With precision=fp32 there is no master copy: 4 + 4 + 8 for Adam. Stage 1
-    partitions the optimizer states (P_os), stage 2 also the gradients (P_os+g), stage 3 also the
-    parameters (P_os+g+p) (sec. 5, Figure 1). States are counted per tensor as in torch, partitions
-    on the rank-0 `shard`.
-
-    Offload (ZeRO-Offload, Ren et al. 2021; ZeRO-Infinity, Rajbhandari et al. 2021):
-    optimizer_cpu puts the optimizer states on the host, and from stage 2 the fp32 copy of this
-    rank's gradient partition that the CPU step reads; params_cpu (stage 3) also the parameter
-    partition; nvme (stage 3) puts parameters and optimizer states on disk, the fp32 gradients on
-    the host. Stage 3's transiently gathered parameters (bounded by DeepSpeed's stage3_* prefetch
-    and live-parameter settings) are not modeled."""
-    low = dtype_of(cfg.precision.compute_dtype).itemsize
-    master = FP32 if low < FP32 else 0
-    full = flat(units)
-    part = [shard(s, n_dp) for s in full]
-    params = numel(part if stage >= 3 else full) * low
-    grads = numel(part if stage >= 2 else full) * low
-    optimizer = numel(part) * master + optimizer_bytes(cfg, part, FP32)
-    cpu_grads = numel(part) * FP32 if stage >= 2 else 0
-    offload = cfg.offload.name
-    if offload == "optimizer_cpu":
-        return ModelStates(params, grads, host=optimizer + cpu_grads)
-    if offload == "params_cpu":
-        return ModelStates(grads=grads, host=params + optimizer + cpu_grads)
-    if offload == "nvme":
-        return ModelStates(grads=grads, host=cpu_grads, nvme=params + optimizer)
-    return ModelStates(params, grads, optimizer)
+    terms = zero_memory.zero_terms(cfg, flat(units), stage, n_dp)
+    slots = {"params": 0, "grads": 0, "optimizer": 0, "gathered": 0}
+    host = nvme = 0
+    for t in terms:
+        if t.where == "device":
+            slots[t.slot] += t.nbytes
+        elif t.where == "host":
+            host += t.nbytes
+        else:
+            nvme += t.nbytes
+    return ModelStates(**slots, host=host, nvme=nvme, terms=tuple(terms))
 
 
 def model_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelDims) -> ModelStates:
@@ -333,7 +326,7 @@ def _model_states_of(cfg: DictConfig, dims: ParallelDims) -> tuple[ModelStates, 
             _STATES.clear()
         hit = _STATES[key] = (model_states(cfg, units, dims), numel(flat(units)))
     states, n = hit
-    return ModelStates(**asdict(states)), n
+    return replace(states), n  # a copy: the cached one stays as it is (terms are frozen)
 
 
 def estimate(cfg: DictConfig) -> MemoryEstimate:
@@ -374,4 +367,5 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         dp_shard=dims.dp_shard,
         comm_bytes=comm_bytes(cfg, dims, n_params),
         precision_state=precision_state,
+        model_state_terms=[asdict(t) for t in states.terms],
     )
