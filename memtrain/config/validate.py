@@ -16,7 +16,7 @@ from memtrain.config.errors import enum_names, require
 from memtrain.config.schema import Check
 from memtrain.distributed.launch import world_size
 from memtrain.distributed.mesh import DIMS, ParallelDims
-from memtrain.distributed.options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for
+from memtrain.distributed.options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for, parallel_options_with
 from memtrain.distributed.pipeline_schedules import validate_pipeline
 from memtrain.models import get_spec
 from memtrain.models.family import check_model_parallel
@@ -121,15 +121,24 @@ def _validate_parallel(p: DictConfig) -> None:
         require(not bad, bad[0].split("=")[0] if bad else "parallel",
                 f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
     _validate_model_parallel(p)
-    require(p.dap == 1 or p.name == "dap", "parallel.dap", f"dap={p.dap} needs parallel=dap (got parallel={p.name})")
+    _require_composes(p, "dap")
     require(p.name != "dap" or p.dp_shard == 1, "parallel.dp_shard",
             "parallel=dap composes with replicated data parallelism (parallel.dp_replicate), not sharded")
-    require(p.spatial == 1 or p.name == "spatial", "parallel.spatial", f"spatial={p.spatial} needs parallel=spatial (got parallel={p.name})")
+    _require_composes(p, "spatial")
     require(p.name != "spatial" or (p.dp_shard == 1 and p.dp_replicate == 1), "parallel.dp_replicate",
             "parallel=spatial does not compose with data parallelism yet: parallel.dp_replicate and parallel.dp_shard must be 1")
     if p.name.startswith("zero"):
         require(importlib.util.find_spec("deepspeed") is not None, "parallel",
                 f"parallel={p.name} needs DeepSpeed (pip install deepspeed)")
+
+
+def _require_composes(p: DictConfig, dim: str) -> None:
+    """parallel.<dim> other than 1 only under a parallel option that composes with it
+    (memtrain.distributed.options.PARALLEL_MODEL_DIMS)."""
+    options = parallel_options_with(dim)
+    listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
+    require(p[dim] == 1 or p.name in options, f"parallel.{dim}",
+            f"parallel.{dim}={p[dim]} composes with parallel={listed}, not parallel={p.name}", allowed=options)
 
 
 def _validate_model_parallel(p: DictConfig) -> None:
@@ -141,11 +150,8 @@ def _validate_model_parallel(p: DictConfig) -> None:
     require(not ((tp or sp) and p.pp != 1), "parallel.pp",
             f"parallel.pp={p.pp} with parallel.tp={p.tp}, parallel.sp={p.sp}: pipeline stages do not take a "
             "tensor- or sequence-parallel plan yet; use pipeline parallelism with data parallelism only")
-    with_tp, with_sp = ("tp", "fsdp", "hsdp"), ("sp", "ddp", "fsdp", "hsdp")
-    require(not tp or p.name in with_tp, "parallel.tp", f"parallel.tp={p.tp} composes with parallel=tp, fsdp or hsdp "
-                                                        f"(DTensor parameters), not parallel={p.name}", allowed=with_tp)
-    require(not sp or p.name in with_sp, "parallel.sp", f"parallel.sp={p.sp} composes with parallel=sp, ddp, fsdp or hsdp, "
-                                                        f"not parallel={p.name}", allowed=with_sp)
+    _require_composes(p, "tp")
+    _require_composes(p, "sp")
     for name, key in (("tp", "parallel.tp"), ("sp", "parallel.sp")):
         if p.name == name:
             bad = [f"parallel.{k}={p[k]}" for k in ("dp_replicate", "dp_shard") if p[k] != 1]

@@ -29,6 +29,23 @@ PARALLEL_OFFLOADS: dict[str, tuple[str, ...]] = {
     "sp": _EVERY,
     "spatial": _EVERY,
 }
+# parallel option -> the model-parallel mesh dimensions (memtrain.models.family) it composes with; a
+# degree other than 1 on any other dimension is refused. Which of them a model implements is the
+# model family's declaration.
+PARALLEL_MODEL_DIMS: dict[str, tuple[str, ...]] = {
+    "single": (),
+    "ddp": ("sp", "pp"),
+    "fsdp": ("tp", "sp", "pp"),
+    "hsdp": ("tp", "sp", "pp"),
+    "zero1": (),
+    "zero2": (),
+    "zero3": (),
+    "dap": ("dap",),
+    "pp": ("pp",),
+    "tp": ("tp",),
+    "sp": ("sp",),
+    "spatial": ("spatial",),
+}
 PARALLEL_OPTIONS = tuple(PARALLEL_OFFLOADS)
 OFFLOAD_OPTIONS = ("none", "activations_cpu", "optimizer_cpu", "params_cpu", "nvme")
 
@@ -36,3 +53,10 @@ OFFLOAD_OPTIONS = ("none", "activations_cpu", "optimizer_cpu", "params_cpu", "nv
 def parallel_options_for(offload: str) -> tuple[str, ...]:
     """The parallel options that work with offload option `offload` (() for an unknown one)."""
     return tuple(p for p, offloads in PARALLEL_OFFLOADS.items() if offload in offloads)
+
+
+def parallel_options_with(dim: str) -> tuple[str, ...]:
+    """The parallel options that compose with model-parallel dimension `dim`, the one named after it
+    first (parallel=tp for tp)."""
+    options = [p for p, dims in PARALLEL_MODEL_DIMS.items() if dim in dims]
+    return tuple(sorted(options, key=lambda p: p != dim))

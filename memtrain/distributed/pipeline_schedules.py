@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from memtrain.config.errors import require
+from memtrain.distributed.options import parallel_options_with
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ SCHEDULES = {
     "zero_bubble": ScheduleRule("ScheduleInterleavedZeroBubble", 2, None, "loop"),
     "zbv": ScheduleRule("ScheduleZBVZeroBubble", 2, 2, "v"),
 }
-PIPELINE_PARALLEL = ("pp", "ddp", "fsdp", "hsdp")  # parallel options pipeline stages compose with
+PIPELINE_PARALLEL = parallel_options_with("pp")  # parallel options pipeline stages compose with
 PIPELINE_OFFLOAD = ("none", "activations_cpu")
 
 
