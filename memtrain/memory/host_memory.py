@@ -97,13 +97,10 @@ def phase_peak(terms: list[HostTerm], phase: str) -> int:
 
 
 def device_is_host(cfg: DictConfig) -> bool:
-    """Whether the run trains on the CPU, so its 'device' memory is host memory."""
-    name = enum_names(cfg.trainer.device)
-    if name == "auto":
-        import torch
-
-        return not torch.cuda.is_available()
-    return name == "cpu"
+    """Whether the run trains on the CPU (trainer.device=cpu), so its 'device' memory is host
+    memory. trainer.device=auto counts as the GPU of the hardware group the estimate is for,
+    whatever the machine running `memtrain estimate` has."""
+    return enum_names(cfg.trainer.device) == "cpu"
 
 
 def host_estimate(cfg: DictConfig, est) -> HostEstimate:
