@@ -116,20 +116,33 @@ def _pangu_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]
 
 
 def _fuxi_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]:
-    """As for Pangu, for FuXi's blocks on one level of ceil(H'/2) x W'/2 tokens (analytic, unmeasured)."""
+    """As for Pangu (the stream in the compute dtype c), for FuXi's blocks on one level of
+    ceil(H'/2) x W'/2 tokens, counted for fuxi.py and checked against the measured forward on CPU.
+    Scaled cosine attention also keeps the qkv Linear's output (3 c C, read by F.normalize), the
+    normalized q (c C) and the norms of q and k (2 c per head); its continuous position bias MLP
+    keeps its ReLU output [(2 w_h - 1)(2 w_w - 1), 512] per block. Outside the blocks: the
+    concatenated, padded input fields [B, V, H, W] (c), the embedding LayerNorm's input and
+    statistics, the down convolution's input, GroupNorm's input and its SiLU's input [M_2, C], the
+    up convolution's input, GroupNorm's and SiLU's inputs [M_1, C], the head's input [M_1, 2C], the
+    loss's fp32 differences, and under autocast the c-byte weight copies."""
     m, b = cfg.model, cfg.trainer.micro_batch_size
-    h1, w1 = math.ceil(m.n_lat / m.patch_size), math.ceil(m.n_lon / m.patch_size)
+    p, d = m.patch_size, m.dim
+    h1, w1 = math.ceil(m.n_lat / p), math.ceil(m.n_lon / p)
     tokens = b * math.ceil(h1 / 2) * (w1 // 2)
     ptokens = b * -(-math.ceil(h1 / 2) // m.window_size[0]) * m.window_size[0] * (w1 // 2)
     n_window = math.prod(m.window_size)
-    # cosine attention also keeps the normalized q and k and their norms (2 c C + 2 fp32 per head)
-    block = (_block_bytes(tokens, ptokens, m.dim, m.heads, n_window, c, sdpa_math(cfg), m.get("mlp_ratio", 4.0))
-             + ptokens * (2 * c * m.dim + 8 * m.heads))
+    table = (2 * m.window_size[0] - 1) * (2 * m.window_size[1] - 1)
+    block = (_block_bytes(tokens, ptokens, d, m.heads, n_window, c, sdpa_math(cfg), m.get("mlp_ratio", 4.0))
+             + ptokens * (4 * c * d + 2 * c * m.heads) + c * table * 512)
     channels = m.n_upper * m.n_levels + m.n_surface
-    grid = b * m.n_lat * m.n_lon
-    t1 = b * h1 * w1
-    outside = c * grid * channels + 4 * c * t1 * m.dim + 2 * c * t1 * m.dim + 2 * FP32 * grid * channels
-    return {"block": block, "block_input": r * tokens * m.dim, "attention_core_freed": 0.0, "outside_blocks": outside}
+    t1, t2 = b * h1 * w1, tokens
+    outside = (c * b * h1 * p * w1 * p * channels  # the embedding convolution's input
+               + t1 * (2 * c * d + 8) + t2 * 2 * c * d + 2 * FP32 * b * 32  # embed norm; down conv, GroupNorm
+               + t2 * c * d + t1 * 3 * c * d + t1 * 2 * c * d  # SiLU; up conv, GroupNorm, SiLU; the head's input
+               + FP32 * b * m.n_lat * m.n_lon * channels)  # the loss's differences
+    if c < FP32:
+        outside += c * (channels * p * p * d + 9 * d * d + 4 * d * d + 2 * d * channels * p * p)
+    return {"block": block, "block_input": c * tokens * d, "attention_core_freed": 0.0, "outside_blocks": outside}
 
 
 def _validate_common(cfg: DictConfig, lon_tokens: list[int], lon_window: int) -> None:
