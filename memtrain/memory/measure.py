@@ -88,7 +88,7 @@ def step_phase_peaks(cfg, run_dir, steps: int = 2) -> LiveBytes:
     optimizer and TorchStrategy.step) under LiveBytes, with each step split into its phases:
     forward (model and loss under autocast), backward (of the scaled loss), optimizer_step
     (clipping, the update, zeroing the gradients). The parameters are tracked from the start; the
-    batch's input tensors are not (the estimator counts no inputs). Returns the tracker: its
+    batches, loaded before, are not (the estimator counts no input tensors). Returns the tracker: its
     `peaks` and `ends` by phase name (PHASES), in bytes."""
     from rich.console import Console
 
@@ -97,11 +97,11 @@ def step_phase_peaks(cfg, run_dir, steps: int = 2) -> LiveBytes:
     trainer = Trainer(cfg, run_dir, console=Console(quiet=True))
     try:
         strategy, spec, precision = trainer.strategy, trainer.spec, trainer.precision
+        batches = [trainer.data.batch(step, cfg.trainer.micro_batch_size) for step in range(steps)]
         live = LiveBytes()
         with live:
             live.track(*trainer.model.parameters())
-            for step in range(steps):
-                inputs, targets = trainer.data.batch(step, cfg.trainer.micro_batch_size)
+            for inputs, targets in batches:
                 with live.phase("forward"):
                     with precision.autocast():
                         outputs = trainer.model(inputs)

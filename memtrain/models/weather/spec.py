@@ -71,6 +71,17 @@ def _block_bytes(tokens: float, padded_tokens: float, dim: int, heads: int, n: i
     return padded_tokens * _attention_bytes(dim, heads, n, c, math_sdpa) + rest + weights
 
 
+def _loss_transients(cfg: DictConfig, c: int) -> dict[str, float]:
+    """What the latitude-weighted MSE (loss.py) allocates beyond what it saves, for the upper-air
+    output of U = B V_u L H W values (the larger of the two outputs): in the forward the model's
+    output (c U) and the fp32 squared and weighted errors (2 x 4 U) while the saved differences
+    are live; at the start of the backward four fp32 U-sized gradients at once (the mean's
+    expanded gradient, times the weights, and pow's backward: 2 (pred - truth), its product)."""
+    m, b = cfg.model, cfg.trainer.micro_batch_size
+    upper = b * m.n_upper * m.n_levels * m.n_lat * m.n_lon
+    return {"loss_forward_transient": c * upper + 2 * FP32 * upper, "loss_backward_transient": 4 * FP32 * upper}
+
+
 def _pangu_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]:
     """Saved bytes for one micro-batch, counted tensor by tensor for pangu.py and checked against the
     measured forward on CPU (tests/unit/weather/test_activation_model.py). The residual stream is
@@ -112,7 +123,7 @@ def _pangu_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]
         patch = m.n_upper * pz * ph * pw + m.n_surface * ph * pw
         outside += c * (d * patch + 8 * d * d + 9 * d * d + 2 * d * patch)  # embed, down, up, recovery weights
     return {"block": total / n_blocks, "block_input": inputs / n_blocks, "attention_core_freed": 0.0,
-            "outside_blocks": outside}
+            "outside_blocks": outside, **_loss_transients(cfg, c)}
 
 
 def _fuxi_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]:
@@ -142,7 +153,8 @@ def _fuxi_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]:
                + FP32 * b * m.n_lat * m.n_lon * channels)  # the loss's differences
     if c < FP32:
         outside += c * (channels * p * p * d + 9 * d * d + 4 * d * d + 2 * d * channels * p * p)
-    return {"block": block, "block_input": c * tokens * d, "attention_core_freed": 0.0, "outside_blocks": outside}
+    return {"block": block, "block_input": c * tokens * d, "attention_core_freed": 0.0, "outside_blocks": outside,
+            **_loss_transients(cfg, c)}
 
 
 def _validate_common(cfg: DictConfig, lon_tokens: list[int], lon_window: int) -> None:
