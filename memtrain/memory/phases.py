@@ -7,7 +7,9 @@ the order torch allocates and frees them (for one micro-batch; parameters, optim
 the FSDP working set `gathered` are live throughout):
 
   forward         the end of the forward pass, as the loss is computed: the saved activations and
-                  the loss's own transient tensors (the spec's "loss_forward_transient"), plus the
+                  the loss's own transient tensors (the spec's "loss_forward_transient") or, if
+                  larger, a checkpointed block's whole working set (the recompute buffer: it runs
+                  in full before its tensors are dropped), plus the
                   gradients where they outlive the step (gradient accumulation over micro-batches;
                   DDP's gradient buckets with gradient_as_bucket_view; DeepSpeed's gradient buffers).
   backward        the backward pass walked block by block, from the loss back to the embeddings.
@@ -120,7 +122,8 @@ def step_phases(
     always = params + optimizer + precision_state
     kept_grads = grads if _grads_outlive_step(cfg) else 0
     saved = sum(per_block) + outside
-    forward = always + gathered + kept_grads + (saved if device_activations is None else device_activations) + loss_forward
+    forward = always + gathered + kept_grads + (saved if device_activations is None else device_activations) + max(
+        loss_forward, buffer)
     # gradients produced by the backward, by unit, in the rank's gradient dtype and sharding
     total_units = sum(unit_sizes) or 1
     new_grads = [0 if kept_grads else grads * n / total_units for n in unit_sizes]
