@@ -42,11 +42,17 @@ class LiveBytes(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self._sizes: dict[int, int] = {}
+        self._ignored: set[int] = set()
         self.current = 0
         self.peak = 0
         self._phase_peak = 0
         self.peaks: dict[str, int] = {}
         self.ends: dict[str, int] = {}
+
+    def ignore(self, *tensors: torch.Tensor) -> None:
+        """Never count these tensors' storages, not even through views an op returns of them (the
+        input batch: a view of it is no new memory). They must outlive the measurement."""
+        self._ignored.update(t.untyped_storage()._cdata for t in tensors if isinstance(t, torch.Tensor))
 
     def track(self, *tensors: torch.Tensor) -> None:
         for t in tensors:
@@ -54,7 +60,7 @@ class LiveBytes(TorchDispatchMode):
                 continue
             st = t.untyped_storage()
             key = st._cdata
-            if key in self._sizes or st.nbytes() == 0:
+            if key in self._sizes or key in self._ignored or st.nbytes() == 0:
                 continue
             self._sizes[key] = st.nbytes()
             self.current += st.nbytes()
@@ -88,7 +94,8 @@ def step_phase_peaks(cfg, run_dir, steps: int = 2) -> LiveBytes:
     optimizer and TorchStrategy.step) under LiveBytes, with each step split into its phases:
     forward (model and loss under autocast), backward (of the scaled loss), optimizer_step
     (clipping, the update, zeroing the gradients). The parameters are tracked from the start; the
-    batches, loaded before, are not (the estimator counts no input tensors). Returns the tracker: its
+    batches, loaded before, are ignored, views of them included (the estimator counts no input
+    tensors). Returns the tracker: its
     `peaks` and `ends` by phase name (PHASES), in bytes."""
     from rich.console import Console
 
@@ -99,6 +106,7 @@ def step_phase_peaks(cfg, run_dir, steps: int = 2) -> LiveBytes:
         strategy, spec, precision = trainer.strategy, trainer.spec, trainer.precision
         batches = [trainer.data.batch(step, cfg.trainer.micro_batch_size) for step in range(steps)]
         live = LiveBytes()
+        live.ignore(*tree_flatten(batches)[0])
         with live:
             live.track(*trainer.model.parameters())
             for inputs, targets in batches:

@@ -164,6 +164,8 @@ SHRINK: dict[str, How] = {
     "bash scripts/setup.sh": How(reason="installs packages into this environment: only its syntax is checked"),
     "python scripts/bench/optimizers.py --smoke": How(slow=True, budget=300, reason="one process per optimizer"),
     "python scripts/bench/calibrate_estimator.py --smoke": How(slow=True, budget=300),
+    # 19 configurations x two real steps: a minute or more on 2 busy cores
+    "python scripts/bench/peak_vs_estimate.py": How(slow=True, budget=600),
     "TRITON_INTERPRET=1 python scripts/bench/evoformer_attention.py --smoke": How(slow=True, budget=300),
     "python scripts/bench/lm_vs_hf.py --device cpu --preset 58m --shape dim=256 n_layers=4 n_heads=4 micro_batch=2 "
     "seq_len=256 --repeats 2 --steps 3 --warmup 1": How(

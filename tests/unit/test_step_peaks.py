@@ -10,19 +10,18 @@ from memtrain.config.loader import load_config
 from memtrain.memory.estimator import estimate
 from memtrain.memory.measure import PHASES, step_phase_peaks
 
+
 GPT = ["model=gpt_tiny", "data=synthetic", "data.seq_len=64", "data.num_synthetic_tokens=20000",
        "trainer.micro_batch_size=2"]
 AF = ["+recipe=alphafold_tiny", "data.crop_size=16", "data.max_msa=4", "data.max_extra_msa=6"]
 PANGU = ["+recipe=weather_swin_tiny"]
 FUXI = ["+recipe=weather_fuxi_tiny"]
 
-# one per family in the fast tier; the rest in the slow tier (each case is a few seconds of steps)
-FAST = [
+# each case is two steps of a tiny model: well under a second on 2 CPU cores
+CASES = [
     GPT + ["precision=bf16", "checkpoint=none"],
     AF + ["precision=fp32", "checkpoint=none"],
     PANGU + ["precision=bf16", "checkpoint=full"],
-]
-SLOW = [
     GPT + ["precision=fp32", "checkpoint=none"],
     GPT + ["precision=bf16", "checkpoint=full"],
     GPT + ["precision=fp32", "checkpoint=selective"],
@@ -59,12 +58,6 @@ def check(case: list[str], tmp_path) -> None:
     assert est.peak == max(est.phases.values())
 
 
-@pytest.mark.parametrize("case", FAST, ids=map(_id, FAST))
+@pytest.mark.parametrize("case", CASES, ids=map(_id, CASES))
 def test_peak_matches_two_real_steps(case, tmp_path):
-    check(case, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case", SLOW, ids=map(_id, SLOW))
-def test_peak_matches_two_real_steps_more_configurations(case, tmp_path):
     check(case, tmp_path)
