@@ -227,6 +227,15 @@ def estimate_command(args: list[str]) -> int:
         args = args[:i] + args[i + 2:]
         if not run or run.startswith("-") or "=" in run:
             return _fail("--from-run needs a run folder or a checkpoint folder (step_<N>/)")
+    # trainer.resume=<checkpoint or run folder> names a run as --from-run does: its stored config, with
+    # the other overrides on top ("what would this run need with parallel=fsdp instead")
+    resumes = [a for a in args if a.lstrip("+").startswith("trainer.resume=")
+               and a.split("=", 1)[1] not in ("", "none", "auto")]
+    if resumes:
+        if run is not None or len(resumes) > 1:
+            return _fail("name the run once: --from-run DIR or trainer.resume=DIR, not both")
+        run = resumes[0].split("=", 1)[1]
+        args = [a for a in args if a != resumes[0]]
     as_json = "--json" in args
     unknown = [a for a in args if a.startswith("-") and a != "--json"]
     if unknown:

@@ -72,7 +72,8 @@ Starts no process and needs no GPU, rendezvous or data.
   --json            byte counts as JSON instead of the table
   --plot FILE.png   also write a stacked bar chart of the bytes by term against the GPU's memory
   --from-run DIR    start from the config stored in a run's newest checkpoint (or a step_<N>/ folder);
-                    the overrides change it (parallel=fsdp launcher.nproc_per_node=8: that run sharded)
+                    the overrides change it (parallel=fsdp launcher.nproc_per_node=8: that run sharded);
+                    trainer.resume=DIR names a run the same way
 
 {groups}"""
 

@@ -14,7 +14,7 @@ per rank; the world size is launcher.nnodes x launcher.nproc_per_node.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from omegaconf import DictConfig
@@ -25,7 +25,7 @@ from memtrain.memory import optimizer_memory
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
 from memtrain.memory.cfgview import node_key
 from memtrain.memory.comm import comm_bytes
-from memtrain.memory.phases import optimizer_temporaries, step_phases
+from memtrain.memory.phases import optimizer_temporaries, step_phases, zero_phase_terms
 from memtrain.memory.precision_memory import (
     precision_activation_parts,
     precision_state_bytes,
@@ -82,6 +82,7 @@ class ModelStates:
     gathered: int = 0  # device: unsharded parameters and gradients of the units being computed
     host: int = 0
     nvme: int = 0
+    terms: tuple = ()  # DeepSpeed ZeRO: every term, labelled (memtrain.memory.zero_memory.ZeroTerm)
 
 
 @dataclass
@@ -108,6 +109,9 @@ class MemoryEstimate:
     # {phase: device bytes at its peak} over one step (memtrain.memory.phases.PHASES), and their max
     phases: dict = field(default_factory=dict)
     peak: int = 0
+    # DeepSpeed ZeRO: one rank's tensors, each {label, nbytes, where, phase, slot}
+    # (memtrain.memory.zero_memory); empty for the other parallel options
+    model_state_terms: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -204,38 +208,27 @@ def torch_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelD
 
 
 def zero_states(cfg: DictConfig, units: list[list[torch.Size]], stage: int, n_dp: int) -> ModelStates:
-    """DeepSpeed ZeRO stage 1, 2 or 3 over the N_dp data-parallel ranks.
+    """DeepSpeed ZeRO stage 1, 2 or 3 over the N_dp data-parallel ranks (Rajbhandari et al. 2020,
+    sec. 5: stage 1 partitions the optimizer states, stage 2 also the gradients, stage 3 also the
+    parameters), counted tensor by tensor as DeepSpeed allocates them under the config memtrain
+    runs (memtrain.memory.zero_memory, which labels each term). The device terms add to the
+    table's columns by what they are: parameters; gradients (the reduced gradient partition and the
+    fp32 gradient partition of the step); optimizer states (fp32 master partition and the
+    optimizer's state); transient (the reduce bucket, ZeRO-3's gathered parameters, one autograd
+    gradient). Host and disk terms add to `host` and `nvme`."""
+    from memtrain.memory import zero_memory
 
-    Mixed precision keeps the parameters and gradients in the compute dtype (2 bytes each) and
-    gives the optimizer an fp32 master copy besides its fp32 states: K = 4 + 8 = 12 bytes per
-    parameter for Adam, the ZeRO paper's accounting (sec. 3.1); for Adafactor the master copy plus
-    its factored state. With precision=fp32 there is no master copy: 4 + 4 + 8 for Adam. Stage 1
-    partitions the optimizer states (P_os), stage 2 also the gradients (P_os+g), stage 3 also the
-    parameters (P_os+g+p) (sec. 5, Figure 1). States are counted per tensor as in torch, partitions
-    on the rank-0 `shard`.
-
-    Offload (ZeRO-Offload, Ren et al. 2021; ZeRO-Infinity, Rajbhandari et al. 2021):
-    optimizer_cpu puts the optimizer states on the host, and from stage 2 the fp32 copy of this
-    rank's gradient partition that the CPU step reads; params_cpu (stage 3) also the parameter
-    partition; nvme (stage 3) puts parameters and optimizer states on disk, the fp32 gradients on
-    the host. Stage 3's transiently gathered parameters (bounded by DeepSpeed's stage3_* prefetch
-    and live-parameter settings) are not modeled."""
-    low = dtype_of(cfg.precision.compute_dtype).itemsize
-    master = FP32 if low < FP32 else 0
-    full = flat(units)
-    part = [shard(s, n_dp) for s in full]
-    params = numel(part if stage >= 3 else full) * low
-    grads = numel(part if stage >= 2 else full) * low
-    optimizer = numel(part) * master + optimizer_bytes(cfg, part, FP32)
-    cpu_grads = numel(part) * FP32 if stage >= 2 else 0
-    offload = cfg.offload.name
-    if offload == "optimizer_cpu":
-        return ModelStates(params, grads, host=optimizer + cpu_grads)
-    if offload == "params_cpu":
-        return ModelStates(grads=grads, host=params + optimizer + cpu_grads)
-    if offload == "nvme":
-        return ModelStates(grads=grads, host=cpu_grads, nvme=params + optimizer)
-    return ModelStates(params, grads, optimizer)
+    terms = zero_memory.zero_terms(cfg, flat(units), stage, n_dp)
+    slots = {"params": 0, "grads": 0, "optimizer": 0, "gathered": 0}
+    host = nvme = 0
+    for t in terms:
+        if t.where == "device":
+            slots[t.slot] += t.nbytes
+        elif t.where == "host":
+            host += t.nbytes
+        else:
+            nvme += t.nbytes
+    return ModelStates(**slots, host=host, nvme=nvme, terms=tuple(terms))
 
 
 def model_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelDims) -> ModelStates:
@@ -355,7 +348,7 @@ def _model_states_of(cfg: DictConfig, dims: ParallelDims) -> tuple[ModelStates, 
             _STATES.clear()
         hit = _STATES[key] = (model_states(cfg, units, dims), numel(flat(units)))
     states, n = hit
-    return ModelStates(**asdict(states)), n
+    return replace(states), n  # a copy: the cached one stays as it is (terms are frozen)
 
 
 def estimate(cfg: DictConfig) -> MemoryEstimate:
@@ -385,13 +378,19 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         phases = {"forward": states.params + states.optimizer + states.gathered + activations + precision_state,
                   "backward": 0, "optimizer_step": states.params + states.optimizer + precision_state}
     else:
+        extras = _step_extras(cfg, dims)
+        model = {"params": states.params, "grads": states.grads, "optimizer": states.optimizer,
+                 "gathered": states.gathered}
+        if states.terms:  # DeepSpeed ZeRO: its tensors come labelled by phase
+            model = zero_phase_terms(states.terms)
+            extras["zero_fp32_grads"] = model.pop("zero_fp32_grads")
         phases = step_phases(
-            cfg, params=states.params, grads=states.grads, optimizer=states.optimizer, gathered=states.gathered,
+            cfg, **model,
             precision_state=precision_state, per_block=per_block, outside=outside, buffer=buffer,
             block_input=int(parts["block_input"]), unit_sizes=[numel(u) for u in tp_units(param_units(cfg), dims.tp)],
             device_activations=activations if cfg.offload.name == "activations_cpu" else None,
             loss_forward=int(parts.get("loss_forward_transient", 0)),
-            loss_backward=int(parts.get("loss_backward_transient", 0)), **_step_extras(cfg, dims))
+            loss_backward=int(parts.get("loss_backward_transient", 0)), **extras)
     return MemoryEstimate(
         phases=phases,
         peak=max(phases.values()),
@@ -412,23 +411,21 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         dp_shard=dims.dp_shard,
         comm_bytes=comm_bytes(cfg, dims, n_params),
         precision_state=precision_state,
+        model_state_terms=[asdict(t) for t in states.terms],
     )
 
 
 def _step_extras(cfg: DictConfig, dims: ParallelDims) -> dict[str, int]:
     """The optimizer step's device temporaries (memtrain.memory.phases): the update's own on the
-    rank's parameters (FSDP: its shards; ZeRO: one flat fp32 partition), and under ZeRO with a
-    low-precision compute dtype the fp32 gradient partition DeepSpeed's step reads. None on the
-    device where the step runs on the host (offload=optimizer_cpu, params_cpu, nvme)."""
+    rank's parameters (FSDP: its shards; ZeRO: one flat fp32 partition). None on the device where
+    the step runs on the host (offload=optimizer_cpu, params_cpu, nvme)."""
     name, offload = cfg.parallel.name, cfg.offload.name
     if offload in ("optimizer_cpu", "params_cpu", "nvme"):
         return {"zero_fp32_grads": 0, "temporaries": 0}
     shapes = flat(tp_units(param_units(cfg), dims.tp))
-    if name.startswith("zero"):
-        part = numel([shard(s, dims.dp) for s in shapes])
-        low = dtype_of(cfg.precision.compute_dtype).itemsize < FP32
-        return {"zero_fp32_grads": part * FP32 if low else 0,
-                "temporaries": optimizer_temporaries(cfg, [torch.Size((part,))], FP32)}
+    if name.startswith("zero"):  # the fp32 gradient partition comes from zero_memory's terms
+        part = -(-numel(shapes) // dims.dp)
+        return {"zero_fp32_grads": 0, "temporaries": optimizer_temporaries(cfg, [torch.Size((part,))], FP32)}
     if name in ("fsdp", "hsdp"):
         shapes = [shard(s, dims.dp_shard) for s in shapes]
     return {"zero_fp32_grads": 0,

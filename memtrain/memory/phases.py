@@ -84,10 +84,10 @@ def optimizer_temporaries(cfg: DictConfig, shapes: list[torch.Size], state_bytes
 
 def _grads_outlive_step(cfg: DictConfig) -> bool:
     """Gradients live from one step to the next: DDP allocates its buckets once (the gradients are
-    views of them), DeepSpeed its gradient buffers; and with gradient accumulation the gradients of
-    the earlier micro-batches are live during the later forwards."""
-    name = cfg.parallel.name
-    return name == "ddp" or name.startswith("zero") or cfg.trainer.grad_accum > 1
+    views of them); and with gradient accumulation the gradients of the earlier micro-batches are
+    live during the later forwards. (DeepSpeed's persistent buffers come labelled by phase from
+    memtrain.memory.zero_memory: `zero_phase_terms`.)"""
+    return cfg.parallel.name == "ddp" or cfg.trainer.grad_accum > 1
 
 
 def step_phases(
@@ -108,6 +108,7 @@ def step_phases(
     temporaries: int = 0,
     loss_forward: int = 0,
     loss_backward: int = 0,
+    backward_only: int = 0,
 ) -> dict[str, int]:
     """{phase: device bytes at that phase's peak} (PHASES) for one rank, from the estimator's terms:
     params, grads, optimizer, gathered, precision_state (model states, as ModelStates),
@@ -118,7 +119,9 @@ def step_phases(
     at a time; None otherwise), zero_fp32_grads and temporaries (optimizer step, bytes),
     loss_forward and loss_backward (the spec's "loss_forward_transient" and
     "loss_backward_transient": what the loss allocates beyond what it saves, at its peak in the
-    forward, with every saved tensor live, and at the start of the backward)."""
+    forward, with every saved tensor live, and at the start of the backward), backward_only
+    (model-state buffers live during the backward only: DeepSpeed's reduce bucket and one
+    autograd gradient)."""
     always = params + optimizer + precision_state
     kept_grads = grads if _grads_outlive_step(cfg) else 0
     saved = sum(per_block) + outside
@@ -140,6 +143,23 @@ def step_phases(
         produced = sum(block_grads[max(i - offset, 0):]) if i >= offset else sum(block_grads)
         held = sum(per_block[: i + 1]) if device_activations is None else device_activations
         walk.append(always + gathered + kept_grads + root_grads + produced + held + buffer + flowing)
-    backward = max(walk)
+    backward = max(walk) + backward_only
     optimizer_step = always + grads + zero_fp32_grads + temporaries
     return {"forward": int(forward), "backward": int(backward), "optimizer_step": int(optimizer_step)}
+
+
+def zero_phase_terms(terms) -> dict[str, int]:
+    """step_phases' model-state arguments from DeepSpeed's labelled device terms
+    (memtrain.memory.zero_memory.ZeroTerm): persistent ones throughout (as `params`), the
+    forward+backward ones as `gathered`, the backward ones as `backward_only`; of the step's, the
+    reduced gradient partition (model dtype, filled as the backward reduces each bucket) as `grads`
+    and the fp32 gradient partition (made in step()) as `zero_fp32_grads`."""
+    from memtrain.memory import zero_memory as z
+
+    device = [t for t in terms if t.where == "device"]
+    step_grads = [t for t in device if t.phase == z.STEP]
+    fp32 = sum(t.nbytes for t in step_grads if t.label.startswith("fp32"))
+    return {"params": sum(t.nbytes for t in device if t.phase == z.PERSISTENT), "optimizer": 0,
+            "grads": sum(t.nbytes for t in step_grads) - fp32, "zero_fp32_grads": fp32,
+            "gathered": sum(t.nbytes for t in device if t.phase == z.FORWARD_BACKWARD),
+            "backward_only": sum(t.nbytes for t in device if t.phase == z.BACKWARD)}

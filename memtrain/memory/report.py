@@ -35,6 +35,10 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
             *([("gathered (transient)", est.gathered)] if est.gathered else []), ("activations", est.activations)]
     for name, value in rows:
         table.add_row(name, f"{value:,}", human(value), f"{100 * value / est.total:.1f}%")
+    for term in est.model_state_terms:  # DeepSpeed ZeRO: what each model-state row is made of
+        if term["where"] == "device" and term["nbytes"]:
+            table.add_row(f"  {term['label']} ({term['phase']})", f"{term['nbytes']:,}", human(term["nbytes"]), "",
+                          style="dim")
     blocks = est.activations_per_block
     if blocks:
         table.add_row("  per block (first / last)", f"{blocks[0]:,} / {blocks[-1]:,}", human(max(blocks)), "", style="dim")

@@ -259,3 +259,75 @@ def aligned_chain_data(folder: Path) -> None:
     from tests.unit.alphafold.helpers import aligned_chain_root
 
     aligned_chain_root(folder / "data")
+
+
+# -- DeepSpeed ZeRO: the storages held inside the optimizer step -----------------------------------
+
+def _tensors_in(obj, path: str, seen: set[int], found: dict[int, tuple[int, str]], depth: int = 0) -> None:
+    """Every tensor reachable from `obj` through attributes, dicts, lists and tuples (and each
+    tensor's .grad), recorded once per storage as {data_ptr: (bytes, first path)}."""
+    if id(obj) in seen or depth > 8:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        if obj.device.type != "meta" and obj.untyped_storage().nbytes():
+            storage = obj.untyped_storage()
+            found.setdefault(storage.data_ptr(), (storage.nbytes(), path))
+        if obj.grad is not None:
+            _tensors_in(obj.grad, f"{path}.grad", seen, found, depth + 1)
+        for attr in ("ds_tensor",):  # ZeRO-3's partition of a parameter
+            if isinstance(getattr(obj, attr, None), torch.Tensor):
+                _tensors_in(getattr(obj, attr), f"{path}.{attr}", seen, found, depth + 1)
+        return
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple, set)):
+        items = enumerate(obj)
+    elif type(obj).__module__.startswith(("deepspeed", "torch.optim", "memtrain")) and hasattr(obj, "__dict__"):
+        items = vars(obj).items()
+    elif isinstance(obj, torch.nn.Module):
+        items = vars(obj).items()
+    else:
+        return
+    for key, value in list(items):
+        name = f"[{key}]" if isinstance(key, int) else "[tensor]" if isinstance(key, torch.Tensor) else f".{key}"
+        _tensors_in(value, f"{path}{name}", seen, found, depth + 1)
+
+
+def zero_step_storages(folder: Path, *overrides: str) -> dict:
+    """Train one step under DeepSpeed ZeRO and, on the second step, inside the torch optimizer's
+    step (its post-hook: the moments exist, the fp32 gradient partition is still attached, the
+    update not yet copied into the low-precision parameters), sum the distinct storages (by
+    untyped_storage data_ptr) reachable from DeepSpeed's engine, its ZeRO optimizer, the torch
+    optimizer and the module's parameters and gradients. Rank 0's {"total": bytes, "by_path":
+    {first path: bytes}}."""
+    cfg = load_config([*overrides, "trainer.max_steps=2"])
+    trainer = Trainer(cfg, folder / "run")
+    seen: dict = {}
+    try:
+        zero_opt = trainer.strategy.optimizer
+        base = zero_opt.optimizer
+        calls = {"n": 0}
+
+        def walk(optimizer, args, kwargs):
+            calls["n"] += 1
+            if trainer.step < 1 or seen:  # the first step makes the moments; measure the second
+                return
+            found: dict[int, tuple[int, str]] = {}
+            visited: set[int] = set()
+            for p in trainer.strategy.engine.module.parameters():
+                _tensors_in(p, "module.param", visited, found)
+            _tensors_in(base, "torch_optimizer", visited, found)
+            _tensors_in(zero_opt, "zero_optimizer", visited, found)
+            _tensors_in(trainer.strategy.engine, "engine", visited, found)
+            seen.update(found)
+
+        handle = base.register_step_post_hook(walk)
+        trainer.fit()
+        handle.remove()
+        by_path: dict[str, int] = {}
+        for nbytes, path in seen.values():
+            by_path[path] = by_path.get(path, 0) + nbytes
+        return {"total": sum(b for b, _ in seen.values()), "by_path": by_path}
+    finally:
+        trainer.close()

@@ -57,3 +57,15 @@ def test_the_command_line(run_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["world_size"] == 2 and out["total"] == estimate(
         load_config([*RUN, "parallel=zero2", "launcher.nproc_per_node=2"])).total
+
+
+def test_trainer_resume_names_the_run_as_from_run_does(run_dir, capsys):
+    from memtrain.cli import estimate_command
+
+    step2 = run_dir / "checkpoints" / step_dir_name(2)
+    assert estimate_command([f"trainer.resume={step2}", "parallel=fsdp", "launcher.nproc_per_node=2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["world_size"] == 2 and out["total"] == estimate(
+        load_config([*RUN, "parallel=fsdp", "launcher.nproc_per_node=2"])).total
+    # named twice: refused (exit 2) rather than one silently winning
+    assert estimate_command(["--from-run", str(run_dir), f"trainer.resume={step2}"]) == 2
