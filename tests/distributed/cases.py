@@ -331,3 +331,43 @@ def zero_step_storages(folder: Path, *overrides: str) -> dict:
         return {"total": sum(b for b, _ in seen.values()), "by_path": by_path}
     finally:
         trainer.close()
+
+
+# -- host memory: resident set size at start-up and in the steps ---------------------------------
+
+def host_rss(folder: Path, *overrides: str) -> dict:
+    """What building and training a model adds to each rank's resident host memory (RSS): the
+    peak while the Trainer is built (model build, precision casts, the strategy's wrapping:
+    deepspeed.initialize for zero*) and the peak over the steps (trainer.max_steps), each above
+    the RSS this process had before, with the same modules imported (deepspeed too) and the freed
+    heap released (memtrain.memory.host_rss). A one-block model of the same config is built and
+    trained first, so the lazy, one-time costs of this code path (DeepSpeed's submodule imports,
+    gloo's buffers, the data loader's first batch) belong to the baseline. Every rank's {"baseline", "startup_peak",
+    "after_startup", "steady_peak", "after_steps"} in bytes, rank order."""
+    from memtrain.memory import host_rss as rss
+
+    cfg = load_config(list(overrides))
+    if cfg.parallel.name.startswith("zero"):
+        import deepspeed  # noqa: F401  (its import is baseline, not what the model adds)
+    warm = Trainer(load_config([*overrides, "model.n_layers=1", "trainer.max_steps=1"]), folder / "warm-up")
+    try:
+        warm.fit()
+    finally:
+        warm.close()
+    del warm
+    rss.release_freed_memory()
+    baseline = rss.rss_bytes()
+    rss.reset_peak()
+    trainer = Trainer(cfg, folder / "run")
+    try:
+        startup_peak, after_startup = rss.peak_rss_bytes() - baseline, rss.rss_bytes() - baseline
+        rss.reset_peak()
+        trainer.fit()
+        steady_peak, after_steps = rss.peak_rss_bytes() - baseline, rss.rss_bytes() - baseline
+    finally:
+        trainer.close()
+    mine = {"baseline": baseline, "startup_peak": startup_peak, "after_startup": after_startup,
+            "steady_peak": steady_peak, "after_steps": after_steps}
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every
