@@ -51,10 +51,10 @@ def capture_first_step_grads(trainer: Trainer, grads: dict[str, torch.Tensor]) -
     first real step, after its last backward and before the update."""
     step = trainer.strategy.step
 
-    def step_and_capture(lr: float):
+    def step_and_capture():
         if not grads:
             grads.update(zero_full_grads(trainer))
-        return step(lr)
+        return step()
 
     trainer.strategy.step = step_and_capture
 

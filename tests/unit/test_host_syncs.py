@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from memtrain.config.loader import compose_config
 from memtrain.engine.trainer import Trainer
 
 
@@ -80,13 +81,22 @@ def reads_per_step(trainer: Trainer) -> dict[int, int]:
 #               the loss scale (GradScaler.get_scale); the fused AdamW step takes GradScaler's
 #               found-inf flag on the device, so GradScaler.step reads nothing
 #   MeZO: its step reads (loss, projected gradient) once, the update's scale; nothing else
-EXPECTED = {"fp32": (1, 2), "bf16": (1, 2), "fp16": (1, 3), "mezo": (1, 2)}
+#   weather (Pangu-Weather, tiny): its per-variable RMSE metrics are summed on the device and read
+#               in the logged step's one copy of the metric means: 1 more
+EXPECTED = {"fp32": (1, 2), "bf16": (1, 2), "fp16": (1, 3), "mezo": (1, 2), "weather": (1, 3)}
+PANGU = ["+recipe=weather_swin_tiny", "model=pangu_tiny", "model.n_lat=16", "model.n_lon=32", "model.n_levels=3",
+         "data.levels=[1000,850,500]", "model.dim=16", "model.window_size=[2,2,4]", "data.synthetic_time_steps=4",
+         "trainer.micro_batch_size=1", "trainer.device=cpu", "trainer.save_every=0"]
 
 
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_a_step_reads_the_device_only_where_the_host_needs_a_value(compose, tmp_path, case):
-    over = ["optimizer=mezo", "optimizer.lr=1e-3"] if case == "mezo" else [f"precision={case}"]
-    trainer = Trainer(compose(*over, "trainer.max_steps=6", "trainer.log_every=3", "trainer.grad_accum=2"), tmp_path)
+    steps = ["trainer.max_steps=6", "trainer.log_every=3", "trainer.grad_accum=2"]
+    if case == "weather":
+        cfg = compose_config([*PANGU, *steps])
+    else:
+        cfg = compose(*(["optimizer=mezo", "optimizer.lr=1e-3"] if case == "mezo" else [f"precision={case}"]), *steps)
+    trainer = Trainer(cfg, tmp_path)
     reads = reads_per_step(trainer)
     plain, logged = EXPECTED[case]
     assert reads == {1: plain, 2: plain, 3: logged, 4: plain, 5: plain, 6: logged}
