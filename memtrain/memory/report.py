@@ -45,7 +45,15 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
         table.add_row("  outside the blocks", f"{est.activations_outside_blocks:,}", human(est.activations_outside_blocks), "", style="dim")
         if est.recompute_buffer:
             table.add_row("  recompute buffer", f"{est.recompute_buffer:,}", human(est.recompute_buffer), "", style="dim")
-    table.add_row("total", f"{est.total:,}", human(est.total), "100%", style="bold")
+    table.add_row("total (every term at once)", f"{est.total:,}", human(est.total), "100%", style="bold")
+    if est.phases:
+        labels = {"forward": "forward end", "backward": "backward peak", "optimizer_step": "optimizer step"}
+        for name, value in est.phases.items():
+            table.add_row(f"  step phase: {labels.get(name, name)}", f"{value:,}", human(value),
+                          f"{100 * value / est.total:.1f}%", style="dim")
+    if est.peak:
+        table.add_row("peak over the step", f"{est.peak:,}", human(est.peak), f"{100 * est.peak / est.total:.1f}%",
+                      style="bold")
     for name, value in (("host memory (off the device)", est.host), ("nvme (on disk)", est.nvme)):
         if value:
             table.add_row(name, f"{value:,}", human(value), "", style="italic")
