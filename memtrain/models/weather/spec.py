@@ -14,7 +14,7 @@ from memtrain.data.era5 import build_era5_data
 from memtrain.models.spec import ModelSpec, register_spec
 from memtrain.models.weather import flops
 from memtrain.models.weather.fuxi import FuXi
-from memtrain.models.weather.loss import rmse_per_variable, weather_loss
+from memtrain.models.weather.loss import rmse_tensors, weather_loss
 from memtrain.models.weather.pangu import Pangu, padded, token_grid
 from memtrain.models.weather.parallelize import parallelize, reduce_gradients, validate_spatial
 
@@ -36,7 +36,7 @@ def num_targets(targets: dict[str, torch.Tensor]) -> torch.Tensor:
 def metrics(cfg: DictConfig):
     d = cfg.data
     upper, surface, levels = list(d.upper_variables), list(d.surface_variables), list(d.levels)
-    return lambda outputs, targets: rmse_per_variable(outputs, targets, upper, surface, levels)
+    return lambda outputs, targets: rmse_tensors(outputs, targets, upper, surface, levels)
 
 
 def sdpa_math(cfg: DictConfig) -> bool:
