@@ -17,8 +17,6 @@ torchtitan does (TP -> activation checkpointing -> FSDP).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
@@ -36,7 +34,7 @@ from memtrain.distributed.pipeline_schedules import (  # noqa: F401  (re-exporte
 )
 from memtrain.engine.strategy import TorchStrategy, activation_context
 from memtrain.models.spec import ModelSpec
-from memtrain.optim.builder import build_optimizer
+from memtrain.optim.builder import build_lr_scheduler, build_optimizer
 from memtrain.precision.amp import Precision
 
 
@@ -97,6 +95,7 @@ class PipelineStrategy(TorchStrategy):
                                  loss_fn=self._loss, scale_grads=False)
         self.model = self.module
         self.optimizer = build_optimizer(cfg.optimizer, self.module, device.type)
+        self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer)
         self._scale = 1.0
 
     def _wrap(self, stage: nn.Module) -> nn.Module:
@@ -124,7 +123,8 @@ class PipelineStrategy(TorchStrategy):
         loss, _ = self.spec.loss_fn(outputs, targets)
         return loss * self._scale
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float | torch.Tensor,
+                         sync: bool) -> torch.Tensor:
         """One schedule step over the pipeline micro-batches of this trainer micro-batch. The
         stages reduce data-parallel gradients at the end of every step (`sync` is not used: a
         reduction of accumulated gradients is still exact). Returns the summed loss on every
@@ -137,16 +137,13 @@ class PipelineStrategy(TorchStrategy):
         dist.all_reduce(loss, group=self.pp_group)  # from the last stage to the others
         return loss
 
-    def step(self, lr: float) -> tuple[float, bool]:
+    def step(self) -> tuple[torch.Tensor, bool]:
         params = [p for p in self.module.parameters() if p.grad is not None]
-        norm = grad_norm(params, self.pp_group)
-        grad_norm_value, clip = float(norm), self.cfg.trainer.grad_clip
-        skipped = not math.isfinite(grad_norm_value)
+        norm, clip = grad_norm(params, self.pp_group), self.cfg.trainer.grad_clip
+        skipped = not bool(torch.isfinite(norm))  # the step's one host read (memtrain.engine.step)
         if clip > 0 and not skipped:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         if not skipped:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm_value, skipped
+        return norm, skipped

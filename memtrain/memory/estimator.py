@@ -26,6 +26,7 @@ from memtrain.memory import optimizer_memory
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
 from memtrain.memory.cfgview import node_key
 from memtrain.memory.comm import comm_bytes
+from memtrain.memory.phases import optimizer_temporaries, step_phases, zero_phase_terms
 from memtrain.memory.precision_memory import (
     precision_activation_parts,
     precision_state_bytes,
@@ -94,6 +95,9 @@ class MemoryEstimate:
     # {mesh dimension: {collective: bytes sent per device per optimizer step}} (memtrain.memory.comm)
     comm_bytes: dict = field(default_factory=dict)
     precision_state: int = 0  # fp8 delayed scaling's amax histories
+    # {phase: device bytes at its peak} over one step (memtrain.memory.phases.PHASES), and their max
+    phases: dict = field(default_factory=dict)
+    peak: int = 0
     # DeepSpeed ZeRO: one rank's tensors, each {label, nbytes, where, phase, slot}
     # (memtrain.memory.zero_memory); empty for the other parallel options
     model_state_terms: list = field(default_factory=list)
@@ -227,8 +231,9 @@ def model_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelD
     return torch_states(cfg, units, dims)
 
 
-def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], int, int]:
-    """(saved bytes per block, saved bytes outside the blocks, recompute buffer) for one micro-batch."""
+def activation_parts(cfg: DictConfig, dims: ParallelDims) -> dict[str, float]:
+    """The spec's activation parts (ModelSpec.activation_bytes) for one rank: with QAT's or FP8's
+    change, split over the dap, tp, sp or spatial ranks that share a block."""
     spec = get_spec(cfg.model.arch)
     compute = dtype_of(cfg.precision.compute_dtype).itemsize
     # FSDP's mixed-precision policy and DeepSpeed both compute with low-precision parameters, so
@@ -247,6 +252,14 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], in
     if split["spatial"] > 1:
         # the blocks run on latitude slabs; the fields outside them (embedding, loss) are whole on every rank
         parts = {**parts, "block": parts["block"] / split["spatial"], "block_input": parts["block_input"] / split["spatial"]}
+    return parts
+
+
+def activation_bytes(cfg: DictConfig, dims: ParallelDims, parts: dict[str, float] | None = None) -> tuple[list[int], int, int]:
+    """(saved bytes per block, saved bytes outside the blocks, recompute buffer) for one micro-batch;
+    `parts` as activation_parts returns them (computed when not given)."""
+    spec = get_spec(cfg.model.arch)
+    parts = activation_parts(cfg, dims) if parts is None else parts
     ac = cfg.checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
     n_blocks = spec.num_blocks(cfg.model)
@@ -270,8 +283,8 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims) -> tuple[list[int], in
     # own first block, and split over the dap ranks like the main blocks; the recompute buffer is
     # the largest block recomputed
     stack_blocks = []
+    share = model_parallel_degrees(cfg.model.arch, dims)["dap"]
     for stack in parts.get("stacks", []):
-        share = split["dap"]
         ids = set(checkpointed_block_ids(stack["n_blocks"], mode, policy, ac.every_k))
         stack_blocks += [(stack["block_input"] if i in ids else stack["block"]) / share for i in range(stack["n_blocks"])]
         if ids:
@@ -338,9 +351,12 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         from memtrain.memory.pipeline_memory import pipeline_estimate
 
         units = tp_units(param_units(cfg), dims.tp)
-        return pipeline_estimate(cfg, dims, numel(flat(units)), model_states, activation_bytes, MemoryEstimate)
+        est = pipeline_estimate(cfg, dims, numel(flat(units)), model_states, activation_bytes, MemoryEstimate)
+        est.peak = est.total  # the pipeline schedule's phases are not followed: the sum stands for the peak
+        return est
     states, n_params = _model_states_of(cfg, dims)
-    per_block, outside, buffer = activation_bytes(cfg, dims)
+    parts = activation_parts(cfg, dims)
+    per_block, outside, buffer = activation_bytes(cfg, dims, parts)
     saved = sum(per_block) + outside
     precision_state = precision_state_bytes(cfg)
     if cfg.offload.name == "activations_cpu":
@@ -349,7 +365,26 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         activations, host_activations = saved + buffer, 0
     if optimizer_memory.zeroth_order(cfg):  # forward passes under no_grad: inference's working set
         activations, host_activations, buffer = optimizer_memory.inference_activation_bytes(per_block, outside), 0, 0
+    if optimizer_memory.zeroth_order(cfg):  # no backward and no gradients: the forward's working set
+        phases = {"forward": states.params + states.optimizer + states.gathered + activations + precision_state,
+                  "backward": 0, "optimizer_step": states.params + states.optimizer + precision_state}
+    else:
+        extras = _step_extras(cfg, dims)
+        model = {"params": states.params, "grads": states.grads, "optimizer": states.optimizer,
+                 "gathered": states.gathered}
+        if states.terms:  # DeepSpeed ZeRO: its tensors come labelled by phase
+            model = zero_phase_terms(states.terms)
+            extras["zero_fp32_grads"] = model.pop("zero_fp32_grads")
+        phases = step_phases(
+            cfg, **model,
+            precision_state=precision_state, per_block=per_block, outside=outside, buffer=buffer,
+            block_input=int(parts["block_input"]), unit_sizes=[numel(u) for u in tp_units(param_units(cfg), dims.tp)],
+            device_activations=activations if cfg.offload.name == "activations_cpu" else None,
+            loss_forward=int(parts.get("loss_forward_transient", 0)),
+            loss_backward=int(parts.get("loss_backward_transient", 0)), **extras)
     return MemoryEstimate(
+        phases=phases,
+        peak=max(phases.values()),
         params=states.params,
         grads=states.grads,
         optimizer=states.optimizer,
@@ -369,3 +404,20 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         precision_state=precision_state,
         model_state_terms=[asdict(t) for t in states.terms],
     )
+
+
+def _step_extras(cfg: DictConfig, dims: ParallelDims) -> dict[str, int]:
+    """The optimizer step's device temporaries (memtrain.memory.phases): the update's own on the
+    rank's parameters (FSDP: its shards; ZeRO: one flat fp32 partition). None on the device where
+    the step runs on the host (offload=optimizer_cpu, params_cpu, nvme)."""
+    name, offload = cfg.parallel.name, cfg.offload.name
+    if offload in ("optimizer_cpu", "params_cpu", "nvme"):
+        return {"zero_fp32_grads": 0, "temporaries": 0}
+    shapes = flat(tp_units(param_units(cfg), dims.tp))
+    if name.startswith("zero"):  # the fp32 gradient partition comes from zero_memory's terms
+        part = -(-numel(shapes) // dims.dp)
+        return {"zero_fp32_grads": 0, "temporaries": optimizer_temporaries(cfg, [torch.Size((part,))], FP32)}
+    if name in ("fsdp", "hsdp"):
+        shapes = [shard(s, dims.dp_shard) for s in shapes]
+    return {"zero_fp32_grads": 0,
+            "temporaries": optimizer_temporaries(cfg, shapes, dtype_of(cfg.precision.param_dtype).itemsize)}

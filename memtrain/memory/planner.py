@@ -658,6 +658,8 @@ def _verified(composer: _Composer, result: Plan, verify_top: int | None, ctx: Pl
         except (HydraException, OmegaConfBaseException, ConfigError):
             result.invalid += 1
             continue
+        if on_cpu:  # validated as on this machine; estimated for the target hardware, as the rows were
+            cfg = compose(config_name="train", overrides=list(row.overrides))
         composed = estimate(cfg)  # from the config the row composes to, as `memtrain estimate` gives it
         if composed != row.estimate:
             result.mismatched += 1

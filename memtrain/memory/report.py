@@ -7,6 +7,7 @@ from rich.table import Table
 
 from memtrain.config.errors import enum_names
 from memtrain.memory.estimator import MemoryEstimate
+from memtrain.memory.host_memory import HostEstimate, host_estimate
 
 
 def human(n: float) -> str:
@@ -45,8 +46,31 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
         table.add_row("  outside the blocks", f"{est.activations_outside_blocks:,}", human(est.activations_outside_blocks), "", style="dim")
         if est.recompute_buffer:
             table.add_row("  recompute buffer", f"{est.recompute_buffer:,}", human(est.recompute_buffer), "", style="dim")
-    table.add_row("total", f"{est.total:,}", human(est.total), "100%", style="bold")
+    table.add_row("total (every term at once)", f"{est.total:,}", human(est.total), "100%", style="bold")
+    if est.phases:
+        labels = {"forward": "forward end", "backward": "backward peak", "optimizer_step": "optimizer step"}
+        for name, value in est.phases.items():
+            table.add_row(f"  step phase: {labels.get(name, name)}", f"{value:,}", human(value),
+                          f"{100 * value / est.total:.1f}%", style="dim")
+    if est.peak:
+        table.add_row("peak over the step", f"{est.peak:,}", human(est.peak), f"{100 * est.peak / est.total:.1f}%",
+                      style="bold")
     for name, value in (("host memory (off the device)", est.host), ("nvme (on disk)", est.nvme)):
         if value:
             table.add_row(name, f"{value:,}", human(value), "", style="italic")
+    host_rows(table, host_estimate(cfg, est))
     return table
+
+
+def host_rows(table: Table, host: HostEstimate) -> None:
+    """Host memory per node (memtrain.memory.host_memory): the start-up peak and the steady-state
+    peak, each with its per-rank terms."""
+    where = "host = device (trainer.device=cpu)" if host.device_is_host else "host"
+    for phase, value in (("startup", host.startup_per_node), ("steady", host.steady_per_node)):
+        label = "start-up (model build, wrapping)" if phase == "startup" else "steady state (steps)"
+        table.add_row(f"{where} per node, {label}, {host.ranks_per_node} rank(s)", f"{value:,}", human(value), "",
+                      style="italic")
+        for term in host.terms:
+            if term["phase"] == phase:
+                table.add_row(f"  per rank: {term['label']} [{term['kind']}]", f"{term['nbytes']:,}",
+                              human(term["nbytes"]), "", style="dim")

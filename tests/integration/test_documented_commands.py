@@ -164,6 +164,13 @@ SHRINK: dict[str, How] = {
     "bash scripts/setup.sh": How(reason="installs packages into this environment: only its syntax is checked"),
     "python scripts/bench/optimizers.py --smoke": How(slow=True, budget=300, reason="one process per optimizer"),
     "python scripts/bench/calibrate_estimator.py --smoke": How(slow=True, budget=300),
+    "python scripts/bench/optimizer_step.py --optimizers adamw lion --repeats 2 --steps 3": How(
+        slow=True, budget=300, reason="58.5M parameters' optimizer steps on CPU: 1-2 minutes on 2 cores"),
+    "python3 scripts/bench/zero_step_memory.py": How(
+        slow=True, budget=300, multiprocess=True,
+        reason="a 2-rank DeepSpeed launch per config; tests/distributed/test_zero.py checks the same storages"),
+    # 19 configurations x two real steps: a minute or more on 2 busy cores
+    "python scripts/bench/peak_vs_estimate.py": How(slow=True, budget=600),
     "TRITON_INTERPRET=1 python scripts/bench/evoformer_attention.py --smoke": How(slow=True, budget=300),
     "python scripts/bench/lm_vs_hf.py --device cpu --preset 58m --shape dim=256 n_layers=4 n_heads=4 micro_batch=2 "
     "seq_len=256 --repeats 2 --steps 3 --warmup 1": How(

@@ -448,6 +448,10 @@ def activation_bytes(
         "block_input": residual_bytes * batch * (s_evo * n_res * mcfg.c_m + n_res * n_res * mcfg.c_z),
         "attention_core_freed": 0,
         "outside_blocks": sum(outside.values()),
+        # the all-atom FAPE's [B, 8N, 14N, 3] fp32 vectors: three live at once at the loss's peak, in the
+        # forward (difference, square, sum) and at its backward (pow's gradient and its factors)
+        "loss_forward_transient": 3 * FP32 * batch * 8 * n_res * 14 * n_res * 3,
+        "loss_backward_transient": 3 * FP32 * batch * 8 * n_res * 14 * n_res * 3,
         "stacks": [{k: v for k, v in stack.items() if k != "terms"}
                    for stack in stack_terms(mcfg, batch, n_res, n_extra, n_templ, compute_bytes, residual_bytes)],
     }

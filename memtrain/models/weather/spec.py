@@ -14,7 +14,7 @@ from memtrain.data.era5 import build_era5_data
 from memtrain.models.spec import ModelSpec, register_spec
 from memtrain.models.weather import flops
 from memtrain.models.weather.fuxi import FuXi
-from memtrain.models.weather.loss import rmse_per_variable, weather_loss
+from memtrain.models.weather.loss import rmse_tensors, weather_loss
 from memtrain.models.weather.pangu import Pangu, padded, token_grid
 from memtrain.models.weather.parallelize import parallelize, reduce_gradients, validate_spatial
 
@@ -36,62 +36,125 @@ def num_targets(targets: dict[str, torch.Tensor]) -> torch.Tensor:
 def metrics(cfg: DictConfig):
     d = cfg.data
     upper, surface, levels = list(d.upper_variables), list(d.surface_variables), list(d.levels)
-    return lambda outputs, targets: rmse_per_variable(outputs, targets, upper, surface, levels)
+    return lambda outputs, targets: rmse_tensors(outputs, targets, upper, surface, levels)
 
 
-def _block_bytes(tokens: float, padded_tokens: float, dim: int, heads: int, c: int, r: int) -> float:
-    """Bytes one post-norm window block keeps for backward, per the code in windows.py, with M tokens
-    (M_p after padding to whole windows) of width C; c = compute, r = residual-stream bytes:
-      attention (padded tokens): the qkv Linear's input (c C), q, k, v as SDPA's contiguous inputs (3 c C),
-        its output (c C) and log-sum-exp (fp32, per head), the projection's input (c C);
-        memory-efficient SDPA keeps no N x N matrix (the math fallback would add 4 N heads per token);
-      norm1 of the attention branch (its input in fp32 + mean, rstd), the MLP's fc1 input (c C), fc1 and
-      GELU outputs (2 c 4C), norm2's fp32 input and statistics."""
-    attention = padded_tokens * (6 * c * dim + FP32 * heads)
-    rest = tokens * (FP32 * dim + 8 + c * dim + 2 * c * 4 * dim + FP32 * dim + 8)
-    return attention + rest
+def sdpa_math(cfg: DictConfig) -> bool:
+    """Whether the window attention runs as SDPA's math fallback: on the CPU (trainer.device=cpu),
+    where F.scaled_dot_product_attention with an attention bias that needs a gradient has no fused
+    kernel. On CUDA the memory-efficient kernel takes the bias and keeps no N x N matrix."""
+    return enum_names(cfg.trainer.device) == "cpu"
+
+
+def _attention_bytes(dim: int, heads: int, n: int, c: int, math_sdpa: bool) -> float:
+    """Bytes per (padded) token that window attention over windows of n tokens keeps, per the code in
+    windows.py and pangu.py: the qkv Linear's input (c C) and the output projection's input (c C);
+    SDPA's math fallback (CPU) keeps q and k scaled by sqrt(scale) and v, all upcast to fp32
+    (12 C whatever the compute dtype), and the fp32 softmax (4 n heads); the memory-efficient kernel
+    (CUDA) keeps q, k, v and its output in the compute dtype (4 c C) and the fp32 log-sum-exp
+    (4 heads)."""
+    core = 3 * FP32 * dim + FP32 * n * heads if math_sdpa else 4 * c * dim + FP32 * heads
+    return 2 * c * dim + core
+
+
+def _block_bytes(tokens: float, padded_tokens: float, dim: int, heads: int, n: int, c: int, math_sdpa: bool,
+                 mlp_ratio: float) -> float:
+    """Bytes one post-norm window block (windows.WindowBlock) keeps for backward, with M tokens (M_p
+    after padding to whole windows) of width C in the stream's dtype c (the compute dtype: the
+    embedding's output under autocast): the window attention (`_attention_bytes`, padded tokens);
+    norm1's input (c C) and its fp32 mean and rstd, the MLP's fc1 input (c C), fc1 and GELU outputs
+    (2 c r C, r = mlp_ratio), norm2's input (c C) and statistics. Under autocast (c < 4) each Linear
+    keeps its weight's c-byte copy: 3 C^2 + C^2 + 2 r C^2 elements."""
+    hidden = int(dim * mlp_ratio)
+    rest = tokens * (c * dim + 8 + c * dim + 2 * c * hidden + c * dim + 8)
+    weights = c * (4 * dim * dim + 2 * dim * hidden) if c < FP32 else 0
+    return padded_tokens * _attention_bytes(dim, heads, n, c, math_sdpa) + rest + weights
+
+
+def _loss_transients(cfg: DictConfig, c: int) -> dict[str, float]:
+    """What the latitude-weighted MSE (loss.py) allocates beyond what it saves, for the upper-air
+    output of U = B V_u L H W values (the larger of the two outputs): in the forward the model's
+    output (c U) and the fp32 squared and weighted errors (2 x 4 U) while the saved differences
+    are live; at the start of the backward four fp32 U-sized gradients at once (the mean's
+    expanded gradient, times the weights, and pow's backward: 2 (pred - truth), its product)."""
+    m, b = cfg.model, cfg.trainer.micro_batch_size
+    upper = b * m.n_upper * m.n_levels * m.n_lat * m.n_lon
+    return {"loss_forward_transient": c * upper + 2 * FP32 * upper, "loss_backward_transient": 4 * FP32 * upper}
 
 
 def _pangu_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]:
-    """Saved bytes for one micro-batch, analytic (not yet checked against a measured forward).
-    `block` is the mean over all blocks (the first and last stages' blocks keep about twice the
-    middle stages', on 4 x the tokens at half the width); `block_input` likewise."""
+    """Saved bytes for one micro-batch, counted tensor by tensor for pangu.py and checked against the
+    measured forward on CPU (tests/unit/weather/test_activation_model.py). The residual stream is
+    the patch embedding's output, so it is in the compute dtype c whatever `r` (autocast casts the
+    convolution). `block` is the mean over all blocks (the first and last stages' blocks keep about
+    twice the middle stages', on 4 x the tokens at half the width); `block_input` likewise: the
+    c-byte block input a checkpointed block keeps.
+
+    Outside the blocks: the patch embedding's padded inputs (their c-byte casts under autocast), the
+    down-sample's LayerNorm input [M_2, 4C] and statistics and its Linear's input, the up-sample's
+    Linear input [M_2, 2C], its LayerNorm input and statistics and the second Linear's input
+    [M_1, C], the concatenated skip [M_1, 2C] (patch recovery's input), the loss's fp32 differences
+    [B, V, H, W]; under autocast the c-byte copies of the embedding, sampling and recovery weights."""
     m, b = cfg.model, cfg.trainer.micro_batch_size
     window = tuple(m.window_size)
+    n_window = math.prod(window)
+    math_sdpa = sdpa_math(cfg)
+    ratio = m.get("mlp_ratio", 4.0)
     s1 = token_grid(m.n_levels, m.n_lat, m.n_lon, m.patch_size)
     s2 = (s1[0], math.ceil(s1[1] / 2), s1[2] // 2)
     stages = [(s1, m.dim), (s2, 2 * m.dim), (s2, 2 * m.dim), (s1, m.dim)]
     total, inputs = 0.0, 0.0
     for (shape, dim), depth, heads in zip(stages, m.depths, m.heads):
         tokens, ptokens = b * math.prod(shape), b * math.prod(padded(shape, window))
-        total += depth * _block_bytes(tokens, ptokens, dim, heads, c, r)
-        inputs += depth * r * tokens * dim
+        total += depth * _block_bytes(tokens, ptokens, dim, heads, n_window, c, math_sdpa, ratio)
+        inputs += depth * c * tokens * dim
     n_blocks = sum(m.depths)
     t1, t2 = b * math.prod(s1), b * math.prod(s2)
-    channels = m.n_upper * m.n_levels + m.n_surface
-    grid = b * m.n_lat * m.n_lon
-    outside = (c * grid * channels  # embedding convolutions' (padded) inputs
-               + (FP32 + c) * t2 * 4 * m.dim + FP32 * 2 * t2  # down-sample: LayerNorm (fp32) and Linear inputs
-               + c * t2 * 2 * m.dim + FP32 * t1 * m.dim + c * t1 * m.dim  # up-sample: Linear, LayerNorm, Linear inputs
-               + c * t1 * 2 * m.dim  # skip concatenation: patch recovery's input
-               + 2 * FP32 * grid * channels)  # the loss: fp32 outputs and differences
+    pz, ph, pw = m.patch_size
+    lat, lon = -(-m.n_lat // ph) * ph, -(-m.n_lon // pw) * pw
+    levels = -(-m.n_levels // pz) * pz
+    d = m.dim
+    outside = (c * b * lat * lon * (m.n_upper * levels + m.n_surface)  # the embedding convolutions' inputs
+               + t2 * (2 * c * 4 * d + 8)  # down-sample: LayerNorm input and statistics, Linear input
+               + c * t2 * 2 * d + t1 * (2 * c * d + 8)  # up-sample: Linear, LayerNorm, Linear inputs
+               + c * t1 * 2 * d  # skip concatenation: patch recovery's input
+               + FP32 * b * m.n_lat * m.n_lon * (m.n_upper * m.n_levels + m.n_surface))  # the loss's differences
+    if c < FP32:
+        patch = m.n_upper * pz * ph * pw + m.n_surface * ph * pw
+        outside += c * (d * patch + 8 * d * d + 9 * d * d + 2 * d * patch)  # embed, down, up, recovery weights
     return {"block": total / n_blocks, "block_input": inputs / n_blocks, "attention_core_freed": 0.0,
-            "outside_blocks": outside}
+            "outside_blocks": outside, **_loss_transients(cfg, c)}
 
 
 def _fuxi_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]:
-    """As for Pangu, for FuXi's blocks on one level of ceil(H'/2) x W'/2 tokens (analytic, unmeasured)."""
+    """As for Pangu (the stream in the compute dtype c), for FuXi's blocks on one level of
+    ceil(H'/2) x W'/2 tokens, counted for fuxi.py and checked against the measured forward on CPU.
+    Scaled cosine attention also keeps the qkv Linear's output (3 c C, read by F.normalize), the
+    normalized q (c C) and the norms of q and k (2 c per head); its continuous position bias MLP
+    keeps its ReLU output [(2 w_h - 1)(2 w_w - 1), 512] per block. Outside the blocks: the
+    concatenated, padded input fields [B, V, H, W] (c), the embedding LayerNorm's input and
+    statistics, the down convolution's input, GroupNorm's input and its SiLU's input [M_2, C], the
+    up convolution's input, GroupNorm's and SiLU's inputs [M_1, C], the head's input [M_1, 2C], the
+    loss's fp32 differences, and under autocast the c-byte weight copies."""
     m, b = cfg.model, cfg.trainer.micro_batch_size
-    h1, w1 = math.ceil(m.n_lat / m.patch_size), math.ceil(m.n_lon / m.patch_size)
+    p, d = m.patch_size, m.dim
+    h1, w1 = math.ceil(m.n_lat / p), math.ceil(m.n_lon / p)
     tokens = b * math.ceil(h1 / 2) * (w1 // 2)
     ptokens = b * -(-math.ceil(h1 / 2) // m.window_size[0]) * m.window_size[0] * (w1 // 2)
-    # cosine attention also keeps the normalized q and k and their norms (2 c C + 2 fp32 per head)
-    block = _block_bytes(tokens, ptokens, m.dim, m.heads, c, r) + ptokens * (2 * c * m.dim + 8 * m.heads)
+    n_window = math.prod(m.window_size)
+    table = (2 * m.window_size[0] - 1) * (2 * m.window_size[1] - 1)
+    block = (_block_bytes(tokens, ptokens, d, m.heads, n_window, c, sdpa_math(cfg), m.get("mlp_ratio", 4.0))
+             + ptokens * (4 * c * d + 2 * c * m.heads) + c * table * 512)
     channels = m.n_upper * m.n_levels + m.n_surface
-    grid = b * m.n_lat * m.n_lon
-    t1 = b * h1 * w1
-    outside = c * grid * channels + 4 * c * t1 * m.dim + 2 * c * t1 * m.dim + 2 * FP32 * grid * channels
-    return {"block": block, "block_input": r * tokens * m.dim, "attention_core_freed": 0.0, "outside_blocks": outside}
+    t1, t2 = b * h1 * w1, tokens
+    outside = (c * b * h1 * p * w1 * p * channels  # the embedding convolution's input
+               + t1 * (2 * c * d + 8) + t2 * 2 * c * d + 2 * FP32 * b * 32  # embed norm; down conv, GroupNorm
+               + t2 * c * d + t1 * 3 * c * d + t1 * 2 * c * d  # SiLU; up conv, GroupNorm, SiLU; the head's input
+               + FP32 * b * m.n_lat * m.n_lon * channels)  # the loss's differences
+    if c < FP32:
+        outside += c * (channels * p * p * d + 9 * d * d + 4 * d * d + 2 * d * channels * p * p)
+    return {"block": block, "block_input": c * tokens * d, "attention_core_freed": 0.0, "outside_blocks": outside,
+            **_loss_transients(cfg, c)}
 
 
 def _validate_common(cfg: DictConfig, lon_tokens: list[int], lon_window: int) -> None:
