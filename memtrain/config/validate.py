@@ -18,6 +18,7 @@ from memtrain.distributed.launch import world_size
 from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.distributed.options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for, parallel_options_with
 from memtrain.distributed.pipeline_schedules import validate_pipeline
+from memtrain.engine.init_device import meta_refusal
 from memtrain.models import get_spec
 from memtrain.models.family import check_model_parallel
 from memtrain.optim.compat import validate_optimizer
@@ -63,6 +64,9 @@ def validate(cfg: DictConfig) -> None:
             f"model.arch={cfg.model.arch} has no evaluation step; use trainer.eval_every=0")
     require(cfg.trainer.eval_every == 0 or cfg.parallel.pp == 1, "trainer.eval_every",
             f"the evaluation step runs the whole model, not pipeline stages (parallel.pp={cfg.parallel.pp})")
+    if enum_names(cfg.trainer.init_device) == "meta":
+        reason = meta_refusal(cfg, spec.init_weights is not None)
+        require(reason is None, "trainer.init_device", reason or "")
     spec.validate(cfg)
     validate_pipeline(cfg, dims.pp, blocks)
 

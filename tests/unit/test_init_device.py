@@ -1,0 +1,81 @@
+"""trainer.init_device (memtrain.engine.init_device): auto keeps eager for small models (the
+parity tests' bit-identical weights) and picks meta only for sharded layouts whose full fp32
+states exceed the budget; meta is refused where it cannot run; estimate's start-up term of the
+whole model vanishes under meta."""
+
+from __future__ import annotations
+
+import pytest
+
+from memtrain.config.errors import ConfigError
+from memtrain.config.loader import load_config
+from memtrain.engine.init_device import FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device, device_memory_bytes
+from memtrain.memory.estimator import estimate
+from memtrain.memory.host_memory import host_estimate
+from memtrain.models import get_spec
+from memtrain.models.meta import build_on_meta
+
+import torch
+
+TINY_FSDP = ["model=gpt_tiny", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu"]
+
+
+def n_params(cfg) -> int:
+    return sum(p.numel() for p in build_on_meta(get_spec(cfg.model.arch).build_model, cfg.model).parameters())
+
+
+def choice(cfg) -> str:
+    return choose_init_device(cfg, n_params(cfg), budget_bytes(cfg, device_memory_bytes(torch.device("cpu"))))
+
+
+def test_auto_keeps_eager_for_a_tiny_model():
+    cfg = load_config(TINY_FSDP)
+    assert cfg.trainer.init_device.name == "auto"  # the default
+    assert choice(cfg) == "eager"
+
+
+def test_auto_picks_meta_when_the_budget_is_below_the_full_fp32_states():
+    cfg = load_config(TINY_FSDP)
+    full_gib = n_params(cfg) * FULL_STATE_BYTES / GIB  # ~0.8M parameters: ~12 MiB
+    assert choice(load_config([*TINY_FSDP, f"trainer.init_budget_gb={full_gib * 0.99}"])) == "meta"
+    assert choice(load_config([*TINY_FSDP, f"trainer.init_budget_gb={full_gib * 1.01}"])) == "eager"
+    # a layout that holds the whole model on every rank stays eager whatever the budget
+    ddp = ["model=gpt_tiny", "parallel=ddp", "launcher.nproc_per_node=2", "trainer.device=cpu"]
+    assert choice(load_config([*ddp, f"trainer.init_budget_gb={full_gib * 0.5}"])) == "eager"
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "zero3", "single"])
+def test_meta_is_refused_where_the_wrapping_needs_the_whole_model(parallel):
+    with pytest.raises(ConfigError) as info:
+        load_config(["model=gpt_tiny", f"parallel={parallel}", "launcher.nproc_per_node=2", "trainer.device=cpu",
+                     "trainer.init_device=meta"] if parallel != "single" else
+                    ["model=gpt_tiny", "parallel=single", "trainer.device=cpu", "trainer.init_device=meta"])
+    message = str(info.value)
+    assert "trainer.init_device" in message and f"parallel={parallel}" in message, message
+
+
+def test_meta_is_refused_for_a_family_without_an_initialiser():
+    with pytest.raises(ConfigError) as info:
+        load_config(["+recipe=alphafold_tiny", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu",
+                     "trainer.init_device=meta"])
+    assert "trainer.init_device" in str(info.value) and "model.arch=alphafold" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_estimate_has_no_whole_model_build_under_meta(device):
+    """trainer.device=cpu: eager holds the whole model on each rank at start-up (N x 4 B); meta
+    only the shards (the persistent parameters term). trainer.device=auto (the GPU) has no host
+    copy either way."""
+    base = ["model=gpt_1b", "parallel=fsdp", "launcher.nproc_per_node=8", f"trainer.device={device}"]
+    eager = load_config([*base, "trainer.init_device=eager"])
+    meta = load_config([*base, "trainer.init_device=meta"])
+    est = estimate(eager)
+    hosts = {name: host_estimate(cfg, est) for name, cfg in (("eager", eager), ("meta", meta))}
+    built = {name: [t for t in h.terms if t["label"].startswith("model built whole")] for name, h in hosts.items()}
+    assert built["meta"] == []
+    if device == "cpu":
+        assert built["eager"][0]["nbytes"] == 4 * est.n_params
+        assert hosts["meta"].startup_per_rank < hosts["eager"].startup_per_rank
+        assert hosts["meta"].startup_per_rank <= est.n_params * 4 / 8 * 1.01  # the shard: 1/8 of fp32 weights
+    else:
+        assert built["eager"] == [] and hosts["meta"].startup_per_rank == hosts["eager"].startup_per_rank
