@@ -5,16 +5,25 @@ at the top of a file or inside a function, re-exports included. A module's packa
 component under memtrain/ (memtrain/config/validate.py -> config); a top-level module is a package
 of its own (memtrain/cli.py -> cli). The layers, from the bottom:
 
-    errors, safe_pickle        the user-error base class, the safe unpickler
-    config                     schema, errors, loader, validation and the light tables it reads
-                               (parallel options, mesh degrees, pipeline schedules, optimizer and
-                               quantization checks, the model-family table and ModelSpec registry)
-    distributed, protein,      communication primitives, protein geometry,
-    kernels, optim, precision  kernels, optimizers, precision transforms
-    data, models               data pipelines, model families (spec, model, parallelize)
-    engine                     strategies, checkpoints, the trainer
-    prereq, memory             checks of the machine, estimate and plan (which may run the trainer)
-    submit, cli, slurm         `memtrain submit`, the command line, the processes Slurm starts
+    errors, safe_pickle, protein   the user-error base class, the safe unpickler, protein geometry
+                                   (residue tables, frames, all-atom conversions)
+    config                         schema, errors, loader, validation and the light tables it reads:
+                                   parallel options, mesh degrees and world size, pipeline schedules,
+                                   optimizer, quantization and kernel checks, the model-family table
+                                   and the ModelSpec registry (config/families.py: `get_spec` imports
+                                   a family's spec module by the name its family.py declares)
+    distributed, kernels,          communication primitives, Triton kernels,
+    optim, data                    optimizers, data pipelines
+    models                         model families (spec, model, parallelize, FLOPs), activation
+                                   checkpointing and chunking
+    precision, prereq              precision transforms and the export format; checks of this machine
+    engine, submit                 strategies, checkpoints, `memtrain export`, the trainer;
+                                   `memtrain submit`
+    memory                         estimate and plan (which may run the trainer to measure)
+    cli                            the command line (its help texts: cli_help, which imports nothing)
+    slurm                          the processes Slurm starts (each rank runs the command line)
+
+(docs/architecture.md, "Package layers").
 """
 
 from __future__ import annotations
