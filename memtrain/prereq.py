@@ -96,7 +96,7 @@ def step_flops(cfg: DictConfig) -> float | None:
     for a model family without a FLOPs model."""
     from omegaconf.errors import ConfigAttributeError
 
-    from memtrain.memory.cost_model import forward_flops
+    from memtrain.models.flops import forward_flops
     from memtrain.models import get_spec
 
     try:

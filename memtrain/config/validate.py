@@ -13,18 +13,16 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memtrain.config.errors import enum_names, require
+from memtrain.config.families import check_model_parallel, get_spec
+from memtrain.config.optimizer_compat import validate_optimizer
+from memtrain.config.parallel import DIMS, ParallelDims, world_size
+from memtrain.config.parallel_options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for, parallel_options_with
+from memtrain.config.pipeline_schedules import validate_pipeline
+from memtrain.config.quantization import validate_quantization
 from memtrain.config.schema import Check
-from memtrain.distributed.launch import world_size
-from memtrain.distributed.mesh import DIMS, ParallelDims
-from memtrain.distributed.options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for, parallel_options_with
-from memtrain.distributed.pipeline_schedules import validate_pipeline
-from memtrain.models import get_spec
-from memtrain.models.family import check_model_parallel
-from memtrain.optim.compat import validate_optimizer
-from memtrain.precision.validate import validate_quantization
 
 IMPLEMENTED_PARALLEL = PARALLEL_OPTIONS
-# which parallel options each offload works with (memtrain.distributed.options, by offload)
+# which parallel options each offload works with (memtrain.config.parallel_options, by offload)
 OFFLOAD_SUPPORT = {offload: parallel_options_for(offload) for offload in OFFLOAD_OPTIONS}
 
 
@@ -134,7 +132,7 @@ def _validate_parallel(p: DictConfig) -> None:
 
 def _require_composes(p: DictConfig, dim: str) -> None:
     """parallel.<dim> other than 1 only under a parallel option that composes with it
-    (memtrain.distributed.options.PARALLEL_MODEL_DIMS)."""
+    (memtrain.config.parallel_options.PARALLEL_MODEL_DIMS)."""
     options = parallel_options_with(dim)
     listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
     require(p[dim] == 1 or p.name in options, f"parallel.{dim}",
@@ -223,7 +221,7 @@ def _validate_kernels(cfg: DictConfig) -> None:
     """model.attention_backend=triton needs Triton and a CUDA device (or TRITON_INTERPRET=1)."""
     if "attention_backend" not in cfg.model or enum_names(cfg.model.attention_backend) != "triton":
         return
-    from memtrain.kernels.runtime import unavailable_reason
+    from memtrain.config.kernel_runtime import unavailable_reason
 
     device = enum_names(cfg.trainer.device)
     reason = unavailable_reason("cuda" if device in ("cuda", "auto") else "cpu")

@@ -24,7 +24,7 @@ from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
 from memtrain.errors import UserError
-from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
+from memtrain.models.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.precision.amp import Precision
 from memtrain.precision.transforms import apply_precision_transforms

@@ -52,7 +52,7 @@ from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all, resolve_
 from memtrain.config.validate import check_values, validate, validate_hardware
 from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.distributed.options import PARALLEL_OFFLOADS
-from memtrain.memory.cfgview import ConfigView
+from memtrain.config.cfgview import ConfigView
 from memtrain.memory.cost_model import STEPS_RELATIVE, GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
 from memtrain.models import get_spec
@@ -227,7 +227,7 @@ def optimizers(ctx: PlanContext, cfg: DictConfig) -> list[str]:
 
 def attention_backends(ctx: PlanContext, cfg: DictConfig) -> list[str]:
     """AlphaFold's attention as configured, and the fused Triton kernels where they can run."""
-    from memtrain.kernels.runtime import unavailable_reason
+    from memtrain.config.kernel_runtime import unavailable_reason
 
     current = enum_names(cfg.model.attention_backend)
     return [current] + (["triton"] if current != "triton" and unavailable_reason("cuda") is None else [])

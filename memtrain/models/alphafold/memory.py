@@ -426,7 +426,7 @@ def activation_bytes(
     if cfg is not None:
         n_res, n_seq = cfg.data.crop_size, cfg.data.max_msa
         n_extra, n_templ = cfg.data.get("max_extra_msa", 0), cfg.data.get("max_templates", 0)
-        from memtrain.memory.activation_checkpoint import (
+        from memtrain.models.activation_checkpoint import (
             checkpointed_block_ids,  # (imports the model registry)
         )
 
