@@ -248,7 +248,9 @@ def estimate_command(args: list[str]) -> int:
         cfg = load_config([a for a in args if a != "--json"])
     result = estimate(cfg)
     if as_json:
-        print(json.dumps(result.as_dict(), indent=2))
+        from memtrain.memory.host_memory import host_estimate
+
+        print(json.dumps({**result.as_dict(), "host_memory": host_estimate(cfg, result).as_dict()}, indent=2))
     else:
         Console().print(render_table(cfg, result))
     if plot_path is not None:

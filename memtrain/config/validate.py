@@ -16,20 +16,16 @@ from memtrain.config.errors import enum_names, require
 from memtrain.config.schema import Check
 from memtrain.distributed.launch import world_size
 from memtrain.distributed.mesh import DIMS, ParallelDims
-from memtrain.distributed.pipeline import validate_pipeline
+from memtrain.distributed.options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for, parallel_options_with
+from memtrain.distributed.pipeline_schedules import validate_pipeline
 from memtrain.models import get_spec
+from memtrain.models.family import check_model_parallel
 from memtrain.optim.compat import validate_optimizer
 from memtrain.precision.validate import validate_quantization
 
-IMPLEMENTED_PARALLEL = ("single", "ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "dap", "pp", "tp", "sp", "spatial")
-# which parallel options each offload works with
-OFFLOAD_SUPPORT = {
-    "none": IMPLEMENTED_PARALLEL,
-    "activations_cpu": IMPLEMENTED_PARALLEL,
-    "optimizer_cpu": ("zero1", "zero2", "zero3"),
-    "params_cpu": ("zero3", "fsdp", "hsdp"),
-    "nvme": ("zero3",),
-}
+IMPLEMENTED_PARALLEL = PARALLEL_OPTIONS
+# which parallel options each offload works with (memtrain.distributed.options, by offload)
+OFFLOAD_SUPPORT = {offload: parallel_options_for(offload) for offload in OFFLOAD_OPTIONS}
 
 
 MAX_BLOCKS = 1024  # blocks per model (the largest published transformers have under 200)
@@ -54,26 +50,20 @@ def validate(cfg: DictConfig) -> None:
     require(ac.every_k >= 1, "checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
+    dims = ParallelDims.from_config(cfg.parallel, world_size(cfg))
+    check_model_parallel(cfg.model.arch, vars(dims))  # before the family's own checks of those degrees
     validate_optimizer(cfg)
     spec = get_spec(cfg.model.arch)
     blocks = spec.num_blocks(cfg.model)
     require(blocks <= MAX_BLOCKS, "model", f"the model has {blocks} blocks; memtrain builds at most {MAX_BLOCKS} (its "
                                            "tools build every block's shapes, and the largest published transformers "
                                            "have under 200)")
-    for dim in ("tp", "sp"):
-        require(cfg.parallel[dim] == 1 or dim in spec.model_parallel, f"parallel.{dim}",
-                f"model.arch={cfg.model.arch} does not support parallel.{dim} (its model-parallel dimensions: "
-                f"{', '.join(spec.model_parallel) or 'none'})")
-    require(cfg.parallel.name != "dap" or spec.parallelize is not None, "parallel",
-            f"parallel=dap (Dynamic Axial Parallelism) splits AlphaFold's representations; model.arch={cfg.model.arch} has none")
-    require(cfg.parallel.name != "spatial" or spec.spatial, "parallel",
-            f"parallel=spatial splits a weather model's latitude grid; model.arch={cfg.model.arch} has none (use model=pangu*)")
     require(cfg.trainer.eval_every == 0 or spec.build_evaluator is not None, "trainer.eval_every",
             f"model.arch={cfg.model.arch} has no evaluation step; use trainer.eval_every=0")
     require(cfg.trainer.eval_every == 0 or cfg.parallel.pp == 1, "trainer.eval_every",
             f"the evaluation step runs the whole model, not pipeline stages (parallel.pp={cfg.parallel.pp})")
     spec.validate(cfg)
-    validate_pipeline(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).pp, spec.num_blocks(cfg.model), spec)
+    validate_pipeline(cfg, dims.pp, blocks)
 
 
 def check_values(node: DictConfig, prefix: str = "") -> None:
@@ -130,15 +120,24 @@ def _validate_parallel(p: DictConfig) -> None:
         require(not bad, bad[0].split("=")[0] if bad else "parallel",
                 f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
     _validate_model_parallel(p)
-    require(p.dap == 1 or p.name == "dap", "parallel.dap", f"dap={p.dap} needs parallel=dap (got parallel={p.name})")
+    _require_composes(p, "dap")
     require(p.name != "dap" or p.dp_shard == 1, "parallel.dp_shard",
             "parallel=dap composes with replicated data parallelism (parallel.dp_replicate), not sharded")
-    require(p.spatial == 1 or p.name == "spatial", "parallel.spatial", f"spatial={p.spatial} needs parallel=spatial (got parallel={p.name})")
+    _require_composes(p, "spatial")
     require(p.name != "spatial" or (p.dp_shard == 1 and p.dp_replicate == 1), "parallel.dp_replicate",
             "parallel=spatial does not compose with data parallelism yet: parallel.dp_replicate and parallel.dp_shard must be 1")
     if p.name.startswith("zero"):
         require(importlib.util.find_spec("deepspeed") is not None, "parallel",
                 f"parallel={p.name} needs DeepSpeed (pip install deepspeed)")
+
+
+def _require_composes(p: DictConfig, dim: str) -> None:
+    """parallel.<dim> other than 1 only under a parallel option that composes with it
+    (memtrain.distributed.options.PARALLEL_MODEL_DIMS)."""
+    options = parallel_options_with(dim)
+    listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
+    require(p[dim] == 1 or p.name in options, f"parallel.{dim}",
+            f"parallel.{dim}={p[dim]} composes with parallel={listed}, not parallel={p.name}", allowed=options)
 
 
 def _validate_model_parallel(p: DictConfig) -> None:
@@ -150,11 +149,8 @@ def _validate_model_parallel(p: DictConfig) -> None:
     require(not ((tp or sp) and p.pp != 1), "parallel.pp",
             f"parallel.pp={p.pp} with parallel.tp={p.tp}, parallel.sp={p.sp}: pipeline stages do not take a "
             "tensor- or sequence-parallel plan yet; use pipeline parallelism with data parallelism only")
-    with_tp, with_sp = ("tp", "fsdp", "hsdp"), ("sp", "ddp", "fsdp", "hsdp")
-    require(not tp or p.name in with_tp, "parallel.tp", f"parallel.tp={p.tp} composes with parallel=tp, fsdp or hsdp "
-                                                        f"(DTensor parameters), not parallel={p.name}", allowed=with_tp)
-    require(not sp or p.name in with_sp, "parallel.sp", f"parallel.sp={p.sp} composes with parallel=sp, ddp, fsdp or hsdp, "
-                                                        f"not parallel={p.name}", allowed=with_sp)
+    _require_composes(p, "tp")
+    _require_composes(p, "sp")
     for name, key in (("tp", "parallel.tp"), ("sp", "parallel.sp")):
         if p.name == name:
             bad = [f"parallel.{k}={p[k]}" for k in ("dp_replicate", "dp_shard") if p[k] != 1]

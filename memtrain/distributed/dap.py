@@ -22,7 +22,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed import ProcessGroup
-from torch.distributed.tensor import DTensor
 
 # -- communication: matched autograd pairs --------------------------------------------------------
 
@@ -126,6 +125,8 @@ def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
 def all_reduce_gradients(module: nn.Module, group: ProcessGroup) -> None:
     """Sum every parameter's gradient over `group` (one flat buffer per dtype). DTensor gradients
     (FSDP, TP) are summed shard by shard: the group's ranks hold the same shard of each."""
+    from torch.distributed.tensor import DTensor  # here: importing it takes most of a second
+
     grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
              for p in module.parameters() if p.grad is not None]
     for dtype in {g.dtype for g in grads}:

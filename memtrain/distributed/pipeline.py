@@ -17,9 +17,6 @@ torchtitan does (TP -> activation checkpointing -> FSDP).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
@@ -27,86 +24,18 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from memtrain.config.errors import require
+from memtrain.distributed.pipeline_schedules import (  # noqa: F401  (re-exported)
+    PIPELINE_OFFLOAD,
+    PIPELINE_PARALLEL,
+    SCHEDULES,
+    ScheduleRule,
+    stage_ids,
+    validate_pipeline,
+)
 from memtrain.engine.strategy import TorchStrategy, activation_context
 from memtrain.models.spec import ModelSpec
-from memtrain.optim.builder import build_optimizer
+from memtrain.optim.builder import build_lr_scheduler, build_optimizer
 from memtrain.precision.amp import Precision
-
-
-@dataclass(frozen=True)
-class ScheduleRule:
-    torch_name: str  # class in torch.distributed.pipelining
-    min_stages_per_rank: int
-    max_stages_per_rank: int | None  # None: no upper bound
-    style: str  # stage placement: "loop" (stage s on rank s mod pp) or "v" (ZB-V)
-
-    @property
-    def multi_stage(self) -> bool:
-        return self.max_stages_per_rank != 1
-
-
-SCHEDULES = {
-    "gpipe": ScheduleRule("ScheduleGPipe", 1, 1, "loop"),
-    "1f1b": ScheduleRule("Schedule1F1B", 1, 1, "loop"),
-    "interleaved_1f1b": ScheduleRule("ScheduleInterleaved1F1B", 2, None, "loop"),
-    "zero_bubble": ScheduleRule("ScheduleInterleavedZeroBubble", 2, None, "loop"),
-    "zbv": ScheduleRule("ScheduleZBVZeroBubble", 2, 2, "v"),
-}
-PIPELINE_PARALLEL = ("pp", "ddp", "fsdp", "hsdp")  # parallel options pipeline stages compose with
-PIPELINE_OFFLOAD = ("none", "activations_cpu")
-
-
-def stage_ids(pp_rank: int, pp: int, stages_per_rank: int, style: str) -> list[int]:
-    """The stages rank `pp_rank` runs: looped (rank r holds r, r + pp, r + 2 pp, ...) or V-shaped
-    (rank r holds r and 2 pp - 1 - r), as torch.distributed.pipelining places them."""
-    if style == "v":
-        return [pp_rank, 2 * pp - 1 - pp_rank]
-    return [pp_rank + k * pp for k in range(stages_per_rank)]
-
-
-def validate_pipeline(cfg: DictConfig, pp: int, num_blocks: int, spec: ModelSpec) -> None:
-    """Refuse a pipeline configuration that cannot run: pp is the resolved pipeline degree."""
-    p = cfg.parallel
-    require(p.pp_schedule in SCHEDULES, "parallel.pp_schedule", f"unknown pipeline schedule {p.pp_schedule!r}",
-            allowed=SCHEDULES)
-    if pp == 1:
-        return
-    rule, v, m = SCHEDULES[p.pp_schedule], p.pp_stages_per_rank, p.pp_microbatches
-    require(p.name in PIPELINE_PARALLEL, "parallel.pp",
-            f"pipeline parallelism (pp={pp}) does not compose with parallel={p.name}", allowed_label="It composes with parallel",
-            allowed=PIPELINE_PARALLEL)
-    require(spec.pipeline_fn is not None, "parallel.pp",
-            f"model.arch={cfg.model.arch} has no pipeline split (ModelSpec.pipeline_fn); use parallel.pp=1")
-    require(v >= rule.min_stages_per_rank and (rule.max_stages_per_rank is None or v <= rule.max_stages_per_rank),
-            "parallel.pp_stages_per_rank",
-            f"pp_schedule={p.pp_schedule} runs " + (
-                f"exactly {rule.min_stages_per_rank}" if rule.max_stages_per_rank == rule.min_stages_per_rank
-                else f"at least {rule.min_stages_per_rank}") + f" stage(s) per rank, got pp_stages_per_rank={v}")
-    stages = pp * v
-    require(num_blocks % stages == 0, "parallel.pp",
-            f"the model's {num_blocks} blocks do not split evenly into parallel.pp x parallel.pp_stages_per_rank "
-            f"= {pp} x {v} = {stages} stages")
-    require(m >= 1, "parallel.pp_microbatches", f"must be at least 1, got {m}")
-    mbs = cfg.trainer.micro_batch_size
-    require(mbs % m == 0, "parallel.pp_microbatches",
-            f"trainer.micro_batch_size={mbs} must be divisible by parallel.pp_microbatches={m}")
-    if p.pp_schedule == "1f1b":
-        require(m >= stages, "parallel.pp_microbatches",
-                f"pp_schedule=1f1b needs at least as many micro-batches as stages ({stages}), got pp_microbatches={m}")
-    if rule.multi_stage:
-        rounds = max(1, m // pp)
-        require(m % rounds == 0, "parallel.pp_microbatches",
-                f"pp_schedule={p.pp_schedule} runs micro-batches in rounds of parallel.pp={pp}: pp_microbatches={m} "
-                f"must be fewer than pp or a multiple of {rounds} rounds")
-    require(not cfg.precision.loss_scaling, "precision.loss_scaling",
-            "dynamic loss scaling is not wired through the pipeline schedules; use precision=bf16 or fp32 with parallel.pp")
-    require(cfg.trainer.resume == "none", "trainer.resume",
-            "resuming a pipeline-parallel run is not supported yet (its checkpoints are saved, but the "
-            "optimizer's parameter groups differ per pipeline rank); use trainer.resume=none with parallel.pp")
-    require(cfg.offload.name in PIPELINE_OFFLOAD, "offload.name",
-            f"offload={cfg.offload.name} does not work with parallel.pp={pp}", allowed_label="It works with",
-            allowed=PIPELINE_OFFLOAD)
 
 
 class RankModules(nn.Module):
@@ -166,6 +95,7 @@ class PipelineStrategy(TorchStrategy):
                                  loss_fn=self._loss, scale_grads=False)
         self.model = self.module
         self.optimizer = build_optimizer(cfg.optimizer, self.module, device.type)
+        self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer)
         self._scale = 1.0
 
     def _wrap(self, stage: nn.Module) -> nn.Module:
@@ -193,7 +123,8 @@ class PipelineStrategy(TorchStrategy):
         loss, _ = self.spec.loss_fn(outputs, targets)
         return loss * self._scale
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float | torch.Tensor,
+                         sync: bool) -> torch.Tensor:
         """One schedule step over the pipeline micro-batches of this trainer micro-batch. The
         stages reduce data-parallel gradients at the end of every step (`sync` is not used: a
         reduction of accumulated gradients is still exact). Returns the summed loss on every
@@ -206,16 +137,13 @@ class PipelineStrategy(TorchStrategy):
         dist.all_reduce(loss, group=self.pp_group)  # from the last stage to the others
         return loss
 
-    def step(self, lr: float) -> tuple[float, bool]:
+    def step(self) -> tuple[torch.Tensor, bool]:
         params = [p for p in self.module.parameters() if p.grad is not None]
-        norm = grad_norm(params, self.pp_group)
-        grad_norm_value, clip = float(norm), self.cfg.trainer.grad_clip
-        skipped = not math.isfinite(grad_norm_value)
+        norm, clip = grad_norm(params, self.pp_group), self.cfg.trainer.grad_clip
+        skipped = not bool(torch.isfinite(norm))  # the step's one host read (memtrain.engine.step)
         if clip > 0 and not skipped:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         if not skipped:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm_value, skipped
+        return norm, skipped

@@ -9,7 +9,8 @@ DeepSpeed engine and implements the `memtrain.engine.strategy.Strategy` protocol
   normalises the step, so DeepSpeed must not divide by gradient_accumulation_steps again. The
   accumulation boundary is the trainer's `sync` flag, handed to DeepSpeed with
   `engine.set_gradient_accumulation_boundary(sync)` before each micro-batch.
-* step: the learning rate goes into the optimizer's param groups, `engine.step()` reduces (stage
+* step: the learning rate is in the optimizer's param groups (the strategy's lr_scheduler, over
+  the torch optimizer inside ZeRO's wrapper), `engine.step()` reduces (stage
   1), clips (trainer.grad_clip), updates (or skips on an fp16 overflow) and zeroes the gradients.
 * save/load: DeepSpeed's own checkpoint layout (each rank writes its ZeRO partition), written into
   the folder `Checkpointer.begin` gives and made step_<N>/ by `Checkpointer.commit`, the same commit
@@ -55,7 +56,7 @@ from memtrain.distributed.mesh import ParallelDims
 from memtrain.engine.checkpoint import Checkpointer, CheckpointError, read_meta
 from memtrain.engine.strategy import activation_context
 from memtrain.models.spec import ModelSpec
-from memtrain.optim.builder import build_optimizer
+from memtrain.optim.builder import build_lr_scheduler, build_optimizer
 from memtrain.precision.amp import Precision
 from memtrain.safe_pickle import torch_load
 
@@ -312,13 +313,17 @@ class DeepSpeedStrategy:
         )
         engine.checkpoint_engine = _safe_checkpoint_engine(engine)
         self.model, self.optimizer = engine, ds_optimizer
+        self.module = engine.module
         self.engine = engine
+        # over the torch optimizer inside ZeRO's wrapper, whose param groups are the ones it steps
+        self.lr_scheduler = build_lr_scheduler(cfg, ds_optimizer.optimizer)
         if engine.fp16_enabled():
             precision.scaler = _LossScaleView(engine)  # the trainer logs DeepSpeed's loss scale
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float | torch.Tensor,
+                         sync: bool) -> torch.Tensor:
         engine = self.engine
         engine.set_gradient_accumulation_boundary(sync)
         with activation_context(self.cfg.offload, self.device):
@@ -326,18 +331,18 @@ class DeepSpeedStrategy:
         engine.backward(loss * scale, scale_wrt_gas=False)
         return loss.detach().float()
 
-    def step(self, lr: float) -> tuple[float, bool]:
+    def step(self) -> tuple[torch.Tensor, bool]:
         engine = self.engine
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         if not engine.is_gradient_accumulation_boundary():
             raise RuntimeError("step() after a micro-batch with sync=False: the gradients were not reduced")
         # clips, updates, zeroes the gradients; with a non-finite gradient norm (fp16 overflow, or
         # inf/nan in bf16/fp32) DeepSpeed skips the update, reports the norm as inf and, for fp16,
         # lowers the loss scale
         engine.step()
-        norm = engine.get_global_grad_norm()
-        return (math.nan if norm is None else float(norm)), not engine.was_step_applied()
+        norm = engine.get_global_grad_norm()  # DeepSpeed's: a Python float or a tensor
+        if not isinstance(norm, torch.Tensor):
+            norm = torch.tensor(math.nan if norm is None else norm, dtype=torch.float64, device=self.device)
+        return norm, not engine.was_step_applied()
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -74,18 +74,26 @@ def format_line(record: dict[str, Any], max_steps: int, unit: str = "tokens") ->
 
 
 class MetricMeans:
-    """Running means of a model's extra metrics (ModelSpec.metrics) between two logged steps."""
+    """Running means of a model's extra metrics (ModelSpec.metrics) between two logged steps.
+    Tensor values are summed on their device in float64 and read once, by `pop` (a logged step)."""
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, float | torch.Tensor] = {}
         self.count = 0
 
-    def add(self, values: dict[str, float]) -> None:
+    def add(self, values: dict[str, float | torch.Tensor]) -> None:
         for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach().to(torch.float64)  # float64, as a Python float would be summed
             self.sums[key] = self.sums.get(key, 0.0) + value
         self.count += 1
 
     def pop(self) -> dict[str, float]:
-        out = {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+        keys = list(self.sums)
+        tensors = [k for k in keys if isinstance(self.sums[k], torch.Tensor)]
+        sums = {k: v for k, v in self.sums.items() if k not in tensors}
+        if tensors:
+            sums.update(zip(tensors, torch.stack([self.sums[k] for k in tensors]).tolist()))  # one copy to the host
+        out = {k: sums[k] / self.count for k in keys} if self.count else {}
         self.sums, self.count = {}, 0
         return out

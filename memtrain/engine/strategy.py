@@ -22,19 +22,26 @@ from torch.distributed.tensor import DTensor
 from memtrain.engine.checkpoint import Checkpointer, read_dcp_metadata
 from memtrain.engine.metrics import MetricMeans
 from memtrain.models.spec import ModelSpec
-from memtrain.optim.builder import build_optimizer
+from memtrain.optim.builder import WarmupDecayLR, build_lr_scheduler, build_optimizer
 from memtrain.precision.amp import Precision
 
 
 class Strategy(Protocol):
-    model: nn.Module
+    model: nn.Module  # what the forward runs (wrapped: DDP, FSDP, a DeepSpeed engine)
+    module: nn.Module  # the unwrapped model (this rank's stages under pipeline parallelism)
+    optimizer: Any  # the optimizer the strategy steps (under DeepSpeed: its ZeRO wrapper)
+    lr_scheduler: WarmupDecayLR  # sets the lr of `optimizer`'s param groups; stepped per applied update
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float | torch.Tensor,
+                         sync: bool) -> torch.Tensor:
         """Forward, loss and backward of (loss * scale); returns the detached summed loss. With
-        sync=False (all but the last micro-batch of a step) gradients are only accumulated."""
+        sync=False (all but the last micro-batch of a step) gradients are only accumulated.
+        `scale`: a Python float or a 0-dim float32 tensor on the device."""
 
-    def step(self, lr: float) -> tuple[float, bool]:
-        """Clip, update with learning rate `lr` and zero the gradients; (grad norm, skipped)."""
+    def step(self) -> tuple[torch.Tensor, bool]:
+        """Clip, update with the param groups' learning rate (set by `lr_scheduler`) and zero the
+        gradients; (gradient norm before clipping, a 0-dim tensor on the device; skipped). Skipped
+        is read on the host: a non-finite gradient norm skips the update."""
 
     def save(self, checkpointer: Checkpointer, step: int, meta: dict[str, Any]) -> Path: ...
 
@@ -75,10 +82,12 @@ class TorchStrategy:
             )
         self.model = model
         self.optimizer = build_optimizer(cfg.optimizer, model, device.type)
+        self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer)
         self.metric_fn = spec.metrics(cfg) if spec.metrics is not None else None
         self.extra_metrics = MetricMeans()
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float | torch.Tensor,
+                         sync: bool) -> torch.Tensor:
         if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
             self.model.set_requires_gradient_sync(sync)
         no_sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not sync else contextlib.nullcontext()
@@ -92,16 +101,14 @@ class TorchStrategy:
             self.precision.scaler.scale(loss * scale).backward()
         return loss.detach()
 
-    def step(self, lr: float) -> tuple[float, bool]:
+    def step(self) -> tuple[torch.Tensor, bool]:
         scaler, clip = self.precision.scaler, self.cfg.trainer.grad_clip
         if self.mesh is not None and self.spec.reduce_gradients is not None:
             self.spec.reduce_gradients(self.module, self.mesh)
         scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
-        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        skipped = not math.isfinite(grad_norm)
+        grad_norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        skipped = not bool(torch.isfinite(grad_norm))  # the step's one host read (memtrain.engine.step)
         if scaler.is_enabled():
             scaler.step(self.optimizer)  # skips the update itself when it found inf/nan
             scaler.update()

@@ -4,7 +4,6 @@ with logging and checkpoints. Everything model-specific comes from the ModelSpec
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,14 @@ from memtrain.engine import preemption
 from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
+from memtrain.engine.step import RankSums, StepResult, build_step_fn, to_device  # noqa: F401 (StepResult, to_device: re-exported)
 from memtrain.engine.strategy import build_strategy
-from memtrain.engine.zeroth_order import zeroth_order_step
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
 from memtrain.errors import UserError
 from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
-from memtrain.optim.builder import lr_at
 from memtrain.precision.amp import Precision
 from memtrain.precision.transforms import apply_precision_transforms
 
@@ -38,15 +36,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """A tensor, or a dict of tensors (feature dicts), on `device`."""
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if device.type == "cuda" and batch.device.type == "cpu":  # pinned, so the copy is truly asynchronous
-        batch = batch.pin_memory()
-    return batch.to(device, non_blocking=True)
-
-
 # consecutive skipped steps after which a run counts as diverged: fp16's dynamic loss scale needs
 # at most 64 halvings from the largest precision.init_scale allowed (2^64) to reach 1
 MAX_CONSECUTIVE_SKIPS = 100
@@ -54,14 +43,6 @@ MAX_CONSECUTIVE_SKIPS = 100
 
 class Diverged(UserError):
     """Every recent step had non-finite gradients: nothing is being learned."""
-
-
-@dataclass
-class StepResult:
-    loss: float
-    grad_norm: float
-    tokens: int
-    skipped: bool  # optimizer step skipped: non-finite gradients (fp16 overflow)
 
 
 class Trainer:
@@ -101,6 +82,9 @@ class Trainer:
             self.spec.parallelize(model, self.mesh, cfg)  # model parallelism first: TP -> AC -> FSDP (torchtitan's order)
         apply_activation_checkpointing(model, cfg.checkpoint, self.spec)
         self.strategy = build_strategy(cfg, model, self.spec, self.mesh, self.precision, self.device)
+        self.sums = RankSums(self.dims.dp, self.dims.batch_shards, self.env.world_size, dist.is_initialized())
+        # backpropagation through the strategy, or forward passes only (an optimizer with zeroth_order)
+        self.step_fn = build_step_fn(self.strategy, self.spec, self.precision, self.sums, self.tcfg.seed, self.device)
         self.data = self.spec.build_data(cfg)
         if self.mesh is not None and self.spec.shard_batches is not None:
             self.data = self.spec.shard_batches(self.data, self.mesh, cfg)
@@ -122,6 +106,10 @@ class Trainer:
     def optimizer(self) -> torch.optim.Optimizer:
         return self.strategy.optimizer
 
+    @property
+    def lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return self.strategy.lr_scheduler
+
     # -- one optimizer step ---------------------------------------------------------------------
 
     def micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -133,20 +121,11 @@ class Trainer:
         return [self.data.batch((first + j) * self.dims.dp + self.dp_rank, t.micro_batch_size) for j in range(t.grad_accum)]
 
     def train_step(self) -> StepResult:
-        if getattr(self.optimizer, "zeroth_order", False):  # e.g. MeZO: forward passes only
-            return zeroth_order_step(self)
-        micro = self.micro_batches()
-        # normalise by the tokens of the whole step on every data-parallel rank; the gradient
-        # reduction averages over those ranks, hence the factor dp
-        n_scored = self._global_sum(sum(float(self.spec.num_targets(t)) for _, t in micro))
-        scale = self.dims.dp / n_scored
-        loss_sum = torch.zeros((), device=self.device)
-        for j, (inputs, targets) in enumerate(micro):
-            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
-            loss_sum += self.strategy.forward_backward(inputs, targets, scale, sync=j == len(micro) - 1)
-        grad_norm, skipped = self.strategy.step(self.lr)
-        self.count_step(skipped)
-        return StepResult(self._global_sum(float(loss_sum)) / n_scored, grad_norm, int(n_scored), skipped)
+        """One optimizer step (memtrain.engine.step): its loss, gradient norm and scored targets
+        stay on the device in the result."""
+        result = self.step_fn(self.micro_batches(), self.step)
+        self.count_step(result.skipped)
+        return result
 
     def count_step(self, skipped: bool) -> None:
         """One optimizer step done: applied (the schedule moves on) or skipped (it does not). A run
@@ -158,6 +137,7 @@ class Trainer:
         else:
             self.updates += 1
             self._skips_in_a_row = 0
+            self.lr_scheduler.step()
         if self._skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
             raise Diverged(f"training stopped at step {self.step}: the last {self._skips_in_a_row} steps all had "
                            f"non-finite gradients, so no update was applied since step {self.step - self._skips_in_a_row}"
@@ -165,23 +145,12 @@ class Trainer:
                            f"{self.cfg.optimizer.lr}) or its data holds NaN or inf values. The last checkpoint, if any, "
                            "is kept")
 
-    def _global_sum(self, value: float) -> float:
-        """Sum over the ranks that hold disjoint targets (data- and sequence-parallel ones; ranks
-        that share data, e.g. tensor-parallel ones, count once)."""
-        if not dist.is_initialized():
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t) * self.dims.batch_shards / self.env.world_size
-
     @property
     def lr(self) -> float:
         """The learning rate of the next update: the schedule at the number of updates applied so
-        far, so a skipped step (fp16 overflow) does not consume warm-up or decay (as Megatron and
-        DeepSpeed hold their schedulers on an overflow)."""
-        t = self.tcfg
-        base = self.cfg.optimizer.lr
-        return lr_at(self.updates, base, t.warmup_steps, t.max_steps, enum_names(t.lr_schedule), t.min_lr_ratio)
+        far (the scheduler steps once per applied update), so a skipped step (fp16 overflow) does
+        not consume warm-up or decay (as Megatron and DeepSpeed hold their schedulers on an overflow)."""
+        return self.lr_scheduler.get_last_lr()[0]
 
     def close(self) -> None:
         shutdown(self.env)
@@ -190,15 +159,17 @@ class Trainer:
 
     def save(self) -> Path:
         meta = {"config": to_container(self.cfg), "updates": self.updates, "skipped_steps": self.skipped_steps,
-                "world_size": self.env.world_size, "format": checkpoint_format(self.cfg)}
+                "world_size": self.env.world_size, "format": checkpoint_format(self.cfg),
+                "lr_scheduler": self.lr_scheduler.state_dict()}
         path = self.strategy.save(self.checkpointer, self.step, meta)
         self._saved_step = self.step
         return path
 
     def load(self, path: str | Path) -> None:
         """Resume from checkpoint `path`: checked against this run (memtrain.engine.resume) before
-        any weights load, then model, optimizer, scaler, RNG and the step counters restored. The
-        optimizer hyper-parameters stay this run's (a checkpoint would otherwise bring back its own)."""
+        any weights load, then model, optimizer, scaler, RNG, the step counters and the learning-rate
+        scheduler's position restored. The optimizer hyper-parameters, the base lr and the schedule's
+        shape stay this run's (a checkpoint would otherwise bring back its own)."""
         path = Path(path)
         check = self.resume if self.resume is not None and self.resume.path == path else \
             check_resume(path, self.cfg, self.env.world_size)
@@ -210,6 +181,8 @@ class Trainer:
         self.step = meta["step"]
         self.updates = int(meta.get("updates", self.step))  # checkpoints written before these counters
         self.skipped_steps = int(meta.get("skipped_steps", 0))
+        # the scheduler's position: the updates applied (checkpoints written before it was saved)
+        self.lr_scheduler.seek(int(meta.get("lr_scheduler", {}).get("last_epoch", self.updates)))
         if check.casts:
             self.console.print(f"resume_cast: {'; '.join(check.casts)}: cast {casts or 'the weights and optimizer states'}",
                                highlight=False)
@@ -230,7 +203,8 @@ class Trainer:
         metrics = MetricsLogger(self.run_dir, tcfg.tensorboard, self.console) if self.env.is_main else None
         flops_per_token = self.spec.flops_per_token(self.cfg.model, self.cfg.data.seq_len)
         peak = peak_flops(self.device)
-        records, tokens, t0 = [], 0, time.perf_counter()
+        # targets scored since the last logged step: summed on the device, read when logged
+        records, tokens, t0 = [], torch.zeros((), dtype=torch.float64, device=self.device), time.perf_counter()
         columns = [TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[rate]}")]  # throughput of the last logged interval
         with self.preemption.catching(), Progress(*columns, console=self.console, transient=True,
@@ -239,20 +213,21 @@ class Trainer:
             while self.step < until:
                 lr = self.lr
                 result = self.train_step()
-                tokens += result.tokens
+                tokens += result.tokens_tensor
                 progress.update(task, completed=self.step)
                 evaluate = self.evaluator is not None and self.step % tcfg.eval_every == 0
                 if self.step % tcfg.log_every == 0 or self.step == until or evaluate:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - t0
-                    tps = tokens / elapsed
+                    loss, grad_norm, n_tokens = result.read(tokens)  # the values' one copy to the host
+                    tps = n_tokens / elapsed
                     record = {
                         "step": self.step,
                         "updates": self.updates,
-                        "loss": result.loss,
+                        "loss": loss,
                         "lr": lr,
-                        "grad_norm": result.grad_norm,
+                        "grad_norm": grad_norm,
                         f"{self.spec.target_unit}_per_s": tps,
                         "peak_mem_bytes": peak_memory_bytes(self.device),
                         "mfu": tps * flops_per_token / (peak * self.env.world_size) if peak and flops_per_token else None,
@@ -269,7 +244,7 @@ class Trainer:
                     records.append(record)
                     progress.console.print(format_line(record, tcfg.max_steps, self.spec.target_unit))
                     progress.update(task, rate=f"{tps:.3g} {'tok' if self.spec.target_unit == 'tokens' else self.spec.target_unit}/s")
-                    tokens, t0 = 0, time.perf_counter()
+                    tokens, t0 = torch.zeros_like(tokens), time.perf_counter()
                 if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")
                 if self.step < until and self.preemption.should_stop():  # every rank stops after this step

@@ -10,14 +10,15 @@ same everywhere: the average over ranks of their projected gradients.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import torch
-import torch.distributed as dist
+from torch import nn
 
-if TYPE_CHECKING:
-    from memtrain.engine.trainer import StepResult, Trainer
+from memtrain.engine.step import MicroBatches, RankSums, StepResult, count_targets, to_device
+from memtrain.models.spec import ModelSpec
 
 
 def step_seed(base: int, step: int) -> int:
@@ -25,28 +26,33 @@ def step_seed(base: int, step: int) -> int:
     return (base * 1_000_003 + step * 7919 + 12345) % (2**63 - 1)
 
 
-def zeroth_order_step(trainer: Trainer) -> StepResult:
-    from memtrain.engine.trainer import StepResult, to_device
+class ZerothOrderStep:
+    """A step function (memtrain.engine.step) for an optimizer with `zeroth_order = True` whose
+    `step(closure, seed)` returns (loss, projected gradient) as Python floats (memtrain.optim.mezo).
 
-    micro = [(to_device(x, trainer.device), to_device(y, trainer.device)) for x, y in trainer.micro_batches()]
-    n_scored = trainer._global_sum(sum(float(trainer.spec.num_targets(t)) for _, t in micro))
-    module = trainer.strategy.module
+    module: the unwrapped model; autocast: the precision's autocast context factory; sums: the
+    reduction over ranks; seed: trainer.seed (each step's perturbation seed derives from it and the
+    step number)."""
 
-    def closure() -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float64, device=trainer.device)
-        with trainer.precision.autocast():
-            for inputs, targets in micro:
-                loss, _ = trainer.spec.loss_fn(module(inputs), targets)
-                total += loss.double()
-        if dist.is_initialized():
-            dist.all_reduce(total)
-            total *= trainer.dims.dp / trainer.env.world_size  # ranks sharing data count once
-        return total / n_scored
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, spec: ModelSpec,
+                 autocast: Callable[[], contextlib.AbstractContextManager], sums: RankSums, seed: int,
+                 device: torch.device):
+        self.module, self.optimizer, self.spec, self.autocast = module, optimizer, spec, autocast
+        self.sums, self.seed, self.device = sums, seed, device
 
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = trainer.lr
-    with torch.no_grad():
-        loss, grad = trainer.optimizer.step(closure, seed=step_seed(trainer.tcfg.seed, trainer.step))
-    skipped = not math.isfinite(grad)
-    trainer.count_step(skipped)
-    return StepResult(loss, abs(grad), int(n_scored), skipped)
+    def __call__(self, micro: MicroBatches, step: int) -> StepResult:
+        n_scored = self.sums.over_batch(count_targets(self.spec, micro, self.device))
+        micro = [(to_device(x, self.device), to_device(y, self.device)) for x, y in micro]
+
+        def closure() -> torch.Tensor:
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            with self.autocast():
+                for inputs, targets in micro:
+                    loss, _ = self.spec.loss_fn(self.module(inputs), targets)
+                    total += loss.double()
+            return self.sums.over_data_parallel(total) / n_scored  # ranks sharing data count once
+
+        with torch.no_grad():
+            loss, grad = self.optimizer.step(closure, seed=step_seed(self.seed, step))
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.float64, device=self.device)  # noqa: E731
+        return StepResult(as_tensor(loss), as_tensor(abs(grad)), n_scored, not math.isfinite(grad))

@@ -244,7 +244,7 @@ def comm_seconds(cfg: DictConfig, est: MemoryEstimate, dims: ParallelDims) -> di
     hw = cfg.hardware
     out = {}
     volumes = {dim: sum(c.values()) for dim, c in est.comm_bytes.items()}
-    if cfg.parallel.name == "dap" and dims.dap > 1 and "dap" not in volumes:
+    if dims.dap > 1 and "dap" not in volumes:  # a dap degree only where the family declares it (validated)
         ac = cfg.checkpoint
         n_blocks = get_spec(cfg.model.arch).num_blocks(cfg.model)
         passes = 2 + len(checkpointed_block_ids(n_blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k)) / n_blocks

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
+from memtrain.distributed.options import PARALLEL_OFFLOADS
 from memtrain.memory import optimizer_memory
 from memtrain.memory.activation_checkpoint import checkpointed_block_ids
 from memtrain.memory.cfgview import node_key
@@ -31,27 +32,15 @@ from memtrain.memory.precision_memory import (
     precision_state_bytes,
 )
 from memtrain.models import get_spec
+from memtrain.models.family import model_parallel_degrees
 from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import dtype_of
 
 STEP_BYTES = 4  # torch optimizers keep `step` as a float32 scalar tensor per parameter
 FP32 = 4
 
-# The offload options each parallel option has a memory model for.
-OFFLOADS = {
-    "single": ("none", "activations_cpu"),
-    "ddp": ("none", "activations_cpu"),
-    "fsdp": ("none", "params_cpu", "activations_cpu"),
-    "hsdp": ("none", "params_cpu", "activations_cpu"),
-    "zero1": ("none", "optimizer_cpu", "activations_cpu"),
-    "zero2": ("none", "optimizer_cpu", "activations_cpu"),
-    "zero3": ("none", "optimizer_cpu", "params_cpu", "nvme", "activations_cpu"),
-    "dap": ("none", "activations_cpu"),
-    "pp": ("none", "activations_cpu"),
-    "tp": ("none", "activations_cpu"),
-    "sp": ("none", "activations_cpu"),
-    "spatial": ("none", "activations_cpu"),
-}
+# The offload options each parallel option has a memory model for (the one table, by parallel option).
+OFFLOADS = PARALLEL_OFFLOADS
 
 
 def _adam_state(shape: torch.Size, param_bytes: int) -> int:
@@ -253,14 +242,16 @@ def activation_parts(cfg: DictConfig, dims: ParallelDims) -> dict[str, float]:
     residual = compute if casts_params else dtype_of(cfg.precision.param_dtype).itemsize
     parts = spec.activation_bytes(cfg, compute, residual)
     parts = precision_activation_parts(cfg, parts, compute, residual)  # QAT copies, FP8 1-byte saves
-    if cfg.parallel.name == "dap":
+    # the model-parallel degrees the model's family declares (a ConfigError for any other above 1)
+    split = model_parallel_degrees(cfg.model.arch, dims)
+    if split["dap"] > 1:
         # DAP splits the Evoformer's representations over the dap ranks (padded to a multiple);
         # what runs outside the blocks is replicated on every rank
-        parts = {**parts, "block": parts["block"] / dims.dap, "block_input": parts["block_input"] / dims.dap}
+        parts = {**parts, "block": parts["block"] / split["dap"], "block_input": parts["block_input"] / split["dap"]}
     parts = model_parallel_activations(parts, cfg, dims)
-    if cfg.parallel.name == "spatial":
+    if split["spatial"] > 1:
         # the blocks run on latitude slabs; the fields outside them (embedding, loss) are whole on every rank
-        parts = {**parts, "block": parts["block"] / dims.spatial, "block_input": parts["block_input"] / dims.spatial}
+        parts = {**parts, "block": parts["block"] / split["spatial"], "block_input": parts["block_input"] / split["spatial"]}
     return parts
 
 
@@ -292,8 +283,8 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims, parts: dict[str, float
     # own first block, and split over the dap ranks like the main blocks; the recompute buffer is
     # the largest block recomputed
     stack_blocks = []
+    share = model_parallel_degrees(cfg.model.arch, dims)["dap"]
     for stack in parts.get("stacks", []):
-        share = dims.dap if cfg.parallel.name == "dap" else 1
         ids = set(checkpointed_block_ids(stack["n_blocks"], mode, policy, ac.every_k))
         stack_blocks += [(stack["block_input"] if i in ids else stack["block"]) / share for i in range(stack["n_blocks"])]
         if ids:

@@ -119,7 +119,7 @@ def step_phase_peaks(cfg, run_dir, steps: int = 2) -> LiveBytes:
                     precision.scaler.scale(loss / float(spec.num_targets(targets))).backward()
                     del loss
                 with live.phase("optimizer_step"):
-                    strategy.step(trainer.lr)
+                    strategy.step()  # at the learning rate its scheduler set
         return live
     finally:
         trainer.close()

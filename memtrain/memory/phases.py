@@ -43,8 +43,6 @@ from memtrain.precision.amp import dtype_of
 
 PHASES = ("forward", "backward", "optimizer_step")
 FP32 = 4
-# memtrain's own multi-tensor optimizers (memtrain.optim._foreach) cut their foreach ops at this size
-from memtrain.optim._foreach import BUCKET_BYTES  # noqa: E402
 
 
 def _foreach(cfg: DictConfig) -> bool:
@@ -79,6 +77,10 @@ def optimizer_temporaries(cfg: DictConfig, shapes: list[torch.Size], state_bytes
         return sum(sizes) if _foreach(cfg) else max(sizes)
     if name == "Adafactor":
         return sum(sizes) if _foreach(cfg) else max(sizes)
+    # memtrain's own multi-tensor optimizers cut their foreach ops at BUCKET_BYTES (imported here:
+    # memtrain.optim._foreach imports torch.distributed.tensor, most of a second, which estimate needs not)
+    from memtrain.optim._foreach import BUCKET_BYTES
+
     return min(sum(sizes), max(BUCKET_BYTES, max(sizes)))
 
 

@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig
 
 from memtrain.distributed.mesh import ParallelDims
-from memtrain.distributed.pipeline import SCHEDULES, stage_ids
+from memtrain.distributed.pipeline_schedules import SCHEDULES, stage_ids
 from memtrain.memory.cfgview import with_values
 from memtrain.models import get_spec
 from memtrain.models.meta import build_on_meta

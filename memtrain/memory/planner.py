@@ -51,12 +51,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.errors import ConfigError, enum_names, from_hydra
 from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all, resolve_all
-from memtrain.config.validate import OFFLOAD_SUPPORT, check_values, validate, validate_hardware
-from memtrain.distributed.mesh import ParallelDims
+from memtrain.config.validate import check_values, validate, validate_hardware
+from memtrain.distributed.mesh import DIMS, ParallelDims
+from memtrain.distributed.options import PARALLEL_OFFLOADS
 from memtrain.memory.cfgview import ConfigView
 from memtrain.memory.cost_model import STEPS_RELATIVE, GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
 from memtrain.models import get_spec
+from memtrain.models.family import check_model_parallel, family
 
 PLANNED_GROUPS = ("parallel", "precision", "optimizer", "offload", "checkpoint")  # the axes that swap groups
 GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher", "hardware")
@@ -129,7 +131,7 @@ def parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
     layouts = [Option(name, (("parallel", name),)) for name in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
     if ctx.nodes > 1:
         layouts.append(Option(f"hsdp(r={ctx.nodes})", (("parallel", "hsdp"), ("parallel.dp_replicate", ctx.nodes))))
-    if "chunk_size" in cfg.model:  # DAP splits AlphaFold's representations
+    if "dap" in family(cfg.model.arch).model_parallel:  # DAP splits AlphaFold's representations
         for d in divisors(ctx.gpus_per_node)[1:]:
             layouts.append(Option(f"dap={d}", (("parallel", "dap"), ("parallel.dap", d), ("parallel.dp_replicate", -1))))
     return layouts + model_parallel_layouts(ctx, cfg)
@@ -162,7 +164,7 @@ def model_parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
                 out.append(Option(f"{impl}={d}", (("parallel", impl), ("parallel.sp", d))) if d == ctx.world else
                            Option(f"fsdp+{impl}={d}", (("parallel", "fsdp"), ("parallel.sp", d),
                                                        ("parallel.sp_impl", impl), ("parallel.dp_shard", -1))))
-    if spec.pipeline_fn is not None and not m.get("tie_embeddings", False):
+    if "pp" in spec.model_parallel and not m.get("tie_embeddings", False):
         n_blocks = spec.num_blocks(m)
         for d in degrees:
             for schedule, v in PP_SCHEDULES:
@@ -180,11 +182,11 @@ def _model_parallel(cfg: DictConfig) -> bool:
 
 
 def offloads(ctx: PlanContext, cfg: DictConfig) -> list[str]:
-    """The offloads the parallel option takes (the validator's OFFLOAD_SUPPORT); none with model
+    """The offloads the parallel option takes (memtrain.distributed.options); none with model
     parallelism, whose estimates and pipelines have no offload."""
     if _model_parallel(cfg):
         return ["none"]
-    return [o for o in ("none", "optimizer_cpu", "params_cpu") if cfg.parallel.name in OFFLOAD_SUPPORT[o]]
+    return [o for o in ("none", "optimizer_cpu", "params_cpu") if o in PARALLEL_OFFLOADS[cfg.parallel.name]]
 
 
 def precisions(ctx: PlanContext, cfg: DictConfig) -> list[str]:
@@ -293,6 +295,21 @@ class Plan:
     @property
     def smallest(self) -> PlanRow | None:
         return min(self.too_big, key=lambda r: r.peak_bytes, default=None)
+
+
+def check_pinned_model_parallel(base_cfg: DictConfig, pinned: set[str], world: int) -> None:
+    """A model-parallel degree the command line fixes (parallel=OPTION over the target world, or
+    parallel.<dim>=N) on a dimension the model's family does not declare is refused at once
+    (memtrain.models.family.check_model_parallel), not after every candidate has been refused."""
+    p = base_cfg.parallel
+    if "parallel" in pinned:
+        try:
+            degrees = vars(ParallelDims.from_config(p, world))
+        except ConfigError:  # degrees that do not fit the target world: each candidate is judged later
+            degrees = {d: world if p[d] == -1 else p[d] for d in DIMS}
+    else:
+        degrees = {d: p[d] for d in DIMS if f"parallel.{d}" in pinned}
+    check_model_parallel(base_cfg.model.arch, degrees)
 
 
 def _pinned(base: list[str]) -> set[str]:
@@ -516,6 +533,7 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
         gb = global_batch or base_cfg.trainer.micro_batch_size * base_cfg.trainer.grad_accum * hw.gpus * hw.nodes
         ctx = PlanContext(base, base_cfg, hw.gpus, hw.nodes, gb)
         pinned = _pinned(base)
+        check_pinned_model_parallel(base_cfg, pinned, ctx.world)
         axes = [a for a in AXES if a.key not in pinned]
         user = [o for o in base if not o.split("=", 1)[0].lstrip("+").startswith("hardware")]
         launcher = _launcher(ctx)

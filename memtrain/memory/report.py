@@ -7,6 +7,7 @@ from rich.table import Table
 
 from memtrain.config.errors import enum_names
 from memtrain.memory.estimator import MemoryEstimate
+from memtrain.memory.host_memory import HostEstimate, host_estimate
 
 
 def human(n: float) -> str:
@@ -27,21 +28,24 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
         f"dp_shard={est.dp_shard}), offload={cfg.offload.name}"
     )
     table = Table(title=title, title_justify="left")
-    table.add_column("per device")
+    # 80 columns: the labels get what the numbers leave (bytes up to 10^14 are 18 characters)
+    table.add_column("per device", min_width=34, ratio=1)
     table.add_column("bytes", justify="right")
     table.add_column("", justify="right")
     table.add_column("share", justify="right")
     rows = [("parameters", est.params), ("gradients", est.grads), ("optimizer states", est.optimizer),
-            *([("gathered (transient)", est.gathered)] if est.gathered else []), ("activations", est.activations)]
+            *([("transient (gathered, buckets)", est.gathered)] if est.gathered else []), ("activations", est.activations)]
     for name, value in rows:
         table.add_row(name, f"{value:,}", human(value), f"{100 * value / est.total:.1f}%")
     for term in est.model_state_terms:  # DeepSpeed ZeRO: what each model-state row is made of
         if term["where"] == "device" and term["nbytes"]:
-            table.add_row(f"  {term['label']} ({term['phase']})", f"{term['nbytes']:,}", human(term["nbytes"]), "",
+            table.add_row(f"  {term['label']} [{term['phase']}]", f"{term['nbytes']:,}", human(term["nbytes"]), "",
                           style="dim")
     blocks = est.activations_per_block
     if blocks:
-        table.add_row("  per block (first / last)", f"{blocks[0]:,} / {blocks[-1]:,}", human(max(blocks)), "", style="dim")
+        label = f"  per block, largest of {len(blocks)}" + ("" if len(set(blocks)) == 1 else
+                                                           f" (first {human(blocks[0])}, last {human(blocks[-1])})")
+        table.add_row(label, f"{max(blocks):,}", human(max(blocks)), "", style="dim")
         table.add_row("  outside the blocks", f"{est.activations_outside_blocks:,}", human(est.activations_outside_blocks), "", style="dim")
         if est.recompute_buffer:
             table.add_row("  recompute buffer", f"{est.recompute_buffer:,}", human(est.recompute_buffer), "", style="dim")
@@ -57,4 +61,19 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
     for name, value in (("host memory (off the device)", est.host), ("nvme (on disk)", est.nvme)):
         if value:
             table.add_row(name, f"{value:,}", human(value), "", style="italic")
+    host_rows(table, host_estimate(cfg, est))
     return table
+
+
+def host_rows(table: Table, host: HostEstimate) -> None:
+    """Host memory per node (memtrain.memory.host_memory): the start-up peak and the steady-state
+    peak, each with its per-rank terms."""
+    where = "host = device (trainer.device=cpu)" if host.device_is_host else "host"
+    for phase, value in (("startup", host.startup_per_node), ("steady", host.steady_per_node)):
+        label = "start-up (build, wrap)" if phase == "startup" else "steady state (steps)"
+        table.add_row(f"{where} per node ({host.ranks_per_node} ranks), {label}", f"{value:,}", human(value), "",
+                      style="italic")
+        for term in host.terms:
+            if term["phase"] == phase:
+                table.add_row(f"  per rank: {term['label']} [{term['kind']}]", f"{term['nbytes']:,}",
+                              human(term["nbytes"]), "", style="dim")

@@ -43,13 +43,15 @@ the fp32 master partition, the optimizer state and the fp32 gradient partition (
 step) on the host, plus a low-precision copy of the partition there (stage 1/2:
 param_buffer_of_bit16_for_cpu_offload_groups) and a host gradient staging buffer of L elements;
 the device keeps the parameters, the bucket and, for stage 1/2, a staging buffer of L elements
-(temp_grad_buffer_for_gpu_offload) instead of the reduced gradient partition. params_cpu (stage
+(temp_grad_buffer_for_gpu_offload) instead of the reduced gradient partition; stage 3 makes its
+gradient partition buffer (P b) on the host too. params_cpu (stage
 3): the parameter partition on the host too. nvme (stage 3): parameter partition and optimizer
 state on disk, the fp32 gradients on the host; DeepSpeed's swap buffers are not counted.
 
 Checked: the six on-device cases (stages 1-3 x fp32/bf16, 2 ranks) against the storages DeepSpeed
 holds inside the optimizer step (tests/distributed/test_zero.py, docs/planner.md). The offload
-terms and the gathered working set come from the source, not from a measurement.
+terms against the resident host memory of gloo ranks, start-up and steps (memtrain.memory.
+host_memory, tests/distributed/test_host_memory.py); the gathered working set comes from the source.
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ def zero_terms(cfg: DictConfig, shapes: list[torch.Size], stage: int, n_dp: int)
         add("fp32 master partition", part * FP32, opt_where, PERSISTENT, OPTIMIZER)
         add("optimizer state", state, opt_where, PERSISTENT, OPTIMIZER)
         add("fp32 gradient partition", part * FP32, "host", PERSISTENT, GRADS)
+        # grad_partitions_flat_buffer is made on DeepSpeed's self.device, the host under optimizer
+        # offload (stage3.py: self.device = cpu when offload_optimizer); measured in host RSS
+        add("gradient partition buffer", part * b, "host", PERSISTENT, GRADS)
     else:  # none, params_cpu (memtrain's config offloads only the parameters: the optimizer stays)
         add("fp32 master partition", part * FP32, "device", PERSISTENT, OPTIMIZER)
         add("optimizer state", state, "device", PERSISTENT, OPTIMIZER)

@@ -1,8 +1,17 @@
-"""Model families. Importing this package registers every family's ModelSpec."""
+"""Model families, one folder each (model, spec, parallelize, family.py). Importing this package
+imports no family: `get_spec(arch)` imports only the one asked for (memtrain.models.family lists
+them, with what each supports)."""
 
-from memtrain.models.alphafold import spec as _alphafold_spec  # noqa: F401
-from memtrain.models.gpt import spec as _gpt_spec  # noqa: F401
-from memtrain.models.weather import spec as _weather_spec  # noqa: F401
-from memtrain.models.spec import ModelSpec, get_spec, register_spec
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["ModelSpec", "get_spec", "register_spec"]
+
+
+def __getattr__(name: str) -> Any:  # the spec module imports torch: only when it is asked for
+    if name in __all__:
+        from memtrain.models import spec
+
+        return getattr(spec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

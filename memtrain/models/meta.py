@@ -9,7 +9,8 @@ TorchFunctionMode. Shapes and names are exactly those of the real build.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -50,3 +51,22 @@ def build_on_meta(build: Callable[[Any], nn.Module], model_cfg: Any) -> nn.Modul
 
         raise ConfigError("model", f"a tensor of this model is too large to describe ({reason[:200]}); its sizes "
                                    "(model.dim, the hidden and vocabulary sizes) are far beyond any device") from None
+
+
+T = TypeVar("T", bound=Callable[..., torch.Tensor])
+
+
+def host_table(fn: T) -> T:
+    """Decorator for a function computing a constant table from sizes (an index, a mask, coordinates):
+    it runs on the CPU and its result moves to the current default device. Arithmetic on the meta
+    device runs torch's Python meta kernels, whose first call imports torch._dynamo (most of a
+    second), so a model built on the meta device (`build_on_meta`) should compute no table there."""
+
+    @functools.wraps(fn)
+    def on_host(*args: Any, **kwargs: Any) -> torch.Tensor:
+        device = torch.get_default_device()
+        with torch.device("cpu"):
+            table = fn(*args, **kwargs)
+        return table.to(device)
+
+    return on_host  # type: ignore[return-value]

@@ -1,5 +1,7 @@
 """ModelSpec: everything the engine needs to know about a model family, so that it never
-branches on a model's name. Specs register themselves by `arch` (the model config's key)."""
+branches on a model's name. Specs register themselves by `arch` (the model config's key) when
+their module is imported; `get_spec` imports only the module of the family asked for
+(memtrain.models.family, which also holds what each family supports)."""
 
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ class ModelSpec:
     target_unit: str = "tokens"  # what num_targets counts, for throughput ("tokens_per_s")
     # model-specific parallelism: (model, mesh, config) -> None, in place (e.g. AlphaFold's DAP);
     # its gradient reduction after backward: (model, mesh) -> None
+    # (which mesh dimensions it implements is declared by the family: `model_parallel` below)
     parallelize: Callable[..., None] | None = None
     reduce_gradients: Callable[..., None] | None = None
-    spatial: bool = False  # parallelize supports parallel=spatial (a sample's grid split over ranks)
     # extra logged metrics: config -> ((model outputs, targets) -> {name: value}) per micro-batch,
     # averaged over the micro-batches of each logging interval (e.g. per-variable RMSE)
     metrics: Callable[[DictConfig], Callable[[Any, Batch], dict[str, float]]] | None = None
@@ -52,8 +54,6 @@ class ModelSpec:
     # return tensors (torch.distributed.pipelining passes nothing else); a last stage whose model
     # output is not a tensor (a fused loss head's) has `loss_outputs(tensors)` giving it to loss_fn
     pipeline_fn: Callable[[nn.Module, list[int], int], list[nn.Module]] | None = None
-    # the model-parallel mesh dimensions `parallelize` implements, e.g. ("tp", "sp")
-    model_parallel: tuple[str, ...] = ()
     # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.sp)
     shard_batches: Callable[..., Batches] | None = None
     # held-out evaluation every trainer.eval_every steps: config -> evaluate(model, step, out_dir or
@@ -75,20 +75,42 @@ class ModelSpec:
     # micro-batch, for the cost model; None: flops_per_token (decoders) or AlphaFold's count
     forward_flops: Callable[[DictConfig], tuple[float, float, float]] | None = None
 
+    @property
+    def model_parallel(self) -> tuple[str, ...]:
+        """The model-parallel mesh dimensions this family implements ("tp", "sp", "dap", "spatial",
+        "pp"), as its family.py declares them (memtrain.models.family)."""
+        from memtrain.models.family import family
+
+        return family(self.arch).model_parallel
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_spec(spec: ModelSpec) -> ModelSpec:
+    """Register `spec` under its arch. Raises ValueError where the family's declaration
+    (memtrain.models.family) and the spec disagree: a declared dimension needs `parallelize`
+    (or `pipeline_fn` for "pp"), and a `pipeline_fn` needs "pp" declared."""
+    dims = spec.model_parallel
+    if any(d != "pp" for d in dims) and spec.parallelize is None:
+        raise ValueError(f"model.arch={spec.arch} declares {dims} but its ModelSpec has no parallelize")
+    if ("pp" in dims) != (spec.pipeline_fn is not None):
+        raise ValueError(f"model.arch={spec.arch}: 'pp' declared {'pp' in dims}, pipeline_fn set "
+                         f"{spec.pipeline_fn is not None}; they must agree")
     _REGISTRY[spec.arch] = spec
     return spec
 
 
 def get_spec(arch: str) -> ModelSpec:
-    from memtrain import models  # noqa: F401  (imports every family, which registers its spec)
+    """The ModelSpec of `model.arch`, importing its family's spec module (and no other family's).
+    Raises ConfigError('model.arch') for an arch no family declares."""
+    import importlib
 
+    from memtrain.models.family import family
+
+    module = family(arch).spec_module
     if arch not in _REGISTRY:
-        from memtrain.config.errors import ConfigError
-
-        raise ConfigError("model.arch", f"unknown model architecture {arch!r}", allowed=sorted(_REGISTRY))
+        importlib.import_module(module)
+    if arch not in _REGISTRY:
+        raise ValueError(f"importing {module} registered no ModelSpec for model.arch={arch}")
     return _REGISTRY[arch]

@@ -52,11 +52,12 @@ class MeZO(torch.optim.Optimizer):
             raise ValueError("MeZO needs a closure that evaluates the loss (no backward)")
         eps = self.param_groups[0]["eps"]
         self._perturb(seed, eps)
-        loss_plus = float(closure())
+        loss_plus = torch.as_tensor(closure()).to(torch.float64)
         self._perturb(seed, -2 * eps)
-        loss_minus = float(closure())
+        loss_minus = torch.as_tensor(closure()).to(torch.float64)
         self._perturb(seed, eps)
-        grad = (loss_plus - loss_minus) / (2 * eps)
+        # float64 as Python's arithmetic; one read of both numbers: g scales the update below
+        loss_plus, grad = torch.stack([loss_plus, (loss_plus - loss_minus) / (2 * eps)]).tolist()
         gen = None
         for group, p in self._params():
             if gen is None or gen.device != p.device:

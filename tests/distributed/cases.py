@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor
 
 from memtrain.config.loader import load_config
 from memtrain.engine.trainer import Trainer
+from memtrain.engine.step import count_targets
 
 
 # -- training runs: first-step gradients, then the losses and gradient norms of a few steps ---------
@@ -50,10 +51,10 @@ def capture_first_step_grads(trainer: Trainer, grads: dict[str, torch.Tensor]) -
     first real step, after its last backward and before the update."""
     step = trainer.strategy.step
 
-    def step_and_capture(lr: float):
+    def step_and_capture():
         if not grads:
             grads.update(zero_full_grads(trainer))
-        return step(lr)
+        return step()
 
     trainer.strategy.step = step_and_capture
 
@@ -69,7 +70,7 @@ def train_run(run_dir: Path, overrides: list[str]) -> dict:
             capture_first_step_grads(trainer, grads)
         else:
             micro = trainer.micro_batches()
-            n = trainer._global_sum(sum(float(trainer.spec.num_targets(t)) for _, t in micro))
+            n = float(trainer.sums.over_batch(count_targets(trainer.spec, micro, trainer.device)))
             for j, (x, y) in enumerate(micro):
                 trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
             if trainer.mesh is not None and trainer.spec.reduce_gradients is not None:
@@ -100,7 +101,7 @@ def pipeline(folder: Path, *overrides: str) -> dict:
     trainer = Trainer(load_config(list(overrides)), folder / "run")
     try:
         micro = trainer.micro_batches()
-        n = trainer._global_sum(sum(float(trainer.spec.num_targets(t)) for _, t in micro))
+        n = float(trainer.sums.over_batch(count_targets(trainer.spec, micro, trainer.device)))
         for j, (x, y) in enumerate(micro):
             trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
         local = full_grads(trainer)  # FSDP shards gathered over the data-parallel ranks
@@ -135,7 +136,7 @@ def fp16_skip(folder: Path, *overrides: str) -> list:
         trainer.strategy.forward_backward(inputs, targets, 1e-3, sync=True)
         if trainer.env.rank == 1:
             weight.grad.to_local()[0, 0] = float("inf")
-        _, skipped = trainer.strategy.step(1e-3)
+        _, skipped = trainer.strategy.step()
         mine = (skipped, not torch.equal(before, weight.to_local()), trainer.precision.scaler.get_scale())
         everyone = [None] * trainer.env.world_size
         dist.all_gather_object(everyone, mine)
@@ -331,3 +332,43 @@ def zero_step_storages(folder: Path, *overrides: str) -> dict:
         return {"total": sum(b for b, _ in seen.values()), "by_path": by_path}
     finally:
         trainer.close()
+
+
+# -- host memory: resident set size at start-up and in the steps ---------------------------------
+
+def host_rss(folder: Path, *overrides: str) -> dict:
+    """What building and training a model adds to each rank's resident host memory (RSS): the
+    peak while the Trainer is built (model build, precision casts, the strategy's wrapping:
+    deepspeed.initialize for zero*) and the peak over the steps (trainer.max_steps), each above
+    the RSS this process had before, with the same modules imported (deepspeed too) and the freed
+    heap released (memtrain.memory.host_rss). A one-block model of the same config is built and
+    trained first, so the lazy, one-time costs of this code path (DeepSpeed's submodule imports,
+    gloo's buffers, the data loader's first batch) belong to the baseline. Every rank's {"baseline", "startup_peak",
+    "after_startup", "steady_peak", "after_steps"} in bytes, rank order."""
+    from memtrain.memory import host_rss as rss
+
+    cfg = load_config(list(overrides))
+    if cfg.parallel.name.startswith("zero"):
+        import deepspeed  # noqa: F401  (its import is baseline, not what the model adds)
+    warm = Trainer(load_config([*overrides, "model.n_layers=1", "trainer.max_steps=1"]), folder / "warm-up")
+    try:
+        warm.fit()
+    finally:
+        warm.close()
+    del warm
+    rss.release_freed_memory()
+    baseline = rss.rss_bytes()
+    rss.reset_peak()
+    trainer = Trainer(cfg, folder / "run")
+    try:
+        startup_peak, after_startup = rss.peak_rss_bytes() - baseline, rss.rss_bytes() - baseline
+        rss.reset_peak()
+        trainer.fit()
+        steady_peak, after_steps = rss.peak_rss_bytes() - baseline, rss.rss_bytes() - baseline
+    finally:
+        trainer.close()
+    mine = {"baseline": baseline, "startup_peak": startup_peak, "after_startup": after_startup,
+            "steady_peak": steady_peak, "after_steps": after_steps}
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every

@@ -59,6 +59,14 @@ CONFIG_CASES = [
     (["train", "+recipe=alphafold_tiny", "trainer.seed=-1"], ["trainer.seed", "at least 0"]),
     (["train", "optimizer.lr=inf"], ["optimizer.lr", "finite"]),
     (["train", "optimizer.lr=nan"], ["optimizer.lr", "finite"]),
+    # a model-parallel dimension the model's family does not declare (memtrain.models.family)
+    (["train", "model=gpt_tiny", "parallel=dap", "launcher.nproc_per_node=2", "trainer.max_steps=1"],
+     ["'parallel.dap'", "model.arch=gpt does not support parallel.dap", "model.arch with parallel.dap: alphafold"]),
+    (["estimate", "model=gpt_tiny", "parallel=dap", "launcher.nproc_per_node=2"],
+     ["'parallel.dap'", "model.arch=gpt", "alphafold"]),
+    (["plan", "model=gpt_tiny", "parallel=dap", "hardware.gpus=2"], ["'parallel.dap'", "model.arch=gpt", "alphafold"]),
+    (["estimate", "+recipe=weather_fuxi_tiny", "parallel=spatial", "launcher.nproc_per_node=2"],
+     ["'parallel.spatial'", "model.arch=fuxi", "pangu"]),
     # file system, before anything starts
     (["train", "data.root=/etc/hostname"], ["data.root", "not a folder"]),
     (["train", "parallel=zero3", "offload=nvme", "offload.nvme_path="], ["offload.nvme_path", "empty path"]),

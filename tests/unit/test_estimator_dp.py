@@ -132,9 +132,10 @@ def test_offload_moves_model_states_off_the_device(compose, case):
         expected = {
             "zero1-optimizer_cpu": (2 * n, 2 * largest, 0, 4 * p + adam + 4 * p + 2 * p + 2 * largest, 0),
             "zero2-optimizer_cpu": (2 * n, 2 * largest, 0, 4 * p + adam + 4 * p + 2 * p + 2 * largest, 0),
-            "zero3-optimizer_cpu": (2 * p, 0, 0, 4 * p + adam + 4 * p, 0),
+            # ZeRO-3 under optimizer offload: the gradient partition buffer (2 p) on the host too
+            "zero3-optimizer_cpu": (2 * p, 0, 0, 4 * p + adam + 4 * p + 2 * p, 0),
             "zero3-params_cpu": (0, 2 * p + 4 * p, 4 * p + adam, 2 * p, 0),
-            "zero3-nvme": (0, 0, 0, 4 * p, 2 * p + 4 * p + adam),
+            "zero3-nvme": (0, 0, 0, 4 * p + 2 * p, 2 * p + 4 * p + adam),
         }[case]
         assert (off.params, off.grads, off.optimizer, off.host, off.nvme) == expected
         # the reduce bucket and one autograd gradient stay on the device (and ZeRO-3's gathered set)

@@ -48,8 +48,10 @@ def test_bad_pipeline_configs_are_refused(compose, overrides, key, words):
 def test_pipeline_needs_a_model_with_a_split(compose):
     cfg = compose("model=alphafold_tiny", "data=structure", "parallel=pp", "launcher.nproc_per_node=2",
                   "trainer.micro_batch_size=4", "parallel.pp_microbatches=2", tiny=False)
-    with pytest.raises(ConfigError, match="no pipeline split"):
+    with pytest.raises(ConfigError) as err:
         validate(cfg)
+    assert err.value.key == "parallel.pp"
+    assert "model.arch=alphafold does not support parallel.pp" in str(err.value) and err.value.allowed == ["gpt"]
 
 
 @pytest.mark.parametrize("schedule,v", [("gpipe", 1), ("1f1b", 1), ("interleaved_1f1b", 2), ("zero_bubble", 2),

@@ -164,6 +164,25 @@ def test_a_resumed_run_keeps_the_counters(compose, tmp_path):
         [{k: v for k, v in r.items() if k not in strip} for r in whole[2:]]
 
 
+def test_the_lr_scheduler_position_is_checkpointed_and_the_schedule_is_the_resuming_runs(compose, tmp_path):
+    """The scheduler (a torch LRScheduler, stepped per applied update) is at updates=1 after a
+    skipped and an applied step; the checkpoint keeps that position, and a resumed run with
+    another optimizer.lr and warm-up continues from it on its own schedule."""
+    over = ["precision=fp16", "trainer.warmup_steps=5", "optimizer.lr=1e-3", "trainer.max_steps=4"]
+    first = Trainer(compose(*over, "trainer.save_every=2"), tmp_path)
+    overflow_at_first_step(first)
+    first.fit(until=2)
+    assert isinstance(first.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
+    saved = json.loads((first.checkpointer.latest() / "meta.json").read_text())["lr_scheduler"]
+    assert (saved["last_epoch"], saved["base_lrs"]) == (1, [1e-3, 1e-3])
+    resumed = Trainer(compose("precision=fp16", "trainer.warmup_steps=8", "optimizer.lr=2e-3", "trainer.max_steps=4",
+                              "trainer.resume=auto"), tmp_path)
+    resumed.load(resumed.resume.path)
+    assert resumed.lr_scheduler.last_epoch == 1
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [lr_at(1, 2e-3, 8, 4, "cosine", 0.1)] * 2
+    assert all("initial_lr" not in g for g in resumed.optimizer.param_groups)  # the optimizer state's layout
+
+
 # -- 5. bfloat16 parameters -----------------------------------------------------------------------
 
 

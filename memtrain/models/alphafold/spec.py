@@ -61,9 +61,9 @@ def metrics(cfg: DictConfig):
     """Every unweighted loss term (loss_<name>, averaged over the micro-batch's samples), logged
     with the loss."""
 
-    def terms(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, float]:
-        with torch.no_grad():
-            return {f"loss_{k}": float(v.float().mean()) for k, v in alphafold_loss_terms(outputs, targets).items()}
+    def terms(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():  # 0-dim float32 tensors, read by the trainer on logged steps only
+            return {f"loss_{k}": v.float().mean() for k, v in alphafold_loss_terms(outputs, targets).items()}
 
     return terms
 

@@ -16,6 +16,8 @@ after wo and w2.
 
 Sequence parallelism (memtrain.distributed.sequence_parallel): the attention core is replaced by
 Ulysses' or the ring's, and each attention's rotary tables are those of the rank's positions.
+
+The degrees these plans accept are checked at config time by memtrain.models.gpt.spec.validate_parallel.
 """
 
 from __future__ import annotations
@@ -140,34 +142,3 @@ def shard_batches(batches, mesh: DeviceMesh, cfg: DictConfig):
         return batches
     positions = shard_positions(cfg.data.seq_len, mesh["sp"].size(), mesh["sp"].get_local_rank(), enum_names(cfg.parallel.sp_impl))
     return SequenceShardedBatches(batches, positions)
-
-
-def validate_parallel(cfg: DictConfig) -> None:
-    """Degrees the decoder can be split by, each refused with the keys at fault."""
-    from memtrain.config.errors import require
-    from memtrain.distributed.launch import world_size
-    from memtrain.distributed.mesh import ParallelDims
-    from memtrain.models.gpt.model import ffn_hidden_size
-
-    m, p = cfg.model, cfg.parallel
-    dims = ParallelDims.from_config(p, world_size(cfg))
-    kv, seq = m.n_kv_heads or m.n_heads, cfg.data.seq_len
-    if dims.tp > 1:
-        require(m.n_heads % dims.tp == 0, "parallel.tp", f"model.n_heads={m.n_heads} must be divisible by parallel.tp={dims.tp}")
-        require(kv % dims.tp == 0, "parallel.tp", f"model.n_kv_heads={kv} must be divisible by parallel.tp={dims.tp}")
-        hidden = ffn_hidden_size(m.dim, m.ffn_hidden, m.multiple_of)
-        require(hidden % dims.tp == 0, "parallel.tp", f"the feed-forward width {hidden} (model.ffn_hidden) must be divisible by parallel.tp={dims.tp}")
-        require(m.vocab_size % dims.tp == 0, "parallel.tp", f"model.vocab_size={m.vocab_size} must be divisible by parallel.tp={dims.tp}")
-        require(not m.tie_embeddings, "model.tie_embeddings", "tied embeddings are not supported with parallel.tp > 1")
-        require(not p.tp_sp or seq % dims.tp == 0, "data.seq_len",
-                f"seq_len={seq} must be divisible by parallel.tp={dims.tp} with parallel.tp_sp=true")
-    if dims.sp > 1:
-        impl = enum_names(p.sp_impl)
-        if impl == "ulysses":
-            require(m.n_heads % dims.sp == 0, "parallel.sp",
-                    f"model.n_heads={m.n_heads} must be divisible by parallel.sp={dims.sp} for parallel.sp_impl=ulysses")
-            require(seq % dims.sp == 0, "data.seq_len", f"seq_len={seq} must be divisible by parallel.sp={dims.sp}")
-        else:
-            require(seq % (2 * dims.sp) == 0, "data.seq_len",
-                    f"seq_len={seq} must be divisible by 2 x parallel.sp={2 * dims.sp} for parallel.sp_impl=ring "
-                    "(two chunks per rank for causal load balance)")

@@ -12,7 +12,6 @@ from memtrain.models.gpt.attention import ATTENTION_KEYS, core_activation_bytes,
 from memtrain.models.gpt.loss import LinearCrossEntropyHead, default_chunk, loss_fn
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.gpt.pipeline import pipeline_stages
-from memtrain.models.gpt.parallelize import parallelize, reduce_gradients, shard_batches, validate_parallel
 from memtrain.models.spec import ModelSpec, register_spec
 
 PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
@@ -133,6 +132,56 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
     }
 
 
+# Tensor and context parallelism live in memtrain.models.gpt.parallelize (DTensor plans), imported
+# when a run applies them: validation and `memtrain estimate` do not need torch.distributed.tensor.
+def parallelize(model: nn.Module, mesh, cfg: DictConfig) -> None:
+    from memtrain.models.gpt import parallelize as plans
+
+    plans.parallelize(model, mesh, cfg)
+
+
+def reduce_gradients(model: nn.Module, mesh) -> None:
+    from memtrain.models.gpt import parallelize as plans
+
+    plans.reduce_gradients(model, mesh)
+
+
+def shard_batches(batches, mesh, cfg: DictConfig):
+    from memtrain.models.gpt import parallelize as plans
+
+    return plans.shard_batches(batches, mesh, cfg)
+
+
+def validate_parallel(cfg: DictConfig) -> None:
+    """Degrees the decoder can be split by (the plans of memtrain.models.gpt.parallelize), each
+    refused with the keys at fault."""
+    from memtrain.distributed.launch import world_size
+    from memtrain.distributed.mesh import ParallelDims
+
+    m, p = cfg.model, cfg.parallel
+    dims = ParallelDims.from_config(p, world_size(cfg))
+    kv, seq = m.n_kv_heads or m.n_heads, cfg.data.seq_len
+    if dims.tp > 1:
+        require(m.n_heads % dims.tp == 0, "parallel.tp", f"model.n_heads={m.n_heads} must be divisible by parallel.tp={dims.tp}")
+        require(kv % dims.tp == 0, "parallel.tp", f"model.n_kv_heads={kv} must be divisible by parallel.tp={dims.tp}")
+        hidden = ffn_hidden_size(m.dim, m.ffn_hidden, m.multiple_of)
+        require(hidden % dims.tp == 0, "parallel.tp", f"the feed-forward width {hidden} (model.ffn_hidden) must be divisible by parallel.tp={dims.tp}")
+        require(m.vocab_size % dims.tp == 0, "parallel.tp", f"model.vocab_size={m.vocab_size} must be divisible by parallel.tp={dims.tp}")
+        require(not m.tie_embeddings, "model.tie_embeddings", "tied embeddings are not supported with parallel.tp > 1")
+        require(not p.tp_sp or seq % dims.tp == 0, "data.seq_len",
+                f"seq_len={seq} must be divisible by parallel.tp={dims.tp} with parallel.tp_sp=true")
+    if dims.sp > 1:
+        impl = enum_names(p.sp_impl)
+        if impl == "ulysses":
+            require(m.n_heads % dims.sp == 0, "parallel.sp",
+                    f"model.n_heads={m.n_heads} must be divisible by parallel.sp={dims.sp} for parallel.sp_impl=ulysses")
+            require(seq % dims.sp == 0, "data.seq_len", f"seq_len={seq} must be divisible by parallel.sp={dims.sp}")
+        else:
+            require(seq % (2 * dims.sp) == 0, "data.seq_len",
+                    f"seq_len={seq} must be divisible by 2 x parallel.sp={2 * dims.sp} for parallel.sp_impl=ring "
+                    "(two chunks per rank for causal load balance)")
+
+
 def validate(cfg: DictConfig) -> None:
     m = cfg.model
     for key in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
@@ -184,7 +233,6 @@ SPEC = register_spec(
         pipeline_fn=pipeline_stages,
         parallelize=parallelize,
         reduce_gradients=reduce_gradients,
-        model_parallel=("tp", "sp"),
         shard_batches=shard_batches,
         loss_head=apply_loss_head,
     )

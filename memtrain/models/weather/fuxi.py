@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtrain.models.meta import host_table
 from memtrain.models.weather.windows import WindowBlock, merged_heads_attention
 
 
+@host_table
 def log_spaced_coords(window: tuple[int, int]) -> torch.Tensor:
     """[(2 w_h - 1)(2 w_w - 1), 2] relative offsets scaled to [-8, 8] and log-spaced:
     sign(x) log2(1 + |x|) / log2(8) (Swin V2, Section 3.3)."""
@@ -37,6 +39,7 @@ def log_spaced_coords(window: tuple[int, int]) -> torch.Tensor:
     return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
 
 
+@host_table
 def relative_index(window: tuple[int, int]) -> torch.Tensor:
     wh, ww = window
     hh, lon = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
@@ -54,7 +57,7 @@ class CosineWindowAttention(nn.Module):
         super().__init__()
         self.heads, self.window = heads, tuple(window)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(heads, 1, 1)))
+        self.logit_scale = nn.Parameter(torch.full((heads, 1, 1), math.log(10.0)))
         self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, heads, bias=False))
         self.register_buffer("coords", log_spaced_coords(self.window), persistent=False)
         self.register_buffer("index", relative_index(self.window), persistent=False)

@@ -34,11 +34,18 @@ def rmse_per_variable(outputs: dict[str, torch.Tensor], targets: dict[str, torch
                       surface_names: list[str], levels: list[int]) -> dict[str, float]:
     """{"rmse/z500": ..., "rmse/t2m": ...}: latitude-weighted RMSE in physical units (the normalized
     error times the variable's standard deviation), per sample, averaged over the micro-batch."""
+    return {k: float(v) for k, v in rmse_tensors(outputs, targets, upper_names, surface_names, levels).items()}
+
+
+def rmse_tensors(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], upper_names: list[str],
+                 surface_names: list[str], levels: list[int]) -> dict[str, torch.Tensor]:
+    """rmse_per_variable's values as 0-dim tensors on the outputs' device (not read: the
+    trainer's metric means read them on logged steps only)."""
     with torch.no_grad():
         up = weighted_squared_error(outputs["upper"], targets["upper"], targets["lat_weight"]).sqrt()
         up = (up * targets["upper_std"].float()).mean(0)  # [V_u, L]
         sf = weighted_squared_error(outputs["surface"], targets["surface"], targets["lat_weight"]).sqrt()
         sf = (sf * targets["surface_std"].float()).mean(0)  # [V_s]
-    out = {f"rmse/{v}{lv}": float(up[i, j]) for i, v in enumerate(upper_names) for j, lv in enumerate(levels)}
-    out.update({f"rmse/{v}": float(sf[i]) for i, v in enumerate(surface_names)})
+    out = {f"rmse/{v}{lv}": up[i, j] for i, v in enumerate(upper_names) for j, lv in enumerate(levels)}
+    out.update({f"rmse/{v}": sf[i] for i, v in enumerate(surface_names)})
     return out

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtrain.models.meta import host_table
 from memtrain.models.weather.windows import WindowBlock, merged_heads_attention
 
 
@@ -28,6 +29,7 @@ def earth_bias_size(window: tuple[int, int, int]) -> int:
     return (2 * ww - 1) * wh * wh * wz * wz
 
 
+@host_table
 def earth_position_index(window: tuple[int, int, int]) -> torch.Tensor:
     """[N * N] index into the bias table for every (query, key) pair of a window (Pangu's
     _construct_index): query and key level and latitude absolute, longitude relative."""

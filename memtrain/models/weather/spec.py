@@ -14,7 +14,7 @@ from memtrain.data.era5 import build_era5_data
 from memtrain.models.spec import ModelSpec, register_spec
 from memtrain.models.weather import flops
 from memtrain.models.weather.fuxi import FuXi
-from memtrain.models.weather.loss import rmse_per_variable, weather_loss
+from memtrain.models.weather.loss import rmse_tensors, weather_loss
 from memtrain.models.weather.pangu import Pangu, padded, token_grid
 from memtrain.models.weather.parallelize import parallelize, reduce_gradients, validate_spatial
 
@@ -36,7 +36,7 @@ def num_targets(targets: dict[str, torch.Tensor]) -> torch.Tensor:
 def metrics(cfg: DictConfig):
     d = cfg.data
     upper, surface, levels = list(d.upper_variables), list(d.surface_variables), list(d.levels)
-    return lambda outputs, targets: rmse_per_variable(outputs, targets, upper, surface, levels)
+    return lambda outputs, targets: rmse_tensors(outputs, targets, upper, surface, levels)
 
 
 def sdpa_math(cfg: DictConfig) -> bool:
@@ -187,11 +187,12 @@ def validate_pangu(cfg: DictConfig) -> None:
     w1 = m.n_lon // m.patch_size[2]
     require(w1 % 2 == 0, "model.n_lon", f"{w1} longitude tokens cannot be merged 2 by 2")
     _validate_common(cfg, [w1, w1 // 2], m.window_size[2])
-    if cfg.parallel.name == "spatial":
-        from memtrain.distributed.launch import world_size
-        from memtrain.distributed.mesh import ParallelDims
+    from memtrain.distributed.launch import world_size
+    from memtrain.distributed.mesh import ParallelDims
 
-        validate_spatial(cfg, ParallelDims.from_config(cfg.parallel, world_size(cfg)).spatial)
+    degree = ParallelDims.from_config(cfg.parallel, world_size(cfg)).spatial
+    if degree > 1:
+        validate_spatial(cfg, degree)
 
 
 def validate_fuxi(cfg: DictConfig) -> None:
@@ -223,5 +224,5 @@ for _arch, _build, _act, _validate, _flops in (
         validate=_validate,
         target_unit="samples",
         metrics=metrics,
-        **({"parallelize": parallelize, "reduce_gradients": reduce_gradients, "spatial": True} if _arch == "pangu" else {}),
+        **({"parallelize": parallelize, "reduce_gradients": reduce_gradients} if _arch == "pangu" else {}),
     ))

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtrain.models.meta import host_table
+
 MASKED = -100.0  # added to the logits of token pairs in different regions (as Swin and Pangu do)
 
 
@@ -38,6 +40,7 @@ def window_reverse(windows: torch.Tensor, window: tuple[int, int, int], shape: t
     return x.reshape(b, z, h, w, c)
 
 
+@host_table
 def shift_mask(shape: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]) -> torch.Tensor:
     """[T, N, N]: MASKED where two tokens of a rolled window came from different regions along level
     or latitude (no wrap there), 0 elsewhere. Longitude wraps around the globe: never masked."""

@@ -16,8 +16,8 @@ from memtrain.memory.estimator import estimate
     (["model=fuxi_tiny", "data=era5", "model.heads=3"], "'model.heads'"),
     (["model=gpt_tiny", "data=era5"], "'data'"),
     # spatial parallelism: weather (Pangu) only, latitude tokens a multiple of 2 x window x degree
-    (["model=gpt_tiny", "parallel=spatial", "launcher.nproc_per_node=2"], "'parallel'"),
-    (["model=fuxi_tiny", "data=era5", "parallel=spatial", "launcher.nproc_per_node=2"], "'parallel'"),
+    (["model=gpt_tiny", "parallel=spatial", "launcher.nproc_per_node=2"], "'parallel.spatial'"),
+    (["model=fuxi_tiny", "data=era5", "parallel=spatial", "launcher.nproc_per_node=2"], "'parallel.spatial'"),
     (["model=pangu_tiny", "data=era5", "parallel=spatial", "launcher.nproc_per_node=2"], "'model.n_lat'"),
     (["model=pangu_tiny", "data=era5", "parallel=spatial", "parallel.spatial=2", "launcher.nproc_per_node=2",
       "model.n_lat=66"], "'model.n_lat'"),
