@@ -39,7 +39,6 @@ def validate(cfg: DictConfig) -> None:
     _validate_offload(cfg)
     _validate_paths(cfg)
     _validate_launch(cfg)
-    _validate_kernels(cfg)
     validate_hardware(cfg.hardware)
     require(not (cfg.trainer.compile and cfg.parallel.name.startswith("zero")), "trainer.compile",
             f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
@@ -215,18 +214,6 @@ def _validate_launch(cfg: DictConfig) -> None:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", lc.nproc_per_node))
         require(per_node <= max(1, torch.cuda.device_count()), "launcher.nproc_per_node",
                 f"{per_node} processes per node but {torch.cuda.device_count()} CUDA devices are visible")
-
-
-def _validate_kernels(cfg: DictConfig) -> None:
-    """model.attention_backend=triton needs Triton and a CUDA device (or TRITON_INTERPRET=1)."""
-    if "attention_backend" not in cfg.model or enum_names(cfg.model.attention_backend) != "triton":
-        return
-    from memtrain.config.kernel_runtime import unavailable_reason
-
-    device = enum_names(cfg.trainer.device)
-    reason = unavailable_reason("cuda" if device in ("cuda", "auto") else "cpu")
-    require(reason is None, "model.attention_backend",
-            f"attention_backend=triton (with trainer.device={device}) {reason}", allowed=["naive", "sdpa"])
 
 
 def _validate_precision(p: DictConfig) -> None:
