@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from memtrain.cli_help import command_help, usage, wants_help
-from memtrain.errors import EXIT_USER_ERROR, UserError, file_system_error
+from memtrain.errors import UserError, file_system_error, print_user_error
 
 # Hydra, torch and the models are imported where a command needs them, so help and config errors
 # answer at once.
@@ -34,10 +33,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> int:
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
-    prefix = f"memtrain (rank {rank}):" if rank is not None and world != "1" else "memtrain:"
-    err.print(f"[bold red]{prefix}[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return EXIT_USER_ERROR
+    return print_user_error(message)
 
 
 def _user_failure(exc: BaseException) -> SystemExit:
@@ -270,7 +266,7 @@ def plan_command(args: list[str]) -> int:
 
 
 def export_command(args: list[str]) -> int:
-    from memtrain.precision.export import export_quantized
+    from memtrain.engine.export import export_quantized
 
     if len(args) != 2:
         return _fail("usage: memtrain export CHECKPOINT_DIR OUT_DIR (a step_<N>/ folder of a precision.qat run)")
@@ -355,7 +351,7 @@ def predict_command(args: list[str]) -> int:
 
 
 def submit_command(args: list[str]) -> int:
-    from memtrain.slurm.submit import submit_command as submit
+    from memtrain.submit import submit_command as submit
 
     return submit(args)
 

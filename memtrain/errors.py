@@ -39,3 +39,15 @@ def file_system_error(exc: OSError, doing: str) -> FileSystemError:
         errno.ENAMETOOLONG: " (a path component is longer than the file system allows)",
     }.get(exc.errno or 0, "")
     return FileSystemError(f"{doing} {path}: {reason}{hint}", exc.errno, exc.filename)
+
+
+def print_user_error(message: str) -> int:
+    """Print `message` (one paragraph) to stderr as the command line reports a user error, prefixed
+    "memtrain:" ("memtrain (rank R):" in a multi-process job), and return EXIT_USER_ERROR."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    prefix = f"memtrain (rank {rank}):" if rank is not None and world != "1" else "memtrain:"
+    Console(stderr=True).print(f"[bold red]{prefix}[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return EXIT_USER_ERROR

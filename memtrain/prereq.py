@@ -1,7 +1,8 @@
 """What a run needs from the machine it starts on, checked before any worker starts.
 
 A config can be valid (`memtrain estimate` and `memtrain plan` accept it anywhere) and still not run
-here: a multi-node job needs a rendezvous, ZeRO-Infinity needs libaio and its NVMe folder, a Slurm
+here: a multi-node job needs a rendezvous, ZeRO-Infinity needs libaio and its NVMe folder, the Triton
+kernels (model.attention_backend=triton) need Triton and a CUDA device or the interpreter, a Slurm
 launcher needs a reachable controller, and a GPU-sized run started on a CPU would take hours per
 step. Each problem is one paragraph saying how to get what is missing (PrerequisiteError, exit 2).
 """
@@ -85,6 +86,20 @@ def _rendezvous(cfg: DictConfig) -> None:
             "let Slurm start the nodes (`memtrain submit --nodes N ...`).")
 
 
+def _kernels(cfg: DictConfig) -> None:
+    """model.attention_backend=triton runs memtrain.kernels: Triton, and a CUDA device or
+    TRITON_INTERPRET=1 (the interpreter, on CPU tensors) on the machine that trains."""
+    if "attention_backend" not in cfg.model or enum_names(cfg.model.attention_backend) != "triton":
+        return
+    from memtrain.kernels.runtime import unavailable_reason
+
+    device = enum_names(cfg.trainer.device)
+    reason = unavailable_reason("cuda" if device in ("cuda", "auto") else "cpu")
+    if reason is not None:
+        raise PrerequisiteError(f"model.attention_backend=triton (with trainer.device={device}) {reason}. "
+                                "memtrain estimate and memtrain plan accept it on any machine.")
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -96,7 +111,7 @@ def step_flops(cfg: DictConfig) -> float | None:
     for a model family without a FLOPs model."""
     from omegaconf.errors import ConfigAttributeError
 
-    from memtrain.memory.cost_model import forward_flops
+    from memtrain.models.flops import forward_flops
     from memtrain.models import get_spec
 
     try:
@@ -127,6 +142,7 @@ def check_runs_here(cfg: DictConfig) -> None:
     _rendezvous(cfg)
     if enum_names(cfg.offload.name) == "nvme":
         _nvme(cfg)
+    _kernels(cfg)
     _gpu_sized_on_cpu(cfg)
 
 

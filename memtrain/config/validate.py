@@ -13,19 +13,17 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memtrain.config.errors import enum_names, require
+from memtrain.config.init_device import meta_refusal
+from memtrain.config.families import check_model_parallel, get_spec
+from memtrain.config.optimizer_compat import validate_optimizer
+from memtrain.config.parallel import DIMS, ParallelDims, world_size
+from memtrain.config.parallel_options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for, parallel_options_with
+from memtrain.config.pipeline_schedules import validate_pipeline
+from memtrain.config.quantization import validate_quantization
 from memtrain.config.schema import Check
-from memtrain.distributed.launch import world_size
-from memtrain.distributed.mesh import DIMS, ParallelDims
-from memtrain.distributed.options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for, parallel_options_with
-from memtrain.distributed.pipeline_schedules import validate_pipeline
-from memtrain.engine.init_device import meta_refusal
-from memtrain.models import get_spec
-from memtrain.models.family import check_model_parallel
-from memtrain.optim.compat import validate_optimizer
-from memtrain.precision.validate import validate_quantization
 
 IMPLEMENTED_PARALLEL = PARALLEL_OPTIONS
-# which parallel options each offload works with (memtrain.distributed.options, by offload)
+# which parallel options each offload works with (memtrain.config.parallel_options, by offload)
 OFFLOAD_SUPPORT = {offload: parallel_options_for(offload) for offload in OFFLOAD_OPTIONS}
 
 
@@ -42,7 +40,6 @@ def validate(cfg: DictConfig) -> None:
     _validate_offload(cfg)
     _validate_paths(cfg)
     _validate_launch(cfg)
-    _validate_kernels(cfg)
     validate_hardware(cfg.hardware)
     require(not (cfg.trainer.compile and cfg.parallel.name.startswith("zero")), "trainer.compile",
             f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
@@ -138,7 +135,7 @@ def _validate_parallel(p: DictConfig) -> None:
 
 def _require_composes(p: DictConfig, dim: str) -> None:
     """parallel.<dim> other than 1 only under a parallel option that composes with it
-    (memtrain.distributed.options.PARALLEL_MODEL_DIMS)."""
+    (memtrain.config.parallel_options.PARALLEL_MODEL_DIMS)."""
     options = parallel_options_with(dim)
     listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
     require(p[dim] == 1 or p.name in options, f"parallel.{dim}",
@@ -221,18 +218,6 @@ def _validate_launch(cfg: DictConfig) -> None:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", lc.nproc_per_node))
         require(per_node <= max(1, torch.cuda.device_count()), "launcher.nproc_per_node",
                 f"{per_node} processes per node but {torch.cuda.device_count()} CUDA devices are visible")
-
-
-def _validate_kernels(cfg: DictConfig) -> None:
-    """model.attention_backend=triton needs Triton and a CUDA device (or TRITON_INTERPRET=1)."""
-    if "attention_backend" not in cfg.model or enum_names(cfg.model.attention_backend) != "triton":
-        return
-    from memtrain.kernels.runtime import unavailable_reason
-
-    device = enum_names(cfg.trainer.device)
-    reason = unavailable_reason("cuda" if device in ("cuda", "auto") else "cpu")
-    require(reason is None, "model.attention_backend",
-            f"attention_backend=triton (with trainer.device={device}) {reason}", allowed=["naive", "sdpa"])
 
 
 def _validate_precision(p: DictConfig) -> None:

@@ -42,7 +42,7 @@ from memtrain.data.errors import DataFormatError
 from memtrain.data.mmcif import PROTEIN_POLYMER_TYPE
 from memtrain.data.residue_constants import ATOM_ORDER, ATOM_RENAMES, NUM_ATOM_TYPES
 from memtrain.data.sequences import default_protein_root, read_a3m
-from memtrain.models.alphafold import residue_constants
+from memtrain.protein import residue_constants
 from memtrain.data.templates import (
     TEMPLATE_KEYS,
     TemplateHit,
@@ -107,9 +107,9 @@ class Chain:
     @functools.cached_property
     def torsion_angles(self) -> dict[str, np.ndarray]:
         """The 7 torsion angles of every residue (sin, cos) [N_res, 7, 2], their pi-shifted
-        alternatives and mask [N_res, 7] (memtrain.models.alphafold.all_atom.atom14_torsion_angles),
+        alternatives and mask [N_res, 7] (memtrain.protein.all_atom.atom14_torsion_angles),
         computed over the whole chain, so a crop's first residue keeps its omega and phi."""
-        from memtrain.models.alphafold.all_atom import atom14_torsion_angles
+        from memtrain.protein.all_atom import atom14_torsion_angles
 
         if self.atom14 is None:
             raise ValueError(f"{self.name}: no atom14 coordinates to compute torsion angles from")

@@ -1,7 +1,7 @@
 """Per-residue-type atom constants of AlphaFold 2 (its ``alphafold/common/residue_constants.py``)
 as the data pipeline reads them: the atom37 layout, the atoms that define each chi angle, and which
 chi angles are pi-periodic. The tables themselves live once, in
-memtrain.models.alphafold.residue_constants (which the model's all-atom code also reads); this
+memtrain.protein.residue_constants (which the model's all-atom code also reads); this
 module adds what only reading structures needs.
 
 Residue types are indexed in AlphaFold's ``restype_order`` (``ARNDCQEGHILKMFPSTWYV``, 20 = unknown);
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memtrain.models.alphafold.residue_constants import (  # noqa: F401  (re-exported)
+from memtrain.protein.residue_constants import (  # noqa: F401  (re-exported)
     ATOM_ORDER,
     ATOM_TYPES,
     CHI_ANGLES_ATOMS,

@@ -9,7 +9,6 @@ import datetime
 import logging
 import os
 import socket
-import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
+
+from memtrain.config.parallel import adopt_slurm_env, launched, world_size  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -29,40 +30,6 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def adopt_slurm_env(environ: dict[str, str] = os.environ) -> None:
-    """Translate an srun task's SLURM_* variables into torch.distributed's (unless already set).
-    Only a task of a job step counts: the batch script itself also has SLURM_PROCID=0 and the
-    job's SLURM_NTASKS, but no SLURM_STEP_ID; a step's own task count is SLURM_STEP_NUM_TASKS."""
-    if "RANK" in environ or "SLURM_PROCID" not in environ or "SLURM_STEP_ID" not in environ:
-        return
-    ntasks = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS"))
-    if ntasks is None:
-        return
-    environ["RANK"] = environ["SLURM_PROCID"]
-    environ["WORLD_SIZE"] = ntasks
-    environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
-    if "MASTER_ADDR" not in environ:
-        nodelist = environ.get("SLURM_STEP_NODELIST", environ.get("SLURM_JOB_NODELIST", "localhost"))
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-        environ["MASTER_ADDR"] = hosts.stdout.split()[0]
-    environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000))
-    per_node = environ.get("SLURM_STEP_TASKS_PER_NODE", "").split("(")[0].split(",")[0]  # e.g. "2(x4)"
-    if per_node.isdigit():
-        environ.setdefault("LOCAL_WORLD_SIZE", per_node)
-
-
-def launched() -> bool:
-    """True inside a worker of a multi-process job (started by torchrun, srun or memtrain)."""
-    adopt_slurm_env()
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def world_size(cfg: DictConfig) -> int:
-    if launched():
-        return int(os.environ["WORLD_SIZE"])
-    return cfg.launcher.nnodes * cfg.launcher.nproc_per_node
 
 
 def needs_launch(cfg: DictConfig) -> bool:

@@ -2,7 +2,7 @@
 backward and the update, and how their state is checkpointed. Chosen once from `parallel.name`.
 
 TorchStrategy covers single, ddp, fsdp and hsdp (torch modules and optimizers, DCP checkpoints);
-memtrain.distributed.zero.DeepSpeedStrategy covers zero1/2/3.
+memtrain.engine.zero_strategy.DeepSpeedStrategy covers zero1/2/3.
 """
 
 from __future__ import annotations
@@ -156,11 +156,11 @@ def build_strategy(cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: Dev
     """The strategy of parallel.name; `materialize` (a model built on the meta device) only
     TorchStrategy takes: validation refuses trainer.init_device=meta for the others."""
     if cfg.parallel.name.startswith("zero"):
-        from memtrain.distributed.zero import DeepSpeedStrategy
+        from memtrain.engine.zero_strategy import DeepSpeedStrategy
 
         return DeepSpeedStrategy(cfg, model, spec, mesh, precision, device)
     if mesh is not None and mesh["pp"].size() > 1:
-        from memtrain.distributed.pipeline import PipelineStrategy
+        from memtrain.engine.pipeline_strategy import PipelineStrategy
 
         return PipelineStrategy(cfg, model, spec, mesh, precision, device)
     return TorchStrategy(cfg, model, spec, mesh, precision, device, materialize)

@@ -20,12 +20,13 @@ from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.step import RankSums, StepResult, build_step_fn, to_device  # noqa: F401 (StepResult, to_device: re-exported)
 from memtrain.engine.strategy import build_strategy
-from memtrain.engine.init_device import budget_bytes, choose_init_device, device_memory_bytes, materialize, meta_refusal
+from memtrain.config.init_device import budget_bytes, choose_init_device, meta_refusal
+from memtrain.engine.init_device import device_memory_bytes, materialize
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
 from memtrain.errors import UserError
-from memtrain.memory.activation_checkpoint import apply_activation_checkpointing
+from memtrain.models.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import Precision

@@ -6,26 +6,9 @@ that import (and a process that imported Triton interpreted cannot also compile 
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-
-def interpret_requested() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def unavailable_reason(device: str) -> str | None:
-    """None when Triton kernels can run on `device` ("cuda" or "cpu"); otherwise why not."""
-    if importlib.util.find_spec("triton") is None:
-        return "needs Triton (pip install 'memtrain[kernels]')"
-    if device == "cuda" and torch.cuda.is_available():
-        return None
-    if interpret_requested():
-        return None
-    return ("needs a CUDA device; none is visible (set TRITON_INTERPRET=1 to run the kernels on CPU "
-            "in Triton's interpreter, slowly, or choose attention_backend=naive or sdpa)")
+from memtrain.config.kernel_runtime import interpret_requested, unavailable_reason  # noqa: F401  (re-exported)
 
 
 _VARIANTS: dict[tuple[int, bool], object] = {}

@@ -23,8 +23,8 @@ from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.distributed.options import PARALLEL_OFFLOADS
 from memtrain.memory import optimizer_memory
-from memtrain.memory.activation_checkpoint import checkpointed_block_ids
-from memtrain.memory.cfgview import node_key
+from memtrain.models.activation_checkpoint import checkpointed_block_ids
+from memtrain.config.cfgview import node_key
 from memtrain.memory.comm import comm_bytes
 from memtrain.memory.phases import optimizer_temporaries, step_phases, zero_phase_terms
 from memtrain.memory.precision_memory import (

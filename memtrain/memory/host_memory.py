@@ -166,8 +166,8 @@ def init_device(cfg: DictConfig, n_params: int, on_host: bool) -> str:
     """trainer.init_device resolved as the Trainer would on the hardware group's machine ("eager" or
     "meta"): auto's budget is trainer.init_budget_gb, else hardware.host_mem_gb for trainer.device=cpu
     (the whole node's memory: the host is the device) or hardware.gpu_mem_gb."""
-    from memtrain.engine.init_device import GIB, budget_bytes, choose_init_device
-    from memtrain.models import get_spec
+    from memtrain.config.init_device import GIB, budget_bytes, choose_init_device
+    from memtrain.config.families import get_spec
 
     device_gb = cfg.hardware.host_mem_gb if on_host else cfg.hardware.gpu_mem_gb
     return choose_init_device(cfg, n_params, budget_bytes(cfg, device_gb * GIB),

@@ -107,7 +107,7 @@ def param_roles(cfg: DictConfig) -> list[tuple[str, int]]:
     """Adam-mini's block of every parameter, in the estimator's order (root parameters outside the
     blocks, then each block's; tied ones once), from a build on the meta device; cached per model
     and optimizer.adamw_names (memtrain plan asks for many configurations of one model)."""
-    from memtrain.memory.cfgview import node_key
+    from memtrain.config.cfgview import node_key
 
     key = (cfg.model.arch, node_key(cfg.model), tuple(cfg.optimizer.adamw_names))
     if key not in _ROLES:

@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.distributed.pipeline_schedules import SCHEDULES, stage_ids
-from memtrain.memory.cfgview import with_values
+from memtrain.config.cfgview import with_values
 from memtrain.models import get_spec
 from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import dtype_of
@@ -72,7 +72,7 @@ class RankPipeline:
 def rank_units(cfg: DictConfig, ids: list[int], num_stages: int) -> list[list[torch.Size]]:
     """Parameter shapes of the stages `ids`: their own (non-block) ones, then one list per block;
     cached per model and split (memtrain plan estimates many configurations of one pipeline)."""
-    from memtrain.memory.cfgview import node_key
+    from memtrain.config.cfgview import node_key
 
     key = (cfg.model.arch, node_key(cfg.model), tuple(ids), num_stages)
     if key not in _RANK_UNITS:

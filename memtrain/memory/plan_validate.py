@@ -107,8 +107,8 @@ def validate_rows(rows, steps: int):
             yield entry
             continue
         est = estimate(cfg) if note else row.estimate
-        entry["predicted_peak_bytes"], entry["predicted_step_s"] = est.total, step_cost(cfg, est).total_s
-        need = (est.total + est.host) * est.world_size
+        entry["predicted_peak_bytes"], entry["predicted_step_s"] = est.peak, step_cost(cfg, est).total_s
+        need = (est.peak + est.host) * est.world_size
         if need > budget:
             entry["skipped"] = (f"needs {need / GiB:.1f} GiB over {est.world_size} process(es), this machine has "
                                 f"{budget / 0.8 / GiB:.1f} GiB available")

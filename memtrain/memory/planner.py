@@ -10,9 +10,11 @@ config composed once by Hydra, with every group option composed once and swapped
 overrides applied with OmegaConf; the project's validator (memtrain.config.validate.validate) runs
 on every candidate and those it refuses are dropped; the rows printed are composed again from their
 override strings with load_config (the command line's own path) before they are shown. Each
-survivor gets the estimator's per-device peak (memtrain.memory.estimator) and the cost model's step
-time (memtrain.memory.cost_model); those that do not fit hardware.gpu_mem_gb x mem_usable (and the
-host memory) are dropped, and the rest are ranked by predicted step time, then peak memory.
+survivor gets the estimator's per-device peak over the step's phases (MemoryEstimate.peak:
+forward end, backward, optimizer step; memtrain.memory.phases) and the cost model's step time
+(memtrain.memory.cost_model); those whose peak does not fit hardware.gpu_mem_gb x mem_usable (or
+whose host bytes do not fit the host memory) are dropped, and the rest are ranked by predicted
+step time, then peak memory.
 
 The global batch stays fixed across candidates: the recipe's micro-batch x grad_accum per GPU times
 the GPUs of the hardware (or --global-batch); the micro-batch axis splits each data-parallel rank's
@@ -52,7 +54,7 @@ from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all, resolve_
 from memtrain.config.validate import check_values, validate, validate_hardware
 from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.distributed.options import PARALLEL_OFFLOADS
-from memtrain.memory.cfgview import ConfigView
+from memtrain.config.cfgview import ConfigView
 from memtrain.memory.cost_model import STEPS_RELATIVE, GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
 from memtrain.models import get_spec
@@ -227,7 +229,7 @@ def optimizers(ctx: PlanContext, cfg: DictConfig) -> list[str]:
 
 def attention_backends(ctx: PlanContext, cfg: DictConfig) -> list[str]:
     """AlphaFold's attention as configured, and the fused Triton kernels where they can run."""
-    from memtrain.kernels.runtime import unavailable_reason
+    from memtrain.config.kernel_runtime import unavailable_reason
 
     current = enum_names(cfg.model.attention_backend)
     return [current] + (["triton"] if current != "triton" and unavailable_reason("cuda") is None else [])
@@ -269,13 +271,14 @@ class PlanRow:
 
     @property
     def peak_bytes(self) -> int:
-        return self.estimate.total
+        """The device bytes at the step's peak (MemoryEstimate.peak), what fitting and ranking read."""
+        return self.estimate.peak
 
     def as_dict(self) -> dict:
         return {"overrides": self.overrides, "command": "memtrain train " + " ".join(self.overrides),
                 "choices": self.choices, "step_s": self.cost.total_s, "progress_s": self.cost.progress_s,
                 "steps_relative": self.cost.steps_relative, "cost": self.cost.as_dict(),
-                "peak_bytes": self.estimate.total, "host_bytes": self.estimate.host, "estimate": self.estimate.as_dict()}
+                "peak_bytes": self.peak_bytes, "host_bytes": self.estimate.host, "estimate": self.estimate.as_dict()}
 
 
 @dataclass
@@ -502,8 +505,9 @@ def check_plan_inputs(base_cfg: DictConfig, global_batch: int | None) -> None:
                           f"(at most {MAX_GLOBAL_BATCH})")
 
 
-# stop a candidate's micro-batch loop at the first micro-batch that does not fit (exact: the
-# estimate never falls as the micro-batch grows; tests/unit/test_plan_candidates.py checks a plan
+# stop a candidate's micro-batch loop at the first micro-batch that does not fit, trying only the last
+# (grad_accum=1) after it (exact: no phase's peak falls as the micro-batch grows while gradients are
+# accumulated; at grad_accum=1 they no longer outlive the backward, which can lower the peak; tests/unit/test_plan_candidates.py checks a plan
 # with and without it)
 PRUNE_MICRO_BATCHES = True
 Progress = Callable[[float, int], None]  # (fraction of the space walked, candidates considered)
@@ -515,10 +519,12 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
     again from their override strings with load_config, estimated from that config, and any that
     fails is dropped.
 
-    The micro-batch axis runs last, from the smallest micro-batch up: the estimator's device and
-    host bytes never fall as the micro-batch grows (activations scale with it, model states do not
-    depend on it), so the first micro-batch that does not fit ends that candidate's loop
-    (`Plan.pruned` counts the larger ones left out)."""
+    The micro-batch axis runs last, from the smallest micro-batch up: the estimator's peak and host
+    bytes never fall as the micro-batch grows while grad_accum stays above 1 (activations scale with
+    it, model states do not depend on it), so the first micro-batch that does not fit ends that
+    candidate's loop but for its last option, micro_batch_size x 1, whose gradients no longer live
+    through the forward (memtrain.memory.phases) and so may fit (`Plan.pruned` counts the ones left
+    out)."""
     composer = _Composer(base)
     try:
         base_cfg = composer.base_cfg
@@ -561,7 +567,7 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
                 return True
             overrides = [*user, *launch_strings, *(s for _, o in chosen for s in o.strings())]
             row = PlanRow(overrides, {a.name: o.label for a, o in chosen}, est, step_cost(cfg, est), cfg.data.seq_len)
-            fits = est.total <= usable_dev and est.host * min(ctx.world, hw.gpus) <= usable_host
+            fits = est.peak <= usable_dev and est.host * min(ctx.world, hw.gpus) <= usable_host
             (result.rows if fits else result.too_big).append(row)
             return fits
 
@@ -580,16 +586,21 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
             last = i == len(axes) - 1 and axis.name == "micro_batch"
             level = len(position)
             position.append((0, len(options)))
+            skip_to = 0
             for k, opt in enumerate(options):
+                if k < skip_to:
+                    continue
                 position[level] = (k, len(options))
                 nxt = _apply(composer, cfg, opt)
                 if nxt is None:
                     continue
                 if not last:
                     walk(i + 1, nxt, [*chosen, (axis, opt)])
-                elif not evaluate(nxt, [*chosen, (axis, opt)]) and PRUNE_MICRO_BATCHES:
-                    result.pruned += len(options) - k - 1  # larger micro-batches need more memory
-                    break
+                elif not evaluate(nxt, [*chosen, (axis, opt)]) and PRUNE_MICRO_BATCHES and not skip_to:
+                    # larger micro-batches with gradient accumulation need more memory; the last
+                    # (grad_accum=1) is still tried
+                    skip_to = len(options) - 1
+                    result.pruned += max(0, skip_to - k - 1)
             position.pop()
 
         walk(0, start, [])

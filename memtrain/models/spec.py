@@ -12,6 +12,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from memtrain.config.families import _REGISTRY, get_spec, register_spec  # noqa: F401  (re-exported)
+
 
 Batch = Union[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -87,35 +89,3 @@ class ModelSpec:
         from memtrain.models.family import family
 
         return family(self.arch).model_parallel
-
-
-_REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register_spec(spec: ModelSpec) -> ModelSpec:
-    """Register `spec` under its arch. Raises ValueError where the family's declaration
-    (memtrain.models.family) and the spec disagree: a declared dimension needs `parallelize`
-    (or `pipeline_fn` for "pp"), and a `pipeline_fn` needs "pp" declared."""
-    dims = spec.model_parallel
-    if any(d != "pp" for d in dims) and spec.parallelize is None:
-        raise ValueError(f"model.arch={spec.arch} declares {dims} but its ModelSpec has no parallelize")
-    if ("pp" in dims) != (spec.pipeline_fn is not None):
-        raise ValueError(f"model.arch={spec.arch}: 'pp' declared {'pp' in dims}, pipeline_fn set "
-                         f"{spec.pipeline_fn is not None}; they must agree")
-    _REGISTRY[spec.arch] = spec
-    return spec
-
-
-def get_spec(arch: str) -> ModelSpec:
-    """The ModelSpec of `model.arch`, importing its family's spec module (and no other family's).
-    Raises ConfigError('model.arch') for an arch no family declares."""
-    import importlib
-
-    from memtrain.models.family import family
-
-    module = family(arch).spec_module
-    if arch not in _REGISTRY:
-        importlib.import_module(module)
-    if arch not in _REGISTRY:
-        raise ValueError(f"importing {module} registered no ModelSpec for model.arch={arch}")
-    return _REGISTRY[arch]

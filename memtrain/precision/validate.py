@@ -1,33 +1,5 @@
-"""Cross-field checks of QAT and FP8 settings, run by memtrain.config.validate before any process
-starts."""
+"""Cross-field checks of QAT and FP8 settings: defined in memtrain.config.quantization (the config layer, which validation reads); re-exported here."""
 
-from __future__ import annotations
-
-import torch
-from omegaconf import DictConfig
-
-from memtrain.config.errors import enum_names, require
-
-
-def validate_quantization(cfg: DictConfig) -> None:
-    p = cfg.precision
-    qat = enum_names(p.qat)
-    require(not (qat != "none" and p.fp8), "precision.qat",
-            f"qat={qat} fake-quantizes the linear layers that precision.fp8=true runs in FP8; choose one")
-    require(not ((qat != "none" or p.fp8) and cfg.parallel.tp != 1), "parallel.tp",
-            f"parallel.tp={cfg.parallel.tp}: the tensor-parallel plan shards nn.Linear weights, which "
-            "precision.qat / precision.fp8 replace; quantized tensor parallelism is not supported")
-    if not p.fp8:
-        return
-    require(enum_names(p.compute_dtype) == "bfloat16", "precision.compute_dtype",
-            "precision.fp8 runs the rest of the model in bfloat16 autocast: compute_dtype must be bfloat16")
-    require(p.fp8_amax_history >= 1, "precision.fp8_amax_history", f"must be at least 1, got {p.fp8_amax_history}")
-    device = enum_names(cfg.trainer.device)
-    require(device != "cpu" and torch.cuda.is_available(), "precision.fp8",
-            "FP8 GEMMs need a CUDA GPU of capability >= 8.9 (Ada/Hopper); "
-            f"trainer.device={device}{'' if torch.cuda.is_available() else ' and no CUDA device is visible'}. "
-            "Use precision=bf16")
-    cap = torch.cuda.get_device_capability()
-    require(cap >= (8, 9), "precision.fp8",
-            f"FP8 GEMMs need CUDA capability >= 8.9 (Ada/Hopper); {torch.cuda.get_device_name()} has {cap[0]}.{cap[1]}. "
-            "Use precision=bf16")
+from memtrain.config.quantization import (  # noqa: F401  (re-exported)
+    validate_quantization,
+)

@@ -15,10 +15,7 @@ import sys
 from pathlib import Path
 
 from memtrain.engine import preemption
-
-
-def overrides_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "slurm" / "overrides.json"
+from memtrain.submit import overrides_path  # noqa: F401  (re-exported)
 
 
 def job_overrides(run_dir: Path, environ: dict[str, str] = os.environ) -> list[str]:

@@ -202,7 +202,7 @@ def test_export_refuses_a_file_as_target_and_a_meta_without_config(capsys, qat_c
 def test_export_checks_the_stored_model_before_building_it(capsys, qat_checkpoint, tmp_path, monkeypatch):
     """A meta.json edited to dim 65536 (17 GB of weights) is refused from the shapes DCP's metadata
     records, before any tensor is allocated."""
-    from memtrain.precision import export
+    from memtrain.engine import export
 
     allocated = []
     monkeypatch.setattr(export, "get_model_state_dict", lambda model: allocated.append(model))

@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 
-from memtrain.config.errors import ConfigError
 from memtrain.models.alphafold.evoformer import (
     MSARowAttentionWithPairBias,
     TriangleAttention,
@@ -118,16 +117,22 @@ def test_template_pointwise_attention_over_templates():
         torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda msg: f"item {i}: {msg}")
 
 
-def test_validation_refuses_triton_without_cuda_or_interpreter(compose, monkeypatch):
+def test_training_refuses_triton_without_cuda_or_interpreter_but_estimate_accepts_it(compose, monkeypatch):
+    """Whether the kernels can run is a question about the machine that trains (memtrain.prereq),
+    not about the config: validation and `memtrain estimate` accept the backend on any machine."""
     from memtrain.config.validate import validate
+    from memtrain.memory.estimator import estimate
+    from memtrain.prereq import PrerequisiteError, check_runs_here
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cfg = compose("+recipe=alphafold_tiny", "model.attention_backend=triton", "trainer.device=cpu", tiny=False)
-    with pytest.raises(ConfigError, match="model.attention_backend") as err:
-        validate(cfg)
+    validate(cfg)
+    assert estimate(cfg).peak > 0
+    with pytest.raises(PrerequisiteError, match="model.attention_backend=triton") as err:
+        check_runs_here(cfg)
     assert "TRITON_INTERPRET" in str(err.value)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    validate(cfg)  # the interpreter is an explicit opt-in
+    check_runs_here(cfg)  # the interpreter is an explicit opt-in
 
 
 def test_masked_keys_have_exactly_zero_weight_and_masked_rows_stay_finite():

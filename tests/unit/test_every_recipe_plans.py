@@ -53,4 +53,5 @@ def test_plan(overrides):
     assert p.mismatched == 0
     for row in p.rows:
         assert math.isfinite(row.cost.total_s) and row.cost.compute_s > 0
-        assert row.estimate.total > 0
+        # fitted by the step's peak, not the sum of the terms
+        assert 0 < row.peak_bytes == row.estimate.peak <= p.hardware["gpu_mem_gb"] * 2**30 * p.hardware["mem_usable"]

@@ -1,4 +1,4 @@
-"""trainer.init_device (memtrain.engine.init_device): auto keeps eager for small models (the
+"""trainer.init_device (memtrain.config.init_device, memtrain.engine.init_device): auto keeps eager for small models (the
 parity tests' bit-identical weights) and picks meta only for sharded layouts whose full fp32
 states exceed the budget; meta is refused where it cannot run; estimate's start-up term of the
 whole model vanishes under meta."""
@@ -12,8 +12,8 @@ import torch
 
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import load_config
-from memtrain.engine.init_device import (FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device, device_memory_bytes,
-                                         materialize)
+from memtrain.config.init_device import FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device
+from memtrain.engine.init_device import device_memory_bytes, materialize
 from memtrain.memory.estimator import estimate
 from memtrain.memory.host_memory import host_estimate
 from memtrain.models import get_spec

@@ -113,6 +113,23 @@ def test_pruning_the_micro_batch_loop_changes_no_row(base, monkeypatch):
     assert pruned.smallest.overrides == full.smallest.overrides
 
 
+def test_the_micro_batch_without_accumulation_is_tried_after_one_that_does_not_fit(monkeypatch):
+    """The planner fits the step's peak: with grad_accum > 1 the gradients live through the next
+    forward, at grad_accum = 1 they do not. Here (the tiny decoder, 4 tokens per sample, global batch
+    8 on one GPU of 1.906 MB usable) 1x8 and 2x4 fit, 4x2 does not (1,914,900 bytes) and 8x1 does
+    (1,898,324): pruning after 4x2 must still try 8x1."""
+    base = [*(o for o in TINY if not o.startswith(("trainer.micro_batch_size", "data.seq_len"))), "data.seq_len=4",
+            "precision=fp32", "optimizer=adamw", "offload=none", "checkpoint=none", "hardware.gpus=1",
+            "hardware.mem_usable=1.0", f"hardware.gpu_mem_gb={1_906_612 / 2**30}"]
+    pruned = plan(base, global_batch=8, verify_top=0)
+    monkeypatch.setattr(planner, "PRUNE_MICRO_BATCHES", False)
+    full = plan(base, global_batch=8, verify_top=0)
+    assert sorted(r.choices["micro_batch"] for r in full.rows) == ["1x8", "2x4", "8x1"]
+    assert [r.choices["micro_batch"] for r in full.too_big] == ["4x2"]
+    assert sorted(r.choices["micro_batch"] for r in pruned.rows) == ["1x8", "2x4", "8x1"]
+    assert [r.overrides for r in pruned.rows] == [r.overrides for r in full.rows]
+
+
 def test_a_missing_group_option_is_no_candidate():
     # group options come from conf/<group>/<option>.yaml
     composer = planner._Composer([*TINY])

@@ -127,7 +127,9 @@ def test_fp8_is_offered_only_on_hardware_with_fp8(monkeypatch):
 
 @pytest.mark.slow
 def test_new_optimizers_are_planned_where_they_run():
-    p = plan([*TINY, "precision=fp32", "checkpoint=none", "offload=none", "hardware.gpus=2", "hardware.gpu_mem_gb=1"],
+    # 4 GiB: DeepSpeed's ZeRO keeps a 5e8-element reduce bucket (2 GB in fp32, memtrain.memory.zero_memory)
+    # even for this tiny model, so the ZeRO rows need more than 1 GiB
+    p = plan([*TINY, "precision=fp32", "checkpoint=none", "offload=none", "hardware.gpus=2", "hardware.gpu_mem_gb=4"],
              verify_top=0)
     by_layout: dict[str, set[str]] = {}
     for r in p.rows:
@@ -182,6 +184,29 @@ def test_hardware_too_small_gives_a_clear_message():
     assert not p.rows and p.too_big
     msg = no_fit_message(p)
     assert "nothing fits" in msg and "hardware.gpu_mem_gb=0.0001" in msg and "GiB per device" in msg
+
+
+def _one_candidate(base: list[str], usable_bytes: int) -> planner.Plan:
+    """A plan of one candidate (every axis pinned, one GPU) on a GPU of `usable_bytes` usable."""
+    return plan([*base, "hardware.gpus=1", "hardware.mem_usable=1.0", f"hardware.gpu_mem_gb={usable_bytes / 2**30}"],
+                verify_top=0)
+
+
+def test_rows_fit_by_the_step_peak_not_the_sum_of_the_terms():
+    """The sum of the terms overstates the decoder (its gradients and activations never coexist in
+    full) and understates AlphaFold (the FAPE loss's transient tensors): a GPU between the two
+    takes the decoder and refuses AlphaFold, and the rows show the peak."""
+    gpt = [*(o for o in TINY if not o.startswith("data.seq_len")), "data.seq_len=4", "precision=fp32",
+           "optimizer=adamw", "offload=none", "checkpoint=none"]
+    af = ["+recipe=alphafold_tiny", "trainer.device=cpu", "precision=fp32", "optimizer=adamw", "offload=none",
+          "checkpoint=none", "model.chunk_size=null", "model.attention_backend=naive", "trainer.micro_batch_size=1"]
+    e_gpt, e_af = est(base=gpt), est(base=af)
+    assert e_gpt.peak < e_gpt.total and e_af.total < e_af.peak
+    fits = _one_candidate(gpt, (e_gpt.peak + e_gpt.total) // 2)
+    assert fits.considered == 1 and [r.peak_bytes for r in fits.rows] == [e_gpt.peak]
+    refused = _one_candidate(af, (e_af.peak + e_af.total) // 2)
+    assert refused.considered == 1 and not refused.rows and refused.smallest.peak_bytes == e_af.peak
+    assert f"{e_af.peak / 2**30:.2f} GiB per device" in no_fit_message(refused)
 
 
 @pytest.mark.slow
@@ -246,7 +271,8 @@ def test_dap_lowers_evoformer_activations():
 # -- ranking: time to a trained model, near-ties, exposed communication (issue: planner ranking) --
 
 def _row(choices: dict, step_s: float, peak: int = 1, steps_relative: float = 1.0) -> planner.PlanRow:
-    est = MemoryEstimate(params=0, grads=0, optimizer=0, activations=0, total=peak, n_params=1)
+    # the planner reads the step's peak (MemoryEstimate.peak); the per-term total is set alike
+    est = MemoryEstimate(params=0, grads=0, optimizer=0, activations=0, total=peak, n_params=1, peak=peak)
     cost = StepCost(step_s, 0.0, 0.0, 0.0, 0.0, 0.0, steps_relative)
     return planner.PlanRow([f"{k}={v}" for k, v in choices.items()], choices, est, cost)
 

@@ -3,7 +3,7 @@ predicted atoms and pLDDT, lDDT-Ca against the true structure, the held-out-chai
 trainer runs every `trainer.eval_every` steps, and `memtrain predict`.
 
 lDDT-Ca (Mariani et al. 2013; Supplement 1.9.6) is computed over the CA atoms resolved in the true
-structure, inclusion radius 15 A, thresholds 0.5, 1, 2, 4 A (memtrain.models.alphafold.all_atom.lddt).
+structure, inclusion radius 15 A, thresholds 0.5, 1, 2, 4 A (memtrain.protein.all_atom.lddt).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch import nn
 
 from memtrain.config.errors import enum_names
 from memtrain.data.errors import DataFormatError
-from memtrain.models.alphafold import residue_constants as rc
-from memtrain.models.alphafold.all_atom import ATOM_CA, lddt
+from memtrain.protein import residue_constants as rc
+from memtrain.protein.all_atom import ATOM_CA, lddt
 from memtrain.models.alphafold.heads import plddt_from_logits
 from memtrain.models.alphafold.structure_io import write_structure
 

@@ -19,7 +19,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from memtrain.memory.chunking import chunk_layer
+from memtrain.models.chunking import chunk_layer
 from memtrain.models.alphafold.primitives import (
     Attention,
     LayerNorm,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtrain.memory.chunking import chunk_layer
+from memtrain.models.chunking import chunk_layer
 from memtrain.models.alphafold.evoformer import EvoformerBlock
 from memtrain.models.alphafold.primitives import LayerNorm, Linear, mask_bias
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memtrain.models.alphafold.all_atom import (
+from memtrain.protein.all_atom import (
     ATOM_CA,
     atom14_to_atom37_mask,
     atom14_to_frames,
@@ -30,7 +30,7 @@ from memtrain.models.alphafold.all_atom import (
     restype_table,
 )
 from memtrain.models.alphafold.primitives import compute_dtype
-from memtrain.models.alphafold.rigid import Rigid
+from memtrain.protein.rigid import Rigid
 
 # DISCREPANCY: FAPE is always clamped at 10 A; the paper leaves 10% of training batches unclamped
 # (Supplement 1.11.5).

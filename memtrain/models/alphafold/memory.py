@@ -29,11 +29,13 @@ def _dim(mcfg: DictConfig, key: str):
 
 
 def _gated_attention_bytes(
-    pos: int, hc: int, logits: int, lse: int, mask: int, biased: bool, sdpa: bool, c: int
+    pos: int, hc: int, logits: int, lse: int, mask: int, biased: bool, backend: str, c: int,
+    pair_bias: int = 0, key_bias: int = 0,
 ) -> int:
     """Attention (primitives.Attention) over `pos` query positions of width hc = heads * c_hidden,
     after its q/k/v/g projections; `logits`, `lse`, `mask`: elements of [*, H, Q, K], [*, H, Q] and
-    the column attention's [*, 1, 1, K].
+    the column attention's [*, 1, 1, K]; `pair_bias`, `key_bias`: elements of the pair bias as the
+    module forms it ([*, H, Q, K] once for all rows) and of the per-key mask bias ([*, K] per row).
 
     naive: the matmuls keep contiguous copies of q (scaled), k^T and v (3 c), the fp32 softmax output
       and, below fp32, its cast to the compute dtype (which the second matmul keeps).
@@ -44,30 +46,55 @@ def _gated_attention_bytes(
       log-sum-exp [*, H, Q] and the mask [*, 1, 1, K] (c). No [Q, K] matrix is kept there. (On CUDA
       the memory-efficient kernel also takes the biased attentions, keeping q, k, v, out, the
       log-sum-exp and the expanded bias instead; not modelled: measured on CPU only.)
+    triton (memtrain.kernels.evoformer_attention, _EvoformerAttention.forward's save_for_backward):
+      q, k, v as the projections return them (views, c each), the pair bias (the bias Linear's
+      output, c, not expanded over the rows), the per-key mask bias in fp32 [Z S, K], the output o
+      (c, the same storage the gate's product keeps) and the fp32 log-sum-exp [Z S H, Q]; no
+      [*, H, Q, K] matrix at all. Same on CUDA: the tensors are the kernel's own.
     Then the gate: sigmoid(g), the attention output o (a view of the flash output) and o * g (the
     output projection's input), c each."""
     gate = 3 * c * pos * hc  # sigmoid(g), o, o * g
-    if not sdpa:
+    if backend == "triton":
+        return 3 * c * pos * hc + c * pair_bias + FP32 * key_bias + FP32 * lse + gate
+    if backend != "sdpa":
         return 3 * c * pos * hc + FP32 * logits + (c * logits if c < FP32 else 0) + gate
     if biased:
         return 3 * FP32 * pos * hc + FP32 * logits + gate
     return 3 * c * pos * hc + FP32 * lse + c * mask + gate  # o is the flash kernel's output
 
 
+def _ln_bytes(elems: int, rows: int, dtype: int, backend: str) -> int:
+    """What a LayerNorm over `rows` rows (`elems` elements, input `dtype` bytes each) keeps:
+    primitives.LayerNorm its input in fp32 (a copy when the input is below fp32) and the fp32 mean
+    and rstd; the fused kernel (FusedLayerNorm, attention_backend=triton; _LayerNorm.forward's
+    save_for_backward) its input as it is (a contiguous copy of a transposed input) and the same
+    statistics."""
+    return (dtype if backend == "triton" else FP32) * elems + 2 * FP32 * rows
+
+
+def _pair_bias_elems(b: int, rows: int, bias: int, chunked: bool) -> int:
+    """Elements of the pair bias the triton backend keeps: `bias` (one [H, Q, K] per pair
+    representation, b of them, shared by the `rows` rows), or, when the attention is chunked
+    (model.chunk_size set) over batch dims that are not all 1 (b > 1), the copy chunk_layer expands
+    it to over every row before slicing it (each chunk's kernel keeps its slice: all rows)."""
+    return bias * rows if chunked and b > 1 else bias
+
+
 def _pair_terms(
-    b: int, n: int, cz: int, c_mul: int, h_z: int, hc_z: int, tn: int, sdpa: bool, c: int, st: int,
-    amp: bool | None = None,
+    b: int, n: int, cz: int, c_mul: int, h_z: int, hc_z: int, tn: int, backend: str, c: int, st: int,
+    amp: bool | None = None, chunked: bool = False,
 ) -> dict[str, int]:
     """Bytes the pair modules of one block keep (both triangle multiplications and attentions and
     the pair transition) for b pair representations [b, N, N, C_z] (b = B, or B T for the
     templates). st: the pair stream's bytes per element; amp: whether autocast is on (default
-    c != st; the template stream is in the compute dtype under autocast)."""
+    c != st; the template stream is in the compute dtype under autocast); chunked: model.chunk_size
+    is set."""
     autocast = c != st
     amp = autocast if amp is None else amp
     pr = b * n * n
 
-    def ln(elems: int, rows: int) -> int:  # LayerNorm: its input in fp32 (a copy if not fp32), mean, rstd
-        return FP32 * elems + 2 * FP32 * rows
+    def ln(elems: int, rows: int, dtype: int = st) -> int:  # LayerNorm of a `dtype` input (_ln_bytes)
+        return _ln_bytes(elems, rows, dtype, backend)
 
     def lin(k: int, elems: int) -> int:  # k Linear layers reading one contiguous LayerNorm output
         return (k * c if autocast else st) * elems  # autocast casts it once per layer (uncached)
@@ -82,12 +109,13 @@ def _pair_terms(
         "triangle_multiplication": 2 * (
             ln(pr * cz, pr) + lin(5, pr * cz) + mask_cast(pr, FP32, st)
             + 2 * (2 * c + max(c, st)) * pr * c_mul + c * pr * cz
-            + 2 * c * pr * c_mul + ln(pr * c_mul, pr) + c * pr * c_mul + c * pr * cz
+            + 2 * c * pr * c_mul + ln(pr * c_mul, pr, c) + c * pr * c_mul + c * pr * cz
         ),
         # x2 (starting, ending node): LayerNorm read by the bias Linear and q, k, v, g
         "triangle_attention": 2 * (
             ln(pr * cz, pr) + lin(5, pr * cz)
-            + _gated_attention_bytes(pr, hc_z, b * n * h_z * n * n, 0, 0, True, sdpa, c)
+            + _gated_attention_bytes(pr, hc_z, b * n * h_z * n * n, pr * h_z, 0, True, backend, c,
+                                     pair_bias=_pair_bias_elems(b, n, pr * h_z, chunked), key_bias=pr)
         ),
         # under autocast the transition multiplies by the fp32 mask as it is; otherwise by its cast
         "pair_transition": ln(pr * cz, pr) + lin(1, pr * cz) + c * pr * tn * cz + (0 if amp else mask_cast(pr, FP32, st)),
@@ -105,12 +133,13 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
     h_m, h_z = mcfg.n_heads_msa, mcfg.n_heads_pair
     hc_m, hc_z = h_m * mcfg.c_hidden_msa_att, h_z * mcfg.c_hidden_pair_att
     c_opm, c_mul = mcfg.c_hidden_opm, mcfg.c_hidden_mul
-    sdpa = enum_names(mcfg.attention_backend) == "sdpa"
+    backend = enum_names(mcfg.attention_backend)
+    chunked = mcfg.chunk_size is not None
     autocast = c != st
     ms, pr = b * s * n, b * n * n  # MSA and pair positions
 
-    def ln(elems: int, rows: int) -> int:  # LayerNorm: its input in fp32 (a copy if not fp32), mean, rstd
-        return FP32 * elems + 2 * FP32 * rows
+    def ln(elems: int, rows: int) -> int:  # LayerNorm of the stream (_ln_bytes)
+        return _ln_bytes(elems, rows, st, backend)
 
     def lin(k: int, elems: int) -> int:  # k Linear layers reading one contiguous LayerNorm output
         return (k * c if autocast else st) * elems  # autocast casts it once per layer (uncached)
@@ -120,20 +149,24 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
 
     terms = {
         "msa_row_attention": ln(pr * cz, pr) + lin(1, pr * cz) + ln(ms * cm, ms) + lin(4, ms * cm)
-        + _gated_attention_bytes(ms, hc_m, b * s * h_m * n * n, 0, 0, True, sdpa, c),
+        + _gated_attention_bytes(ms, hc_m, b * s * h_m * n * n, ms * h_m, 0, True, backend, c,
+                                 pair_bias=_pair_bias_elems(b, s, pr * h_m, chunked), key_bias=ms),
         # the LayerNorm reads the transposed MSA, so its output is laid out as the projections read it
         "msa_column_attention": ln(ms * cm, ms) + lin(4, ms * cm)
-        + _gated_attention_bytes(ms, hc_m, b * n * h_m * s * s, b * n * h_m * s, b * n * s, False, sdpa, c),
+        + _gated_attention_bytes(ms, hc_m, b * n * h_m * s * s, b * n * h_m * s, b * n * s, False, backend, c,
+                                 key_bias=ms),
         "msa_transition": ln(ms * cm, ms) + lin(1, ms * cm) + c * ms * tn * cm + mask_cast(ms, FP32, st),
         # a and b (masked projections, kept by the einsum in the compute dtype, cast once whether
         # chunked or not), the outer product [*, I, J, c^2] (the output Linear's input) and the
         # divisor [*, I, J, 1]
         # its LayerNorm's input is the block's output m: counted as the next block's input (or outside)
-        # unless the stream is below fp32, where the LayerNorm keeps its own fp32 copy
-        "outer_product_mean": ln(ms * cm, ms) - (FP32 * ms * cm if st == FP32 else 0) + lin(2, ms * cm)
+        # unless the stream is below fp32, where primitives.LayerNorm keeps its own fp32 copy (the fused
+        # one keeps m itself)
+        "outer_product_mean": ln(ms * cm, ms) - (st * ms * cm if st == FP32 or backend == "triton" else 0)
+        + lin(2, ms * cm)
         + mask_cast(ms, FP32, st)
         + 2 * c * ms * c_opm + c * pr * c_opm**2 + c * pr,
-        **_pair_terms(b, n, cz, c_mul, h_z, hc_z, tn, sdpa, c, st),
+        **_pair_terms(b, n, cz, c_mul, h_z, hc_z, tn, backend, c, st, chunked=chunked),
         # SharedDropout keeps its mask [*, 1, N_res, C] ([*, N_res, 1, C] column-wise) in the update's dtype
         "dropout_masks": (c * b * n * cm if mcfg.msa_dropout > 0 else 0)
         + (4 * c * b * n * cz if mcfg.pair_dropout > 0 else 0),
@@ -158,17 +191,19 @@ class _Sizes:
         return self._replace[key] if key in self._replace else getattr(self._mcfg, key)
 
 
-def _global_attention_bytes(b: int, n: int, s: int, cm: int, h: int, ch: int, c: int, st: int) -> int:
+def _global_attention_bytes(b: int, n: int, s: int, cm: int, h: int, ch: int, c: int, st: int,
+                            backend: str = "naive") -> int:
     """MSAColumnGlobalAttention (Algorithm 19) on [b, s, n, cm], its LayerNorm on the transposed
     input: the input (the stream, fp32) and statistics, the masked mean's divisor [b, n, 1], the
     averaged query's input [b, n, cm], the LayerNorm output read by k, v and the gate (one fp32
     tensor, or one cast per Linear under autocast), k and v [b, n, s, c_h], the scaled q
     [b, n, H, c_h], the fp32 softmax [b, n, H, s] (+ its cast below fp32), sigmoid(g) and o * g
-    [b, n, s, H c_h], o [b, n, H, c_h]."""
+    [b, n, s, H c_h], o [b, n, H, c_h]. It has no backend of its own: attention_backend=triton
+    changes only its LayerNorm (the fused one)."""
     autocast = c != st
     ms, bn, hc = b * s * n, b * n, h * ch
     return (
-        FP32 * ms * cm + 2 * FP32 * ms + FP32 * bn + (c if autocast else st) * bn * cm
+        _ln_bytes(ms * cm, ms, st, backend) + FP32 * bn + (c if autocast else st) * bn * cm
         + (3 * c if autocast else st) * ms * cm + 2 * c * ms * ch + c * bn * hc
         + FP32 * bn * h * s + (c * bn * h * s if c < FP32 else 0) + 2 * c * ms * hc + c * bn * hc
     )
@@ -180,7 +215,8 @@ def _extra_msa_block_terms(mcfg: DictConfig, b: int, n: int, e: int, c: int, st:
     ce, h, ch = mcfg.c_e, mcfg.n_heads_msa, mcfg.c_hidden_extra_msa_att
     sizes = _Sizes(mcfg, c_m=ce, c_hidden_msa_att=ch)
     terms = _evoformer_block_terms(sizes, b, n, e, c, st)
-    terms["msa_column_attention"] = _global_attention_bytes(b, n, e, ce, h, ch, c, st)
+    terms["msa_column_attention"] = _global_attention_bytes(b, n, e, ce, h, ch, c, st,
+                                                            enum_names(mcfg.attention_backend))
     if c != st:  # global attention weights (q, k, v, gate, out) instead of the column attention's 5 ce x H c_h
         terms["weight_casts"] += c * (3 * ce * h * ch + 2 * ce * ch - 5 * ce * h * ch)
     return terms
@@ -193,8 +229,8 @@ def _template_block_terms(mcfg: DictConfig, b: int, t: int, n: int, c: int, st: 
     autocast, unlike m and z); the weights are cast as in the Evoformer."""
     ct, c_mul, h = mcfg.c_t, mcfg.c_hidden_template_mul, mcfg.n_heads_template
     hc, tn = h * mcfg.c_hidden_template_att, mcfg.template_transition_n
-    sdpa = enum_names(mcfg.attention_backend) == "sdpa"
-    terms = _pair_terms(b * t, n, ct, c_mul, h, hc, tn, sdpa, c, c, amp=c != st)
+    terms = _pair_terms(b * t, n, ct, c_mul, h, hc, tn, enum_names(mcfg.attention_backend), c, c, amp=c != st,
+                        chunked=mcfg.chunk_size is not None)
     terms["dropout_masks"] = 4 * c * b * t * n * ct if mcfg.pair_dropout > 0 else 0
     if c != st:
         terms["weight_casts"] = c * _pair_weights(ct, c_mul, h, hc, tn)
@@ -211,18 +247,25 @@ def _stack_outside_terms(
     over the templates, + its cast; the output projection's input), the angle features
     [B, T, N, 57] and the ReLU output [B, T, N, C_m], the MSA mask grown by the template rows
     [B, S + T, N] (fp32). Extra MSA: the features [B, E, N, 25] and the last block's output e,
-    which its outer product mean keeps (unless that block is checkpointed)."""
+    which its outer product mean keeps (unless that block is checkpointed).
+    attention_backend=triton: the point-wise attention keeps q, k, v, o, the fp32 log-sum-exp
+    [B N N, H] and the template mask bias expanded to every pair [B N N, T] (fp32) instead of the
+    softmax and the matmuls' copies; the final LayerNorm keeps t in its own dtype (_ln_bytes)."""
     autocast = c != st
     lin_in = c if autocast else st
+    backend = enum_names(mcfg.attention_backend)
     terms: dict[str, int] = {}
     if mcfg.templates and t > 0:
         ct, cz, cm = mcfg.c_t, mcfg.c_z, mcfg.c_m
         h, hc = mcfg.n_heads_template_pointwise, mcfg.n_heads_template_pointwise * mcfg.c_hidden_template_pointwise
         pr, tpr = b * n * n, b * t * n * n
-        terms["template_pair_stack_io"] = lin_in * tpr * 88 + FP32 * tpr * ct + 2 * FP32 * tpr
+        terms["template_pair_stack_io"] = lin_in * tpr * 88 + _ln_bytes(tpr * ct, tpr, c, backend)
+        if backend == "triton":  # q (c), k and v (the projections' outputs), key bias, log-sum-exp, o
+            core = c * pr * hc + 2 * c * tpr * hc + FP32 * tpr + FP32 * pr * h
+        else:  # the scaled q, k^T and v copies; the fp32 softmax (+ its cast)
+            core = c * pr * hc + 2 * c * tpr * hc + FP32 * pr * h * t + (c * pr * h * t if c < FP32 else 0)
         terms["template_pointwise_attention"] = (
-            (c * pr * cz if autocast else 0) + lin_in * tpr * ct + c * pr * hc + 2 * c * tpr * hc
-            + FP32 * pr * h * t + (c * pr * h * t if c < FP32 else 0) + c * pr * hc
+            (c * pr * cz if autocast else 0) + lin_in * tpr * ct + core + c * pr * hc  # + the output projection's input
         )
         terms["template_angle_embedder"] = lin_in * b * t * n * 57 + c * b * t * n * cm
         terms["msa_mask"] = FP32 * b * (s + t) * n
@@ -235,7 +278,7 @@ def _stack_outside_terms(
     return terms
 
 
-def _structure_module_bytes(mcfg: DictConfig, b: int, n: int, sm: int) -> int:
+def _structure_module_bytes(mcfg: DictConfig, b: int, n: int, sm: int, backend: str = "naive") -> int:
     """The structure module runs with autocast off in the parameters' dtype `sm`. Per layer:
     IPA keeps the frames' rotations expanded to every point (the matmul's copy, 9 per point) for
     the query/key/value points and the inverse of the value points, copies of q, k, v and the
@@ -265,12 +308,13 @@ def _structure_module_bytes(mcfg: DictConfig, b: int, n: int, sm: int) -> int:
     # the angle ResNet: ReLUs of s and s_initial (2 C_s), of its 5 hidden activations (C_r each), the
     # unnormalised angles read by the norm (14), the norm's clamp input and root (7 each)
     resnet = sm * sn * (2 * cs + 5 * cr + ANGLE_NORM_FLOATS)
-    layer = (ipa + 2 * drop + 2 * (FP32 * sn * cs + 2 * FP32 * sn) + 4 * sm * sn * cs + FRAME_FLOATS_PER_LAYER * sm * sn
-             + resnet)
+    layer = (ipa + 2 * drop + 2 * _ln_bytes(sn * cs, sn, sm, backend) + 4 * sm * sn * cs
+             + FRAME_FLOATS_PER_LAYER * sm * sn + resnet)
     # LayerNorm of s (input in fp32, stats), linear_in's input, its output (the first IPA's input), z's LayerNorm output;
     # once: the all-atom frames and atoms of the last layer (Algorithm 24)
     all_atom = sm * sn * ALL_ATOM_FLOATS + INT64 * sn * 14
-    return (FP32 * sn * cs + 2 * FP32 * sn) + 2 * sm * sn * cs + sm * b * n * n * cz + layers * layer + 13 * sm * sn + all_atom
+    return (_ln_bytes(sn * cs, sn, sm, backend) + 2 * sm * sn * cs + sm * b * n * n * cz + layers * layer
+            + 13 * sm * sn + all_atom)
 
 
 def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_evo: int | None = None) -> dict[str, int]:
@@ -284,7 +328,13 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_
     ms, pr, sn = b * s * n, b * n * n, b * n
     # recycling: LayerNorm of the previous pair (fp32) and first MSA row; after a no-grad iteration
     # the row is a view of the previous MSA representation, which it then keeps whole
-    m1_prev = st * b * s_evo * n * cm if mcfg.num_recycles > 0 and st == FP32 else FP32 * sn * cm
+    backend = enum_names(mcfg.attention_backend)
+    # the fused LayerNorm keeps its input as it is: the whole previous MSA when the row is a view it can
+    # read as rows (B = 1), else a contiguous copy of the row in the stream dtype
+    if backend == "triton":
+        m1_prev = st * b * s_evo * n * cm if mcfg.num_recycles > 0 and b == 1 else st * sn * cm
+    else:
+        m1_prev = st * b * s_evo * n * cm if mcfg.num_recycles > 0 and st == FP32 else FP32 * sn * cm
     layers = mcfg.n_structure_layers
     # FAPE (fp32, autocast off): per frame-position pair the position relative to the frame's origin
     # (3, kept by the einsum with the rotation), the error vector (3) and the distance (1); backbone
@@ -293,7 +343,7 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_
     plddt_bins, c_plddt = _dim(mcfg, "n_plddt_bins"), _dim(mcfg, "c_hidden_plddt")
     terms = {
         "input_embedder": (c * (3 * sn * tf + ms * msa_dim) if autocast else 0) + c * pr * relpos,
-        "recycling_embedder": c * pr * RECYCLE_BINS + FP32 * pr * cz + 2 * FP32 * pr + m1_prev + 2 * FP32 * sn,
+        "recycling_embedder": c * pr * RECYCLE_BINS + _ln_bytes(pr * cz, pr, st, backend) + m1_prev + 2 * FP32 * sn,
         "pair_mask": FP32 * pr if st == FP32 else 0,  # [*, N, N] fp32, kept by the triangle multiplications
         # the last block's outputs: m read by the single projection (first row) and the masked-MSA
         # head, z by the structure module's LayerNorm (fp32) and the distogram head
@@ -301,8 +351,8 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_
         "evoformer_output": (c * (sn * cm + ms * cm) if autocast
                              else st * b * s_evo * n * cm + (st * sn * cm if b > 1 else 0)
                              + (st * ms * cm if b > 1 and s_evo > s else 0))
-        + FP32 * pr * cz + 2 * FP32 * pr + (c * pr * cz if autocast or st != FP32 else 0),
-        "structure_module": _structure_module_bytes(mcfg, b, n, st),
+        + _ln_bytes(pr * cz, pr, st, backend) + (c * pr * cz if autocast or st != FP32 else 0),
+        "structure_module": _structure_module_bytes(mcfg, b, n, st, backend),
         # pLDDT head: LayerNorm statistics, its output (linear_1's input, cast under autocast), two
         # ReLU outputs; the experimentally-resolved head's input (the Evoformer's single
         # representation, a copy of its own only under autocast: else the structure module keeps it)
@@ -403,8 +453,15 @@ def activation_bytes(
     attention_backend=sdpa is modelled as torch runs it on CPU (see _gated_attention_bytes): the
     biased attentions fall back to the math kernel (fp32 probabilities and q, k, v), the column
     attention uses the flash kernel (no S x S matrix).
+    attention_backend=triton (memtrain.kernels; _gated_attention_bytes, _ln_bytes): each attention
+    keeps q, k, v, its output, the pair bias [B, N, N, H] (not expanded over the rows), the fp32
+    per-key mask bias and the fp32 log-sum-exp [*, H, Q] instead of any [*, H, Q, K] matrix; every
+    LayerNorm is the fused one, which keeps its input in its own dtype (no fp32 copy). Checked at
+    fp32 under Triton's interpreter on CPU; the bf16 terms follow the same tensors' dtypes.
     model.chunk_size does not change what is saved (each chunk's tensors are kept for the backward
-    pass; chunking only lowers the transient peak).
+    pass; chunking only lowers the transient peak), except with attention_backend=triton over more
+    than one pair representation (B > 1, or the template stack's B T): chunk_layer expands the pair
+    bias over the rows before slicing it, and the kernels keep every slice (_pair_bias_elems).
 
     block_input: what a checkpointed block keeps, its inputs m and z in the stream dtype. A
     block's output m is counted as the next block's input (the last one's outside); under autocast
@@ -426,7 +483,7 @@ def activation_bytes(
     if cfg is not None:
         n_res, n_seq = cfg.data.crop_size, cfg.data.max_msa
         n_extra, n_templ = cfg.data.get("max_extra_msa", 0), cfg.data.get("max_templates", 0)
-        from memtrain.memory.activation_checkpoint import (
+        from memtrain.models.activation_checkpoint import (
             checkpointed_block_ids,  # (imports the model registry)
         )
 

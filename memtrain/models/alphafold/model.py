@@ -42,7 +42,7 @@ from torch import nn
 
 from memtrain.models.alphafold.embedders import InputEmbedder, RecyclingEmbedder
 from memtrain.models.alphafold.evoformer import EvoformerStack
-from memtrain.models.alphafold.all_atom import predicted_pseudo_beta
+from memtrain.protein.all_atom import predicted_pseudo_beta
 from memtrain.models.alphafold.heads import (
     DistogramHead,
     ExperimentallyResolvedHead,

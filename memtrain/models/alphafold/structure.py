@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtrain.models.alphafold.all_atom import frames_to_atom14_positions, restype_table, torsion_angles_to_frames
+from memtrain.protein.all_atom import frames_to_atom14_positions, restype_table, torsion_angles_to_frames
 from memtrain.models.alphafold.primitives import LayerNorm, Linear, mask_bias
-from memtrain.models.alphafold.rigid import Rigid, quat_multiply, quat_to_rot  # noqa: F401 (re-exported)
+from memtrain.protein.rigid import Rigid, quat_multiply, quat_to_rot  # noqa: F401 (re-exported)
 
 # Alanine's idealised backbone atoms N, CA, C in the residue frame (Angstrom; residue_constants),
 # N-CA 1.460 A, CA-C 1.526 A, N-CA-C 111.1 degrees. The structure module places each residue with
@@ -189,7 +189,7 @@ class StructureModule(nn.Module):
 
     with the rotations' gradient stopped between layers (line 20); then, from the last layer's
     backbone frames and torsion angles, the frames of all 8 rigid groups and every heavy atom in
-    the atom14 layout (Algorithm 24, memtrain.models.alphafold.all_atom), each residue placed with
+    the atom14 layout (Algorithm 24, memtrain.protein.all_atom), each residue placed with
     its own type's idealised geometry (residue_constants).
 
     Frames are kept internally in nm (translations divided by `trans_scale_factor` = 10) and

@@ -9,7 +9,7 @@ import numpy as np
 from Bio.PDB import MMCIFIO, PDBIO
 from Bio.PDB.StructureBuilder import StructureBuilder
 
-from memtrain.models.alphafold import residue_constants as rc
+from memtrain.protein import residue_constants as rc
 
 FORMATS = {".pdb": "pdb", ".cif": "cif", ".mmcif": "cif"}
 

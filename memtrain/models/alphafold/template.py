@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtrain.memory.chunking import chunk_layer
+from memtrain.models.chunking import chunk_layer
 from memtrain.models.alphafold.embedders import distance_bins
 from memtrain.models.alphafold.evoformer import (
     Transition,
