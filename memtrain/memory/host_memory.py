@@ -22,7 +22,7 @@ trainer.device=cpu the "device" is the host, so every term counts, and reduce bu
 the pages the gradients fill (at most N b): RSS grows with pages written, and torch.empty does not
 write.
 
-With trainer.init_device=meta (or auto resolving to it: memtrain.engine.init_device, with the
+With trainer.init_device=meta (or auto resolving to it: memtrain.config.init_device, with the
 hardware group's memory as the budget unless trainer.init_budget_gb is set) the model is built on
 the meta device, sharded, and only each rank's shards are materialised: the start-up term "model
 built whole" (N x param_dtype per rank: on the GPU for device=cuda, in RAM for device=cpu) is not
