@@ -107,7 +107,7 @@ class Trainer:
         self._saved_step: int | None = None
 
     def _choose_init_device(self, cfg: DictConfig) -> str:
-        """trainer.init_device resolved (memtrain.engine.init_device): "eager" or "meta"; auto
+        """trainer.init_device resolved (memtrain.config.init_device): "eager" or "meta"; auto
         counts the parameters on the meta device when the layout could build there."""
         has_init = self.spec.init_weights is not None
         n_params = 0

@@ -67,3 +67,18 @@ def test_meta_build_trains(case, launched):
     losses = launched(case)["losses"]
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses), losses
     assert losses[-1] < losses[0] - 0.3, losses  # from ~ln(64) = 4.16: it learns the 8 windows (264 tokens)
+
+
+HSDP = batched(__name__, {"hsdp-2x1": Case(2, "meta_init", (*MODEL, "trainer.init_device=meta", "parallel=hsdp",
+                                                              "parallel.dp_replicate=2", "parallel.dp_shard=1"))})
+
+
+@pytest.mark.parametrize("case", HSDP)
+def test_meta_build_replicas_agree(case, launched):
+    """HSDP over 2 replicas of 1 shard: the generators are seeded from the sharded mesh dimensions
+    only, so the replicas draw the same weights without communicating."""
+    result = launched(case)
+    rank0, rank1 = result["heads"]
+    assert rank0.keys() == rank1.keys()
+    for name, values in rank0.items():
+        assert torch.equal(values, rank1[name]), f"{name}: the replicas differ"
