@@ -55,7 +55,11 @@ class LiveBytes(TorchDispatchMode):
         self._ignored.update(t.untyped_storage()._cdata for t in tensors if isinstance(t, torch.Tensor))
 
     def track(self, *tensors: torch.Tensor) -> None:
+        """Count these tensors' storages from now until torch frees them. A DTensor counts as its
+        local shard (the wrapper's own storage reports the global tensor's bytes, which no rank holds)."""
         for t in tensors:
+            if isinstance(t, torch.Tensor) and hasattr(t, "_local_tensor"):  # DTensor
+                t = t._local_tensor
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             st = t.untyped_storage()
