@@ -49,11 +49,13 @@ MODEL_PARALLEL_DIMS = {
 @dataclass(frozen=True)
 class Family:
     """One `model.arch`: `spec_module` registers its ModelSpec when imported; `model_parallel` are
-    the model-parallel dimensions (keys of MODEL_PARALLEL_DIMS) that ModelSpec implements."""
+    the model-parallel dimensions (keys of MODEL_PARALLEL_DIMS) that ModelSpec implements; `schema`
+    its config dataclass (conf/model/<option>.yaml starts from /schema/model/<arch>)."""
 
     arch: str
     spec_module: str
     model_parallel: tuple[str, ...] = ()
+    schema: type | None = None  # the model config dataclass (a memtrain.config.schema.ModelConfig), /schema/model/<arch>
 
     def __post_init__(self) -> None:
         unknown = [d for d in self.model_parallel if d not in MODEL_PARALLEL_DIMS]

@@ -90,18 +90,6 @@ class FP8Scaling(Enum):
     delayed = "delayed"  # scale from the max over an amax history of past steps
 
 
-class GPTAttention(Enum):
-    softmax = "softmax"  # exact causal softmax attention (SDPA)
-    linformer = "linformer"  # learned sequence projections of K and V (Wang et al. 2020), causal prefix variant
-    performer = "performer"  # FAVOR+ positive orthogonal random features (Choromanski et al. 2021), causal
-
-
-class AttentionBackend(Enum):
-    naive = "naive"  # explicit softmax(QK^T + bias)V, softmax in fp32
-    sdpa = "sdpa"  # torch scaled_dot_product_attention with the biases as a float mask
-    triton = "triton"  # fused Triton kernels (memtrain.kernels): pair-bias attention and layer norm
-
-
 # ---------------------------------------------------------------------------------------------
 # value checks, declared with the field they check (memtrain.config.validate.check_values reads
 # them): a number's bounds, a list's length and its items' bounds, the choices of a string. Every
@@ -143,80 +131,11 @@ SEED_MAX = 2**32 - 1  # numpy's RandomState (data pipelines) takes seeds in [0, 
 
 @dataclass
 class ModelConfig:
+    """The base of every model family's config schema. Each family declares its own subclass in
+    memtrain/models/<family>/family.py (GPTConfig, AlphaFoldConfig, PanguConfig, FuXiConfig), found
+    and registered as /schema/model/<arch> by register_schemas."""
+
     arch: str = MISSING  # key of the ModelSpec registry (memtrain.models)
-
-
-@dataclass
-class GPTConfig(ModelConfig):
-    """Decoder-only transformer: RMSNorm, SwiGLU, RoPE, grouped-query attention through SDPA."""
-
-    arch: str = "gpt"
-    vocab_size: int = checked(64, ge=1)
-    dim: int = checked(128, ge=1)
-    n_layers: int = checked(4, ge=1)
-    n_heads: int = checked(4, ge=1)
-    n_kv_heads: Optional[int] = checked(None, ge=1)  # None: as many as n_heads (multi-head attention)
-    ffn_hidden: Optional[int] = checked(None, ge=1)  # None: 8/3 * dim rounded up to `multiple_of`
-    multiple_of: int = checked(64, ge=1)
-    max_seq_len: int = checked(2048, ge=1)
-    rope_theta: float = checked(10000.0, gt=0)
-    norm_eps: float = checked(1e-5, gt=0)
-    tie_embeddings: bool = False
-    init_std: float = checked(0.02, ge=0)
-    attention: GPTAttention = GPTAttention.softmax  # the attention core of every block
-    linformer_k: int = checked(64, ge=1)  # linformer: projected length k of K and V
-    performer_features: int = checked(128, ge=1)  # performer: random features m per head
-    performer_redraw: int = checked(1000, ge=0)  # performer: redraw the features every this many training forwards (0: never)
-    attention_chunk: int = checked(64, ge=1)  # linformer/performer: block size of the causal prefix-sum scan
-    # output projection fused with the cross entropy, computed over chunks of this many tokens so
-    # the [B, S, V] logits never exist; -1: on, chunk chosen from the vocabulary (plain under
-    # parallel=zero3, which frees the head's weight after its forward); 0: plain full logits
-    loss_chunk: int = checked(-1, ge=-1)
-
-
-@dataclass
-class AlphaFoldConfig(ModelConfig):
-    """AlphaFold 2 (Jumper et al. 2021, Supplement 1.5-1.8): templates, extra-MSA stack, Evoformer
-    and structure module."""
-
-    arch: str = "alphafold"
-    c_m: int = checked(256, ge=1)
-    c_z: int = checked(128, ge=1)
-    c_s: int = checked(384, ge=1)
-    n_blocks: int = checked(48, ge=1)
-    n_heads_msa: int = checked(8, ge=1)
-    n_heads_pair: int = checked(4, ge=1)
-    c_hidden_msa_att: int = checked(32, ge=1)
-    c_hidden_pair_att: int = checked(32, ge=1)
-    c_hidden_opm: int = checked(32, ge=1)
-    c_hidden_mul: int = checked(128, ge=1)
-    transition_n: int = checked(4, ge=1)
-    n_structure_layers: int = checked(8, ge=1)
-    n_heads_ipa: int = checked(12, ge=1)
-    c_hidden_ipa: int = checked(16, ge=1)
-    c_resnet: int = checked(128, ge=1)  # torsion-angle ResNet (Algorithm 20 lines 11-14)
-    c_hidden_plddt: int = checked(128, ge=1)  # pLDDT head (Algorithm 29)
-    num_recycles: int = checked(0, ge=0, le=32)  # extra no-grad iterations (the paper samples 0-3 during training)
-    msa_dropout: float = checked(0.15, ge=0, lt=1)
-    pair_dropout: float = checked(0.25, ge=0, lt=1)
-    structure_dropout: float = checked(0.1, ge=0, lt=1)
-    # extra-MSA stack (Algorithm 18): 0 blocks switches it off
-    n_extra_msa_blocks: int = checked(4, ge=0)
-    c_e: int = checked(64, ge=1)
-    c_hidden_extra_msa_att: int = checked(8, ge=1)
-    # template stack (Algorithms 16, 17) and template torsion angles into the MSA
-    templates: bool = True
-    c_t: int = checked(64, ge=1)
-    n_template_blocks: int = checked(2, ge=0)
-    c_hidden_template_att: int = checked(16, ge=1)
-    n_heads_template: int = checked(4, ge=1)
-    c_hidden_template_mul: int = checked(64, ge=1)
-    template_transition_n: int = checked(2, ge=1)
-    c_hidden_template_pointwise: int = checked(16, ge=1)
-    n_heads_template_pointwise: int = checked(4, ge=1)
-    template_unit_vector: bool = False  # AlphaFold's monomer models zero the template unit vectors
-    chunk_size: Optional[int] = checked(None, ge=1)  # OpenFold-style chunking of attention, outer product mean, transitions
-    attention_backend: AttentionBackend = AttentionBackend.naive
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,49 +437,12 @@ class ERA5DataConfig(DataConfig):
     synthetic_time_steps: int = checked(24, ge=2)  # time steps the generator writes (6-hourly)
 
 
-@dataclass
-class PanguConfig(ModelConfig):
-    """Pangu-Weather's 3D Earth-specific transformer (Bi et al. 2023, Nature 619; Methods and its
-    pseudocode). Defaults are the published model at 0.25 degrees."""
-
-    arch: str = "pangu"
-    n_levels: int = checked(13, ge=1)  # pressure levels of the upper-air variables
-    n_lat: int = checked(721, ge=1)
-    n_lon: int = checked(1440, ge=1)
-    n_upper: int = checked(5, ge=1)  # z, q, t, u, v
-    n_surface: int = checked(4, ge=1)  # msl, u10, v10, t2m
-    patch_size: list[int] = checked(factory=lambda: [2, 4, 4], length=3, ge=1)  # (level, lat, lon); surface uses (lat, lon)
-    window_size: list[int] = checked(factory=lambda: [2, 6, 12], length=3, ge=1)  # (level, lat, lon) tokens per window
-    dim: int = checked(192, ge=1)  # C of the first stage; the second stage has 2C
-    depths: list[int] = checked(factory=lambda: [2, 6, 6, 2], length=4, ge=1)
-    heads: list[int] = checked(factory=lambda: [6, 12, 12, 6], length=4, ge=1)
-    mlp_ratio: float = checked(4.0, gt=0)
-    drop_path: float = checked(0.2, ge=0, lt=1)  # stochastic depth, linearly increasing to this rate
-
-
-@dataclass
-class FuXiConfig(ModelConfig):
-    """FuXi's Swin V2 U-transformer (Chen et al. 2023, npj Clim. Atmos. Sci. 6:190). Defaults are
-    the published width and depth at 0.25 degrees."""
-
-    arch: str = "fuxi"
-    n_levels: int = checked(13, ge=1)
-    n_lat: int = checked(721, ge=1)
-    n_lon: int = checked(1440, ge=1)
-    n_upper: int = checked(5, ge=1)
-    n_surface: int = checked(4, ge=1)
-    patch_size: int = checked(4, ge=1)  # cube embedding's spatial patch (lat, lon)
-    window_size: list[int] = checked(factory=lambda: [9, 9], length=2, ge=1)  # (lat, lon) tokens per window
-    dim: int = checked(1536, ge=1)
-    depth: int = checked(48, ge=1)
-    heads: int = checked(24, ge=1)
-    mlp_ratio: float = checked(4.0, gt=0)
-    drop_path: float = checked(0.2, ge=0, lt=1)
-
-
 def model_schema(arch: str) -> type:
-    """The schema of model.arch `arch` (ConfigError-free lookup: KeyError for an unknown arch)."""
-    return {"gpt": GPTConfig, "alphafold": AlphaFoldConfig, "pangu": PanguConfig, "fuxi": FuXiConfig}[arch]
+    """The schema of model.arch `arch`: the config dataclass its family declares (memtrain/models/
+    <family>/family.py). KeyError for an unknown arch."""
+    from memtrain.config.families import families
+
+    return families()[arch].schema
 
 
 def register_schemas() -> None:
@@ -568,8 +450,6 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for group, name, node in [
-        ("model", "gpt", GPTConfig),
-        ("model", "alphafold", AlphaFoldConfig),
         ("parallel", "parallel", ParallelConfig),
         ("precision", "precision", PrecisionConfig),
         ("offload", "offload", OffloadConfig),
@@ -586,9 +466,11 @@ def register_schemas() -> None:
         ("data", "data", DataConfig),
         ("trainer", "trainer", TrainerConfig),
         ("launcher", "launcher", LauncherConfig),
-        ("model", "pangu", PanguConfig),
-        ("model", "fuxi", FuXiConfig),
         ("data", "era5", ERA5DataConfig),
         ("hardware", "hardware", HardwareConfig),
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node)
+    from memtrain.config.families import families
+
+    for arch, fam in families().items():  # each model family's own schema (its family.py)
+        cs.store(group="schema/model", name=arch, node=fam.schema)

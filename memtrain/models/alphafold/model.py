@@ -108,7 +108,7 @@ PUBLISHED_PARAMETERS = 93_229_082
 class AlphaFold(nn.Module):
     """batch (see the module docstring) -> dict of outputs for the losses.
 
-    The constructor takes plain numbers (the keys of memtrain.config.schema.AlphaFoldConfig);
+    The constructor takes plain numbers (the keys of memtrain.models.alphafold.family.AlphaFoldConfig);
     defaults are the published sizes (PUBLISHED).
     """
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from memtrain.config.schema import AttentionBackend as SchemaBackend
+from memtrain.models.alphafold.family import AttentionBackend as SchemaBackend
 from memtrain.models.alphafold.model import AlphaFold
 from memtrain.models.alphafold.primitives import (
     MASK_BIAS,
