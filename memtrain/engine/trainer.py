@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from memtrain.config.errors import enum_names, to_container
+from memtrain.config.parallel_options import parallel_option
 from memtrain.engine import preemption
 from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
@@ -51,7 +52,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.spec = get_spec(cfg.model.arch)
         self.device = resolve_device(enum_names(self.tcfg.device))
-        self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=cfg.parallel.name != "single")
+        self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=parallel_option(cfg).needs_process_group)
         try:
             self._build(cfg, console)
         except BaseException:
