@@ -146,7 +146,7 @@ def _require_data_parallel(p: DictConfig) -> None:
 
 def _require_composes(p: DictConfig, dim: str) -> None:
     """parallel.<dim> other than 1 only under a parallel option that composes with it
-    (memtrain.config.parallel_options.PARALLEL_MODEL_DIMS)."""
+    (ParallelOption.model_dims in memtrain.config.parallel_options)."""
     options = parallel_options_with(dim)
     listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
     require(p[dim] == 1 or dim in parallel_option(p).model_dims, f"parallel.{dim}",
