@@ -27,6 +27,12 @@ class Device(Enum):
     cuda = "cuda"
 
 
+class InitDevice(Enum):
+    auto = "auto"  # meta when sharded parameters' full fp32 states exceed the budget, else eager
+    eager = "eager"  # built whole on trainer.device on every rank
+    meta = "meta"  # built on the meta device, sharded, then each rank's shards materialised
+
+
 class ACMode(Enum):
     """Activation checkpointing: none, every block, or a chosen subset (Megatron's selective)."""
 
@@ -444,6 +450,10 @@ class TrainerConfig:
     run_dir: Optional[str] = None  # None: Hydra's output directory of the job
     compile: bool = False  # regional torch.compile of every block (memtrain.engine.fast_path)
     eval_every: int = 0  # evaluate held-out data every N steps (ModelSpec.build_evaluator); 0: never
+    # where parameters are first made (memtrain.engine.init_device): eager | meta | auto
+    init_device: InitDevice = InitDevice.auto
+    # GiB the full fp32 model states are compared with by init_device=auto; None: the device's memory
+    init_budget_gb: Optional[float] = checked(None, gt=0)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memtrain.config.errors import enum_names, require
+from memtrain.config.init_device import meta_refusal
 from memtrain.config.families import check_model_parallel, get_spec
 from memtrain.config.optimizer_compat import validate_optimizer
 from memtrain.config.parallel import DIMS, ParallelDims, world_size
@@ -60,6 +61,9 @@ def validate(cfg: DictConfig) -> None:
             f"model.arch={cfg.model.arch} has no evaluation step; use trainer.eval_every=0")
     require(cfg.trainer.eval_every == 0 or cfg.parallel.pp == 1, "trainer.eval_every",
             f"the evaluation step runs the whole model, not pipeline stages (parallel.pp={cfg.parallel.pp})")
+    if enum_names(cfg.trainer.init_device) == "meta":
+        reason = meta_refusal(cfg, spec.init_weights is not None)
+        require(reason is None, "trainer.init_device", reason or "")
     spec.validate(cfg)
     validate_pipeline(cfg, dims.pp, blocks)
 

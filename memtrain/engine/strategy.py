@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -58,7 +58,10 @@ def activation_context(offload: DictConfig, device: torch.device) -> contextlib.
 
 class TorchStrategy:
     def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh | None,
-                 precision: Precision, device: torch.device):
+                 precision: Precision, device: torch.device,
+                 materialize: Callable[[nn.Module], None] | None = None):
+        """`materialize`: for a model built on the meta device (trainer.init_device=meta), called
+        with the wrapped model after the sharding, before the optimizer is built."""
         self.cfg, self.spec, self.precision, self.device, self.mesh = cfg, spec, precision, device, mesh
         self.module = model  # unwrapped
         opt = parallel_option(cfg)
@@ -82,6 +85,8 @@ class TorchStrategy:
                 reshard_after_forward=cfg.parallel.reshard_after_forward,
                 cpu_offload=offload_option(cfg).params is Place.HOST, pin_memory=cfg.offload.pin_memory and device.type == "cuda",
             )
+        if materialize is not None:
+            materialize(model)
         self.model = model
         self.optimizer = build_optimizer(cfg.optimizer, model, device.type)
         self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -148,7 +153,10 @@ class TorchStrategy:
 
 
 def build_strategy(cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh | None,
-                   precision: Precision, device: torch.device) -> Strategy:
+                   precision: Precision, device: torch.device,
+                   materialize: Callable[[nn.Module], None] | None = None) -> Strategy:
+    """The strategy of parallel.name; `materialize` (a model built on the meta device) only
+    TorchStrategy takes: validation refuses trainer.init_device=meta for the others."""
     if parallel_option(cfg).backend is Backend.DEEPSPEED:
         from memtrain.engine.zero_strategy import DeepSpeedStrategy
 
@@ -157,4 +165,4 @@ def build_strategy(cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: Dev
         from memtrain.engine.pipeline_strategy import PipelineStrategy
 
         return PipelineStrategy(cfg, model, spec, mesh, precision, device)
-    return TorchStrategy(cfg, model, spec, mesh, precision, device)
+    return TorchStrategy(cfg, model, spec, mesh, precision, device, materialize)

@@ -14,19 +14,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from memtrain.config.errors import enum_names, to_container
-from memtrain.config.parallel_options import parallel_option
+from memtrain.config.parallel_options import Place, offload_option, parallel_option
 from memtrain.engine import preemption
 from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.step import RankSums, StepResult, build_step_fn, to_device  # noqa: F401 (StepResult, to_device: re-exported)
 from memtrain.engine.strategy import build_strategy
+from memtrain.config.init_device import budget_bytes, choose_init_device, meta_refusal
+from memtrain.engine.init_device import device_memory_bytes, materialize
 from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
 from memtrain.errors import UserError
 from memtrain.models.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
+from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import Precision
 from memtrain.precision.transforms import apply_precision_transforms
 
@@ -70,11 +73,15 @@ class Trainer:
         self.dims = ParallelDims.from_config(cfg.parallel, self.env.world_size)
         self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
         self.dp_rank = dp_rank(self.mesh)
+        meta = self._choose_init_device(cfg) == "meta"
         torch.manual_seed(self.tcfg.seed)  # every rank builds the same initial weights
 
         self.precision = Precision.from_config(cfg.precision, self.device.type)
-        with torch.device(self.device):
-            model = self.spec.build_model(cfg.model)
+        if meta:  # shapes only: each rank's shards are materialised after the wrapping
+            model = build_on_meta(self.spec.build_model, cfg.model)
+        else:
+            with torch.device(self.device):
+                model = self.spec.build_model(cfg.model)
         model.to(dtype=self.precision.param_dtype)
         apply_precision_transforms(model, cfg.precision, self.spec, self.device)  # QAT / FP8 module swaps
         if self.spec.loss_head is not None:
@@ -82,7 +89,8 @@ class Trainer:
         if self.mesh is not None and self.spec.parallelize is not None:
             self.spec.parallelize(model, self.mesh, cfg)  # model parallelism first: TP -> AC -> FSDP (torchtitan's order)
         apply_activation_checkpointing(model, cfg.checkpoint, self.spec)
-        self.strategy = build_strategy(cfg, model, self.spec, self.mesh, self.precision, self.device)
+        self.strategy = build_strategy(cfg, model, self.spec, self.mesh, self.precision, self.device,
+                                       materialize=self._materialize if meta else None)
         self.sums = RankSums(self.dims.dp, self.dims.batch_shards, self.env.world_size, dist.is_initialized())
         # backpropagation through the strategy, or forward passes only (an optimizer with zeroth_order)
         self.step_fn = build_step_fn(self.strategy, self.spec, self.precision, self.sums, self.tcfg.seed, self.device)
@@ -98,6 +106,23 @@ class Trainer:
         self.stop_signal: int | None = None  # the signal that stopped fit() early (0: received by another rank)
         self._skips_in_a_row = 0
         self._saved_step: int | None = None
+
+    def _choose_init_device(self, cfg: DictConfig) -> str:
+        """trainer.init_device resolved (memtrain.config.init_device): "eager" or "meta"; auto
+        counts the parameters on the meta device when the layout could build there."""
+        has_init = self.spec.init_weights is not None
+        n_params = 0
+        if enum_names(self.tcfg.init_device) == "auto" and meta_refusal(cfg, has_init) is None:
+            n_params = sum(p.numel() for p in build_on_meta(self.spec.build_model, cfg.model).parameters())
+        budget = budget_bytes(cfg, device_memory_bytes(self.device))
+        self.init_device = choose_init_device(cfg, n_params, budget, has_init)
+        return self.init_device
+
+    def _materialize(self, model: torch.nn.Module) -> None:
+        """After the strategy's sharding: this rank's shards allocated (on the host under
+        offload=params_cpu, FSDP2's CPUOffloadPolicy) and initialised by the family."""
+        device = torch.device("cpu") if offload_option(self.cfg).params is Place.HOST else self.device
+        materialize(model, device, self.tcfg.seed, self.spec.init_weights)
 
     @property
     def model(self) -> torch.nn.Module:

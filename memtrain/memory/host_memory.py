@@ -22,10 +22,12 @@ trainer.device=cpu the "device" is the host, so every term counts, and reduce bu
 the pages the gradients fill (at most N b): RSS grows with pages written, and torch.empty does not
 write.
 
-Building on the meta device (sharding, then materialising each rank's shard) would remove the
-start-up terms "model built whole" (N x param_dtype per rank: on the GPU for device=cuda, in RAM
-for device=cpu) and "DDP broadcast copy"; the ZeRO-3 partitions would be made directly instead
-of carved from a full parameter. The steady-state terms would not change.
+With trainer.init_device=meta (or auto resolving to it: memtrain.config.init_device, with the
+hardware group's memory as the budget unless trainer.init_budget_gb is set) the model is built on
+the meta device, sharded, and only each rank's shards are materialised: the start-up term "model
+built whole" (N x param_dtype per rank: on the GPU for device=cuda, in RAM for device=cpu) is not
+there. Meta init runs under fsdp/hsdp only, so "DDP broadcast copy" and ZeRO-3's partitions carved
+from whole parameters are eager-only terms. The steady-state terms do not change.
 
 Not counted, and excluded from the measurement: each process's own runtime (the interpreter,
 torch, DeepSpeed, gloo/NCCL, on a GPU the CUDA context: ~0.3 GiB on CPU after imports, measured
@@ -120,7 +122,7 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
 
     # -- start-up: the model built whole, then wrapped ----------------------------------------------
     build = n * param_bytes
-    if on_host:
+    if on_host and init_device(cfg, n, on_host) == "eager":
         add("model built whole on each rank (param_dtype)", build, STARTUP, BUILD)
     if opt.backend is Backend.DEEPSPEED:
         _zero_startup(cfg, est, on_host, build, add)
@@ -159,6 +161,18 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
         device_is_host=on_host,
         terms=[asdict(t) for t in terms],
     )
+
+
+def init_device(cfg: DictConfig, n_params: int, on_host: bool) -> str:
+    """trainer.init_device resolved as the Trainer would on the hardware group's machine ("eager" or
+    "meta"): auto's budget is trainer.init_budget_gb, else hardware.host_mem_gb for trainer.device=cpu
+    (the whole node's memory: the host is the device) or hardware.gpu_mem_gb."""
+    from memtrain.config.init_device import GIB, budget_bytes, choose_init_device
+    from memtrain.config.families import get_spec
+
+    device_gb = cfg.hardware.host_mem_gb if on_host else cfg.hardware.gpu_mem_gb
+    return choose_init_device(cfg, n_params, budget_bytes(cfg, device_gb * GIB),
+                              get_spec(cfg.model.arch).init_weights is not None)
 
 
 def _zero_startup(cfg: DictConfig, est, on_host: bool, build: int, add) -> None:

@@ -23,6 +23,18 @@ def forward_held_bytes(forward: Callable[[], torch.Tensor]) -> int:
     return held - out.untyped_storage().nbytes()
 
 
+def trainer_forward_held_bytes(trainer) -> int:
+    """forward_held_bytes of one forward and loss of a memtrain Trainer on its first micro-batch,
+    under the run's autocast: what the activation model of `memtrain estimate` predicts."""
+    inputs, targets = trainer.data.batch(0, trainer.cfg.trainer.micro_batch_size)
+
+    def forward() -> torch.Tensor:
+        with trainer.precision.autocast():
+            return trainer.spec.loss_fn(trainer.model(inputs), targets)[0]
+
+    return forward_held_bytes(forward)
+
+
 class LiveBytes(TorchDispatchMode):
     """Bytes of distinct live tensor storages, followed op by op: every storage an op returns is
     counted once, from the op that first returns it until torch frees it (a weak reference's
@@ -55,7 +67,11 @@ class LiveBytes(TorchDispatchMode):
         self._ignored.update(t.untyped_storage()._cdata for t in tensors if isinstance(t, torch.Tensor))
 
     def track(self, *tensors: torch.Tensor) -> None:
+        """Count these tensors' storages from now until torch frees them. A DTensor counts as its
+        local shard (the wrapper's own storage reports the global tensor's bytes, which no rank holds)."""
         for t in tensors:
+            if isinstance(t, torch.Tensor) and hasattr(t, "_local_tensor"):  # DTensor
+                t = t._local_tensor
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             st = t.untyped_storage()

@@ -6,7 +6,9 @@ Device terms, stacked from the bottom: params, grads, optimizer, buffers (the ga
 of sharded layouts and fp8 scaling state), activations. Host and NVMe bytes (offload) are not on
 the device: they stand in a second, hatched bar to the right of each device bar. The capacity line
 is hardware.gpu_mem_gb; the dashed line below it is what the planner counts as usable
-(x hardware.mem_usable).
+(x hardware.mem_usable). The stack is every term at once (the estimate's `total`); a black tick
+across each device bar marks the peak over the step's phases (`peak`), which the planner fits and
+ranks by (terms that never coexist, e.g. all gradients and all activations, put it below the top).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def bar_chart(labels: list[str], estimates: list[MemoryEstimate], capacity_gib: 
             ax.bar([x + offset for x in xs], heights, width, bottom=bottom, label=term, color=COLORS[term],
                    hatch=hatch, edgecolor="white" if hatch is None else "black", linewidth=0.5)
             bottom = [b + h for b, h in zip(bottom, heights)]
+    peaks = [(e.peak or e.total) / GiB for e in estimates]
+    ax.scatter([x - width / 2 for x in xs], peaks, marker="_", s=900 * width, color="black", linewidths=2.5,
+               zorder=3, label="peak over the step")
     ax.axhline(capacity_gib, color="black", linewidth=1.2, label=f"device capacity {capacity_gib:g} GiB")
     ax.axhline(capacity_gib * usable, color="black", linewidth=1, linestyle="--",
                label=f"usable (x{usable:g})")

@@ -53,6 +53,13 @@ def build_on_meta(build: Callable[[Any], nn.Module], model_cfg: Any) -> nn.Modul
                                    "(model.dim, the hidden and vocabulary sizes) are far beyond any device") from None
 
 
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of `tensor` (a DTensor's local shard, a view sharing its storage) to fill
+    in place; `tensor` itself when it is a plain tensor. Reads the class by name, so that the
+    model files import nothing from torch.distributed."""
+    return tensor.to_local() if type(tensor).__name__ == "DTensor" else tensor
+
+
 T = TypeVar("T", bound=Callable[..., torch.Tensor])
 
 

@@ -69,6 +69,11 @@ class ModelSpec:
     # GPT's chunked linear cross entropy; loss_fn then takes what the fused head returns); applied
     # after the precision swaps, before model parallelism
     loss_head: Callable[[nn.Module, DictConfig], None] | None = None
+    # (model, generator_for) -> None, in place: the family's initialisation of a model materialised
+    # from the meta device (trainer.init_device=meta: memtrain.engine.init_device), every parameter
+    # and buffer written; a sharded parameter's local shard drawn from generator_for(name, param)
+    # (a torch.Generator, or None for the global RNG); None: the family builds eagerly only
+    init_weights: Callable[[nn.Module, Callable[[str, torch.Tensor], torch.Generator | None]], None] | None = None
     # further stacks of blocks that activation checkpointing wraps by the same policy as `blocks`,
     # each counted from its own first block (AlphaFold's extra-MSA and template pair stacks); their
     # saved bytes come from activation_bytes' "stacks"

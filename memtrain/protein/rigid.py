@@ -38,7 +38,18 @@ def quat_multiply(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     )
 
 
+
+def _gram_schmidt(v1: torch.Tensor, v2: torch.Tensor, eps: float) -> torch.Tensor:
+    """The rotation [*, 3, 3] whose columns are e1 along v1, e2 the part of v2 orthogonal to e1
+    (normalised) and e3 = e1 x e2; v1, v2 [*, 3]. eps keeps the norms finite for degenerate points."""
+    e1 = v1 / torch.sqrt(v1.square().sum(-1, keepdim=True) + eps)
+    u2 = v2 - e1 * (e1 * v2).sum(-1, keepdim=True)
+    e2 = u2 / torch.sqrt(u2.square().sum(-1, keepdim=True) + eps)
+    return torch.stack((e1, e2, torch.cross(e1, e2, dim=-1)), dim=-1)
+
+
 @dataclass
+
 class Rigid:
     """A batch of frames: rot [*, 3, 3], trans [*, 3] (batch shape `*`)."""
 
@@ -54,12 +65,7 @@ class Rigid:
     def from_3_points(cls, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, eps: float = 1e-8) -> Rigid:
         """Algorithm 21 (Gram-Schmidt): the frame at x2 with e1 along x3 - x2 and x1 in the e1-e2 plane.
         For backbone frames x1, x2, x3 = N, CA, C. Each [*, 3]."""
-        v1, v2 = x3 - x2, x1 - x2
-        e1 = v1 / torch.sqrt(v1.square().sum(-1, keepdim=True) + eps)
-        u2 = v2 - e1 * (e1 * v2).sum(-1, keepdim=True)
-        e2 = u2 / torch.sqrt(u2.square().sum(-1, keepdim=True) + eps)
-        e3 = torch.cross(e1, e2, dim=-1)
-        return cls(torch.stack((e1, e2, e3), dim=-1), x2)
+        return cls(_gram_schmidt(x3 - x2, x1 - x2, eps), x2)
 
     @classmethod
     def from_3_points_neg_x(
@@ -69,12 +75,7 @@ class Rigid:
         xy plane holds `point_on_xy_plane` (y > 0): AlphaFold's rigids_from_3_points, the construction
         of the rigid-group frames from atoms (Supplement 1.8.4, Algorithm 21 with the axis order of
         the side-chain groups). Each [*, 3]."""
-        v1, v2 = origin - point_on_neg_x_axis, point_on_xy_plane - origin
-        e1 = v1 / torch.sqrt(v1.square().sum(-1, keepdim=True) + eps)
-        u2 = v2 - e1 * (e1 * v2).sum(-1, keepdim=True)
-        e2 = u2 / torch.sqrt(u2.square().sum(-1, keepdim=True) + eps)
-        e3 = torch.cross(e1, e2, dim=-1)
-        return cls(torch.stack((e1, e2, e3), dim=-1), origin)
+        return cls(_gram_schmidt(origin - point_on_neg_x_axis, point_on_xy_plane - origin, eps), origin)
 
     @classmethod
     def from_4x4(cls, m: torch.Tensor) -> Rigid:

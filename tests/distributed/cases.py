@@ -372,3 +372,38 @@ def host_rss(folder: Path, *overrides: str) -> dict:
     every = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     return every
+
+
+# -- building on the meta device (trainer.init_device=meta) ----------------------------------------
+
+def meta_init(folder: Path, *overrides: str) -> dict:
+    """Build the Trainer under LiveBytes (every tensor storage this rank allocates, a DTensor as its
+    local shard), then train trainer.max_steps steps. Returns the construction's peak bytes, the
+    model's full and this rank's shard bytes, each local shard's statistics, every rank's first
+    values of each shard (to compare ranks) and the logged losses."""
+    from memtrain.memory.measure import LiveBytes
+
+    cfg = load_config(list(overrides))
+    live = LiveBytes()
+    with live:
+        trainer = Trainer(cfg, folder / "run")
+    try:
+        params = dict(trainer.model.named_parameters())
+        local = {n: (p.to_local() if isinstance(p, DTensor) else p).detach().float() for n, p in params.items()}
+        heads = {n: t.flatten()[:64].clone() for n, t in local.items()}
+        everyone: list[dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(everyone, heads)
+        result = {
+            "init_device": trainer.init_device,
+            "peak_bytes": live.peak,
+            "full_bytes": sum(p.numel() * p.element_size() for p in params.values()),  # a DTensor's numel is global
+            "shard_bytes": sum(t.numel() * params[n].element_size() for n, t in local.items()),
+            "stats": {n: (t.numel(), float(t.mean()), float(t.std())) for n, t in local.items() if t.numel() > 1},
+            "heads": everyone,
+            "n_layers": cfg.model.n_layers,
+        }
+        records = trainer.fit()
+        result["losses"] = [r["loss"] for r in records]
+        return result
+    finally:
+        trainer.close()

@@ -151,6 +151,8 @@ SHRINK: dict[str, How] = {
     "memtrain train model=gpt_small parallel=ring data.seq_len=8192 model.max_seq_len=8192 launcher.nproc_per_node=4":
         How(set=(*TWO_STEPS, "launcher.nproc_per_node=2", "data.seq_len=512", "trainer.micro_batch_size=1"),
             slow=True, multiprocess=True, budget=420, reason="8192-token sequences on 4 workers"),
+    "memtrain train parallel=fsdp trainer.init_device=meta launcher.nproc_per_node=2": How(
+        set=TWO_STEPS, slow=True, multiprocess=True, budget=300),
     "memtrain train parallel=pp launcher.nproc_per_node=4": How(set=TWO_STEPS, slow=True, multiprocess=True,
                                                                 budget=300),
     "memtrain train parallel=pp parallel.pp=2 parallel.dp_replicate=2 launcher.nproc_per_node=4": How(

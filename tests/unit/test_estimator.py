@@ -9,7 +9,7 @@ import torch
 from memtrain.config.loader import compose_config
 from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate, param_shapes
-from memtrain.memory.measure import forward_held_bytes
+from memtrain.memory.measure import trainer_forward_held_bytes
 
 
 def model_states(cfg):
@@ -67,13 +67,7 @@ def test_activation_model_matches_the_measured_forward(compose, tmp_path, precis
     cfg = compose(f"precision={precision}", *ckpt, "model.n_layers=4", "model.dim=128", "model.vocab_size=500",
                   "data.seq_len=64")
     trainer = Trainer(cfg, tmp_path)
-    inputs, targets = trainer.data.batch(0, cfg.trainer.micro_batch_size)
-
-    def forward():
-        with trainer.precision.autocast():
-            return trainer.spec.loss_fn(trainer.model(inputs), targets)[0]
-
-    measured = forward_held_bytes(forward)
+    measured = trainer_forward_held_bytes(trainer)
     est = estimate(cfg)
     predicted = est.activations - est.recompute_buffer  # the buffer lives only during backward
     # The model counts every tensor the backward keeps; what it leaves out is small (rotary

@@ -28,6 +28,12 @@ def plotted(fig) -> dict[str, list[float]]:
     return {c.get_label(): [p.get_height() for p in c.patches] for c in fig.axes[0].containers}
 
 
+def peak_marks(fig) -> list[float]:
+    """The heights of the per-bar peak ticks, read back from the figure's scatter collection."""
+    (marks,) = [c for c in fig.axes[0].collections if c.get_label() == "peak over the step"]
+    return [y for _, y in marks.get_offsets()]
+
+
 def test_estimate_chart_has_every_term_and_the_capacity_line(tmp_path):
     cfg = load_config([*TINY, "parallel=zero3", "launcher.nproc_per_node=2", "offload=optimizer_cpu",
                        "precision=bf16", "hardware.gpu_mem_gb=0.01"])
@@ -36,6 +42,7 @@ def test_estimate_chart_has_every_term_and_the_capacity_line(tmp_path):
     bars = plotted(fig)
     assert set(bars) == set(DEVICE_TERMS) | set(OFF_DEVICE_TERMS)
     assert sum(bars[t][0] for t in DEVICE_TERMS) == pytest.approx(est.total / GiB)
+    assert est.peak and peak_marks(fig) == pytest.approx([est.peak / GiB])
     assert est.host > 0 and bars["host"][0] == pytest.approx(est.host / GiB)  # the offloaded optimizer states
     lines = [ln.get_ydata()[0] for ln in fig.axes[0].lines]
     assert lines == pytest.approx([0.01, 0.009])
@@ -58,8 +65,10 @@ def test_plan_and_estimate_write_the_png_from_the_command_line(tmp_path, capsys)
     assert len(p.rows) >= 3  # checkpoint none, selective, full
     fig = bar_chart(["1", "2", "3"], [r.estimate for r in p.rows[:3]], 1, 0.9, "t")
     bars = plotted(fig)
+    # the stack is every term at once; the tick, what the rows are fitted and ranked by: the step's peak
     assert [sum(bars[t][i] for t in DEVICE_TERMS) for i in range(3)] == pytest.approx(
-        [r.peak_bytes / GiB for r in p.rows[:3]])
+        [r.estimate.total / GiB for r in p.rows[:3]])
+    assert peak_marks(fig) == pytest.approx([r.peak_bytes / GiB for r in p.rows[:3]])
 
 
 def test_bad_plot_paths_are_refused_before_anything_runs(tmp_path):

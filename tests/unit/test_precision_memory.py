@@ -7,7 +7,7 @@ import pytest
 
 from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate
-from memtrain.memory.measure import forward_held_bytes
+from memtrain.memory.measure import trainer_forward_held_bytes
 
 CASES = [
     ("fp32", "precision.qat=int8"), ("bf16", "precision.qat=int8"), ("fp32", "precision.qat=bitnet"),
@@ -20,13 +20,7 @@ def test_activation_estimate_matches_measured_forward(compose, tmp_path, precisi
     cfg = compose(f"precision={precision}", option, "model.n_layers=2", "model.dim=128", "model.vocab_size=500",
                   "data.seq_len=64", "model.linformer_k=16", "model.performer_features=32", "model.attention_chunk=16")
     trainer = Trainer(cfg, tmp_path)
-    inputs, targets = trainer.data.batch(0, cfg.trainer.micro_batch_size)
-
-    def forward():
-        with trainer.precision.autocast():
-            return trainer.spec.loss_fn(trainer.model(inputs), targets)[0]
-
-    measured = forward_held_bytes(forward)
+    measured = trainer_forward_held_bytes(trainer)
     est = estimate(cfg)
     # the same 5% as the plain model's test (tests/unit/test_estimator.py): small uncounted scratch
     assert est.activations == pytest.approx(measured, rel=0.05)

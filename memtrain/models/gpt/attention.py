@@ -20,12 +20,14 @@ inside a block, a running [k or m, Dh] state across blocks, so no [S, S] matrix 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from memtrain.config.errors import enum_names
+from memtrain.models.meta import local_tensor
 
 ATTENTION_KEYS = ("attention", "linformer_k", "performer_features", "performer_redraw", "attention_chunk")
 
@@ -60,6 +62,15 @@ class LinformerCore(nn.Module):
         bound = 1.0 / math.sqrt(max_seq_len)  # nn.Linear(N, k)'s default init, as the reference projections
         self.proj_k = nn.Parameter(torch.empty(k, max_seq_len).uniform_(-bound, bound))  # E [k, N]
         self.proj_v = nn.Parameter(torch.empty(k, max_seq_len).uniform_(-bound, bound))  # F [k, N]
+
+    @torch.no_grad()
+    def init_weights(self, generator_for: Callable[[str, torch.Tensor], torch.Generator | None], prefix: str) -> None:
+        """E and F ~ U(-1/sqrt(N), 1/sqrt(N)) in place, as at construction (`prefix`: this core's
+        module name; local shards drawn from `generator_for(parameter name, parameter)`)."""
+        bound = 1.0 / math.sqrt(self.proj_k.shape[1])
+        for key in ("proj_k", "proj_v"):
+            p = getattr(self, key)
+            nn.init.uniform_(local_tensor(p), -bound, bound, generator=generator_for(f"{prefix}.{key}", p))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, h, s, dh = q.shape
@@ -114,6 +125,13 @@ class PerformerCore(nn.Module):
         self.register_buffer("features", torch.empty(features, head_dim))  # w [m, Dh]
         self.register_buffer("draws", torch.zeros((), dtype=torch.int64))  # how many redraws so far
         self.register_buffer("forwards", torch.zeros((), dtype=torch.int64))  # training forwards counted
+        self.redraw(count=False)
+
+    @torch.no_grad()
+    def init_weights(self, generator_for: Callable[[str, torch.Tensor], torch.Generator | None], prefix: str) -> None:
+        """The buffers as at construction: no draws or forwards counted, the first features drawn."""
+        self.draws.zero_()
+        self.forwards.zero_()
         self.redraw(count=False)
 
     @torch.no_grad()

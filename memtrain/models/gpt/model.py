@@ -9,10 +9,13 @@ The model holds no parallel or memory-saving code; those are applied from outsid
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from memtrain.models.meta import local_tensor
 
 
 def ffn_hidden_size(dim: int, ffn_hidden: int | None, multiple_of: int) -> int:
@@ -129,15 +132,20 @@ class GPT(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """N(0, std) for every matrix; the residual projections (wo, w2) scaled by 1/sqrt(2L)."""
+    def init_weights(self, generator_for: Callable[[str, torch.Tensor], torch.Generator | None] | None = None) -> None:
+        """N(0, std) for every matrix; the residual projections (wo, w2) scaled by 1/sqrt(2L); the
+        norms' weights ones. Fills each weight in place; a weight that is a sharded DTensor (built
+        on the meta device, then materialised: memtrain.engine.init_device) has its local shard
+        filled from `generator_for(parameter name, weight)`. Without `generator_for` every draw
+        comes from torch's global RNG, in module order."""
         residual_std = self.init_std / math.sqrt(2 * self.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 std = residual_std if name.endswith(("wo", "w2")) else self.init_std
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                gen = generator_for(f"{name}.weight", module.weight) if generator_for is not None else None
+                nn.init.normal_(local_tensor(module.weight), mean=0.0, std=std, generator=gen)
             elif isinstance(module, nn.RMSNorm):
-                nn.init.ones_(module.weight)
+                nn.init.ones_(local_tensor(module.weight))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         cos, sin = rotary_tables(tokens.shape[1], self.head_dim, self.rope_theta, tokens.device)

@@ -9,7 +9,8 @@ from torch import nn
 from memtrain.config.errors import enum_names, require
 from memtrain.config.parallel_options import parallel_option
 from memtrain.data.lm import build_lm_data
-from memtrain.models.gpt.attention import ATTENTION_KEYS, core_activation_bytes, set_attention_cores
+from memtrain.models.gpt.attention import (ATTENTION_KEYS, LinformerCore, PerformerCore, core_activation_bytes,
+                                           set_attention_cores)
 from memtrain.models.gpt.loss import LinearCrossEntropyHead, default_chunk, loss_fn
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.gpt.pipeline import pipeline_stages
@@ -30,6 +31,15 @@ def build_model(mcfg: DictConfig) -> GPT:
     model = GPT(**kwargs)
     set_attention_cores(model, blocks(model), mcfg, SPEC.attention_core)
     return model
+
+
+def init_weights(model: GPT, generator_for) -> None:
+    """The GPT's initialisation in place (GPT.init_weights), then the approximate attention cores'
+    projections and random features (memtrain.engine.init_device materialises on the meta device)."""
+    model.init_weights(generator_for)
+    for name, module in model.named_modules():
+        if isinstance(module, (LinformerCore, PerformerCore)):
+            module.init_weights(generator_for, name)
 
 
 def loss_chunk(cfg: DictConfig) -> int:
@@ -240,5 +250,6 @@ SPEC = register_spec(
         reduce_gradients=reduce_gradients,
         shard_batches=shard_batches,
         loss_head=apply_loss_head,
+        init_weights=init_weights,
     )
 )

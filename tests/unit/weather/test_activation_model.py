@@ -8,7 +8,7 @@ import pytest
 from memtrain.config.loader import load_config
 from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate
-from memtrain.memory.measure import forward_held_bytes
+from memtrain.memory.measure import trainer_forward_held_bytes
 
 CASES = [
     ("weather_swin_tiny", "fp32", "none"),
@@ -28,13 +28,7 @@ CASES = [
 def test_activation_model_matches_the_measured_forward(tmp_path, recipe, precision, ckpt):
     cfg = load_config([f"+recipe={recipe}", f"precision={precision}", f"checkpoint={ckpt}", "trainer.device=cpu"])
     trainer = Trainer(cfg, tmp_path)
-    inputs, targets = trainer.data.batch(0, cfg.trainer.micro_batch_size)
-
-    def forward():
-        with trainer.precision.autocast():
-            return trainer.spec.loss_fn(trainer.model(inputs), targets)[0]
-
-    measured = forward_held_bytes(forward)
+    measured = trainer_forward_held_bytes(trainer)
     est = estimate(cfg)
     # Counted tensor by tensor, no constant fitted: observed equal to within a few bytes without
     # checkpointing, and within 1.5% with it (torch's checkpoint keeps each block's CPU RNG state,
