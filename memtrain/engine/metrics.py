@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import resource
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,55 @@ def format_line(record: dict[str, Any], max_steps: int, unit: str = "tokens") ->
     if record.get("skipped_steps"):
         parts.append(f"[yellow]skipped {record['skipped_steps']}[/]")
     return "  ".join(parts)
+
+
+class StepMetrics:
+    """The metrics processor of a run: accumulates, on the device, the targets scored since the last
+    logged step, and on a logged step turns a StepResult into the record (loss, lr, grad norm,
+    throughput, peak memory, MFU, skipped steps, loss scale and the model's extra metrics), with the
+    step's values copied to the host once. Throughput counts this rank's data-parallel share summed
+    over the ranks (what RankSums reports) per second of wall time since the last logged step."""
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+        self.unit = trainer.spec.target_unit
+        self.flops_per_token = trainer.spec.flops_per_token(trainer.cfg.model, trainer.cfg.data.seq_len)
+        self.peak_flops = peak_flops(trainer.device)
+        self.tokens = torch.zeros((), dtype=torch.float64, device=trainer.device)
+        self.t0 = time.perf_counter()
+
+    def add(self, result: Any) -> None:
+        """Every step: add its scored targets (no host read)."""
+        self.tokens += result.tokens_tensor
+
+    def record(self, result: Any, lr: float) -> dict[str, Any]:
+        """A logged step: the record of the interval since the last one, which then starts anew."""
+        t = self.trainer
+        if t.device.type == "cuda":
+            torch.cuda.synchronize(t.device)
+        elapsed = time.perf_counter() - self.t0
+        loss, grad_norm, n_tokens = result.read(self.tokens)  # the values' one copy to the host
+        rate = n_tokens / elapsed
+        record = {
+            "step": t.step,
+            "updates": t.updates,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            f"{self.unit}_per_s": rate,
+            "peak_mem_bytes": peak_memory_bytes(t.device),
+            "mfu": (rate * self.flops_per_token / (self.peak_flops * t.env.world_size)
+                    if self.peak_flops and self.flops_per_token else None),
+            "skipped_steps": t.skipped_steps,
+            "loss_scale": t.precision.scaler.get_scale() if t.precision.scaler.is_enabled() else None,
+        }
+        if hasattr(t.strategy, "extra_metrics"):  # per-variable metrics (ModelSpec.metrics)
+            record.update(t.strategy.extra_metrics.pop())
+        self.tokens, self.t0 = torch.zeros_like(self.tokens), time.perf_counter()
+        return record
+
+    def rate_text(self, record: dict[str, Any]) -> str:
+        return f"{record[f'{self.unit}_per_s']:.3g} {'tok' if self.unit == 'tokens' else self.unit}/s"
 
 
 class MetricMeans:

@@ -3,7 +3,6 @@ with logging and checkpoints. Everything model-specific comes from the ModelSpec
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from memtrain.engine.step import RankSums, StepResult, build_step_fn, to_device 
 from memtrain.engine.strategy import build_strategy
 from memtrain.config.init_device import budget_bytes, choose_init_device, meta_refusal
 from memtrain.engine.init_device import device_memory_bytes, materialize
-from memtrain.engine.metrics import MetricsLogger, format_line, peak_flops, peak_memory_bytes
+from memtrain.engine.metrics import MetricsLogger, StepMetrics, format_line
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
 from memtrain.errors import UserError
@@ -227,10 +226,7 @@ class Trainer:
             self.load(self.resume.path)
             self.console.print(f"resumed from [bold]{self.resume.path}[/] at step {self.step}")
         metrics = MetricsLogger(self.run_dir, tcfg.tensorboard, self.console) if self.env.is_main else None
-        flops_per_token = self.spec.flops_per_token(self.cfg.model, self.cfg.data.seq_len)
-        peak = peak_flops(self.device)
-        # targets scored since the last logged step: summed on the device, read when logged
-        records, tokens, t0 = [], torch.zeros((), dtype=torch.float64, device=self.device), time.perf_counter()
+        step_metrics, records = StepMetrics(self), []
         columns = [TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[rate]}")]  # throughput of the last logged interval
         with self.preemption.catching(), Progress(*columns, console=self.console, transient=True,
@@ -239,29 +235,11 @@ class Trainer:
             while self.step < until:
                 lr = self.lr
                 result = self.train_step()
-                tokens += result.tokens_tensor
+                step_metrics.add(result)
                 progress.update(task, completed=self.step)
                 evaluate = self.evaluator is not None and self.step % tcfg.eval_every == 0
                 if self.step % tcfg.log_every == 0 or self.step == until or evaluate:
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    elapsed = time.perf_counter() - t0
-                    loss, grad_norm, n_tokens = result.read(tokens)  # the values' one copy to the host
-                    tps = n_tokens / elapsed
-                    record = {
-                        "step": self.step,
-                        "updates": self.updates,
-                        "loss": loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        f"{self.spec.target_unit}_per_s": tps,
-                        "peak_mem_bytes": peak_memory_bytes(self.device),
-                        "mfu": tps * flops_per_token / (peak * self.env.world_size) if peak and flops_per_token else None,
-                        "skipped_steps": self.skipped_steps,
-                        "loss_scale": self.precision.scaler.get_scale() if self.precision.scaler.is_enabled() else None,
-                    }
-                    if hasattr(self.strategy, "extra_metrics"):  # per-variable metrics (ModelSpec.metrics)
-                        record.update(self.strategy.extra_metrics.pop())
+                    record = step_metrics.record(result, lr)
                     if evaluate:  # every rank runs it; the main rank may write predictions to the run directory
                         with self.precision.autocast():
                             record.update(self.evaluator(self.model, self.step, self.run_dir if self.env.is_main else None, self.device))
@@ -269,8 +247,7 @@ class Trainer:
                         metrics.log(record)
                     records.append(record)
                     progress.console.print(format_line(record, tcfg.max_steps, self.spec.target_unit))
-                    progress.update(task, rate=f"{tps:.3g} {'tok' if self.spec.target_unit == 'tokens' else self.spec.target_unit}/s")
-                    tokens, t0 = torch.zeros_like(tokens), time.perf_counter()
+                    progress.update(task, rate=step_metrics.rate_text(record))
                 if tcfg.save_every > 0 and (self.step % tcfg.save_every == 0 or self.step == until):
                     self.console.print(f"saved [bold]{self.save()}[/]")
                 if self.step < until and self.preemption.should_stop():  # every rank stops after this step
