@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from memtrain.config.errors import enum_names
+from memtrain.config.parallel_options import offload_option
 from memtrain.errors import UserError
 
 # A run whose forward + backward needs more than this many FLOPs per optimizer step is GPU-sized: a
@@ -140,7 +141,7 @@ def check_runs_here(cfg: DictConfig) -> None:
     """Everything the run of `cfg` needs on this machine; raises PrerequisiteError. Called once per
     job before any worker starts (not inside a worker that torchrun or srun started)."""
     _rendezvous(cfg)
-    if enum_names(cfg.offload.name) == "nvme":
+    if offload_option(enum_names(cfg.offload.name)).uses_nvme:
         _nvme(cfg)
     _kernels(cfg)
     _gpu_sized_on_cpu(cfg)

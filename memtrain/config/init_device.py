@@ -14,17 +14,17 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, enum_names
+from memtrain.config.parallel_options import parallel_option
 
 FULL_STATE_BYTES = 16  # fp32 weight + fp32 gradient + Adam's two fp32 moments, bytes per parameter
-META_PARALLEL = ("fsdp", "hsdp")  # the parallel options whose wrapping (fully_shard) runs on the meta device
 GIB = 2**30
 
 
 def meta_refusal(cfg: DictConfig, has_initialiser: bool) -> Optional[str]:
     """Why `cfg` cannot build on the meta device (a ConfigError message), or None when it can."""
-    name = cfg.parallel.name
-    if name not in META_PARALLEL or cfg.parallel.pp != 1:
-        layout = f"parallel={name}" + (f" with parallel.pp={cfg.parallel.pp}" if name in META_PARALLEL else "")
+    name, fsdp = cfg.parallel.name, parallel_option(cfg).fsdp
+    if not fsdp or cfg.parallel.pp != 1:
+        layout = f"parallel={name}" + (f" with parallel.pp={cfg.parallel.pp}" if fsdp else "")
         return (f"trainer.init_device=meta builds the model on the meta device and materialises only each rank's "
                 f"shards after FSDP2's fully_shard, which {layout} does not apply (DDP and a single process hold "
                 "the whole model on every rank, pipeline stages are split from the whole model, DeepSpeed ZeRO "

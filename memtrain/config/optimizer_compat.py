@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from memtrain.config.errors import enum_names, require
+from memtrain.config.parallel_options import PARALLEL_REGISTRY, offload_option, parallel_option
 
 # need a parameter's whole shape (factored or per-block statistics): DeepSpeed's ZeRO hands the
 # optimizer flat 1-D partitions, on which they would silently become another algorithm
@@ -44,7 +45,7 @@ def optimizer_class(cfg: DictConfig) -> type:
 
 
 def validate_optimizer(cfg: DictConfig) -> None:
-    name, parallel = optimizer_name(cfg), cfg.parallel.name
+    name, parallel, opt = optimizer_name(cfg), cfg.parallel.name, parallel_option(cfg)
     target = cfg.optimizer._target_
     if target.startswith("bitsandbytes."):
         require(importlib.util.find_spec("bitsandbytes") is not None, "optimizer",
@@ -54,29 +55,30 @@ def validate_optimizer(cfg: DictConfig) -> None:
     pure_bf16 = enum_names(cfg.precision.param_dtype) == "bfloat16"
     stochastic = getattr(cls, "updates_bf16_params_stochastically", False) and cfg.optimizer.get("stochastic_rounding", True)
     # DeepSpeed keeps fp32 master weights inside ZeRO's partitions, whatever the model's dtype
-    require(not pure_bf16 or stochastic or parallel.startswith("zero") or name in ZEROTH_ORDER, "optimizer",
+    require(not pure_bf16 or stochastic or opt.flat_partitions or name in ZEROTH_ORDER, "optimizer",
             f"precision.param_dtype=bfloat16 keeps no float32 master copy of the weights, and {target} updates them "
             "with round-to-nearest, which drops every update smaller than half a bfloat16 ulp of its weight "
             "(one step at lr 1e-4 leaves most weights unchanged); use optimizer=adamw_bf16 (stochastic rounding "
             "of the weights and moments) to train in pure bfloat16, or precision.param_dtype=float32 with "
             "precision=bf16 autocast", allowed=["optimizer=adamw_bf16", "precision.param_dtype=float32"],
             allowed_label="Use")
-    require(not (name in SHAPE_AWARE and parallel.startswith("zero")), "optimizer",
+    require(not (name in SHAPE_AWARE and opt.flat_partitions), "optimizer",
             f"{target} keeps statistics over rows, columns or heads of each parameter, but parallel={parallel} "
             "(DeepSpeed ZeRO) hands the optimizer flat 1-D partitions; use parallel=fsdp (FSDP2 keeps the "
             "shapes) or an elementwise optimizer (adamw, adamw_bf16, adamw_8bit, lion) with zero*")
     if target.startswith("bitsandbytes."):
-        require(parallel not in ("fsdp", "hsdp"), "optimizer",
+        require(not opt.fsdp, "optimizer",
                 f"bitsandbytes' 8-bit optimizers work on plain tensors, not on FSDP2's DTensor shards "
                 f"(parallel={parallel}); use parallel=ddp or zero1/zero2/zero3")
     if name in ZEROTH_ORDER:
-        require(parallel in ("single", "ddp"), "parallel",
-                f"optimizer=mezo perturbs whole replicated parameters in place; it runs with parallel=single or ddp, "
-                f"not parallel={parallel}", allowed=["single", "ddp"])
+        runs = [o.name for o in PARALLEL_REGISTRY if o.zeroth_order]
+        require(opt.zeroth_order, "parallel",
+                f"optimizer=mezo perturbs whole replicated parameters in place; it runs with parallel="
+                f"{' or '.join(runs)}, not parallel={parallel}", allowed=runs)
         require(not cfg.precision.loss_scaling, "precision.loss_scaling",
                 "optimizer=mezo has no backward pass, so fp16 loss scaling has nothing to scale; use precision=fp32 or bf16")
         require(enum_names(cfg.precision.param_dtype) == "float32", "precision.param_dtype",
                 "optimizer=mezo adds lr * g * z to the parameters in place; in bfloat16 those small steps round away")
-        require(cfg.offload.name in ("none", "activations_cpu"), "offload.name",
+        require(not offload_option(cfg).model_states_offloaded, "offload.name",
                 f"optimizer=mezo keeps no gradients or optimizer states to offload (offload={cfg.offload.name})")
         require(cfg.optimizer.eps > 0, "optimizer.eps", f"the perturbation scale must be positive, got {cfg.optimizer.eps}")

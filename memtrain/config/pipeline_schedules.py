@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from memtrain.config.errors import require
-from memtrain.config.parallel_options import parallel_options_with
+from memtrain.config.parallel_options import offload_option, offloads_without_model_states, parallel_option, parallel_options_with
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ SCHEDULES = {
     "zbv": ScheduleRule("ScheduleZBVZeroBubble", 2, 2, "v"),
 }
 PIPELINE_PARALLEL = parallel_options_with("pp")  # parallel options pipeline stages compose with
-PIPELINE_OFFLOAD = ("none", "activations_cpu")
+PIPELINE_OFFLOAD = offloads_without_model_states()  # the stages hold their own model states
 
 
 def stage_ids(pp_rank: int, pp: int, stages_per_rank: int, style: str) -> list[int]:
@@ -51,7 +51,7 @@ def validate_pipeline(cfg: DictConfig, pp: int, num_blocks: int) -> None:
     if pp == 1:
         return
     rule, v, m = SCHEDULES[p.pp_schedule], p.pp_stages_per_rank, p.pp_microbatches
-    require(p.name in PIPELINE_PARALLEL, "parallel.pp",
+    require(parallel_option(p).composes_with_pipeline, "parallel.pp",
             f"pipeline parallelism (pp={pp}) does not compose with parallel={p.name}", allowed_label="It composes with parallel",
             allowed=PIPELINE_PARALLEL)
     require(v >= rule.min_stages_per_rank and (rule.max_stages_per_rank is None or v <= rule.max_stages_per_rank),
@@ -80,6 +80,6 @@ def validate_pipeline(cfg: DictConfig, pp: int, num_blocks: int) -> None:
     require(cfg.trainer.resume == "none", "trainer.resume",
             "resuming a pipeline-parallel run is not supported yet (its checkpoints are saved, but the "
             "optimizer's parameter groups differ per pipeline rank); use trainer.resume=none with parallel.pp")
-    require(cfg.offload.name in PIPELINE_OFFLOAD, "offload.name",
+    require(not offload_option(cfg).model_states_offloaded, "offload.name",
             f"offload={cfg.offload.name} does not work with parallel.pp={pp}", allowed_label="It works with",
             allowed=PIPELINE_OFFLOAD)

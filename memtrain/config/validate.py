@@ -17,12 +17,12 @@ from memtrain.config.init_device import meta_refusal
 from memtrain.config.families import check_model_parallel, get_spec
 from memtrain.config.optimizer_compat import validate_optimizer
 from memtrain.config.parallel import DIMS, ParallelDims, world_size
-from memtrain.config.parallel_options import OFFLOAD_OPTIONS, PARALLEL_OPTIONS, parallel_options_for, parallel_options_with
+from memtrain.config.parallel_options import (OFFLOAD_OPTIONS, Backend, offload_option, parallel_option,
+                                               parallel_options_for, parallel_options_with)
 from memtrain.config.pipeline_schedules import validate_pipeline
 from memtrain.config.quantization import validate_quantization
 from memtrain.config.schema import Check
 
-IMPLEMENTED_PARALLEL = PARALLEL_OPTIONS
 # which parallel options each offload works with (memtrain.config.parallel_options, by offload)
 OFFLOAD_SUPPORT = {offload: parallel_options_for(offload) for offload in OFFLOAD_OPTIONS}
 
@@ -41,7 +41,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_paths(cfg)
     _validate_launch(cfg)
     validate_hardware(cfg.hardware)
-    require(not (cfg.trainer.compile and cfg.parallel.name.startswith("zero")), "trainer.compile",
+    require(not (cfg.trainer.compile and not parallel_option(cfg).compiles), "trainer.compile",
             f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
     require(not (cfg.trainer.compile and cfg.parallel.pp != 1), "trainer.compile",
             f"regional compilation is not applied to pipeline stages (parallel.pp={cfg.parallel.pp}); use trainer.compile=false")
@@ -115,30 +115,45 @@ def _validate_keys(cfg: DictConfig) -> None:
 
 
 def _validate_parallel(p: DictConfig) -> None:
-    require(p.name in IMPLEMENTED_PARALLEL, "parallel.name", f"unknown parallel mode {p.name!r}",
-            allowed=IMPLEMENTED_PARALLEL)
-    if p.name == "single":
+    opt = parallel_option(p)  # a ConfigError at parallel.name for an unknown option
+    if not opt.needs_process_group:
         bad = [f"parallel.{k}={p[k]}" for k in DIMS if p[k] != 1]
         require(not bad, bad[0].split("=")[0] if bad else "parallel",
-                f"parallel=single runs one process, so every degree must be 1 (got {', '.join(bad)})")
+                f"parallel={p.name} runs one process, so every degree must be 1 (got {', '.join(bad)})")
     _validate_model_parallel(p)
     _require_composes(p, "dap")
-    require(p.name != "dap" or p.dp_shard == 1, "parallel.dp_shard",
-            "parallel=dap composes with replicated data parallelism (parallel.dp_replicate), not sharded")
     _require_composes(p, "spatial")
-    require(p.name != "spatial" or (p.dp_shard == 1 and p.dp_replicate == 1), "parallel.dp_replicate",
-            "parallel=spatial does not compose with data parallelism yet: parallel.dp_replicate and parallel.dp_shard must be 1")
-    if p.name.startswith("zero"):
+    _require_data_parallel(p)
+    if opt.backend is Backend.DEEPSPEED:
         require(importlib.util.find_spec("deepspeed") is not None, "parallel",
                 f"parallel={p.name} needs DeepSpeed (pip install deepspeed)")
 
 
+def _require_data_parallel(p: DictConfig) -> None:
+    """parallel.dp_replicate / dp_shard other than 1 only under an option that takes that
+    data-parallel dimension (ParallelOption.dp_dims)."""
+    opt = parallel_option(p)
+    if not opt.needs_process_group:
+        return  # checked with every other degree
+    bad = [f"parallel.{k}={p[k]}" for k in ("dp_replicate", "dp_shard") if p[k] != 1 and k not in opt.dp_dims]
+    if not bad:
+        return
+    key = bad[0].split("=")[0]
+    if opt.dp_dims:
+        takes = " and ".join(f"parallel.{d}" for d in opt.dp_dims)
+        require(False, key, f"parallel={p.name} composes with data parallelism over {takes} only (got {', '.join(bad)})")
+    own = [d for d in opt.model_dims if d == p.name]
+    hosts = [o for o in parallel_options_with(own[0]) if o != p.name and parallel_option(o).dp_dims] if own else []
+    hint = f"; use parallel={' or '.join(hosts)} with parallel.{own[0]}" if hosts else ""
+    require(False, key, f"parallel={p.name} has no data parallelism (got {', '.join(bad)}){hint}")
+
+
 def _require_composes(p: DictConfig, dim: str) -> None:
     """parallel.<dim> other than 1 only under a parallel option that composes with it
-    (memtrain.config.parallel_options.PARALLEL_MODEL_DIMS)."""
+    (ParallelOption.model_dims in memtrain.config.parallel_options)."""
     options = parallel_options_with(dim)
     listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
-    require(p[dim] == 1 or p.name in options, f"parallel.{dim}",
+    require(p[dim] == 1 or dim in parallel_option(p).model_dims, f"parallel.{dim}",
             f"parallel.{dim}={p[dim]} composes with parallel={listed}, not parallel={p.name}", allowed=options)
 
 
@@ -153,11 +168,6 @@ def _validate_model_parallel(p: DictConfig) -> None:
             "tensor- or sequence-parallel plan yet; use pipeline parallelism with data parallelism only")
     _require_composes(p, "tp")
     _require_composes(p, "sp")
-    for name, key in (("tp", "parallel.tp"), ("sp", "parallel.sp")):
-        if p.name == name:
-            bad = [f"parallel.{k}={p[k]}" for k in ("dp_replicate", "dp_shard") if p[k] != 1]
-            require(not bad, bad[0].split("=")[0] if bad else key,
-                    f"parallel={name} has no data parallelism (got {', '.join(bad)}); use parallel=fsdp or ddp with {key}")
 
 
 def _path_kind(key: str, path: Path) -> str:
@@ -187,7 +197,7 @@ def _validate_paths(cfg: DictConfig) -> None:
     stats = cfg.data.get("stats")
     if stats is not None:
         require(_path_kind("data.stats", Path(stats)) in ("file", "dir"), "data.stats", f"{stats} does not exist")
-    if cfg.offload.name == "nvme":
+    if offload_option(cfg).uses_nvme:
         path = str(cfg.offload.nvme_path).strip()
         require(path != "", "offload.nvme_path", "offload=nvme needs a folder on a fast local disk for its swap files, "
                                                  "got an empty path")
@@ -198,9 +208,8 @@ def _validate_paths(cfg: DictConfig) -> None:
 
 
 def _validate_offload(cfg: DictConfig) -> None:
-    name, parallel = cfg.offload.name, cfg.parallel.name
-    require(name in OFFLOAD_SUPPORT, "offload.name", f"unknown offload {name!r}", allowed=OFFLOAD_SUPPORT)
-    require(parallel in OFFLOAD_SUPPORT[name], "offload.name",
+    name, parallel = offload_option(cfg).name, cfg.parallel.name  # a ConfigError for an unknown offload
+    require(name in parallel_option(cfg).offloads, "offload.name",
             f"offload={name} does not work with parallel={parallel}", allowed_label="It works with parallel",
             allowed=OFFLOAD_SUPPORT[name])
 

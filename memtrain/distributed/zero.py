@@ -49,10 +49,13 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, enum_names
+from memtrain.config.parallel_options import PARALLEL_REGISTRY, Backend, Place, offload_option, parallel_option
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.safe_pickle import torch_load
 
-STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
+# the DeepSpeed parallel options and their ZeRO stages (memtrain.config.parallel_options)
+STAGES = {o.name: o.zero_stage for o in PARALLEL_REGISTRY if o.backend is Backend.DEEPSPEED}
+_DS_DEVICE = {Place.HOST: "cpu", Place.NVME: "nvme"}  # DeepSpeed's offload device names
 DS_TAG = "deepspeed"  # DeepSpeed's checkpoint tag: the sub-folder of step_<N>/ with its files
 NVME_RESUME = (
     "offload=nvme cannot resume: DeepSpeed 0.19.8's load_checkpoint under NVMe optimizer offload only copies the "
@@ -79,10 +82,10 @@ def deepspeed_config(cfg: DictConfig, dims: ParallelDims, device_type: str | Non
 
     `dims` gives the data-parallel degree (train_batch_size = micro-batch x accumulation x dp);
     `device_type` (default: from trainer.device) decides whether host memory is pinned."""
-    name = cfg.parallel.name
-    if name not in STAGES:
+    name, opt = cfg.parallel.name, parallel_option(cfg)
+    if opt.backend is not Backend.DEEPSPEED:
         raise ConfigError("parallel.name", f"DeepSpeed runs only the ZeRO options, got {name!r}", allowed=list(STAGES))
-    stage = STAGES[name]
+    stage = opt.zero_stage
     t, p, off = cfg.trainer, cfg.precision, cfg.offload
     device_type = device_type or _device_type(cfg)
     pin = bool(off.pin_memory) and device_type == "cuda"  # pinning only means something for a GPU
@@ -95,17 +98,17 @@ def deepspeed_config(cfg: DictConfig, dims: ParallelDims, device_type: str | Non
         "contiguous_gradients": True,
         "round_robin_gradients": False,
     }
-    if off.name in ("optimizer_cpu", "nvme"):
-        zero["offload_optimizer"] = {"device": "cpu" if off.name == "optimizer_cpu" else "nvme", "pin_memory": pin}
-    if off.name in ("params_cpu", "nvme"):
-        if stage != 3:
+    where = offload_option(cfg)
+    if where.optimizer is not Place.DEVICE:
+        zero["offload_optimizer"] = {"device": _DS_DEVICE[where.optimizer], "pin_memory": pin}
+    if where.params is not Place.DEVICE:
+        if not opt.shards_params:
             raise ConfigError("offload.name", f"offload={off.name} offloads parameters, which needs ZeRO stage 3 "
                                               f"(parallel=zero3), got parallel={name}")
-        zero["offload_param"] = {"device": "cpu" if off.name == "params_cpu" else "nvme", "pin_memory": pin}
-    if off.name == "nvme":
-        nvme_path = str(Path(off.nvme_path).expanduser().absolute())
-        zero["offload_optimizer"]["nvme_path"] = nvme_path
-        zero["offload_param"]["nvme_path"] = nvme_path
+        zero["offload_param"] = {"device": _DS_DEVICE[where.params], "pin_memory": pin}
+    for section, place in (("offload_optimizer", where.optimizer), ("offload_param", where.params)):
+        if place is Place.NVME:
+            zero[section]["nvme_path"] = str(Path(off.nvme_path).expanduser().absolute())
     if stage == 3:
         # keep every parameter partitioned between uses (no persistence of small parameters), so the
         # stage-3 path is what runs, also for a tiny test model

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from memtrain.config.parallel_options import parallel_option
 from memtrain.config.pipeline_schedules import SCHEDULES, stage_ids
 from memtrain.distributed.pipeline import RankModules, grad_norm
 from memtrain.engine.strategy import TorchStrategy, activation_context
@@ -57,7 +58,7 @@ class PipelineStrategy(TorchStrategy):
         cfg, mesh = self.cfg, self.mesh
         # the model's own parallelism (spec.parallelize) was applied by the trainer to the whole
         # model before the split, and pp with tp/sp is refused by validation for now
-        if cfg.parallel.name in ("fsdp", "hsdp") or mesh["dp_replicate"].size() > 1:
+        if parallel_option(cfg).fsdp or mesh["dp_replicate"].size() > 1:
             from memtrain.distributed.fsdp import apply_fsdp
 
             return apply_fsdp(stage, self.spec.blocks(stage), mesh, param_dtype=self.precision.compute_dtype,

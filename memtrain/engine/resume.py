@@ -31,14 +31,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.errors import ConfigError, enum_names, to_container
+from memtrain.config.parallel_options import PARALLEL_OPTIONS, Backend, parallel_option
 from memtrain.engine.checkpoint import Checkpointer, CheckpointError, read_meta
 
 FORMAT_DCP, FORMAT_DEEPSPEED = "dcp", "deepspeed"
 
 
 def checkpoint_format(cfg: DictConfig | dict) -> str:
-    name = cfg["parallel"]["name"]
-    return FORMAT_DEEPSPEED if str(name).startswith("zero") else FORMAT_DCP
+    name = str(cfg["parallel"]["name"])  # also a saved meta.json's, which may name an option no longer registered
+    deepspeed = name in PARALLEL_OPTIONS and parallel_option(name).backend is Backend.DEEPSPEED
+    return FORMAT_DEEPSPEED if deepspeed else FORMAT_DCP
 
 
 def resume_path(cfg: DictConfig, run_dir: str | Path) -> Path | None:

@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
+from memtrain.config.parallel_options import Backend, DataParallel, Place, offload_option, parallel_option
 from memtrain.engine.checkpoint import Checkpointer, read_dcp_metadata
 from memtrain.engine.metrics import MetricMeans
 from memtrain.models.spec import ModelSpec
@@ -50,7 +51,7 @@ class Strategy(Protocol):
 
 def activation_context(offload: DictConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """offload=activations_cpu: tensors saved for backward go to (pinned) host memory."""
-    if offload.name != "activations_cpu":
+    if offload_option(offload).activations is not Place.HOST:
         return contextlib.nullcontext()
     return torch.autograd.graph.save_on_cpu(pin_memory=offload.pin_memory and device.type == "cuda")
 
@@ -63,25 +64,26 @@ class TorchStrategy:
         with the wrapped model after the sharding, before the optimizer is built."""
         self.cfg, self.spec, self.precision, self.device, self.mesh = cfg, spec, precision, device, mesh
         self.module = model  # unwrapped
-        name = cfg.parallel.name
+        opt = parallel_option(cfg)
         # model-specific parallelism (TP, SP, AlphaFold's DAP) was applied by the trainer, before
         # activation checkpointing; then regional compilation; data parallelism wraps last
         if cfg.trainer.get("compile", False):
             from memtrain.engine.fast_path import compile_blocks
 
             compile_blocks(spec.blocks(model))
-        if name == "ddp" or (name == "dap" and mesh["dp_replicate"].size() > 1):
+        if opt.data_parallel is DataParallel.REPLICATE or (opt.data_parallel is DataParallel.NONE and "dp_replicate" in opt.dp_dims
+                                                          and mesh["dp_replicate"].size() > 1):
             from memtrain.distributed.ddp import apply_ddp
 
             model = apply_ddp(model, mesh, device)
-        elif name in ("fsdp", "hsdp"):
+        elif opt.fsdp:
             from memtrain.distributed.fsdp import apply_fsdp
 
             model = apply_fsdp(
                 model, spec.blocks(model), mesh,
                 param_dtype=precision.compute_dtype, reduce_dtype=torch.float32,
                 reshard_after_forward=cfg.parallel.reshard_after_forward,
-                cpu_offload=cfg.offload.name == "params_cpu", pin_memory=cfg.offload.pin_memory and device.type == "cuda",
+                cpu_offload=offload_option(cfg).params is Place.HOST, pin_memory=cfg.offload.pin_memory and device.type == "cuda",
             )
         if materialize is not None:
             materialize(model)
@@ -155,7 +157,7 @@ def build_strategy(cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: Dev
                    materialize: Callable[[nn.Module], None] | None = None) -> Strategy:
     """The strategy of parallel.name; `materialize` (a model built on the meta device) only
     TorchStrategy takes: validation refuses trainer.init_device=meta for the others."""
-    if cfg.parallel.name.startswith("zero"):
+    if parallel_option(cfg).backend is Backend.DEEPSPEED:
         from memtrain.engine.zero_strategy import DeepSpeedStrategy
 
         return DeepSpeedStrategy(cfg, model, spec, mesh, precision, device)

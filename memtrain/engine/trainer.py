@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from memtrain.config.errors import enum_names, to_container
+from memtrain.config.parallel_options import Place, offload_option, parallel_option
 from memtrain.engine import preemption
 from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
@@ -53,7 +54,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.spec = get_spec(cfg.model.arch)
         self.device = resolve_device(enum_names(self.tcfg.device))
-        self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=cfg.parallel.name != "single")
+        self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=parallel_option(cfg).needs_process_group)
         try:
             self._build(cfg, console)
         except BaseException:
@@ -119,7 +120,7 @@ class Trainer:
     def _materialize(self, model: torch.nn.Module) -> None:
         """After the strategy's sharding: this rank's shards allocated (on the host under
         offload=params_cpu, FSDP2's CPUOffloadPolicy) and initialised by the family."""
-        device = torch.device("cpu") if self.cfg.offload.name == "params_cpu" else self.device
+        device = torch.device("cpu") if offload_option(self.cfg).params is Place.HOST else self.device
         materialize(model, device, self.tcfg.seed, self.spec.init_weights)
 
     @property

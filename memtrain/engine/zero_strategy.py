@@ -17,6 +17,7 @@ from torch import nn
 
 from memtrain.config.errors import ConfigError
 from memtrain.config.parallel import ParallelDims
+from memtrain.config.parallel_options import offload_option
 from memtrain.distributed.zero import (
     DS_TAG,
     NVME_RESUME,
@@ -125,7 +126,7 @@ class DeepSpeedStrategy:
     def save(self, checkpointer: Checkpointer, step: int, meta: dict[str, Any]) -> Path:
         """DeepSpeed's checkpoint of this step, each rank's RNG state, and meta.json, in
         checkpointer.folder/step_<N>/, committed by the checkpointer once every rank is done."""
-        if self.cfg.offload.name == "nvme" and not getattr(self, "_warned_nvme", False):
+        if offload_option(self.cfg).uses_nvme and not getattr(self, "_warned_nvme", False):
             warnings.warn(f"writing DeepSpeed's checkpoint, but {NVME_RESUME}", stacklevel=2)
             self._warned_nvme = True
         tmp = checkpointer.begin(step)
@@ -152,7 +153,7 @@ class DeepSpeedStrategy:
         are per rank; DeepSpeed's universal-checkpoint conversion is not wired in), a DCP
         checkpoint of parallel=single/ddp/fsdp/hsdp, and offload=nvme (see NVME_RESUME)."""
         path = Path(path)
-        if self.cfg.offload.name == "nvme":
+        if offload_option(self.cfg).uses_nvme:
             raise CheckpointError(f"cannot resume from {path}: {NVME_RESUME}")
         meta = read_meta(path)
         if not (path / DS_TAG).is_dir():

@@ -19,6 +19,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
+from memtrain.config.parallel_options import Backend, DataParallel, parallel_option
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.precision.amp import dtype_of
 
@@ -41,7 +42,7 @@ def dp_replicate(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[
     """DDP: one all-reduce of the gradients per step (buckets; no_sync on accumulation steps).
     Under hsdp the replicas all-reduce their fp32 gradient shards."""
     n = dims.dp_replicate
-    if cfg.parallel.name == "hsdp":
+    if parallel_option(cfg).data_parallel is DataParallel.HYBRID:
         return {"all_reduce_grad_shards": 2 * _ring(n) * ctx.params / dims.dp_shard * FP32}
     return {"all_reduce_grads": 2 * _ring(n) * ctx.params * ctx.param_bytes}
 
@@ -50,13 +51,13 @@ def dp_shard(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str,
     """FSDP2 (ZeRO-3): parameters all-gathered in the compute dtype for every micro-batch's forward,
     and again for its backward when reshard_after_forward; fp32 gradients reduce-scattered once
     per step. DeepSpeed ZeRO-1/2: gradients reduce-scattered, updated parameters all-gathered."""
-    n, name = dims.dp_shard, cfg.parallel.name
-    if name in ("zero1", "zero2"):
+    n, opt = dims.dp_shard, parallel_option(cfg)
+    if opt.backend is Backend.DEEPSPEED and not opt.shards_params:
         return {"reduce_scatter_grads": _ring(n) * ctx.params * ctx.compute_bytes,
                 "all_gather_params": _ring(n) * ctx.params * ctx.compute_bytes}
     gathers = (2 if cfg.parallel.reshard_after_forward else 1) * ctx.micro_batches
     return {"all_gather_params": gathers * _ring(n) * ctx.params * ctx.compute_bytes,
-            "reduce_scatter_grads": _ring(n) * ctx.params * (FP32 if name in ("fsdp", "hsdp") else ctx.compute_bytes)}
+            "reduce_scatter_grads": _ring(n) * ctx.params * (FP32 if opt.fsdp else ctx.compute_bytes)}
 
 
 def _tokens(cfg: DictConfig, dims: ParallelDims) -> int:

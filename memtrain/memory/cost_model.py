@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from omegaconf import DictConfig
 
 from memtrain.config.errors import enum_names
+from memtrain.config.parallel_options import Backend, Place, offload_option, parallel_option
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.models.activation_checkpoint import checkpointed_block_ids
 from memtrain.memory.estimator import MemoryEstimate
@@ -83,17 +84,16 @@ def dap_bytes_per_block(cfg: DictConfig, dap: int) -> float:
 
 def offload_bytes(cfg: DictConfig, n_params: int, dims: ParallelDims) -> tuple[float, float]:
     """(bytes over PCIe per rank per step, parameters this rank's host optimizer updates)."""
-    name, offload = cfg.parallel.name, cfg.offload.name
+    opt, off = parallel_option(cfg), offload_option(cfg)
     c = dtype_of(cfg.precision.compute_dtype).itemsize
     part = n_params / max(dims.dp, 1)
-    if offload == "optimizer_cpu":  # gradients out, updated parameters back
+    if off.optimizer is Place.HOST and off.params is Place.DEVICE:  # gradients out, updated parameters back
         return 2 * part * c, part
-    if offload == "params_cpu" and name == "zero3":  # also the parameter partition for forward and backward
+    if off.params is Place.HOST and opt.backend is Backend.DEEPSPEED:  # also the parameter partition for forward and backward
         return 4 * part * c, part
-    if offload == "params_cpu":  # FSDP2 CPUOffloadPolicy: fp32 shards in twice, gradients out
+    if off.params is Place.HOST:  # FSDP2 CPUOffloadPolicy: fp32 shards in twice, gradients out
         return 3 * part * dtype_of(cfg.precision.param_dtype).itemsize, part
-    if offload == "activations_cpu":
-        return 0.0, 0.0
+    # activations_cpu: counted by step_cost from the host activations; nvme: not modelled
     return 0.0, 0.0
 
 
@@ -174,22 +174,23 @@ def exposed_dp_seconds(cfg: DictConfig, est: MemoryEstimate, dims: ParallelDims,
       exposed; ZeRO-1/2's all-gather of the updated parameters runs after the optimizer step
       (exposed); ZeRO-3's parameter all-gathers are prefetched during forward and backward (hidden
       behind them)."""
-    hw, name = cfg.hardware, cfg.parallel.name
+    hw, opt = cfg.hardware, parallel_option(cfg)
     whole, backward, never = 0.0, 0.0, 0.0
-    overlap = zero_overlap_comm(cfg) if name.startswith("zero") else False
+    deepspeed = opt.backend is Backend.DEEPSPEED
+    overlap = zero_overlap_comm(cfg) if deepspeed else False
     for dim in DATA_PARALLEL:
         gbps = hw.inter_node_gbps if spans_nodes(dims, dim, hw.gpus) else hw.intra_node_gbps
         for collective, nbytes in est.comm_bytes.get(dim, {}).items():
             t = nbytes / (1e9 * gbps)
-            if name.startswith("zero"):
-                if collective.startswith("all_gather"):
-                    whole += t if name == "zero3" else 0.0
-                    never += 0.0 if name == "zero3" else t
+            if deepspeed:
+                if collective.startswith("all_gather"):  # ZeRO-3 prefetches; ZeRO-1/2 gather after the step
+                    whole += t if opt.shards_params else 0.0
+                    never += 0.0 if opt.shards_params else t
                 elif overlap:
                     backward += t
                 else:
                     never += t
-            elif name in ("fsdp", "hsdp"):
+            elif opt.fsdp:
                 whole += t
             else:
                 backward += t
@@ -258,7 +259,7 @@ def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
     pcie, host_params = offload_bytes(cfg, est.n_params, dims)
     ranks_per_node = min(dims.world_size, hw.gpus)
     offload = pcie / (1e9 * hw.pcie_gbps) + host_params * ranks_per_node / (1e9 * hw.cpu_optimizer_gparams_per_s)
-    if cfg.offload.name == "activations_cpu":
+    if offload_option(cfg).activations is Place.HOST:
         offload = 2 * est.host / (1e9 * hw.pcie_gbps)
     latency = launches * stretch * hw.block_latency_us * 1e-6
     return StepCost(compute, recompute, exposed, axial, offload, latency, steps_relative(cfg))

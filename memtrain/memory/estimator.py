@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, enum_names
 from memtrain.distributed.mesh import ParallelDims
-from memtrain.distributed.options import PARALLEL_OFFLOADS
+from memtrain.distributed.options import Backend, Place, offload_option, parallel_option
 from memtrain.memory import optimizer_memory
 from memtrain.models.activation_checkpoint import checkpointed_block_ids
 from memtrain.config.cfgview import node_key
@@ -38,9 +38,6 @@ from memtrain.precision.amp import dtype_of
 
 STEP_BYTES = 4  # torch optimizers keep `step` as a float32 scalar tensor per parameter
 FP32 = 4
-
-# The offload options each parallel option has a memory model for (the one table, by parallel option).
-OFFLOADS = PARALLEL_OFFLOADS
 
 
 def _adam_state(shape: torch.Size, param_bytes: int) -> int:
@@ -187,11 +184,11 @@ def torch_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelD
     (hsdp), counted per tensor on the rank-0 shard (`shard`), plus `fsdp_gathered_bytes`.
     offload=params_cpu (CPUOffloadPolicy): the sharded states and the optimizer step live on the
     host; the device keeps only the gathered working set."""
-    if cfg.parallel.name not in ("fsdp", "hsdp"):
+    if not parallel_option(cfg).fsdp:
         return ModelStates(*model_state_bytes(cfg, flat(units)))
     params, grads, optimizer = model_state_bytes(cfg, [shard(s, dims.dp_shard) for s in flat(units)])
     gathered = fsdp_gathered_bytes(cfg, units)
-    if cfg.offload.name == "params_cpu":
+    if offload_option(cfg).params is Place.HOST:
         return ModelStates(gathered=gathered, host=params + grads + optimizer)
     return ModelStates(params, grads, optimizer, gathered)
 
@@ -221,13 +218,11 @@ def zero_states(cfg: DictConfig, units: list[list[torch.Size]], stage: int, n_dp
 
 
 def model_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelDims) -> ModelStates:
-    name, offload = cfg.parallel.name, cfg.offload.name
-    if name not in OFFLOADS:
-        raise ConfigError("parallel.name", f"the estimator has no memory model of parallel={name}", allowed=list(OFFLOADS))
-    if offload not in OFFLOADS[name]:
-        raise ConfigError("offload.name", f"offload={offload} does not apply to parallel={name}", allowed=OFFLOADS[name])
-    if name.startswith("zero"):
-        return zero_states(cfg, units, stage=int(name[-1]), n_dp=dims.dp)
+    opt, offload = parallel_option(cfg), offload_option(cfg).name  # ConfigErrors for unknown options
+    if offload not in opt.offloads:
+        raise ConfigError("offload.name", f"offload={offload} does not apply to parallel={opt.name}", allowed=opt.offloads)
+    if opt.backend is Backend.DEEPSPEED:
+        return zero_states(cfg, units, stage=opt.zero_stage, n_dp=dims.dp)
     return torch_states(cfg, units, dims)
 
 
@@ -238,7 +233,7 @@ def activation_parts(cfg: DictConfig, dims: ParallelDims) -> dict[str, float]:
     compute = dtype_of(cfg.precision.compute_dtype).itemsize
     # FSDP's mixed-precision policy and DeepSpeed both compute with low-precision parameters, so
     # the residual stream is in the compute dtype and there are no autocast weight copies
-    casts_params = cfg.parallel.name in ("fsdp", "hsdp", "zero1", "zero2", "zero3")
+    casts_params = parallel_option(cfg).computes_with_cast_params
     residual = compute if casts_params else dtype_of(cfg.precision.param_dtype).itemsize
     parts = spec.activation_bytes(cfg, compute, residual)
     parts = precision_activation_parts(cfg, parts, compute, residual)  # QAT copies, FP8 1-byte saves
@@ -359,7 +354,7 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
     per_block, outside, buffer = activation_bytes(cfg, dims, parts)
     saved = sum(per_block) + outside
     precision_state = precision_state_bytes(cfg)
-    if cfg.offload.name == "activations_cpu":
+    if offload_option(cfg).activations is Place.HOST:
         activations, host_activations = max(*per_block, outside, buffer), saved
     else:
         activations, host_activations = saved + buffer, 0
@@ -379,7 +374,7 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
             cfg, **model,
             precision_state=precision_state, per_block=per_block, outside=outside, buffer=buffer,
             block_input=int(parts["block_input"]), unit_sizes=[numel(u) for u in tp_units(param_units(cfg), dims.tp)],
-            device_activations=activations if cfg.offload.name == "activations_cpu" else None,
+            device_activations=activations if offload_option(cfg).activations is Place.HOST else None,
             loss_forward=int(parts.get("loss_forward_transient", 0)),
             loss_backward=int(parts.get("loss_backward_transient", 0)), **extras)
     return MemoryEstimate(
@@ -410,14 +405,14 @@ def _step_extras(cfg: DictConfig, dims: ParallelDims) -> dict[str, int]:
     """The optimizer step's device temporaries (memtrain.memory.phases): the update's own on the
     rank's parameters (FSDP: its shards; ZeRO: one flat fp32 partition). None on the device where
     the step runs on the host (offload=optimizer_cpu, params_cpu, nvme)."""
-    name, offload = cfg.parallel.name, cfg.offload.name
-    if offload in ("optimizer_cpu", "params_cpu", "nvme"):
+    opt = parallel_option(cfg)
+    if offload_option(cfg).model_states_offloaded:
         return {"zero_fp32_grads": 0, "temporaries": 0}
     shapes = flat(tp_units(param_units(cfg), dims.tp))
-    if name.startswith("zero"):  # the fp32 gradient partition comes from zero_memory's terms
+    if opt.backend is Backend.DEEPSPEED:  # the fp32 gradient partition comes from zero_memory's terms
         part = -(-numel(shapes) // dims.dp)
         return {"zero_fp32_grads": 0, "temporaries": optimizer_temporaries(cfg, [torch.Size((part,))], FP32)}
-    if name in ("fsdp", "hsdp"):
+    if opt.fsdp:
         shapes = [shard(s, dims.dp_shard) for s in shapes]
     return {"zero_fp32_grads": 0,
             "temporaries": optimizer_temporaries(cfg, shapes, dtype_of(cfg.precision.param_dtype).itemsize)}

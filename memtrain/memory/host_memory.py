@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from omegaconf import DictConfig
 
 from memtrain.config.errors import enum_names
+from memtrain.config.parallel_options import Backend, DataParallel, Place, offload_option, parallel_option
 from memtrain.precision.amp import dtype_of
 
 STARTUP, STEADY = "startup", "steady"
@@ -117,24 +118,24 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
 
     n = est.n_params
     param_bytes = dtype_of(cfg.precision.param_dtype).itemsize
-    name, offload = cfg.parallel.name, cfg.offload.name
+    opt, off = parallel_option(cfg), offload_option(cfg)
 
     # -- start-up: the model built whole, then wrapped ----------------------------------------------
     build = n * param_bytes
     if on_host and init_device(cfg, n, on_host) == "eager":
         add("model built whole on each rank (param_dtype)", build, STARTUP, BUILD)
-    if name.startswith("zero"):
+    if opt.backend is Backend.DEEPSPEED:
         _zero_startup(cfg, est, on_host, build, add)
     elif on_host:
-        if name == "ddp":
+        if opt.data_parallel is DataParallel.REPLICATE:
             # DDP's _sync_module_states broadcasts the parameters in flattened buckets: a copy of them all
             add("DDP broadcast copy of the parameters", build, STARTUP, BUILD)
         add("parameters (as sharded/replicated)", est.params, STARTUP)
-    elif name in ("fsdp", "hsdp") and offload == "params_cpu":
+    elif opt.fsdp and off.params is Place.HOST:
         add("parameter shards (CPUOffloadPolicy)", _fsdp_host_param_bytes(cfg, est), STARTUP)
 
     # -- steady state: the steps ----------------------------------------------------------------------
-    if name.startswith("zero"):
+    if opt.backend is Backend.DEEPSPEED:
         for t in est.model_state_terms:
             if t["where"] == "host" or (on_host and t["where"] == "device"):
                 nbytes = t["nbytes"]
@@ -185,11 +186,11 @@ def _zero_startup(cfg: DictConfig, est, on_host: bool, build: int, add) -> None:
     host under optimizer offload), freed when it returns."""
     from memtrain.memory.zero_memory import zero_settings
 
-    stage = int(cfg.parallel.name[-1])
+    stage, off = parallel_option(cfg).zero_stage, offload_option(cfg)
     dims_dp = est.dp_shard * est.dp_replicate
     part = -(-est.n_params // dims_dp)
     low = dtype_of(cfg.precision.compute_dtype).itemsize
-    optimizer_on_host = cfg.offload.name in ("optimizer_cpu", "nvme")
+    optimizer_on_host = off.optimizer is not Place.DEVICE
     init = [t for t in est.model_state_terms
             if t["phase"] == "persistent" and t["label"] != "optimizer state" and t["label"] != "reduce bucket (IPG)"
             and (t["where"] == "host" or (on_host and t["where"] == "device"))]
@@ -207,7 +208,7 @@ def _zero_startup(cfg: DictConfig, est, on_host: bool, build: int, add) -> None:
         sub_group = zero_settings(cfg, dims_dp)["sub_group_size"]
         add("fp32 gradient buffer of initialize_optimizer_states, net of the gradient partition buffer made after it",
             max(0, min(part, sub_group) * FP32 - part * low), STARTUP, TRANSIENT)
-    if cfg.offload.name == "params_cpu" and not on_host:
+    if off.params is Place.HOST and not on_host:
         # partition_parameters.py makes each parameter's partition on the host, then stage3.py
         # copies them into one flat host buffer per parameter group
         add("parameter partitions before the flat host buffer", part * low, STARTUP, TRANSIENT)
@@ -215,7 +216,7 @@ def _zero_startup(cfg: DictConfig, est, on_host: bool, build: int, add) -> None:
 
 def _host_activation_bytes(cfg: DictConfig, est) -> int:
     """The activations offload=activations_cpu keeps on the host (the rest of est.host)."""
-    if cfg.offload.name != "activations_cpu":
+    if offload_option(cfg).activations is not Place.HOST:
         return 0
     return sum(est.activations_per_block) + est.activations_outside_blocks
 

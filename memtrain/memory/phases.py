@@ -38,6 +38,7 @@ import torch
 from omegaconf import DictConfig
 
 from memtrain.config.errors import enum_names
+from memtrain.config.parallel_options import DataParallel, parallel_option
 from memtrain.memory import optimizer_memory
 from memtrain.precision.amp import dtype_of
 
@@ -89,7 +90,7 @@ def _grads_outlive_step(cfg: DictConfig) -> bool:
     views of them); and with gradient accumulation the gradients of the earlier micro-batches are
     live during the later forwards. (DeepSpeed's persistent buffers come labelled by phase from
     memtrain.memory.zero_memory: `zero_phase_terms`.)"""
-    return cfg.parallel.name == "ddp" or cfg.trainer.grad_accum > 1
+    return parallel_option(cfg).data_parallel is DataParallel.REPLICATE or cfg.trainer.grad_accum > 1
 
 
 def step_phases(

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from memtrain.config.parallel_options import parallel_option
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.distributed.pipeline_schedules import SCHEDULES, stage_ids
 from memtrain.config.cfgview import with_values
@@ -111,7 +112,7 @@ def pipeline_ranks(cfg: DictConfig, dims: ParallelDims, activation_bytes) -> lis
     per_stage = len(per_block) // num_stages
     # the residual stream crosses a boundary: in the compute dtype under FSDP's mixed precision,
     # else in the parameters' dtype (autocast keeps the residual additions there)
-    dtype = cfg.precision.compute_dtype if p.name in ("fsdp", "hsdp") else cfg.precision.param_dtype
+    dtype = cfg.precision.compute_dtype if parallel_option(p).fsdp else cfg.precision.param_dtype
     boundary = get_spec(cfg.model.arch).activation_bytes(cfg, 1, 1)["block_input"] * dtype_of(dtype).itemsize
     ranks = []
     for r in range(pp):

@@ -53,7 +53,7 @@ from memtrain.config.errors import ConfigError, enum_names, from_hydra
 from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all, resolve_all
 from memtrain.config.validate import check_values, validate, validate_hardware
 from memtrain.distributed.mesh import DIMS, ParallelDims
-from memtrain.distributed.options import PARALLEL_OFFLOADS
+from memtrain.distributed.options import PARALLEL_REGISTRY, DataParallel, offload_option, parallel_option
 from memtrain.config.cfgview import ConfigView
 from memtrain.memory.cost_model import STEPS_RELATIVE, GiB, StepCost, step_cost
 from memtrain.memory.estimator import MemoryEstimate, estimate
@@ -127,10 +127,13 @@ def parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
     """Every data-parallel option over the whole machine; DAP at each degree dividing a node; the
     model's tensor, sequence and pipeline parallelism (model_parallel_layouts)."""
     if ctx.world == 1:
-        return [Option("single", (("parallel", "single"),))]
-    layouts = [Option(name, (("parallel", name),)) for name in ("ddp", "fsdp", "zero1", "zero2", "zero3")]
+        return [Option(o.name, (("parallel", o.name),)) for o in PARALLEL_REGISTRY if not o.needs_process_group]
+    # the data-parallel options (replicated or sharded) over every rank; the hybrid ones over the nodes
+    layouts = [Option(o.name, (("parallel", o.name),)) for o in PARALLEL_REGISTRY
+               if o.data_parallel in (DataParallel.REPLICATE, DataParallel.SHARD)]
     if ctx.nodes > 1:
-        layouts.append(Option(f"hsdp(r={ctx.nodes})", (("parallel", "hsdp"), ("parallel.dp_replicate", ctx.nodes))))
+        layouts += [Option(f"{o.name}(r={ctx.nodes})", (("parallel", o.name), ("parallel.dp_replicate", ctx.nodes)))
+                    for o in PARALLEL_REGISTRY if o.data_parallel is DataParallel.HYBRID]
     if "dap" in family(cfg.model.arch).model_parallel:  # DAP splits AlphaFold's representations
         for d in divisors(ctx.gpus_per_node)[1:]:
             layouts.append(Option(f"dap={d}", (("parallel", "dap"), ("parallel.dap", d), ("parallel.dp_replicate", -1))))
@@ -186,7 +189,7 @@ def offloads(ctx: PlanContext, cfg: DictConfig) -> list[str]:
     parallelism, whose estimates and pipelines have no offload."""
     if _model_parallel(cfg):
         return ["none"]
-    return [o for o in ("none", "optimizer_cpu", "params_cpu") if o in PARALLEL_OFFLOADS[cfg.parallel.name]]
+    return [o for o in ("none", "optimizer_cpu", "params_cpu") if o in parallel_option(cfg).offloads]
 
 
 def precisions(ctx: PlanContext, cfg: DictConfig) -> list[str]:
@@ -211,17 +214,17 @@ def optimizers(ctx: PlanContext, cfg: DictConfig) -> list[str]:
     shape-aware ones not under DeepSpeed ZeRO, 8-bit AdamW where bitsandbytes is installed and not
     under FSDP2, MeZO with single or DDP, fp32 parameters, no loss scaling and no offload; Adam-mini
     not with pipeline stages (the estimator's blocks of one stage have no Adam-mini partition)."""
-    name, prec = cfg.parallel.name, cfg.precision
+    par, prec = parallel_option(cfg), cfg.precision
     out = []
     for opt in OPTIMIZERS:
-        if opt in SHAPE_AWARE and name.startswith("zero"):
+        if opt in SHAPE_AWARE and par.flat_partitions:
             continue
         if opt == "adam_mini" and cfg.parallel.pp != 1:  # the estimator has no per-stage Adam-mini model
             continue
-        if opt == "adamw_8bit" and (importlib.util.find_spec("bitsandbytes") is None or name in ("fsdp", "hsdp")):
+        if opt == "adamw_8bit" and (importlib.util.find_spec("bitsandbytes") is None or par.fsdp):
             continue
-        if opt == "mezo" and (name not in ("single", "ddp") or _model_parallel(cfg) or prec.loss_scaling
-                              or enum_names(prec.param_dtype) != "float32" or cfg.offload.name != "none"):
+        if opt == "mezo" and (not par.zeroth_order or _model_parallel(cfg) or prec.loss_scaling
+                              or enum_names(prec.param_dtype) != "float32" or offload_option(cfg).moves_anything):
             continue
         out.append(opt)
     return out

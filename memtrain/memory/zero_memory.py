@@ -63,6 +63,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from memtrain.config.parallel_options import Place, offload_option
 from memtrain.memory import optimizer_memory
 from memtrain.precision.amp import dtype_of
 
@@ -133,14 +134,14 @@ def zero_terms(cfg: DictConfig, shapes: list[torch.Size], stage: int, n_dp: int)
     largest = max((math.prod(s) for s in shapes), default=0)
     state = optimizer_memory.state_bytes(cfg, [torch.Size((part,))], FP32)  # one flat fp32 partition
     bucket = zero["reduce_bucket_size"] * b * (2 if zero["overlap_comm"] and stage < 3 else 1)
-    offload = cfg.offload.name
-    opt_where = {"optimizer_cpu": "host", "nvme": "nvme"}.get(offload, "device")
+    off = offload_option(cfg)
+    opt_where = off.optimizer.value  # "device", "host" or "nvme"
     terms: list[ZeroTerm] = []
 
     def add(label, nbytes, where, phase, slot):
         terms.append(ZeroTerm(label, int(nbytes), where, phase, slot))
 
-    optimizer_on_host = offload in ("optimizer_cpu", "nvme")
+    optimizer_on_host = off.optimizer is not Place.DEVICE
     if stage < 3:
         add("parameters (flat, model dtype)", n * b, "device", PERSISTENT, PARAMS)
         if optimizer_on_host:
@@ -159,7 +160,7 @@ def zero_terms(cfg: DictConfig, shapes: list[torch.Size], stage: int, n_dp: int)
         add("autograd gradient (largest parameter)", largest * b, "device", BACKWARD, TRANSIENT)
         return terms
 
-    params_where = {"params_cpu": "host", "nvme": "nvme"}.get(offload, "device")
+    params_where = off.params.value
     add("parameter partition", part * b, params_where, PERSISTENT, PARAMS)
     if optimizer_on_host:
         add("fp32 master partition", part * FP32, opt_where, PERSISTENT, OPTIMIZER)

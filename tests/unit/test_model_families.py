@@ -15,8 +15,7 @@ import pytest
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import compose_config, load_config
 from memtrain.config.validate import OFFLOAD_SUPPORT
-from memtrain.distributed.options import PARALLEL_OFFLOADS
-from memtrain.memory import estimator
+from memtrain.distributed.options import PARALLEL_REGISTRY
 from memtrain.memory.estimator import estimate
 from memtrain.memory.planner import plan
 from memtrain.models import get_spec, register_spec
@@ -91,8 +90,7 @@ def test_the_planner_refuses_a_pinned_undeclared_dimension_before_enumerating():
 
 
 def test_the_offload_table_is_one_table():
-    assert estimator.OFFLOADS is PARALLEL_OFFLOADS
-    pairs = {(p, o) for p, offloads in PARALLEL_OFFLOADS.items() for o in offloads}
+    pairs = {(p.name, o) for p in PARALLEL_REGISTRY for o in p.offloads}
     assert pairs == {(p, o) for o, parallels in OFFLOAD_SUPPORT.items() for p in parallels}
 
 

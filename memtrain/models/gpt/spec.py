@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from memtrain.config.errors import enum_names, require
+from memtrain.config.parallel_options import parallel_option
 from memtrain.data.lm import build_lm_data
 from memtrain.models.gpt.attention import (ATTENTION_KEYS, LinformerCore, PerformerCore, core_activation_bytes,
                                            set_attention_cores)
@@ -16,9 +17,13 @@ from memtrain.models.gpt.pipeline import pipeline_stages
 from memtrain.models.spec import ModelSpec, register_spec
 
 PROTEIN_VOCAB = 30  # memtrain.data.sequences.ProteinTokenizer().vocab_size
-# parallel options under which the fused loss cannot run: DeepSpeed ZeRO-3 gathers a module's
-# parameters for its forward only, and the loss uses the head's weight after the model returns
-FUSED_LOSS_REFUSED = ("zero3",)
+
+
+def fused_loss_refused(cfg: DictConfig) -> bool:
+    """The fused loss cannot run where the parallel option partitions a module's parameters again
+    once its forward returns (DeepSpeed ZeRO-3): the loss uses the head's weight after the model
+    returns."""
+    return parallel_option(cfg).params_released_after_module_forward
 
 
 def build_model(mcfg: DictConfig) -> GPT:
@@ -43,7 +48,7 @@ def loss_chunk(cfg: DictConfig) -> int:
     again once its forward returns, before the loss could use it)."""
     chunk = cfg.model.get("loss_chunk", -1)
     if chunk == -1:
-        return 0 if cfg.parallel.name in FUSED_LOSS_REFUSED else default_chunk(cfg.model.vocab_size)
+        return 0 if fused_loss_refused(cfg) else default_chunk(cfg.model.vocab_size)
     return chunk
 
 
@@ -206,7 +211,7 @@ def validate(cfg: DictConfig) -> None:
             "tied embeddings would live on the first and the last pipeline stage; use tie_embeddings=false with parallel.pp")
     require(m.loss_chunk >= -1, "model.loss_chunk",
             f"must be -1 (fused, chunk chosen from the vocabulary), 0 (plain logits) or a token count, got {m.loss_chunk}")
-    require(m.loss_chunk <= 0 or cfg.parallel.name not in FUSED_LOSS_REFUSED, "model.loss_chunk",
+    require(m.loss_chunk <= 0 or not fused_loss_refused(cfg), "model.loss_chunk",
             f"model.loss_chunk={m.loss_chunk} fuses the output layer with the loss, which uses the head's weight after "
             f"the model's forward has returned; parallel={cfg.parallel.name} (DeepSpeed ZeRO-3) partitions that weight "
             "again as soon as its module's forward ends. Use model.loss_chunk=0 or -1 (both give the plain loss there), "
