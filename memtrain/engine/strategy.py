@@ -65,12 +65,8 @@ class TorchStrategy:
         self.cfg, self.spec, self.precision, self.device, self.mesh = cfg, spec, precision, device, mesh
         self.module = model  # unwrapped
         opt = parallel_option(cfg)
-        # model-specific parallelism (TP, SP, AlphaFold's DAP) was applied by the trainer, before
-        # activation checkpointing; then regional compilation; data parallelism wraps last
-        if cfg.trainer.get("compile", False):
-            from memtrain.engine.fast_path import compile_blocks
-
-            compile_blocks(spec.blocks(model))
+        # memtrain.engine.parallelize applied the model-specific parallelism (TP, SP, AlphaFold's DAP),
+        # activation checkpointing and regional compilation; data parallelism wraps last, here
         if opt.data_parallel is DataParallel.REPLICATE or (opt.data_parallel is DataParallel.NONE and "dp_replicate" in opt.dp_dims
                                                           and mesh["dp_replicate"].size() > 1):
             from memtrain.distributed.ddp import apply_ddp

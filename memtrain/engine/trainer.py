@@ -19,18 +19,16 @@ from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
 from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.step import RankSums, StepResult, build_step_fn, to_device  # noqa: F401 (StepResult, to_device: re-exported)
-from memtrain.engine.strategy import build_strategy
+from memtrain.engine.parallelize import parallelize
 from memtrain.config.init_device import budget_bytes, choose_init_device, meta_refusal
 from memtrain.engine.init_device import device_memory_bytes, materialize
 from memtrain.engine.metrics import MetricsLogger, StepMetrics, format_line
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
 from memtrain.errors import UserError
-from memtrain.models.activation_checkpoint import apply_activation_checkpointing
 from memtrain.models import get_spec
 from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import Precision
-from memtrain.precision.transforms import apply_precision_transforms
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,14 +80,9 @@ class Trainer:
             with torch.device(self.device):
                 model = self.spec.build_model(cfg.model)
         model.to(dtype=self.precision.param_dtype)
-        apply_precision_transforms(model, cfg.precision, self.spec, self.device)  # QAT / FP8 module swaps
-        if self.spec.loss_head is not None:
-            self.spec.loss_head(model, cfg)  # e.g. the decoder's fused, chunked linear cross entropy
-        if self.mesh is not None and self.spec.parallelize is not None:
-            self.spec.parallelize(model, self.mesh, cfg)  # model parallelism first: TP -> AC -> FSDP (torchtitan's order)
-        apply_activation_checkpointing(model, cfg.checkpoint, self.spec)
-        self.strategy = build_strategy(cfg, model, self.spec, self.mesh, self.precision, self.device,
-                                       materialize=self._materialize if meta else None)
+        # precision swaps -> loss head -> model parallelism -> checkpointing -> compile -> data parallelism
+        self.strategy = parallelize(model, cfg, self.spec, self.mesh, self.precision, self.device,
+                                    materialize=self._materialize if meta else None)
         self.sums = RankSums(self.dims.dp, self.dims.batch_shards, self.env.world_size, dist.is_initialized())
         # backpropagation through the strategy, or forward passes only (an optimizer with zeroth_order)
         self.step_fn = build_step_fn(self.strategy, self.spec, self.precision, self.sums, self.tcfg.seed, self.device)

@@ -66,7 +66,7 @@ def test_a_shape_change_is_refused_before_the_model_is_built(compose, tmp_path, 
     from memtrain.engine import trainer as trainer_module
 
     built = []
-    monkeypatch.setattr(trainer_module, "build_strategy", lambda *a: built.append(a))
+    monkeypatch.setattr(trainer_module, "parallelize", lambda *a, **k: built.append(a))
     text = refused(compose, tmp_path, path, "model.dim=128")
     assert "model.dim 64 -> 128" in text and "layers.0.attention.wq.weight [64, 64] -> [128, 128]" in text
     assert not built  # compared on the meta device (memtrain.models.meta) before the run is set up
