@@ -166,7 +166,7 @@ def _hf_side(cfg, device):
     with torch.device(device):
         model = LlamaForCausalLM(hcfg)
     model.to(dtype=precision.param_dtype).train()
-    if cfg.checkpoint.mode.name == "full":  # HF's equivalent: recompute every decoder layer
+    if cfg.activation_checkpoint.mode.name == "full":  # HF's equivalent: recompute every decoder layer
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     o = cfg.optimizer
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,

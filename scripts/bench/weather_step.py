@@ -62,7 +62,7 @@ def one_step(overrides: list[str], steps: int) -> dict:
     with torch.device(device):
         model = spec.build_model(cfg.model)
     model.to(dtype=precision.param_dtype)
-    apply_activation_checkpointing(model, cfg.checkpoint, spec)
+    apply_activation_checkpointing(model, cfg.activation_checkpoint, spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     m, b = cfg.model, cfg.trainer.micro_batch_size
     inputs = {"upper": torch.randn(b, m.n_upper, m.n_levels, m.n_lat, m.n_lon, device=device),

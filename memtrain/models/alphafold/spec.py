@@ -120,7 +120,7 @@ def validate(cfg: DictConfig) -> None:
     require(not m.templates or cfg.data.max_templates >= 1, "data.max_templates",
             f"the template stack (model.templates=true) needs at least one template slot, got "
             f"data.max_templates={cfg.data.max_templates}; or set model.templates=false")
-    require(not (enum_names(cfg.checkpoint.mode) == "selective" and enum_names(cfg.checkpoint.policy) == "attention"),
+    require(not (enum_names(cfg.activation_checkpoint.mode) == "selective" and enum_names(cfg.activation_checkpoint.policy) == "attention"),
             "checkpoint.policy", "the Evoformer has no single attention core; checkpoint whole blocks",
             allowed=["every_k"])
     require(cfg.trainer.eval_every == 0 or len(cfg.data.eval_chains) > 0, "data.eval_chains",
