@@ -41,8 +41,8 @@ def warn_renamed(old: str, new: str) -> None:
         return
     _warned.add(old)
     if _is_rank0():
-        print(f"memtrain: deprecated: config group `{old}` is now `{new}` (e.g. {new}=full, {new}.every_k=2); "
-              f"the old name `{old}` will stop working in the next release", file=sys.stderr)
+        print(f"memtrain: deprecated: config group `{old}` is now `{new}` (write {new}=X, {new}.KEY=V); "
+              f"`{old}` will stop working in the next release", file=sys.stderr)
 
 
 def rename_override(override: str) -> str:

@@ -5,7 +5,7 @@
 
 compute: forward FLOPs x 3 (the backward pass costs two forwards) at hardware.mfu of the peak of the
 compute dtype (fp32: the non-tensor-core peak, torch's default without TF32). recompute: one more
-forward of every checkpointed block (checkpoint=full or selective every_k). Model parallelism
+forward of every checkpointed block (activation_checkpoint=full or selective every_k). Model parallelism
 divides a block's FLOPs by dap x tp x sp and the blocks by pp; pipeline stages add the schedule's
 bubble (bubble_fraction). MeZO (a zeroth-order optimizer) runs two forwards and no backward.
 Communication: the bytes each device sends per step in every mesh dimension, from

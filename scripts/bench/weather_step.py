@@ -27,10 +27,10 @@ import torch
 from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 
 CONFIGS = {  # name -> memtrain overrides
-    "fp32, no technique": ["precision=fp32", "checkpoint=none", "offload=none"],
-    "bf16": ["precision=bf16", "checkpoint=none", "offload=none"],
-    "bf16 + checkpoint": ["precision=bf16", "checkpoint=full", "offload=none"],
-    "bf16 + checkpoint + offload": ["precision=bf16", "checkpoint=full", "offload=activations_cpu"],
+    "fp32, no technique": ["precision=fp32", "activation_checkpoint=none", "offload=none"],
+    "bf16": ["precision=bf16", "activation_checkpoint=none", "offload=none"],
+    "bf16 + checkpoint": ["precision=bf16", "activation_checkpoint=full", "offload=none"],
+    "bf16 + checkpoint + offload": ["precision=bf16", "activation_checkpoint=full", "offload=activations_cpu"],
 }
 SMOKE = ["model.n_lat=16", "model.n_lon=32", "model.n_levels=3", "data.levels=[1000,850,500]", "model.dim=16",
          "model.window_size=[2,2,4]", "model.depths=[2,2,2,2]", "model.heads=[2,2,2,2]"]

@@ -54,7 +54,7 @@ def predicted(cfg) -> tuple[int, int]:
     compute = dtype_of(cfg.precision.compute_dtype).itemsize
     residual = dtype_of(cfg.precision.param_dtype).itemsize
     parts = af_activation_bytes(cfg.model, cfg.trainer.micro_batch_size, cfg.data.seq_len, compute, residual, cfg=cfg)
-    ac = cfg.checkpoint
+    ac = cfg.activation_checkpoint
     per_block, buffer = [], 0
     # the Evoformer's blocks, then the extra-MSA and template pair stacks' (each counted from its first)
     for stack in [{"n_blocks": cfg.model.n_blocks, "block": parts["block"], "block_input": parts["block_input"]},
@@ -69,7 +69,7 @@ def measured(cfg) -> int:
     """Bytes a training forward (model and loss, as the Trainer runs them) leaves allocated."""
     torch.manual_seed(0)
     model = SPEC.build_model(cfg.model).train()
-    apply_activation_checkpointing(model, cfg.checkpoint, SPEC)
+    apply_activation_checkpointing(model, cfg.activation_checkpoint, SPEC)
     batch = random_batch(b=cfg.trainer.micro_batch_size, n_seq=cfg.data.max_msa, n_res=cfg.data.crop_size,
                          n_extra=cfg.data.max_extra_msa, n_templ=cfg.data.max_templates)
     precision = Precision.from_config(cfg.precision, "cpu")
