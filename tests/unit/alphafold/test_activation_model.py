@@ -103,7 +103,7 @@ def case_config(crop, msa, precision, backend, ckpt, batch, chunk, extra=6, temp
     """alphafold_tiny (2 Evoformer, 2 extra-MSA and 2 template pair blocks) with `extra` extra-MSA
     rows and `templates` templates (and the dotted `keys` set, as compose_af)."""
     return compose_af(precision=precision, data__crop_size=crop, data__max_msa=msa, model__attention_backend=backend,
-                      checkpoint__mode=ckpt, trainer__micro_batch_size=batch, model__chunk_size=chunk,
+                      activation_checkpoint__mode=ckpt, trainer__micro_batch_size=batch, model__chunk_size=chunk,
                       data__max_extra_msa=extra, data__max_templates=templates, **keys)
 
 
@@ -227,7 +227,7 @@ def test_published_config_moves_the_right_way():
     """model=alphafold at the recipe's crop 256 and 128 MSA rows, one sample."""
 
     def acts(precision: str, mode: str, backend: str = "naive") -> int:
-        cfg = compose_af("alphafold", precision, data__crop_size=256, data__max_msa=128, checkpoint__mode=mode,
+        cfg = compose_af("alphafold", precision, data__crop_size=256, data__max_msa=128, activation_checkpoint__mode=mode,
                          model__attention_backend=backend)
         return predicted(cfg)[0]
 
