@@ -23,11 +23,13 @@ from pathlib import Path
 from rich.console import Console
 
 from memtrain.cli_help import command_help, usage, wants_help
+from memtrain.config.aliases import rename_overrides
 from memtrain.errors import UserError, file_system_error, print_user_error
 
 # Hydra, torch and the models are imported where a command needs them, so help and config errors
 # answer at once.
 
+OVERRIDE_COMMANDS = ("train", "estimate", "plan", "submit")  # the commands whose arguments include Hydra overrides
 MAX_SWEEP_JOBS = 256  # a multirun of more jobs is refused: every job is composed and checked before any starts
 err = Console(stderr=True)
 
@@ -309,6 +311,7 @@ def predict_command(args: list[str]) -> int:
     import torch
     from omegaconf import OmegaConf
 
+    from memtrain.config.aliases import upgrade_stored_config
     from memtrain.config.errors import ConfigError
     from memtrain.data.errors import DataFormatError
     from memtrain.engine.checkpoint import CheckpointError, Checkpointer
@@ -325,7 +328,7 @@ def predict_command(args: list[str]) -> int:
     meta_file = checkpoint / "meta.json"
     try:
         meta = json.loads(meta_file.read_text())
-        cfg = OmegaConf.create(meta["config"])
+        cfg = OmegaConf.create(upgrade_stored_config(meta["config"]))
         spec = get_spec(cfg.model.arch)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return _fail(f"{checkpoint} is not a memtrain checkpoint with its config in meta.json ({type(exc).__name__}: {exc})")
@@ -389,6 +392,8 @@ def _main(argv: list[str]) -> int:
     if command != "submit" and wants_help(rest):  # submit's argparse prints its own
         print(command_help(command))
         return 0
+    if command in OVERRIDE_COMMANDS:  # before memtrain's checks and Hydra (train's sys.argv) read them
+        rest = rename_overrides(rest)
     try:
         return commands[command](rest)
     except UserError as exc:  # bad input met by any command: one paragraph, exit 2

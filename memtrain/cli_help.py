@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher",
+GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "activation_checkpoint", "data", "trainer", "launcher",
           "hardware")
 
 USAGE = """usage: memtrain COMMAND [hydra overrides] [options]      memtrain COMMAND --help for one command
@@ -30,9 +30,10 @@ def options(group: str) -> list[str]:
 
 
 def groups_text() -> str:
-    lines = [f"  {g + ':':<12}{' '.join(options(g))}" for g in GROUPS]
-    lines.append(f"  {'+recipe=':<12}{' '.join(options('recipe'))}")
-    lines.append(f"  {'hydra/launcher=':<12} {' '.join(options('hydra/launcher'))} (Hydra's own: basic, the default)")
+    width = max(len(g) for g in GROUPS) + 2
+    lines = [f"  {g + ':':<{width}}{' '.join(options(g))}" for g in GROUPS]
+    lines.append(f"  {'+recipe=':<{width}}{' '.join(options('recipe'))}")
+    lines.append(f"  {'hydra/launcher=':<{width}}{' '.join(options('hydra/launcher'))} (Hydra's own: basic, the default)")
     return "\n".join(lines)
 
 
@@ -48,7 +49,7 @@ a Slurm controller for hydra/launcher=slurm), then train. Workers start only aft
 
   memtrain train                                   gpt_tiny on real protein sequences, 40 steps
   memtrain train +recipe=protein_lm trainer.max_steps=200
-  memtrain train precision=bf16 checkpoint=full parallel=ddp launcher.nproc_per_node=2
+  memtrain train precision=bf16 activation_checkpoint=full parallel=ddp launcher.nproc_per_node=2
   memtrain train -m optimizer=adamw,adafactor      one job per value (Hydra multirun)
   memtrain train +recipe=alphafold --cfg job       print the composed config; train nothing
 

@@ -10,6 +10,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from memtrain.config.aliases import rename_overrides
 from memtrain.config.schema import register_schemas
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -31,10 +32,11 @@ def register_all() -> None:
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """Compose conf/train.yaml with `overrides` (Hydra syntax) outside of a Hydra job."""
+    """Compose conf/train.yaml with `overrides` (Hydra syntax) outside of a Hydra job. Renamed
+    groups' old names are accepted with a deprecation line (memtrain.config.aliases)."""
     register_all()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides or []))
+        return compose(config_name="train", overrides=rename_overrides(overrides or []))
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:

@@ -407,7 +407,7 @@ class TrainConfig:
     precision: PrecisionConfig = MISSING
     optimizer: Any = MISSING
     offload: OffloadConfig = MISSING
-    checkpoint: ActivationCheckpointConfig = MISSING
+    activation_checkpoint: ActivationCheckpointConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     launcher: LauncherConfig = MISSING
@@ -453,7 +453,7 @@ def register_schemas() -> None:
         ("parallel", "parallel", ParallelConfig),
         ("precision", "precision", PrecisionConfig),
         ("offload", "offload", OffloadConfig),
-        ("checkpoint", "checkpoint", ActivationCheckpointConfig),
+        ("activation_checkpoint", "activation_checkpoint", ActivationCheckpointConfig),
         ("optimizer", "adamw", AdamWConfig),
         ("optimizer", "adafactor", AdafactorConfig),
         ("optimizer", "lion", LionConfig),

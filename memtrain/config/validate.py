@@ -45,8 +45,8 @@ def validate(cfg: DictConfig) -> None:
             f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
     require(not (cfg.trainer.compile and cfg.parallel.pp != 1), "trainer.compile",
             f"regional compilation is not applied to pipeline stages (parallel.pp={cfg.parallel.pp}); use trainer.compile=false")
-    ac = cfg.checkpoint
-    require(ac.every_k >= 1, "checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
+    ac = cfg.activation_checkpoint
+    require(ac.every_k >= 1, "activation_checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
     dims = ParallelDims.from_config(cfg.parallel, world_size(cfg))

@@ -47,6 +47,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 
+from memtrain.config.aliases import upgrade_stored_config
 from memtrain.errors import FileSystemError, UserError, file_system_error
 from memtrain.safe_pickle import exact_names, load_pickle, torch_load_bytes
 
@@ -205,6 +206,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             or meta["step"] < 0:
         raise CheckpointError(f"{file}: not a memtrain checkpoint record (expected a JSON object with a "
                               "non-negative integer 'step')")
+    upgrade_stored_config(meta.get("config"))  # a config an older release stored, under today's group names
     return meta
 
 

@@ -30,7 +30,7 @@ def startup_line(cfg: DictConfig, choices: dict[str, str]) -> str:
     """`choices`: the option chosen per config group (Hydra's runtime.choices)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     picked = ", ".join(f"{g}={choices[g]}" for g in ("recipe", "model", "parallel", "precision", "optimizer",
-                                                     "offload", "checkpoint", "data") if choices.get(g))
+                                                     "offload", "activation_checkpoint", "data") if choices.get(g))
     return (f"building {picked} on {world} rank{'s' if world > 1 else ''} "
             f"(trainer.device={enum_names(cfg.trainer.device)}); then {cfg.trainer.max_steps} steps")
 

@@ -34,7 +34,7 @@ def parallelize(model: nn.Module, cfg: DictConfig, spec: ModelSpec, mesh, precis
         spec.loss_head(model, cfg)  # e.g. the decoder's fused, chunked linear cross entropy
     if mesh is not None and spec.parallelize is not None:
         spec.parallelize(model, mesh, cfg)  # model parallelism before checkpointing and data parallelism
-    apply_activation_checkpointing(model, cfg.checkpoint, spec)
+    apply_activation_checkpointing(model, cfg.activation_checkpoint, spec)
     if cfg.trainer.get("compile", False):  # validation refuses it where a strategy would not keep it
         from memtrain.engine.fast_path import compile_blocks
 

@@ -43,7 +43,7 @@ def check_fits_here(cfg: DictConfig, local_ranks: int) -> None:
     parts = (f"parameters {human(est.params)}, gradients {human(est.grads)}, optimizer states {human(est.optimizer)}, "
              f"activations {human(est.activations)}")
     key = "trainer.micro_batch_size" if est.activations >= est.params + est.grads + est.optimizer else "model"
-    advice = ("reduce trainer.micro_batch_size or data.seq_len, use activation checkpointing (checkpoint=full), "
+    advice = ("reduce trainer.micro_batch_size or data.seq_len, use activation checkpointing (activation_checkpoint=full), "
               "or shard the model states (parallel=fsdp or zero*); `memtrain estimate` shows the table and "
               "`memtrain plan` finds a layout that fits")
     if device == "cuda":

@@ -5,7 +5,7 @@
 
 compute: forward FLOPs x 3 (the backward pass costs two forwards) at hardware.mfu of the peak of the
 compute dtype (fp32: the non-tensor-core peak, torch's default without TF32). recompute: one more
-forward of every checkpointed block (checkpoint=full or selective every_k). Model parallelism
+forward of every checkpointed block (activation_checkpoint=full or selective every_k). Model parallelism
 divides a block's FLOPs by dap x tp x sp and the blocks by pp; pipeline stages add the schedule's
 bubble (bubble_fraction). MeZO (a zeroth-order optimizer) runs two forwards and no backward.
 Communication: the bytes each device sends per step in every mesh dimension, from
@@ -137,7 +137,7 @@ def comm_seconds(cfg: DictConfig, est: MemoryEstimate, dims: ParallelDims) -> di
     out = {}
     volumes = {dim: sum(c.values()) for dim, c in est.comm_bytes.items()}
     if dims.dap > 1 and "dap" not in volumes:  # a dap degree only where the family declares it (validated)
-        ac = cfg.checkpoint
+        ac = cfg.activation_checkpoint
         n_blocks = get_spec(cfg.model.arch).num_blocks(cfg.model)
         passes = 2 + len(checkpointed_block_ids(n_blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k)) / n_blocks
         volumes["dap"] = cfg.trainer.grad_accum * n_blocks * passes * dap_bytes_per_block(cfg, dims.dap)
@@ -229,7 +229,7 @@ def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
     rate = peak_flops(hw, enum_names(cfg.precision.compute_dtype)) * hw.mfu
     # pipeline stages: a rank runs its n_blocks / pp blocks (and, the last rank, the head)
     forward = n_blocks / dims.pp * block + outside
-    ac = cfg.checkpoint
+    ac = cfg.activation_checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
     recomputed = len(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k)) / dims.pp * block
     if mode == "selective" and policy == "attention":

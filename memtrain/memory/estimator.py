@@ -255,7 +255,7 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims, parts: dict[str, float
     `parts` as activation_parts returns them (computed when not given)."""
     spec = get_spec(cfg.model.arch)
     parts = activation_parts(cfg, dims) if parts is None else parts
-    ac = cfg.checkpoint
+    ac = cfg.activation_checkpoint
     mode, policy = enum_names(ac.mode), enum_names(ac.policy)
     n_blocks = spec.num_blocks(cfg.model)
     recomputed = set(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k))

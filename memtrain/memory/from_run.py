@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.errors import ConfigError, from_hydra
 
-GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher",
+GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "activation_checkpoint", "data", "trainer", "launcher",
           "hardware")
 
 
@@ -45,12 +45,14 @@ def config_from_run(path: str | Path, overrides: list[str]) -> DictConfig:
     """The stored config of the checkpoint at `path` with `overrides` applied, validated."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from memtrain.config.aliases import rename_overrides
     from memtrain.config.loader import compose_config
     from memtrain.config.validate import validate
     from memtrain.engine.checkpoint import read_meta
 
     folder = checkpoint_folder(path)
-    stored = read_meta(folder).get("config")
+    stored = read_meta(folder).get("config")  # read_meta renames an older release's groups
+    overrides = rename_overrides(overrides)
     if not isinstance(stored, dict) or not all(g in stored for g in ("model", "parallel", "trainer")):
         raise ConfigError("--from-run", f"{folder}/meta.json holds no run config (a checkpoint from another tool?)")
     cfg = OmegaConf.create(stored)

@@ -60,8 +60,8 @@ from memtrain.memory.estimator import MemoryEstimate, estimate
 from memtrain.models import get_spec
 from memtrain.models.family import check_model_parallel, family
 
-PLANNED_GROUPS = ("parallel", "precision", "optimizer", "offload", "checkpoint")  # the axes that swap groups
-GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer", "launcher", "hardware")
+PLANNED_GROUPS = ("parallel", "precision", "optimizer", "offload", "activation_checkpoint")  # the axes that swap groups
+GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "activation_checkpoint", "data", "trainer", "launcher", "hardware")
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ AXES: list[Axis] = [
     Axis("offload", "offload", offloads),
     Axis("precision", "precision", precisions),
     Axis("optimizer", "optimizer", optimizers),
-    Axis("checkpoint", "checkpoint", ("none", "selective", "full")),
+    Axis("activation_checkpoint", "activation_checkpoint", ("none", "selective", "full")),
     Axis("chunk", "model.chunk_size", (None, 64), applies=lambda ctx, cfg: "chunk_size" in cfg.model),
     Axis("attention", "model.attention_backend", attention_backends,
          applies=lambda ctx, cfg: "chunk_size" in cfg.model and "attention_backend" in cfg.model),
@@ -626,7 +626,7 @@ SIMPLICITY = {  # per axis, option labels from simplest; anything unlisted comes
     "offload": ("none", "activations_cpu", "optimizer_cpu", "params_cpu", "nvme"),
     "optimizer": ("adamw", "adamw_bf16", "lion", "adafactor", "came", "sm3", "adam_mini", "adamw_8bit", "mezo"),
     "precision": ("bf16", "fp32", "fp16", "fp8"),
-    "checkpoint": ("none", "selective", "full"),
+    "activation_checkpoint": ("none", "selective", "full"),
     "chunk": ("null",),
 }
 

@@ -22,7 +22,7 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
     t = cfg.trainer
     title = (
         f"memtrain estimate: {est.n_params / 1e6:,.1f}M parameters, precision={cfg.precision.name}, "
-        f"optimizer={cfg.optimizer._target_.rpartition('.')[2]}, checkpoint={enum_names(cfg.checkpoint.mode)}, "
+        f"optimizer={cfg.optimizer._target_.rpartition('.')[2]}, activation_checkpoint={enum_names(cfg.activation_checkpoint.mode)}, "
         f"micro-batch {t.micro_batch_size} x seq {cfg.data.seq_len}\n"
         f"parallel={cfg.parallel.name} on {est.world_size} rank(s) (dp_replicate={est.dp_replicate}, "
         f"dp_shard={est.dp_shard}), offload={cfg.offload.name}"

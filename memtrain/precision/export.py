@@ -117,7 +117,9 @@ def export_model(model: nn.Module, cfg: DictConfig, out: str | Path) -> Path:
 
 
 def _config_from(meta: dict) -> DictConfig:
-    return OmegaConf.create(meta["config"])
+    from memtrain.config.aliases import upgrade_stored_config
+
+    return OmegaConf.create(upgrade_stored_config(meta["config"]))
 
 
 def build_qat_model(cfg: DictConfig) -> nn.Module:

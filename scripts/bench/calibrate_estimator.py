@@ -37,12 +37,12 @@ MODELS = {
 }
 # precision x checkpointing x offload: at least five per model
 CONFIGS = [
-    ["precision=fp32", "checkpoint=none"],
-    ["precision=bf16", "checkpoint=none"],
-    ["precision=bf16", "checkpoint=full"],
-    ["precision=bf16", "checkpoint=selective"],
-    ["precision=fp32", "checkpoint=full"],
-    ["precision=bf16", "checkpoint=full", "offload=activations_cpu"],
+    ["precision=fp32", "activation_checkpoint=none"],
+    ["precision=bf16", "activation_checkpoint=none"],
+    ["precision=bf16", "activation_checkpoint=full"],
+    ["precision=bf16", "activation_checkpoint=selective"],
+    ["precision=fp32", "activation_checkpoint=full"],
+    ["precision=bf16", "activation_checkpoint=full", "offload=activations_cpu"],
 ]
 
 

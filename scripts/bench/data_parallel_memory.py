@@ -94,7 +94,7 @@ def fits(base: list[str], extra: list[str], layers: int, timeout: float) -> bool
 def largest(args, base: list[str], console: Console) -> list[dict]:
     """Per option, the most layers (at fixed width) that train 2 steps: doubling, then bisection."""
     shape = ["model=gpt_small", f"model.dim={args.dim}", f"model.n_heads={args.heads}", "model.vocab_size=32000",
-             "trainer.micro_batch_size=1", "checkpoint=full"]
+             "trainer.micro_batch_size=1", "activation_checkpoint=full"]
     rows = []
     for name, extra in LARGEST.items():
         lo, hi = 0, 1

@@ -9,7 +9,7 @@ the same precision (fp32 weights; bf16 autocast for bf16), gradient clipping at 
   torch's fused AdamW where the device has it) unless a --variant overrides them.
 - HF: a plain loop as the Hugging Face Trainer runs it by default: `model(input_ids, labels=...)`
   (HF shifts the labels inside: S - 1 scored tokens per row), `gradient_checkpointing_enable` for
-  checkpoint=full, `torch.optim.AdamW(fused=True)` (TrainingArguments' default optim with
+  activation_checkpoint=full, `torch.optim.AdamW(fused=True)` (TrainingArguments' default optim with
   torch >= 2.8), weight decay on matrices only.
 
 Every measurement runs in a fresh process (a worker: this script with --worker), so its peak
@@ -77,7 +77,7 @@ def memtrain_overrides(shape: dict, precision: str, checkpoint: str, device: str
         f"model.max_seq_len={max(shape['seq_len'], 64)}", "data=synthetic", f"data.seq_len={shape['seq_len']}",
         f"data.num_synthetic_tokens={max(200_000, 4 * shape['micro_batch'] * (shape['seq_len'] + 1) * 64)}",
         f"trainer.micro_batch_size={shape['micro_batch']}", "trainer.grad_clip=1.0", "trainer.max_steps=1000",
-        f"trainer.device={device}", f"precision={precision}", f"checkpoint={checkpoint}", *extra,
+        f"trainer.device={device}", f"precision={precision}", f"activation_checkpoint={checkpoint}", *extra,
     ]
 
 
@@ -166,7 +166,7 @@ def _hf_side(cfg, device):
     with torch.device(device):
         model = LlamaForCausalLM(hcfg)
     model.to(dtype=precision.param_dtype).train()
-    if cfg.checkpoint.mode.name == "full":  # HF's equivalent: recompute every decoder layer
+    if cfg.activation_checkpoint.mode.name == "full":  # HF's equivalent: recompute every decoder layer
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     o = cfg.optimizer
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,

@@ -27,10 +27,10 @@ import torch
 from gpu_only import require_cuda  # scripts/bench/ is on sys.path
 
 CONFIGS = {  # name -> memtrain overrides
-    "fp32, no technique": ["precision=fp32", "checkpoint=none", "offload=none"],
-    "bf16": ["precision=bf16", "checkpoint=none", "offload=none"],
-    "bf16 + checkpoint": ["precision=bf16", "checkpoint=full", "offload=none"],
-    "bf16 + checkpoint + offload": ["precision=bf16", "checkpoint=full", "offload=activations_cpu"],
+    "fp32, no technique": ["precision=fp32", "activation_checkpoint=none", "offload=none"],
+    "bf16": ["precision=bf16", "activation_checkpoint=none", "offload=none"],
+    "bf16 + checkpoint": ["precision=bf16", "activation_checkpoint=full", "offload=none"],
+    "bf16 + checkpoint + offload": ["precision=bf16", "activation_checkpoint=full", "offload=activations_cpu"],
 }
 SMOKE = ["model.n_lat=16", "model.n_lon=32", "model.n_levels=3", "data.levels=[1000,850,500]", "model.dim=16",
          "model.window_size=[2,2,4]", "model.depths=[2,2,2,2]", "model.heads=[2,2,2,2]"]
@@ -62,7 +62,7 @@ def one_step(overrides: list[str], steps: int) -> dict:
     with torch.device(device):
         model = spec.build_model(cfg.model)
     model.to(dtype=precision.param_dtype)
-    apply_activation_checkpointing(model, cfg.checkpoint, spec)
+    apply_activation_checkpointing(model, cfg.activation_checkpoint, spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     m, b = cfg.model, cfg.trainer.micro_batch_size
     inputs = {"upper": torch.randn(b, m.n_upper, m.n_levels, m.n_lat, m.n_lon, device=device),

@@ -40,11 +40,11 @@ PADDED = ["data.crop_size=23", "data.max_msa=5"]  # odd sizes: residues and MSA 
 # chain A has an alignment of 4 rows (with 2 MSA rows, 2 extra rows and 1 padding), and every
 # sample with a template (its own structure, sequence masked); checkpointed and chunked. The data
 # root is written into the case's folder before the launch (cases.aligned_chain_data).
-STACKS = ["data.template_source=self", "data.max_msa=2", "data.max_extra_msa=3", "checkpoint=full", "model.chunk_size=5",
+STACKS = ["data.template_source=self", "data.max_msa=2", "data.max_extra_msa=3", "activation_checkpoint=full", "model.chunk_size=5",
           "data.root={dir}/data"]
 FULL_MODEL = {
     "dap2": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap")),
-    "dap2-checkpoint-chunked": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", "checkpoint=full",
+    "dap2-checkpoint-chunked": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", "activation_checkpoint=full",
                                                  "model.chunk_size=4"), slow=True),
     "dap2-padded": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", *PADDED), slow=True),
     "dap2-stacks": Case(2, "train", (*ALPHAFOLD, *DROPOUT, "parallel=dap", *STACKS), slow=True,
@@ -77,7 +77,7 @@ def test_dap_full_model_step_matches_one_process(case, launched, alphafold_refer
 @pytest.mark.slow
 def test_alphafold_recipe_with_dap_on_two_processes_trains_on_real_structures(tmp_path):
     proc = run_cli("train", "+recipe=alphafold", "parallel=dap", "launcher.nproc_per_node=2", "model=alphafold_tiny",
-                   "precision=fp32", "checkpoint=full", "data.crop_size=32", "data.max_msa=8", "trainer.max_steps=36",
+                   "precision=fp32", "activation_checkpoint=full", "data.crop_size=32", "data.max_msa=8", "trainer.max_steps=36",
                    "optimizer.lr=1e-2", "trainer.warmup_steps=4", "trainer.log_every=1", "trainer.save_every=0", f"hydra.run.dir={tmp_path}",
                    timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -34,7 +34,7 @@ CASES = {
     "fsdp-no-reshard": train(2, "parallel=fsdp", "parallel.reshard_after_forward=false", "trainer.micro_batch_size=4",
                              slow=True),
     "fsdp-cpu-offload": train(2, "parallel=fsdp", "offload=params_cpu", "trainer.micro_batch_size=4"),
-    "ddp-activations-cpu-checkpoint-full": train(2, "parallel=ddp", "offload=activations_cpu", "checkpoint=full",
+    "ddp-activations-cpu-checkpoint-full": train(2, "parallel=ddp", "offload=activations_cpu", "activation_checkpoint=full",
                                                  "trainer.micro_batch_size=4"),
     # HSDP's 2-D mesh on 2 ranks (replicated x 1 shard), and on 4 (2 x 2)
     "hsdp-2x1": train(2, "parallel=hsdp", "parallel.dp_replicate=2", "trainer.micro_batch_size=4"),

@@ -46,7 +46,7 @@ CASES = {  # name: (the reference's micro-batch, the case)
     "tp2": (4, mp(2, "parallel=tp", slow=True)),
     "tp2-sequence-parallel": (4, mp(2, "parallel=tp_sp")),
     "ulysses2": (4, mp(2, "parallel=ulysses", slow=True)),
-    "ring2-checkpoint-full": (4, mp(2, "parallel=ring", "checkpoint=full")),
+    "ring2-checkpoint-full": (4, mp(2, "parallel=ring", "activation_checkpoint=full")),
     "fsdp2-x-tp2": (8, mp(4, "parallel=fsdp_tp")),
     "fsdp2-x-ring2": (8, mp(4, "parallel=fsdp", "parallel.sp=2", "parallel.sp_impl=ring", slow=True)),
 }

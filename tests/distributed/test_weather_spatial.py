@@ -18,7 +18,7 @@ PANGU = ["+recipe=weather_swin_tiny", "model.window_size=[2,2,4]", "trainer.micr
 # the data set is written once, into the case's folder, before the launch: the ranks only read it
 DATA = ["data.root={dir}/era5", "data.stats={dir}/era5/stats.nc", "data.synthetic_time_steps=8"]
 # the spatial run also recomputes its blocks (checkpoint=full), halo exchanges included
-CASES = {"spatial2-checkpoint-full": Case(2, "train", (*PANGU, *DATA, "parallel=spatial", "checkpoint=full"),
+CASES = {"spatial2-checkpoint-full": Case(2, "train", (*PANGU, *DATA, "parallel=spatial", "activation_checkpoint=full"),
                                           prepare="era5_32x64")}
 
 

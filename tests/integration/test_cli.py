@@ -47,7 +47,7 @@ def test_estimate_json_has_the_byte_counts():
 
 @pytest.mark.slow  # a command-line run
 def test_estimate_table():
-    proc = run_cli("estimate", "checkpoint=full")
+    proc = run_cli("estimate", "activation_checkpoint=full")
     assert proc.returncode == 0, proc.stderr
     for row in ("parameters", "gradients", "optimizer states", "activations", "total"):
         assert row in proc.stdout
@@ -60,7 +60,7 @@ BAD_INPUTS = [
     (["train", "model.dim=0"], ["model.dim", "at least 1"]),
     (["train", "trainer.max_steps=many"], ["trainer.max_steps", "many", "Integer"]),
     (["train", "model=gpt_huge"], ["'model'", "gpt_huge", "gpt_1b", "gpt_tiny"]),
-    (["train", "checkpoint.mode=sometimes"], ["checkpoint.mode", "none, full, selective"]),
+    (["train", "activation_checkpoint.mode=sometimes"], ["activation_checkpoint.mode", "none, full, selective"]),
     (["estimate", "+recipe=alphafoldx"], ["'recipe'", "alphafoldx", "protein_lm"]),
     (["train", "parallel.tp=2"], ["parallel.tp", "parallel=single", "tp=2"]),
     (["train", "precision=fp16", "precision.loss_scaling=false"], ["precision.loss_scaling", "float16"]),
@@ -89,9 +89,9 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
 
 @pytest.mark.slow  # a command-line run
 def test_bad_job_in_a_sweep_is_refused_before_any_job_runs(tmp_path):
-    proc = run_cli("train", "-m", *TINY, "trainer.max_steps=1", "checkpoint.every_k=1,0", f"hydra.sweep.dir={tmp_path}")
+    proc = run_cli("train", "-m", *TINY, "trainer.max_steps=1", "activation_checkpoint.every_k=1,0", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 2
-    assert "checkpoint.every_k" in proc.stderr
+    assert "activation_checkpoint.every_k" in proc.stderr
     assert not (tmp_path / "0").exists()
 
 

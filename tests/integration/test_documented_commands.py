@@ -131,7 +131,7 @@ SHRINK: dict[str, How] = {
     "memtrain train": How(set=TWO_STEPS, full_slow=True, reason="40 steps: 1-3 minutes on 2 cores"),
     "memtrain train +recipe=protein_lm": How(set=(*TWO_STEPS, "trainer.micro_batch_size=2", "data.seq_len=64"),
                                             reason="2000 steps of 33M parameters"),
-    "memtrain train precision=bf16 checkpoint=full trainer.max_steps=200": How(set=TWO_STEPS),
+    "memtrain train precision=bf16 activation_checkpoint=full trainer.max_steps=200": How(set=TWO_STEPS),
     "memtrain train -m optimizer=adamw,adafactor": How(set=TWO_STEPS, budget=180),
     "memtrain train parallel=fsdp offload=params_cpu": How(set=TWO_STEPS),
     "memtrain train parallel=ddp launcher.nproc_per_node=8": How(

@@ -29,7 +29,7 @@ COMPANIONS = {
     ("parallel", "tp_sp"): ["model.n_kv_heads=4"],
     ("parallel", "spatial"): ["model=pangu_tiny", "data=era5", "model.n_lat=128"],  # 32 latitude tokens: 2 x 4 x 4 divides
 }
-GROUPS = ["model", "parallel", "precision", "optimizer", "offload", "checkpoint", "data", "trainer"]
+GROUPS = ["model", "parallel", "precision", "optimizer", "offload", "activation_checkpoint", "data", "trainer"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 

@@ -13,7 +13,7 @@ from memtrain.memory.estimator import estimate
 from memtrain.memory.from_run import checkpoint_folder, config_from_run
 from tests.conftest import TINY
 
-RUN = [*TINY, "precision=bf16", "checkpoint=full", "model.n_layers=3"]  # what the "run" was started with
+RUN = [*TINY, "precision=bf16", "activation_checkpoint=full", "model.n_layers=3"]  # what the "run" was started with
 
 
 @pytest.fixture

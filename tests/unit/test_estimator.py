@@ -55,10 +55,10 @@ def test_model_states_match_what_a_real_run_allocates(compose, tmp_path, optimiz
 ACTIVATION_CASES = [
     (prec, ck)
     for prec in ("fp32", "bf16")
-    for ck in (["checkpoint=none"], ["checkpoint=full"], ["checkpoint=selective"],
-               ["checkpoint=selective", "checkpoint.policy=attention"],
+    for ck in (["activation_checkpoint=none"], ["activation_checkpoint=full"], ["activation_checkpoint=selective"],
+               ["activation_checkpoint=selective", "activation_checkpoint.policy=attention"],
                # the default fused loss above; the plain loss on full logits here
-               ["checkpoint=none", "model.loss_chunk=0"])
+               ["activation_checkpoint=none", "model.loss_chunk=0"])
 ]
 
 
@@ -78,8 +78,8 @@ def test_activation_model_matches_the_measured_forward(compose, tmp_path, precis
 def test_each_technique_moves_the_estimate_the_right_way():
     base = ["model=gpt_1b", "data=synthetic", "data.seq_len=2048", "trainer.micro_batch_size=2"]
     none = estimate(compose_config(base + ["precision=bf16"]))
-    full = estimate(compose_config(base + ["precision=bf16", "checkpoint=full"]))
-    every2 = estimate(compose_config(base + ["precision=bf16", "checkpoint=selective"]))
+    full = estimate(compose_config(base + ["precision=bf16", "activation_checkpoint=full"]))
+    every2 = estimate(compose_config(base + ["precision=bf16", "activation_checkpoint=selective"]))
     assert full.activations < every2.activations < none.activations
     fp32 = estimate(compose_config(base + ["precision=fp32"]))
     assert fp32.activations > none.activations  # fp32 activations are twice as wide

@@ -145,8 +145,8 @@ def test_offload_moves_model_states_off_the_device(compose, case):
 
 
 def test_activation_offload_keeps_one_block_on_the_device(compose):
-    base = estimate(compose("checkpoint=none"))
-    off = estimate(compose("checkpoint=none", "offload=activations_cpu"))
+    base = estimate(compose("activation_checkpoint=none"))
+    off = estimate(compose("activation_checkpoint=none", "offload=activations_cpu"))
     assert off.host == sum(base.activations_per_block) + base.activations_outside_blocks == base.activations
     assert off.activations == max(*base.activations_per_block, base.activations_outside_blocks)
     assert off.total == base.total - base.activations + off.activations

@@ -19,7 +19,7 @@ DATA = {"gpt": "data=synthetic", "alphafold": "data=structure", "pangu": "data=e
 # a small search space: one GPU, the generic axes pinned; AlphaFold's chunking and attention axes
 # and the micro-batch split stay free
 PINNED = ["hardware.gpus=1", "hardware.gpu_mem_gb=1000", "hardware.host_mem_gb=4000", "precision=bf16",
-          "optimizer=adamw", "offload=none", "checkpoint=full"]
+          "optimizer=adamw", "offload=none", "activation_checkpoint=full"]
 
 
 def model_overrides(option: str) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from memtrain.engine.trainer import Trainer
 
-CONFIG = ["checkpoint=full", "trainer.max_steps=3", "trainer.grad_clip=0"]
+CONFIG = ["activation_checkpoint=full", "trainer.max_steps=3", "trainer.grad_clip=0"]
 
 
 def compiled_blocks(trainer: Trainer) -> list[bool]:

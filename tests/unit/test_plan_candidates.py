@@ -19,7 +19,7 @@ from tests.conftest import TINY
 pytestmark = pytest.mark.xdist_group("planner")
 
 # keys of every planned group set on the command line, so the group swap must re-apply them
-USER_KEYS = ["checkpoint.every_k=3", "parallel.reshard_after_forward=false", "precision.init_scale=1024",
+USER_KEYS = ["activation_checkpoint.every_k=3", "parallel.reshard_after_forward=false", "precision.init_scale=1024",
              "optimizer.weight_decay=0.05", "optimizer.lr=0.002"]
 
 
@@ -53,7 +53,7 @@ def test_group_options_compose_as_hydra_composes_them():
     # a recipe's keys (protein_lm sets optimizer.lr) and the command line's keys of every group,
     # on the options whose files differ most from the defaults
     chosen = {"parallel": ["pp_zbv", "fsdp_tp", "ring"], "precision": ["fp16"], "optimizer": ["lion", "sm3", "mezo"],
-              "offload": ["optimizer_cpu"], "checkpoint": ["selective"]}
+              "offload": ["optimizer_cpu"], "activation_checkpoint": ["selective"]}
     assert check_groups(["+recipe=protein_lm", *USER_KEYS], chosen) == 9
 
 
@@ -83,7 +83,7 @@ def test_a_view_reads_like_the_config_and_replace_copies_only_the_path():
 def test_the_estimate_of_a_view_is_the_estimate_of_the_config():
     for overrides in ([*TINY, "parallel=fsdp", "launcher.nproc_per_node=2", "optimizer=adam_mini"],
                       [*TINY, "parallel=zero2", "launcher.nproc_per_node=2", "precision=bf16"],
-                      ["+recipe=alphafold_tiny", "parallel=fsdp", "launcher.nproc_per_node=2", "checkpoint=selective"],
+                      ["+recipe=alphafold_tiny", "parallel=fsdp", "launcher.nproc_per_node=2", "activation_checkpoint=selective"],
                       [*TINY, "model.n_layers=4", "parallel=pp", "parallel.pp=2", "launcher.nproc_per_node=2"]):
         cfg = load_config([*overrides, "trainer.device=cpu"])
         assert estimate(ConfigView.of(cfg)) == estimate(cfg)
@@ -91,7 +91,7 @@ def test_the_estimate_of_a_view_is_the_estimate_of_the_config():
 
 def test_verified_rows_estimate_the_same_from_hydra():
     # every row composed again by Hydra: the estimate from its config equals the view's
-    p = plan([*TINY, "precision=fp32", "hardware.gpus=2", "hardware.gpu_mem_gb=1", "checkpoint=full",
+    p = plan([*TINY, "precision=fp32", "hardware.gpus=2", "hardware.gpu_mem_gb=1", "activation_checkpoint=full",
               "optimizer=adamw"], verify_top=None)
     assert len(p.rows) > 5 and p.mismatched == 0
 
@@ -119,7 +119,7 @@ def test_the_micro_batch_without_accumulation_is_tried_after_one_that_does_not_f
     8 on one GPU of 1.906 MB usable) 1x8 and 2x4 fit, 4x2 does not (1,914,900 bytes) and 8x1 does
     (1,898,324): pruning after 4x2 must still try 8x1."""
     base = [*(o for o in TINY if not o.startswith(("trainer.micro_batch_size", "data.seq_len"))), "data.seq_len=4",
-            "precision=fp32", "optimizer=adamw", "offload=none", "checkpoint=none", "hardware.gpus=1",
+            "precision=fp32", "optimizer=adamw", "offload=none", "activation_checkpoint=none", "hardware.gpus=1",
             "hardware.mem_usable=1.0", f"hardware.gpu_mem_gb={1_906_612 / 2**30}"]
     pruned = plan(base, global_batch=8, verify_top=0)
     monkeypatch.setattr(planner, "PRUNE_MICRO_BATCHES", False)

@@ -32,7 +32,7 @@ AF_PLAN = ["+recipe=alphafold_tiny", "precision=bf16", "optimizer=adamw", "hardw
 # The tiny decoder (4 blocks, 4 heads, 2 KV heads) on 8 GPUs: every parallel layout, the model-
 # parallel ones included, with the other axes pinned to keep the plan small
 GPT8_PLAN = [*(o for o in TINY if not o.startswith("trainer.micro_batch_size")), "model.n_layers=4", "precision=bf16",
-             "optimizer=adamw", "checkpoint=full", "offload=none", "hardware.gpus=8"]
+             "optimizer=adamw", "activation_checkpoint=full", "offload=none", "hardware.gpus=8"]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_rows_are_ranked_by_the_cost_model(tiny_plan, af_plan, gpt8_plan):
 def test_the_alphafold_plan_covers_dap_and_checkpointing(af_plan):
     parallel = {r.choices["parallel"] for r in af_plan.rows}
     assert {"ddp", "fsdp", "dap=2"} <= parallel
-    assert {r.choices["checkpoint"] for r in af_plan.rows} == {"none", "selective", "full"}
+    assert {r.choices["activation_checkpoint"] for r in af_plan.rows} == {"none", "selective", "full"}
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_fp8_is_offered_only_on_hardware_with_fp8(monkeypatch):
 def test_new_optimizers_are_planned_where_they_run():
     # 4 GiB: DeepSpeed's ZeRO keeps a 5e8-element reduce bucket (2 GB in fp32, memtrain.memory.zero_memory)
     # even for this tiny model, so the ZeRO rows need more than 1 GiB
-    p = plan([*TINY, "precision=fp32", "checkpoint=none", "offload=none", "hardware.gpus=2", "hardware.gpu_mem_gb=4"],
+    p = plan([*TINY, "precision=fp32", "activation_checkpoint=none", "offload=none", "hardware.gpus=2", "hardware.gpu_mem_gb=4"],
              verify_top=0)
     by_layout: dict[str, set[str]] = {}
     for r in p.rows:
@@ -142,7 +142,7 @@ def test_new_optimizers_are_planned_where_they_run():
 
 
 def test_mezo_costs_two_forwards_and_no_backward():
-    base = [*TINY, "precision=fp32", "checkpoint=full", "model.dim=512", "data.seq_len=128"]
+    base = [*TINY, "precision=fp32", "activation_checkpoint=full", "model.dim=512", "data.seq_len=128"]
     cfgs = {o: load_config([*base, f"optimizer={o}"]) for o in ("adamw", "mezo")}
     cost = {o: step_cost(c, estimate(c)) for o, c in cfgs.items()}
     hw, n = cfgs["mezo"].hardware, estimate(cfgs["mezo"]).n_params
@@ -180,7 +180,7 @@ def test_the_top_row_trains_through_the_cli(tiny_plan, tmp_path):
 
 
 def test_hardware_too_small_gives_a_clear_message():
-    p = plan([*TINY_PLAN, "checkpoint=full", "offload=none", "hardware.gpu_mem_gb=0.0001"])
+    p = plan([*TINY_PLAN, "activation_checkpoint=full", "offload=none", "hardware.gpu_mem_gb=0.0001"])
     assert not p.rows and p.too_big
     msg = no_fit_message(p)
     assert "nothing fits" in msg and "hardware.gpu_mem_gb=0.0001" in msg and "GiB per device" in msg
@@ -197,9 +197,9 @@ def test_rows_fit_by_the_step_peak_not_the_sum_of_the_terms():
     full) and understates AlphaFold (the FAPE loss's transient tensors): a GPU between the two
     takes the decoder and refuses AlphaFold, and the rows show the peak."""
     gpt = [*(o for o in TINY if not o.startswith("data.seq_len")), "data.seq_len=4", "precision=fp32",
-           "optimizer=adamw", "offload=none", "checkpoint=none"]
+           "optimizer=adamw", "offload=none", "activation_checkpoint=none"]
     af = ["+recipe=alphafold_tiny", "trainer.device=cpu", "precision=fp32", "optimizer=adamw", "offload=none",
-          "checkpoint=none", "model.chunk_size=null", "model.attention_backend=naive", "trainer.micro_batch_size=1"]
+          "activation_checkpoint=none", "model.chunk_size=null", "model.attention_backend=naive", "trainer.micro_batch_size=1"]
     e_gpt, e_af = est(base=gpt), est(base=af)
     assert e_gpt.peak < e_gpt.total and e_af.total < e_af.peak
     fits = _one_candidate(gpt, (e_gpt.peak + e_gpt.total) // 2)
@@ -211,14 +211,14 @@ def test_rows_fit_by_the_step_peak_not_the_sum_of_the_terms():
 
 @pytest.mark.slow
 def test_cli_table_and_json(capsys):
-    proc = run_cli("plan", *TINY_PLAN, "checkpoint=full", "--top", "2")  # as a user runs it
+    proc = run_cli("plan", *TINY_PLAN, "activation_checkpoint=full", "--top", "2")  # as a user runs it
     assert proc.returncode == 0, proc.stderr
     assert "memtrain plan" in proc.stdout and "GiB dev" in proc.stdout and "memtrain train " in proc.stdout
     from memtrain.cli import (
         plan_command,  # the same entry point, in this interpreter (faster)
     )
 
-    assert plan_command([*TINY_PLAN, "checkpoint=full", "--json", "--top", "2"]) == 0
+    assert plan_command([*TINY_PLAN, "activation_checkpoint=full", "--json", "--top", "2"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert 1 <= len(data["rows"]) <= 2 and data["rows"][0]["command"].startswith("memtrain train")
     assert plan_command([*TINY_PLAN, "hardware.gpu_mem_gb=0.0001"]) == 1
@@ -234,8 +234,8 @@ def est(*overrides, base=TINY):
 def test_checkpointing_lowers_activations():
     # 8 blocks: selective (every 2nd block) keeps 4 blocks + 4 inputs + one recompute buffer
     deep = "model.n_layers=8"
-    assert (est(deep, "checkpoint=full").activations < est(deep, "checkpoint=selective").activations
-            < est(deep, "checkpoint=none").activations)
+    assert (est(deep, "activation_checkpoint=full").activations < est(deep, "activation_checkpoint=selective").activations
+            < est(deep, "activation_checkpoint=none").activations)
 
 
 def test_zero3_divides_parameters_by_dp():
@@ -329,7 +329,7 @@ def test_zero_gradient_reduction_is_exposed_as_deepspeed_is_configured():
 def test_choices_name_the_axes_that_applied():
     # the decoder has no chunk axis: the micro-batch split is labelled micro_batch, not chunk
     free = [o for o in TINY if not o.startswith("trainer.micro_batch_size")]
-    p = plan([*free, "precision=fp32", "optimizer=adamw", "checkpoint=none", "hardware.gpus=1"], verify_top=0)
+    p = plan([*free, "precision=fp32", "optimizer=adamw", "activation_checkpoint=none", "hardware.gpus=1"], verify_top=0)
     assert p.rows
     for row in p.rows:
         assert "chunk" not in row.choices and "attention" not in row.choices
@@ -363,6 +363,6 @@ def test_validate_shrinks_rows_to_this_machine_and_says_what_it_skips(monkeypatc
     # a row whose estimate exceeds this machine's memory is skipped with the reason, without a run
     monkeypatch.setattr(plan_validate, "available_bytes", lambda: 1024)
     monkeypatch.setattr(plan_validate, "_idle_rss", lambda: 0)
-    p = plan([*TINY_PLAN, "checkpoint=full"], verify_top=1)
+    p = plan([*TINY_PLAN, "activation_checkpoint=full"], verify_top=1)
     (entry,) = list(plan_validate.validate_rows(p.rows[:1], steps=1))
     assert entry["measured_peak_bytes"] is None and "GiB available" in entry["skipped"]

@@ -77,7 +77,7 @@ def test_keys_that_do_not_change_state_may_change(compose, tmp_path):
     hyper-parameters are the new run's, not the checkpoint's."""
     _, path = saved_run(compose, tmp_path)
     cfg = compose("trainer.max_steps=4", f"trainer.resume={path}", "optimizer.lr=1e-3", "optimizer.weight_decay=0.3",
-                  "trainer.micro_batch_size=2", "checkpoint=full", "precision=fp16")
+                  "trainer.micro_batch_size=2", "activation_checkpoint=full", "precision=fp16")
     trainer = Trainer(cfg, tmp_path / "second")
     trainer.fit()
     assert trainer.step == 4

@@ -63,9 +63,9 @@ def _grads(compose, tmp_path, *overrides):
 
 
 def test_activation_checkpointing_gives_the_same_gradients(compose, tmp_path):
-    ref_loss, ref = _grads(compose, tmp_path, "checkpoint=none", "model.n_layers=4")
-    for policy in (["checkpoint=full"], ["checkpoint=selective", "checkpoint.every_k=2"],
-                   ["checkpoint=selective", "checkpoint.policy=attention"]):
+    ref_loss, ref = _grads(compose, tmp_path, "activation_checkpoint=none", "model.n_layers=4")
+    for policy in (["activation_checkpoint=full"], ["activation_checkpoint=selective", "activation_checkpoint.every_k=2"],
+                   ["activation_checkpoint=selective", "activation_checkpoint.policy=attention"]):
         loss, grads = _grads(compose, tmp_path, *policy, "model.n_layers=4")
         assert grads.keys() == ref.keys()
         # fp32 on CPU: the recomputation runs the same kernels on the same inputs, so the

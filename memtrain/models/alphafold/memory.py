@@ -487,7 +487,7 @@ def activation_bytes(
             checkpointed_block_ids,  # (imports the model registry)
         )
 
-        ac = cfg.checkpoint
+        ac = cfg.activation_checkpoint
         blocks = _dim(mcfg, "n_extra_msa_blocks")
         extra_last_checkpointed = blocks - 1 in checkpointed_block_ids(
             blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k)

@@ -120,8 +120,8 @@ def validate(cfg: DictConfig) -> None:
     require(not m.templates or cfg.data.max_templates >= 1, "data.max_templates",
             f"the template stack (model.templates=true) needs at least one template slot, got "
             f"data.max_templates={cfg.data.max_templates}; or set model.templates=false")
-    require(not (enum_names(cfg.checkpoint.mode) == "selective" and enum_names(cfg.checkpoint.policy) == "attention"),
-            "checkpoint.policy", "the Evoformer has no single attention core; checkpoint whole blocks",
+    require(not (enum_names(cfg.activation_checkpoint.mode) == "selective" and enum_names(cfg.activation_checkpoint.policy) == "attention"),
+            "activation_checkpoint.policy", "the Evoformer has no single attention core; checkpoint whole blocks",
             allowed=["every_k"])
     require(cfg.trainer.eval_every == 0 or len(cfg.data.eval_chains) > 0, "data.eval_chains",
             f"trainer.eval_every={cfg.trainer.eval_every} evaluates held-out chains: name them, e.g. data.eval_chains=[4zey_A]")

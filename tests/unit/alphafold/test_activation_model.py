@@ -54,7 +54,7 @@ def predicted(cfg) -> tuple[int, int]:
     compute = dtype_of(cfg.precision.compute_dtype).itemsize
     residual = dtype_of(cfg.precision.param_dtype).itemsize
     parts = af_activation_bytes(cfg.model, cfg.trainer.micro_batch_size, cfg.data.seq_len, compute, residual, cfg=cfg)
-    ac = cfg.checkpoint
+    ac = cfg.activation_checkpoint
     per_block, buffer = [], 0
     # the Evoformer's blocks, then the extra-MSA and template pair stacks' (each counted from its first)
     for stack in [{"n_blocks": cfg.model.n_blocks, "block": parts["block"], "block_input": parts["block_input"]},
@@ -69,7 +69,7 @@ def measured(cfg) -> int:
     """Bytes a training forward (model and loss, as the Trainer runs them) leaves allocated."""
     torch.manual_seed(0)
     model = SPEC.build_model(cfg.model).train()
-    apply_activation_checkpointing(model, cfg.checkpoint, SPEC)
+    apply_activation_checkpointing(model, cfg.activation_checkpoint, SPEC)
     batch = random_batch(b=cfg.trainer.micro_batch_size, n_seq=cfg.data.max_msa, n_res=cfg.data.crop_size,
                          n_extra=cfg.data.max_extra_msa, n_templ=cfg.data.max_templates)
     precision = Precision.from_config(cfg.precision, "cpu")
@@ -103,7 +103,7 @@ def case_config(crop, msa, precision, backend, ckpt, batch, chunk, extra=6, temp
     """alphafold_tiny (2 Evoformer, 2 extra-MSA and 2 template pair blocks) with `extra` extra-MSA
     rows and `templates` templates (and the dotted `keys` set, as compose_af)."""
     return compose_af(precision=precision, data__crop_size=crop, data__max_msa=msa, model__attention_backend=backend,
-                      checkpoint__mode=ckpt, trainer__micro_batch_size=batch, model__chunk_size=chunk,
+                      activation_checkpoint__mode=ckpt, trainer__micro_batch_size=batch, model__chunk_size=chunk,
                       data__max_extra_msa=extra, data__max_templates=templates, **keys)
 
 
@@ -227,7 +227,7 @@ def test_published_config_moves_the_right_way():
     """model=alphafold at the recipe's crop 256 and 128 MSA rows, one sample."""
 
     def acts(precision: str, mode: str, backend: str = "naive") -> int:
-        cfg = compose_af("alphafold", precision, data__crop_size=256, data__max_msa=128, checkpoint__mode=mode,
+        cfg = compose_af("alphafold", precision, data__crop_size=256, data__max_msa=128, activation_checkpoint__mode=mode,
                          model__attention_backend=backend)
         return predicted(cfg)[0]
 

@@ -26,7 +26,7 @@ CASES = [
 
 @pytest.mark.parametrize("recipe,precision,ckpt", CASES, ids=["-".join(c) for c in CASES])
 def test_activation_model_matches_the_measured_forward(tmp_path, recipe, precision, ckpt):
-    cfg = load_config([f"+recipe={recipe}", f"precision={precision}", f"checkpoint={ckpt}", "trainer.device=cpu"])
+    cfg = load_config([f"+recipe={recipe}", f"precision={precision}", f"activation_checkpoint={ckpt}", "trainer.device=cpu"])
     trainer = Trainer(cfg, tmp_path)
     measured = trainer_forward_held_bytes(trainer)
     est = estimate(cfg)

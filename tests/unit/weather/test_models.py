@@ -116,7 +116,7 @@ TINY_RECIPE = ["trainer.device=cpu", "trainer.max_steps=12", "trainer.micro_batc
 # weather_fuxi_tiny (lr 1e-2) passed this test too (its loss fell by more than 30% in 12 steps); left out
 # to keep the suite short: test_trainer smoke-runs every recipe
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe,extra", [("weather_swin_tiny", ["model.window_size=[2,2,4]", "checkpoint=full"])])
+@pytest.mark.parametrize("recipe,extra", [("weather_swin_tiny", ["model.window_size=[2,2,4]", "activation_checkpoint=full"])])
 def test_tiny_recipe_trains_through_the_cli_and_its_loss_falls(tmp_path, recipe, extra):
     proc = run_cli("train", f"+recipe={recipe}", *TINY_RECIPE, *extra, f"hydra.run.dir={tmp_path}", timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

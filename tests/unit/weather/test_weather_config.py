@@ -39,9 +39,9 @@ def test_spatial_pangu_grid_that_divides_is_accepted_and_splits_the_blocks():
 
 def test_estimator_sizes_pangu_at_quarter_degree():
     base = ["+recipe=weather_swin", "trainer.device=cpu"]
-    plain = estimate(load_config([*base, "precision=fp32", "checkpoint=none"]))
-    bf16 = estimate(load_config([*base, "precision=bf16", "checkpoint=none"]))
-    ckpt = estimate(load_config([*base, "precision=bf16", "checkpoint=full"]))
+    plain = estimate(load_config([*base, "precision=fp32", "activation_checkpoint=none"]))
+    bf16 = estimate(load_config([*base, "precision=bf16", "activation_checkpoint=none"]))
+    ckpt = estimate(load_config([*base, "precision=bf16", "activation_checkpoint=full"]))
     assert 63e6 < plain.n_params < 65e6
     # activations dominate at 721 x 1440 and each technique lowers the device total
     assert plain.activations > 10 * (plain.params + plain.grads + plain.optimizer)
