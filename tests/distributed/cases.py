@@ -149,7 +149,8 @@ def fp16_skip(folder: Path, *overrides: str) -> list:
 
 def dap_comm(folder: Path) -> str:
     """DAP's communication pairs on every rank against the full tensors (same seed everywhere)."""
-    from memtrain.distributed.dap import col_to_row, gather, gather_replicated, pad_to_multiple, row_to_col, scatter
+    from memtrain.distributed.collectives import gather, gather_replicated, pad_to_multiple, scatter
+    from memtrain.distributed.dap import col_to_row, row_to_col
 
     group, rank, n = dist.group.WORLD, dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
@@ -198,7 +199,7 @@ def _sp_reference(q, k, v, w):
 
 
 def _sp_check(name, attention, impl, heads, kv_heads, seq, group):
-    from memtrain.distributed.sequence_parallel import shard_positions
+    from memtrain.distributed.context_parallel import shard_positions
 
     n, r = dist.get_world_size(group), dist.get_rank(group)
     g = torch.Generator().manual_seed(seq * 100 + heads * 10 + kv_heads)  # the same tensors on every rank
@@ -222,7 +223,7 @@ def _sp_check(name, attention, impl, heads, kv_heads, seq, group):
 def sp_attention(folder: Path) -> list[str]:
     """Ulysses and Ring Attention on each rank's shard of q, k, v against causal SDPA on the whole
     sequence, forward and backward, for several head / KV-head counts; the names of the checks."""
-    from memtrain.distributed.sequence_parallel import RingAttention, UlyssesAttention
+    from memtrain.distributed.context_parallel import RingAttention, UlyssesAttention
     from memtrain.models.gpt.model import CoreAttention
 
     group = dist.new_group(list(range(dist.get_world_size())))

@@ -37,7 +37,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from memtrain.config.errors import enum_names
-from memtrain.distributed.dap import all_reduce_gradients
+from memtrain.distributed.collectives import all_reduce_gradients
 from memtrain.distributed.sequence_parallel import (
     RingAttention,
     SequenceShardedBatches,
