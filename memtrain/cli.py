@@ -389,6 +389,10 @@ def _main(argv: list[str]) -> int:
     if command != "submit" and wants_help(rest):  # submit's argparse prints its own
         print(command_help(command))
         return 0
+    if command in ("train", "estimate", "plan", "submit"):  # renamed keys under their new names, before
+        from memtrain.config.renames import rename_overrides  # memtrain or Hydra reads them
+
+        rest = rename_overrides(rest, "the command line")
     try:
         return commands[command](rest)
     except UserError as exc:  # bad input met by any command: one paragraph, exit 2

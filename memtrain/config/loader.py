@@ -32,9 +32,11 @@ def register_all() -> None:
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose conf/train.yaml with `overrides` (Hydra syntax) outside of a Hydra job."""
+    from memtrain.config.renames import rename_overrides
+
     register_all()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides or []))
+        return compose(config_name="train", overrides=rename_overrides(list(overrides or [])))
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:

@@ -198,7 +198,7 @@ def _sp_reference(q, k, v, w):
     return out.detach(), q.grad, k.grad, v.grad
 
 
-def _sp_check(name, attention, impl, heads, kv_heads, seq, group):
+def _cp_check(name, attention, impl, heads, kv_heads, seq, group):
     from memtrain.distributed.context_parallel import shard_positions
 
     n, r = dist.get_world_size(group), dist.get_rank(group)
@@ -220,7 +220,7 @@ def _sp_check(name, attention, impl, heads, kv_heads, seq, group):
         torch.testing.assert_close(got, want[:, :, pos], **tol, msg=f"{name}: {what}")
 
 
-def sp_attention(folder: Path) -> list[str]:
+def cp_attention(folder: Path) -> list[str]:
     """Ulysses and Ring Attention on each rank's shard of q, k, v against causal SDPA on the whole
     sequence, forward and backward, for several head / KV-head counts; the names of the checks."""
     from memtrain.distributed.context_parallel import RingAttention, UlyssesAttention
@@ -231,8 +231,8 @@ def sp_attention(folder: Path) -> list[str]:
     ring, ulysses = RingAttention(group), UlyssesAttention(CoreAttention(), group)
     done = []
     for heads, kv_heads in ((4, 4), (4, 2), (4, 1)):
-        _sp_check(f"ring h{heads} kv{kv_heads}", ring, "ring", heads, kv_heads, 8 * n, group)
-        _sp_check(f"ulysses h{heads} kv{kv_heads}", ulysses, "ulysses", heads, kv_heads, 6 * n, group)
+        _cp_check(f"ring h{heads} kv{kv_heads}", ring, "ring", heads, kv_heads, 8 * n, group)
+        _cp_check(f"ulysses h{heads} kv{kv_heads}", ulysses, "ulysses", heads, kv_heads, 6 * n, group)
         done += [f"ring h{heads} kv{kv_heads}", f"ulysses h{heads} kv{kv_heads}"]
     dist.destroy_process_group(group)
     return done
