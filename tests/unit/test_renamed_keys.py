@@ -131,3 +131,10 @@ def test_a_run_resumes_from_an_old_meta_json(compose, tmp_path, capsys):
     records = resumed.fit()
     assert resumed.step == 3 and [r["step"] for r in records] == [3]
     assert len(deprecation_lines(capsys.readouterr().err)) == 1
+
+
+def test_the_old_module_path_reexports_context_parallelism():
+    from memtrain.distributed import context_parallel, sequence_parallel
+
+    assert sequence_parallel.RingAttention is context_parallel.RingAttention
+    assert sequence_parallel.shard_positions is context_parallel.shard_positions
