@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-# old dotted key -> new dotted key (the leaf may move within its group only)
+# old key -> new key: a config group (top level) or group.leaf, renamed in place (same parent)
 RENAMED_KEYS = {
     "parallel.sp": "parallel.cp",
     "parallel.sp_impl": "parallel.cp_impl",
@@ -36,8 +36,8 @@ def _deprecated(old_keys: list[str], where: str) -> None:
         return
     _reported.update(fresh)
     names = ", ".join(f"{k} is now {RENAMED_KEYS[k]}" for k in fresh)
-    print(f"memtrain: deprecated config keys in {where}: {names} (context parallelism); the old names are read "
-          f"until {REMOVED_IN}", file=sys.stderr, flush=True)
+    print(f"memtrain: deprecated config keys in {where}: {names}; the old names are read until {REMOVED_IN}",
+          file=sys.stderr, flush=True)
 
 
 def _split_override(override: str) -> tuple[str, str, str]:
@@ -70,12 +70,12 @@ def rename_stored_config(config: Any, where: str = "a stored config") -> Any:
     if not isinstance(config, dict):
         return config
     old = []
-    for old_key, new_key in RENAMED_KEYS.items():
-        group, leaf = old_key.split(".", 1)
-        node = config.get(group)
+    for old_key, new_key in RENAMED_KEYS.items():  # a top-level key (a group) or group.leaf
+        parent, _, leaf = old_key.rpartition(".")
+        node = config.get(parent) if parent else config
         if isinstance(node, dict) and leaf in node:
             value = node.pop(leaf)
-            node.setdefault(new_key.split(".", 1)[1], value)
+            node.setdefault(new_key.rpartition(".")[2], value)
             old.append(old_key)
     if old:
         for key, mapping in RENAMED_VALUES.items():
