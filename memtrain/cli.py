@@ -393,7 +393,7 @@ def _main(argv: list[str]) -> int:
         print(command_help(command))
         return 0
     if command in OVERRIDE_COMMANDS:  # before memtrain's checks and Hydra (train's sys.argv) read them
-        rest = rename_overrides(rest)
+        rest = rename_overrides(rest, "the command line")
     try:
         return commands[command](rest)
     except UserError as exc:  # bad input met by any command: one paragraph, exit 2

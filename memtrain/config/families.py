@@ -12,7 +12,7 @@ so a config error or `memtrain estimate` never imports the other families' model
 Model-parallel dimensions (memtrain.distributed.mesh.DIMS less the data-parallel ones):
 
     tp       Megatron tensor parallelism (parallel.tp; with parallel.tp_sp, Megatron sequence parallelism)
-    sp       context parallelism: the sequence split over ranks, attention by Ulysses or Ring (parallel.sp_impl)
+    cp       context parallelism: the sequence split over ranks, attention by Ulysses or Ring (parallel.cp_impl)
     dap      Dynamic Axial Parallelism (FastFold): AlphaFold's MSA and pair representations split along an axis
     spatial  a sample's latitude grid split in slabs (weather models)
     pp       pipeline parallelism: the blocks split into stages (the ModelSpec's pipeline_fn)
@@ -39,7 +39,7 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 MODEL_PARALLEL_DIMS = {
     "tp": "tensor parallelism",
-    "sp": "context (sequence) parallelism, Ulysses or Ring",
+    "cp": "context (sequence) parallelism, Ulysses or Ring",
     "dap": "Dynamic Axial Parallelism",
     "spatial": "spatial parallelism of the latitude grid",
     "pp": "pipeline parallelism",

@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from memtrain.config.errors import ConfigError
 
 # Outermost first: pipeline stages span nodes, tensor parallelism stays inside a node.
-DIMS = ("pp", "dp_replicate", "dp_shard", "spatial", "sp", "dap", "tp")
+DIMS = ("pp", "dp_replicate", "dp_shard", "spatial", "cp", "dap", "tp")
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ParallelDims:
     dp_shard: int
     tp: int
     pp: int
-    sp: int
+    cp: int
     dap: int
     world_size: int
     spatial: int = 1  # one sample's grid split in slabs (weather models)
@@ -58,9 +58,9 @@ class ParallelDims:
     @property
     def batch_shards(self) -> int:
         """Ranks that score disjoint targets: data-parallel ranks take different samples and
-        sequence-parallel ranks different positions of them; tensor-parallel (and dap) ranks
+        context-parallel ranks different positions of them; tensor-parallel (and dap) ranks
         score the same ones."""
-        return self.dp * self.sp
+        return self.dp * self.cp
 
     def build_mesh(self, device_type: str) -> DeviceMesh:
         shape = tuple(getattr(self, d) for d in DIMS)

@@ -7,12 +7,12 @@ config error is reported without importing the backends.
 
     option        backend    data parallel  ZeRO stage  offloads of model states  model-parallel dims
     single        torch      none           0           -                         -
-    ddp           torch      replicate      0           -                         sp, pp
-    fsdp          torch      shard          3 (FSDP2)   params_cpu                tp, sp, pp
-    hsdp          torch      hybrid         3 (FSDP2)   params_cpu                tp, sp, pp
+    ddp           torch      replicate      0           -                         cp, pp
+    fsdp          torch      shard          3 (FSDP2)   params_cpu                tp, cp, pp
+    hsdp          torch      hybrid         3 (FSDP2)   params_cpu                tp, cp, pp
     zero1, zero2  deepspeed  shard          1, 2        optimizer_cpu             -
     zero3         deepspeed  shard          3           optimizer_cpu, params_cpu, nvme
-    dap, pp, tp, sp, spatial: torch, no data parallelism of their own, their own dimension
+    dap, pp, tp, cp, spatial: torch, no data parallelism of their own, their own dimension
 
 Every option takes activations_cpu (torch.autograd.graph.save_on_cpu) and none.
 
@@ -157,9 +157,9 @@ _N, _R, _S, _H = DataParallel.NONE, DataParallel.REPLICATE, DataParallel.SHARD, 
 
 PARALLEL_REGISTRY: tuple[ParallelOption, ...] = (
     ParallelOption("single", _T, _N, 0, _EVERY, (), (), needs_process_group=False, zeroth_order=True),
-    ParallelOption("ddp", _T, _R, 0, _EVERY, ("sp", "pp"), _BOTH_DP, zeroth_order=True),
-    ParallelOption("fsdp", _T, _S, 3, ("none", "params_cpu", "activations_cpu"), ("tp", "sp", "pp"), _BOTH_DP),
-    ParallelOption("hsdp", _T, _H, 3, ("none", "params_cpu", "activations_cpu"), ("tp", "sp", "pp"), _BOTH_DP),
+    ParallelOption("ddp", _T, _R, 0, _EVERY, ("cp", "pp"), _BOTH_DP, zeroth_order=True),
+    ParallelOption("fsdp", _T, _S, 3, ("none", "params_cpu", "activations_cpu"), ("tp", "cp", "pp"), _BOTH_DP),
+    ParallelOption("hsdp", _T, _H, 3, ("none", "params_cpu", "activations_cpu"), ("tp", "cp", "pp"), _BOTH_DP),
     ParallelOption("zero1", _D, _S, 1, ("none", "optimizer_cpu", "activations_cpu"), (), _BOTH_DP, compiles=False),
     ParallelOption("zero2", _D, _S, 2, ("none", "optimizer_cpu", "activations_cpu"), (), _BOTH_DP, compiles=False),
     ParallelOption("zero3", _D, _S, 3, ("none", "optimizer_cpu", "params_cpu", "nvme", "activations_cpu"), (),
@@ -167,7 +167,7 @@ PARALLEL_REGISTRY: tuple[ParallelOption, ...] = (
     ParallelOption("dap", _T, _N, 0, _EVERY, ("dap",), ("dp_replicate",)),
     ParallelOption("pp", _T, _N, 0, _EVERY, ("pp",), _BOTH_DP),
     ParallelOption("tp", _T, _N, 0, _EVERY, ("tp",), ()),
-    ParallelOption("sp", _T, _N, 0, _EVERY, ("sp",), ()),
+    ParallelOption("cp", _T, _N, 0, _EVERY, ("cp",), ()),
     ParallelOption("spatial", _T, _N, 0, _EVERY, ("spatial",), ()),
 )
 OFFLOAD_REGISTRY: tuple[OffloadOption, ...] = (

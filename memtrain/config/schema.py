@@ -66,8 +66,8 @@ class TemplateSource(Enum):
     self = "self"  # the target's own structure with its sequence masked (tests, ablations)
 
 
-class SequenceParallelImpl(Enum):
-    """How parallel.sp splits attention over the sequence shards."""
+class ContextParallelImpl(Enum):
+    """How parallel.cp splits attention over the sequence shards."""
 
     ulysses = "ulysses"  # DeepSpeed-Ulysses: all-to-all from sequence to heads and back
     ring = "ring"  # Ring Attention: K/V blocks passed around the ring, online-softmax merge
@@ -147,12 +147,12 @@ class ParallelConfig:
     """Degrees of every parallel dimension; their product must equal the world size. One degree
     may be -1: it takes whatever the others leave of the world size."""
 
-    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap | tp | sp | pp | spatial
+    name: str = "single"  # single | ddp | fsdp | hsdp | zero1 | zero2 | zero3 | dap | tp | cp | pp | spatial
     dp_replicate: int = 1
     dp_shard: int = 1
     tp: int = 1
     pp: int = 1
-    sp: int = 1
+    cp: int = 1
     dap: int = 1
     spatial: int = 1  # parallel=spatial: ranks sharing one sample, its latitude axis split over them
     reshard_after_forward: bool = True  # fsdp/hsdp: free gathered parameters after the forward
@@ -164,7 +164,7 @@ class ParallelConfig:
     pp_microbatches: int = checked(4, ge=1)
     pp_stages_per_rank: int = checked(1, ge=1)
     tp_sp: bool = False  # tp>1: Megatron sequence parallelism (norms and residuals sharded along the sequence)
-    sp_impl: SequenceParallelImpl = SequenceParallelImpl.ulysses  # sp>1: how attention crosses the shards
+    cp_impl: ContextParallelImpl = ContextParallelImpl.ulysses  # cp>1: how attention crosses the shards
 
 
 @dataclass

@@ -158,16 +158,16 @@ def _require_composes(p: DictConfig, dim: str) -> None:
 
 
 def _validate_model_parallel(p: DictConfig) -> None:
-    """Which parallel options tensor (tp) and sequence (sp) parallelism compose with."""
-    tp, sp = p.tp != 1, p.sp != 1
+    """Which parallel options tensor (tp) and context (cp) parallelism compose with."""
+    tp, cp = p.tp != 1, p.cp != 1
     require(not p.tp_sp or tp, "parallel.tp_sp", "sequence parallelism of the norms needs parallel.tp > 1")
-    require(not (tp and sp), "parallel.sp", f"parallel.tp={p.tp} with parallel.sp={p.sp}: tensor and sequence "
+    require(not (tp and cp), "parallel.cp", f"parallel.tp={p.tp} with parallel.cp={p.cp}: tensor and context "
                                             "parallelism together are not supported; choose one")
-    require(not ((tp or sp) and p.pp != 1), "parallel.pp",
-            f"parallel.pp={p.pp} with parallel.tp={p.tp}, parallel.sp={p.sp}: pipeline stages do not take a "
-            "tensor- or sequence-parallel plan yet; use pipeline parallelism with data parallelism only")
+    require(not ((tp or cp) and p.pp != 1), "parallel.pp",
+            f"parallel.pp={p.pp} with parallel.tp={p.tp}, parallel.cp={p.cp}: pipeline stages do not take a "
+            "tensor- or context-parallel plan yet; use pipeline parallelism with data parallelism only")
     _require_composes(p, "tp")
-    _require_composes(p, "sp")
+    _require_composes(p, "cp")
 
 
 def _path_kind(key: str, path: Path) -> str:

@@ -8,7 +8,7 @@ and the backward of a roll by k is the roll by -k. `cyclic_shift` is that pair.
 
 Every rank keeps all parameters; each computes the part of their gradients that its slab
 contributes, so the gradients are summed over the group after backward (`all_reduce_gradients`
-of memtrain.distributed.dap). Every collective takes its process group as an argument.
+of memtrain.distributed.collectives). Every collective takes its process group as an argument.
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """meta.json of checkpoint folder `path` as a dict with an integer 'step'; CheckpointError (naming
+    """meta.json of checkpoint folder `path` as a dict with an integer 'step', its "config" with the keys an
+    older release named otherwise under their new names (memtrain.config.aliases); CheckpointError (naming
     the file) when it is missing, unreadable or not what memtrain writes."""
     path = Path(path)
     file = path / META_FILE
@@ -206,7 +207,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             or meta["step"] < 0:
         raise CheckpointError(f"{file}: not a memtrain checkpoint record (expected a JSON object with a "
                               "non-negative integer 'step')")
-    upgrade_stored_config(meta.get("config"))  # a config an older release stored, under today's group names
+    upgrade_stored_config(meta.get("config"), str(file))  # a config an older release stored, under today's group names
     return meta
 
 

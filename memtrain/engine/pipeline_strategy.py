@@ -57,7 +57,7 @@ class PipelineStrategy(TorchStrategy):
         not fit DDP's reducer (its first-iteration bucket rebuild counts every micro-batch)."""
         cfg, mesh = self.cfg, self.mesh
         # the model's own parallelism (spec.parallelize) was applied by the trainer to the whole
-        # model before the split, and pp with tp/sp is refused by validation for now
+        # model before the split, and pp with tp/cp is refused by validation for now
         if parallel_option(cfg).fsdp or mesh["dp_replicate"].size() > 1:
             from memtrain.distributed.fsdp import apply_fsdp
 

@@ -8,7 +8,7 @@ tensor of N bytes sends (n-1)/n N, a point-to-point pass sends N.
 
 One function per mesh dimension in COMM (name -> fn(cfg, dims, ctx) -> {collective: bytes});
 a dimension whose degree is 1 sends nothing. Another dimension (e.g. pipeline stages, "pp") is
-added by registering its function in COMM. The tp and sp entries read the decoder's shape
+added by registering its function in COMM. The tp and cp entries read the decoder's shape
 (model.dim, n_heads, n_kv_heads, n_layers, vocab_size): only the GPT family supports them.
 """
 
@@ -61,8 +61,8 @@ def dp_shard(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str,
 
 
 def _tokens(cfg: DictConfig, dims: ParallelDims) -> int:
-    """Tokens of one micro-batch on this device (its sequence shard under sp)."""
-    return cfg.trainer.micro_batch_size * cfg.data.seq_len // dims.sp
+    """Tokens of one micro-batch on this device (its sequence shard under cp)."""
+    return cfg.trainer.micro_batch_size * cfg.data.seq_len // dims.cp
 
 
 def tp(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str, float]:
@@ -87,19 +87,19 @@ def tp(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str, float
             "all_gather_logits": ctx.micro_batches * _ring(n) * tokens * m.vocab_size * ctx.compute_bytes}
 
 
-def sp(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str, float]:
+def cp(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str, float]:
     """Ulysses per layer and micro-batch: all-to-alls of q, k, v, out in the forward and of their
-    gradients in the backward (K/V repeated to H heads when n_kv_heads is not divisible by sp).
-    Ring per layer and micro-batch: sp - 1 passes of the local K/V in the forward and again in the
-    backward, plus sp passes of their fp32 gradients. Both: the fp32 gradients summed over sp."""
+    gradients in the backward (K/V repeated to H heads when n_kv_heads is not divisible by cp).
+    Ring per layer and micro-batch: cp - 1 passes of the local K/V in the forward and again in the
+    backward, plus cp passes of their fp32 gradients. Both: the fp32 gradients summed over cp."""
     from memtrain.config.errors import enum_names
 
-    n, m = dims.sp, cfg.model
+    n, m = dims.cp, cfg.model
     dh = m.dim // m.n_heads
     kv = m.n_kv_heads or m.n_heads
     tokens = _tokens(cfg, dims)
     per_layer: dict[str, float]
-    if enum_names(cfg.parallel.sp_impl) == "ulysses":
+    if enum_names(cfg.parallel.cp_impl) == "ulysses":
         kv_heads = kv if kv % n == 0 else m.n_heads
         per_layer = {"all_to_all_attention": 2 * _ring(n) * tokens * dh * (2 * m.n_heads + 2 * kv_heads) * ctx.compute_bytes}
     else:
@@ -114,7 +114,7 @@ COMM: dict[str, Callable[[DictConfig, ParallelDims, CommContext], dict[str, floa
     "dp_replicate": dp_replicate,
     "dp_shard": dp_shard,
     "tp": tp,
-    "sp": sp,
+    "cp": cp,
 }
 
 

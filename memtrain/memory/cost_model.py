@@ -1,19 +1,19 @@
 """A simple, stated cost model of one optimizer step, per device, for `memtrain plan`.
 
     step = compute + recompute + exposed data-parallel communication + model-parallel (dap, tp,
-           sp, pp) communication + offload traffic and host optimizer + fixed per-block latency
+           cp, pp) communication + offload traffic and host optimizer + fixed per-block latency
 
 compute: forward FLOPs x 3 (the backward pass costs two forwards) at hardware.mfu of the peak of the
 compute dtype (fp32: the non-tensor-core peak, torch's default without TF32). recompute: one more
 forward of every checkpointed block (activation_checkpoint=full or selective every_k). Model parallelism
-divides a block's FLOPs by dap x tp x sp and the blocks by pp; pipeline stages add the schedule's
+divides a block's FLOPs by dap x tp x cp and the blocks by pp; pipeline stages add the schedule's
 bubble (bubble_fraction). MeZO (a zeroth-order optimizer) runs two forwards and no backward.
 Communication: the bytes each device sends per step in every mesh dimension, from
 memtrain.memory.comm (est.comm_bytes), over NVLink when the dimension's groups stay inside a node
 and over the network when they span nodes (spans_nodes). DDP/ZeRO overlap the data-parallel part
 with the backward, FSDP with the whole step, so only the part longer than that is exposed; ZeRO's
 gradient reduction overlaps only where memtrain's DeepSpeed config sets overlap_comm (it does not),
-ZeRO-1/2's parameter all-gather follows the optimizer step (exposed_dp_seconds); DAP, tp, sp and pp
+ZeRO-1/2's parameter all-gather follows the optimizer step (exposed_dp_seconds); DAP, tp, cp and pp
 communication sits on the critical path. The planner ranks by progress_s: step time x the
 optimizer steps one first-order step's progress takes (STEPS_RELATIVE: MeZO 100).
 Offload moves bytes over PCIe and runs the optimizer on the host (hardware.cpu_optimizer_*).
@@ -125,7 +125,7 @@ def spans_nodes(dims: ParallelDims, dim: str, gpus_per_node: int) -> bool:
 
 
 # dimensions whose collectives overlap with compute (gradient buckets, FSDP prefetch); the model-
-# parallel ones (tp, sp, pp, dap) sit on the critical path
+# parallel ones (tp, cp, pp, dap) sit on the critical path
 DATA_PARALLEL = ("dp_replicate", "dp_shard")
 
 
@@ -222,10 +222,10 @@ def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
     accum = cfg.trainer.grad_accum
     block, outside, core = forward_flops(cfg)
     # model parallelism splits each block's work: DAP the Evoformer's representations, tp the heads
-    # and hidden units, sp the tokens; what runs outside the blocks is replicated under DAP and split
-    # under tp (vocabulary-parallel output) and sp (its tokens)
-    split = dims.dap * dims.tp * dims.sp
-    block, core, outside = block / split, core / split, outside / (dims.tp * dims.sp)
+    # and hidden units, cp the tokens; what runs outside the blocks is replicated under DAP and split
+    # under tp (vocabulary-parallel output) and cp (its tokens)
+    split = dims.dap * dims.tp * dims.cp
+    block, core, outside = block / split, core / split, outside / (dims.tp * dims.cp)
     rate = peak_flops(hw, enum_names(cfg.precision.compute_dtype)) * hw.mfu
     # pipeline stages: a rank runs its n_blocks / pp blocks (and, the last rank, the head)
     forward = n_blocks / dims.pp * block + outside

@@ -228,7 +228,7 @@ def model_states(cfg: DictConfig, units: list[list[torch.Size]], dims: ParallelD
 
 def activation_parts(cfg: DictConfig, dims: ParallelDims) -> dict[str, float]:
     """The spec's activation parts (ModelSpec.activation_bytes) for one rank: with QAT's or FP8's
-    change, split over the dap, tp, sp or spatial ranks that share a block."""
+    change, split over the dap, tp, cp or spatial ranks that share a block."""
     spec = get_spec(cfg.model.arch)
     compute = dtype_of(cfg.precision.compute_dtype).itemsize
     # FSDP's mixed-precision policy and DeepSpeed both compute with low-precision parameters, so
@@ -296,13 +296,13 @@ def tp_units(units: list[list[torch.Size]], tp: int) -> list[list[torch.Size]]:
 
 
 def model_parallel_activations(parts: dict[str, float], cfg: DictConfig, dims: ParallelDims) -> dict[str, float]:
-    """Saved activations under tensor and sequence parallelism. tp: the tensors inside the column/row
+    """Saved activations under tensor and context parallelism. tp: the tensors inside the column/row
     parallel regions (q, k, v, attention, FFN hidden) split tp ways; the spec's `tp_replicated`
     share of a block (norms and their inputs) and the block input split too only with tp_sp
     (Korthikanti et al. 2022, Table 2). Outside the blocks only the spec's `vocab_parallel` share
     is split (the fused, vocabulary-parallel loss head's weight gradient); plain logits are
-    all-gathered for the loss. sp: every per-token tensor, inside and outside the blocks, is split sp
-    ways (Ulysses holds all positions of H / sp heads inside attention: the same bytes)."""
+    all-gathered for the loss. cp: every per-token tensor, inside and outside the blocks, is split cp
+    ways (Ulysses holds all positions of H / cp heads inside attention: the same bytes)."""
     parts = dict(parts)
     if dims.tp > 1:
         repl = parts.get("tp_replicated", 0.0)
@@ -312,9 +312,9 @@ def model_parallel_activations(parts: dict[str, float], cfg: DictConfig, dims: P
             parts["block_input"] /= dims.tp
         vocab = parts.get("vocab_parallel", 0.0)  # a vocabulary-parallel loss head's share
         parts["outside_blocks"] -= vocab - vocab / dims.tp
-    if dims.sp > 1:
+    if dims.cp > 1:
         for key in ("block", "block_input", "attention_core_freed", "outside_blocks"):
-            parts[key] /= dims.sp
+            parts[key] /= dims.cp
     return parts
 
 

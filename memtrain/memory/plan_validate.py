@@ -34,7 +34,7 @@ def _idle_rss() -> int:
     return int(out.stdout.strip())
 
 
-DEGREES = ("parallel.tp", "parallel.sp", "parallel.pp", "parallel.dap", "parallel.dp_replicate")
+DEGREES = ("parallel.tp", "parallel.cp", "parallel.pp", "parallel.dap", "parallel.dp_replicate")
 
 
 def shrink(overrides: list[str], slots: int) -> tuple[list[str], str | None]:

@@ -144,7 +144,7 @@ PP_SCHEDULES = (("1f1b", 1), ("interleaved_1f1b", 2), ("zbv", 2))  # (schedule, 
 
 
 def model_parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
-    """Tensor (tp), sequence (Ulysses, Ring) and pipeline (pp) parallelism at power-of-two degrees
+    """Tensor (tp), context (cp: Ulysses, Ring) and pipeline (pp) parallelism at power-of-two degrees
     dividing a node's GPUs, for the models that support them. A degree that takes the whole machine
     uses parallel=tp|ulysses|ring; a smaller one composes with FSDP over the remaining ranks
     (pipelines with DDP replicas). Degrees the model cannot split (heads for tp and Ulysses, blocks
@@ -159,14 +159,14 @@ def model_parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
             if m.n_heads % d == 0 and kv % d == 0:
                 out.append(Option(f"tp={d}", (("parallel", "tp"), ("parallel.tp", d))) if d == ctx.world else
                            Option(f"fsdp+tp={d}", (("parallel", "fsdp"), ("parallel.tp", d), ("parallel.dp_shard", -1))))
-    if "sp" in spec.model_parallel:
+    if "cp" in spec.model_parallel:
         for d in degrees:
             for impl in ("ulysses", "ring"):
                 if impl == "ulysses" and m.n_heads % d:
                     continue
-                out.append(Option(f"{impl}={d}", (("parallel", impl), ("parallel.sp", d))) if d == ctx.world else
-                           Option(f"fsdp+{impl}={d}", (("parallel", "fsdp"), ("parallel.sp", d),
-                                                       ("parallel.sp_impl", impl), ("parallel.dp_shard", -1))))
+                out.append(Option(f"{impl}={d}", (("parallel", impl), ("parallel.cp", d))) if d == ctx.world else
+                           Option(f"fsdp+{impl}={d}", (("parallel", "fsdp"), ("parallel.cp", d),
+                                                       ("parallel.cp_impl", impl), ("parallel.dp_shard", -1))))
     if "pp" in spec.model_parallel and not m.get("tie_embeddings", False):
         n_blocks = spec.num_blocks(m)
         for d in degrees:
@@ -181,7 +181,7 @@ def model_parallel_layouts(ctx: PlanContext, cfg: DictConfig) -> list[Option]:
 
 def _model_parallel(cfg: DictConfig) -> bool:
     p = cfg.parallel
-    return p.tp != 1 or p.sp != 1 or p.pp != 1
+    return p.tp != 1 or p.cp != 1 or p.pp != 1
 
 
 def offloads(ctx: PlanContext, cfg: DictConfig) -> list[str]:

@@ -107,7 +107,7 @@ def zero_settings(cfg: DictConfig, n_dp: int) -> dict[str, Any]:
     from memtrain.distributed.mesh import ParallelDims
     from memtrain.distributed.zero import deepspeed_config
 
-    dims = ParallelDims(dp_replicate=1, dp_shard=n_dp, tp=1, pp=1, sp=1, dap=1, world_size=n_dp)
+    dims = ParallelDims(dp_replicate=1, dp_shard=n_dp, tp=1, pp=1, cp=1, dap=1, world_size=n_dp)
     return {**ZERO_DEFAULTS, **deepspeed_config(cfg, dims, "cuda")["zero_optimization"]}
 
 

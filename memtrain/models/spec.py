@@ -56,7 +56,7 @@ class ModelSpec:
     # return tensors (torch.distributed.pipelining passes nothing else); a last stage whose model
     # output is not a tensor (a fused loss head's) has `loss_outputs(tensors)` giving it to loss_fn
     pipeline_fn: Callable[[nn.Module, list[int], int], list[nn.Module]] | None = None
-    # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.sp)
+    # (batches, mesh, config) -> this rank's batches (e.g. its sequence shard under parallel.cp)
     shard_batches: Callable[..., Batches] | None = None
     # held-out evaluation every trainer.eval_every steps: config -> evaluate(model, step, out_dir or
     # None, device) -> {metric: value}, called on every rank (the model may be sharded); out_dir (the
@@ -84,7 +84,7 @@ class ModelSpec:
 
     @property
     def model_parallel(self) -> tuple[str, ...]:
-        """The model-parallel mesh dimensions this family implements ("tp", "sp", "dap", "spatial",
+        """The model-parallel mesh dimensions this family implements ("tp", "cp", "dap", "spatial",
         "pp"), as its family.py declares them (memtrain.models.family)."""
         from memtrain.models.family import family
 

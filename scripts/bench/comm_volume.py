@@ -19,7 +19,7 @@ MODES = {
     "fsdp x tp=4, tp_sp": ["parallel=fsdp_tp", "parallel.tp=4", "parallel.tp_sp=true"],
     "ulysses": ["parallel=ulysses"],
     "ring": ["parallel=ring"],
-    "fsdp x ring sp=2": ["parallel=fsdp", "parallel.sp=2", "parallel.sp_impl=ring"],
+    "fsdp x ring cp=2": ["parallel=fsdp", "parallel.cp=2", "parallel.cp_impl=ring"],
 }
 
 

@@ -149,7 +149,8 @@ def fp16_skip(folder: Path, *overrides: str) -> list:
 
 def dap_comm(folder: Path) -> str:
     """DAP's communication pairs on every rank against the full tensors (same seed everywhere)."""
-    from memtrain.distributed.dap import col_to_row, gather, gather_replicated, pad_to_multiple, row_to_col, scatter
+    from memtrain.distributed.collectives import gather, gather_replicated, pad_to_multiple, scatter
+    from memtrain.distributed.dap import col_to_row, row_to_col
 
     group, rank, n = dist.group.WORLD, dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
@@ -197,8 +198,8 @@ def _sp_reference(q, k, v, w):
     return out.detach(), q.grad, k.grad, v.grad
 
 
-def _sp_check(name, attention, impl, heads, kv_heads, seq, group):
-    from memtrain.distributed.sequence_parallel import shard_positions
+def _cp_check(name, attention, impl, heads, kv_heads, seq, group):
+    from memtrain.distributed.context_parallel import shard_positions
 
     n, r = dist.get_world_size(group), dist.get_rank(group)
     g = torch.Generator().manual_seed(seq * 100 + heads * 10 + kv_heads)  # the same tensors on every rank
@@ -219,10 +220,10 @@ def _sp_check(name, attention, impl, heads, kv_heads, seq, group):
         torch.testing.assert_close(got, want[:, :, pos], **tol, msg=f"{name}: {what}")
 
 
-def sp_attention(folder: Path) -> list[str]:
+def cp_attention(folder: Path) -> list[str]:
     """Ulysses and Ring Attention on each rank's shard of q, k, v against causal SDPA on the whole
     sequence, forward and backward, for several head / KV-head counts; the names of the checks."""
-    from memtrain.distributed.sequence_parallel import RingAttention, UlyssesAttention
+    from memtrain.distributed.context_parallel import RingAttention, UlyssesAttention
     from memtrain.models.gpt.model import CoreAttention
 
     group = dist.new_group(list(range(dist.get_world_size())))
@@ -230,8 +231,8 @@ def sp_attention(folder: Path) -> list[str]:
     ring, ulysses = RingAttention(group), UlyssesAttention(CoreAttention(), group)
     done = []
     for heads, kv_heads in ((4, 4), (4, 2), (4, 1)):
-        _sp_check(f"ring h{heads} kv{kv_heads}", ring, "ring", heads, kv_heads, 8 * n, group)
-        _sp_check(f"ulysses h{heads} kv{kv_heads}", ulysses, "ulysses", heads, kv_heads, 6 * n, group)
+        _cp_check(f"ring h{heads} kv{kv_heads}", ring, "ring", heads, kv_heads, 8 * n, group)
+        _cp_check(f"ulysses h{heads} kv{kv_heads}", ulysses, "ulysses", heads, kv_heads, 6 * n, group)
         done += [f"ring h{heads} kv{kv_heads}", f"ulysses h{heads} kv{kv_heads}"]
     dist.destroy_process_group(group)
     return done

@@ -13,7 +13,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper,
 )
 
-from memtrain.distributed.dap import all_reduce_gradients
+from memtrain.distributed.collectives import all_reduce_gradients
 from memtrain.models.alphafold.extra_msa import ExtraMSAStack
 from memtrain.models.alphafold.parallelize_stacks import (
     DAPExtraMSABlock,

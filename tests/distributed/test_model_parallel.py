@@ -16,7 +16,7 @@ pytestmark = pytest.mark.multiprocess
 STEPS = ["trainer.max_steps=3", "optimizer.lr=1e-2", "trainer.warmup_steps=0", "trainer.grad_accum=2"]
 
 
-@pytest.mark.parametrize("case", batched(__name__, {"sp-attention": Case(2, "sp_attention")}))
+@pytest.mark.parametrize("case", batched(__name__, {"cp-attention": Case(2, "cp_attention")}))
 def test_ulysses_and_ring_attention_match_sdpa_on_the_whole_sequence(case, launched):
     # every rank asserted its shard's output and gradients (a failure names the check and the rank)
     assert launched(case) == [f"{impl} h4 kv{kv}" for kv in (4, 2, 1) for impl in ("ring", "ulysses")]
@@ -24,7 +24,7 @@ def test_ulysses_and_ring_attention_match_sdpa_on_the_whole_sequence(case, launc
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One process; micro-batch 4 (what each tp/sp rank also reads) and 8 (two fsdp ranks' worth)."""
+    """One process; micro-batch 4 (what each tp/cp rank also reads) and 8 (two fsdp ranks' worth)."""
     root = tmp_path_factory.mktemp("single")
     return Lazy(lambda mb: run(str(root / f"mb{mb}.pt"), [*TINY, *STEPS, f"trainer.micro_batch_size={mb}"]))
 
@@ -48,7 +48,7 @@ CASES = {  # name: (the reference's micro-batch, the case)
     "ulysses2": (4, mp(2, "parallel=ulysses", slow=True)),
     "ring2-checkpoint-full": (4, mp(2, "parallel=ring", "activation_checkpoint=full")),
     "fsdp2-x-tp2": (8, mp(4, "parallel=fsdp_tp")),
-    "fsdp2-x-ring2": (8, mp(4, "parallel=fsdp", "parallel.sp=2", "parallel.sp_impl=ring", slow=True)),
+    "fsdp2-x-ring2": (8, mp(4, "parallel=fsdp", "parallel.cp=2", "parallel.cp_impl=ring", slow=True)),
 }
 REFERENCE_MB = {f"model_parallel::{name}": mb for name, (mb, _) in CASES.items()}
 

@@ -302,7 +302,7 @@ def test_checkpoint_files_load_without_unpickling_code(tmp_path, monkeypatch):
 
 # -- the generated DeepSpeed config (no processes) -------------------------------------------------
 
-DP2 = ParallelDims(dp_replicate=1, dp_shard=2, tp=1, pp=1, sp=1, dap=1, world_size=2)
+DP2 = ParallelDims(dp_replicate=1, dp_shard=2, tp=1, pp=1, cp=1, dap=1, world_size=2)
 
 
 def test_deepspeed_config_zero1_fp32(compose):

@@ -1,4 +1,4 @@
-"""`memtrain estimate` under tensor and sequence parallelism: per-device parameters and
+"""`memtrain estimate` under tensor and context parallelism: per-device parameters and
 activations, and the analytic communication volume (`comm_bytes`), against counts made here."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_comm_bytes(compose):
     assert fused["all_reduce_loss_statistics"] == int(3 * 2 * 0.5 * t.micro_batch_size * cfg.data.seq_len * 3 * 4)
 
     cfg = compose("parallel=ring", "launcher.nproc_per_node=2")
-    ring = estimate(cfg).comm_bytes["sp"]
+    ring = estimate(cfg).comm_bytes["cp"]
     local_kv = 2 * t.micro_batch_size * cfg.data.seq_len // 2 * m.n_kv_heads * (m.dim // m.n_heads)
-    assert ring["p2p_kv"] == m.n_layers * 2 * 1 * local_kv * 4  # sp-1 = 1 pass, forward and backward
-    assert ring["p2p_dkv"] == m.n_layers * 2 * local_kv * 4  # sp passes of the fp32 dK/dV
+    assert ring["p2p_kv"] == m.n_layers * 2 * 1 * local_kv * 4  # cp-1 = 1 pass, forward and backward
+    assert ring["p2p_dkv"] == m.n_layers * 2 * local_kv * 4  # cp passes of the fp32 dK/dV

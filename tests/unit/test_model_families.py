@@ -31,8 +31,8 @@ UNDECLARED = {
                       "trainer.micro_batch_size=4", "parallel.pp_microbatches=2"], "pp", "alphafold", ["gpt"]),
     "fuxi-spatial": (["+recipe=weather_fuxi_tiny", "trainer.device=cpu", "parallel=spatial", "launcher.nproc_per_node=2"],
                      "spatial", "fuxi", ["pangu"]),
-    "pangu-sp": (["+recipe=weather_swin_tiny", "trainer.device=cpu", "parallel=ddp", "parallel.sp=2",
-                  "launcher.nproc_per_node=2"], "sp", "pangu", ["gpt"]),
+    "pangu-cp": (["+recipe=weather_swin_tiny", "trainer.device=cpu", "parallel=ddp", "parallel.cp=2",
+                  "launcher.nproc_per_node=2"], "cp", "pangu", ["gpt"]),
 }
 
 

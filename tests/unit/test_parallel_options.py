@@ -70,8 +70,8 @@ def test_an_unknown_option_is_a_config_error_naming_its_key(lookup, key):
      "parallel=dap composes with data parallelism over parallel.dp_replicate only"),
     (["parallel=spatial", "parallel.spatial=1", "parallel.dp_replicate=2", "launcher.nproc_per_node=2"],
      "parallel.dp_replicate", "parallel=spatial has no data parallelism"),
-    (["parallel=ulysses", "parallel.sp=1", "parallel.dp_replicate=2", "launcher.nproc_per_node=2"],
-     "parallel.dp_replicate", "use parallel=ddp or fsdp or hsdp with parallel.sp"),
+    (["parallel=ulysses", "parallel.cp=1", "parallel.dp_replicate=2", "launcher.nproc_per_node=2"],
+     "parallel.dp_replicate", "use parallel=ddp or fsdp or hsdp with parallel.cp"),
 ])
 def test_data_parallel_dims_an_option_does_not_take_are_refused(overrides, key, message):
     with pytest.raises(ConfigError) as err:
@@ -81,7 +81,7 @@ def test_data_parallel_dims_an_option_does_not_take_are_refused(overrides, key, 
 
 
 # a comparison of parallel.name / offload.name (or a local holding it) with an option's name
-_NAMES = "single|ddp|fsdp|hsdp|zero[123]?|dap|pp|tp|sp|spatial|none|activations_cpu|optimizer_cpu|params_cpu|nvme"
+_NAMES = "single|ddp|fsdp|hsdp|zero[123]?|dap|pp|tp|cp|spatial|none|activations_cpu|optimizer_cpu|params_cpu|nvme"
 _BRANCH = re.compile(
     rf"(parallel|offload|\bp|\boff)\.name( *(==|!=|not in|in)\b|\.startswith)"
     rf"|\b(name|parallel|offload) *(==|!=) *\"({_NAMES})\""

@@ -1,4 +1,4 @@
-"""Bad tensor/sequence-parallel degrees and combinations are refused with the keys at fault."""
+"""Bad tensor/context-parallel degrees and combinations are refused with the keys at fault."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import load_config
-from memtrain.distributed.sequence_parallel import shard_positions
+from memtrain.distributed.context_parallel import shard_positions
 from tests.conftest import TINY
 
 CASES = {
@@ -16,13 +16,13 @@ CASES = {
     "vocab-by-tp": (["parallel=tp", "launcher.nproc_per_node=2", "model.vocab_size=63"], "parallel.tp", "vocab_size=63"),
     "seq-by-tp-sp": (["parallel=tp_sp", "launcher.nproc_per_node=2", "data.seq_len=31"], "data.seq_len", "divisible by parallel.tp=2"),
     "tp-sp-without-tp": (["parallel.tp_sp=true"], "parallel.tp_sp", "needs parallel.tp > 1"),
-    "heads-by-ulysses": (["parallel=ulysses", "launcher.nproc_per_node=8"], "parallel.sp", "n_heads=4 must be divisible by parallel.sp=8"),
-    "seq-by-ulysses": (["parallel=ulysses", "launcher.nproc_per_node=2", "data.seq_len=31"], "data.seq_len", "divisible by parallel.sp=2"),
-    "seq-by-2sp-ring": (["parallel=ring", "launcher.nproc_per_node=2", "data.seq_len=30"], "data.seq_len", "2 x parallel.sp=4"),
+    "heads-by-ulysses": (["parallel=ulysses", "launcher.nproc_per_node=8"], "parallel.cp", "n_heads=4 must be divisible by parallel.cp=8"),
+    "seq-by-ulysses": (["parallel=ulysses", "launcher.nproc_per_node=2", "data.seq_len=31"], "data.seq_len", "divisible by parallel.cp=2"),
+    "seq-by-2sp-ring": (["parallel=ring", "launcher.nproc_per_node=2", "data.seq_len=30"], "data.seq_len", "2 x parallel.cp=4"),
     "product": (["parallel=fsdp_tp", "launcher.nproc_per_node=3"], "parallel.dp_shard", "does not divide the world size 3"),
     "tp-with-ddp": (["parallel=ddp", "parallel.tp=2", "launcher.nproc_per_node=4"], "parallel.tp", "not parallel=ddp"),
     "tp-with-zero": (["parallel=zero2", "parallel.tp=2", "launcher.nproc_per_node=4"], "parallel.tp", "not parallel=zero2"),
-    "tp-and-sp": (["parallel=fsdp", "parallel.tp=2", "parallel.sp=2", "launcher.nproc_per_node=4"], "parallel.sp", "not supported"),
+    "tp-and-cp": (["parallel=fsdp", "parallel.tp=2", "parallel.cp=2", "launcher.nproc_per_node=4"], "parallel.cp", "not supported"),
     "tp-name-with-dp": (["parallel=tp", "parallel.tp=2", "parallel.dp_shard=2", "launcher.nproc_per_node=4"], "parallel.dp_shard",
                         "parallel=tp has no data parallelism"),
 }
@@ -43,7 +43,7 @@ def test_model_without_tensor_parallelism_is_refused():
     assert err.value.key == "parallel.tp" and "does not support parallel.tp" in str(err.value)
 
 
-@pytest.mark.parametrize("ok", [["parallel=tp_sp"], ["parallel=ring"], ["parallel=ulysses"], ["parallel=fsdp", "parallel.sp=2"]])
+@pytest.mark.parametrize("ok", [["parallel=tp_sp"], ["parallel=ring"], ["parallel=ulysses"], ["parallel=fsdp", "parallel.cp=2"]])
 def test_good_combinations_pass(ok):
     load_config([*TINY, "launcher.nproc_per_node=2" if ok[0] != "parallel=fsdp" else "launcher.nproc_per_node=4", *ok])
 

@@ -111,8 +111,8 @@ def test_the_gpt_plan_has_model_parallel_rows_only_where_the_model_splits(gpt8_p
         if "parallel.pp" in o:  # a micro-batch splits into the pipeline's micro-batches
             assert int(o["trainer.micro_batch_size"]) % int(o["parallel.pp_microbatches"]) == 0
             assert o.get("offload", "none") == "none" and row.estimate.pp == int(o["parallel.pp"])
-        if "parallel.tp" in o or "parallel.sp" in o:
-            assert row.cost.axial_comm_s > 0  # tp/sp collectives on the critical path
+        if "parallel.tp" in o or "parallel.cp" in o:
+            assert row.cost.axial_comm_s > 0  # tp/cp collectives on the critical path
 
 
 def test_fp8_is_offered_only_on_hardware_with_fp8(monkeypatch):
@@ -161,9 +161,9 @@ def test_pipeline_bubble():
 
 
 def test_communication_crosses_nodes_only_where_a_dimension_spans_them():
-    hsdp = ParallelDims(world_size=16, pp=1, dp_replicate=2, dp_shard=8, tp=1, sp=1, dap=1)
+    hsdp = ParallelDims(world_size=16, pp=1, dp_replicate=2, dp_shard=8, tp=1, cp=1, dap=1)
     assert spans_nodes(hsdp, "dp_replicate", 8) and not spans_nodes(hsdp, "dp_shard", 8)
-    tp = ParallelDims(world_size=16, pp=1, dp_replicate=1, dp_shard=8, tp=2, sp=1, dap=1)
+    tp = ParallelDims(world_size=16, pp=1, dp_replicate=1, dp_shard=8, tp=2, cp=1, dap=1)
     assert not spans_nodes(tp, "tp", 8) and spans_nodes(tp, "dp_shard", 8)
     # tp's bytes (memtrain.memory.comm) over NVLink are the step's model-parallel communication
     cfg = load_config([*TINY, "parallel=tp", "launcher.nproc_per_node=2", "trainer.device=cpu"])

@@ -30,16 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed import ProcessGroup
 
-from memtrain.distributed.dap import (
+from memtrain.distributed.collectives import (
     all_reduce_gradients,
-    col_to_row,
     gather,
     gather_replicated,
     local_shard,
     pad_to_multiple,
-    row_to_col,
     scatter,
 )
+from memtrain.distributed.dap import col_to_row, row_to_col
 from memtrain.models.alphafold.evoformer import EvoformerBlock, EvoformerStack
 from memtrain.models.alphafold.primitives import SharedDropout, residual
 

@@ -27,15 +27,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from memtrain.distributed.dap import (
-    col_to_row,
+from memtrain.distributed.collectives import (
     gather,
     gather_replicated,
     local_shard,
     pad_to_multiple,
-    row_to_col,
     scatter,
 )
+from memtrain.distributed.dap import col_to_row, row_to_col
 from memtrain.models.alphafold.extra_msa import ExtraMSABlock, ExtraMSAStack
 from memtrain.models.alphafold.parallelize import DAPEvoformerBlock, _dropout
 from memtrain.models.alphafold.primitives import residual

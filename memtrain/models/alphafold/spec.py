@@ -8,7 +8,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from memtrain.config.errors import enum_names, require
-from memtrain.distributed.dap import all_reduce_gradients
+from memtrain.distributed.collectives import all_reduce_gradients
 from memtrain.models.alphafold.evaluation import build_evaluator, predict
 from memtrain.models.alphafold.loss import alphafold_loss, alphafold_loss_terms
 from memtrain.models.alphafold.memory import activation_bytes

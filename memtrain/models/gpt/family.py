@@ -45,4 +45,4 @@ class GPTConfig(ModelConfig):
     loss_chunk: int = checked(-1, ge=-1)
 
 
-FAMILIES = (Family("gpt", "memtrain.models.gpt.spec", model_parallel=("tp", "sp", "pp"), schema=GPTConfig),)
+FAMILIES = (Family("gpt", "memtrain.models.gpt.spec", model_parallel=("tp", "cp", "pp"), schema=GPTConfig),)

@@ -14,7 +14,7 @@ Transformer Models", Section 4.2.2) the residual stream and the norms are sharde
 sequence between the tensor-parallel regions: all-gather before q/k/v and w1/w3, reduce-scatter
 after wo and w2.
 
-Sequence parallelism (memtrain.distributed.sequence_parallel): the attention core is replaced by
+Context parallelism (memtrain.distributed.context_parallel): the attention core is replaced by
 Ulysses' or the ring's, and each attention's rotary tables are those of the rank's positions.
 
 The degrees these plans accept are checked at config time by memtrain.models.gpt.spec.validate_parallel.
@@ -37,8 +37,8 @@ from torch.distributed.tensor.parallel import (
 )
 
 from memtrain.config.errors import enum_names
-from memtrain.distributed.dap import all_reduce_gradients
-from memtrain.distributed.sequence_parallel import (
+from memtrain.distributed.collectives import all_reduce_gradients
+from memtrain.distributed.context_parallel import (
     RingAttention,
     SequenceShardedBatches,
     UlyssesAttention,
@@ -99,7 +99,7 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> 
 
 def _rotary_hook(positions: torch.Tensor, head_dim: int, theta: float):
     """A forward pre-hook on an Attention module: its (x, cos, sin) get the rotary tables of this
-    rank's positions instead of those of 0..S/sp-1."""
+    rank's positions instead of those of 0..S/cp-1."""
     cache: dict = {}
 
     def hook(module, args):
@@ -114,8 +114,8 @@ def _rotary_hook(positions: torch.Tensor, head_dim: int, theta: float):
     return hook
 
 
-def apply_sp(model: nn.Module, sp_mesh: DeviceMesh, impl: str, seq_len: int) -> None:
-    group, n, r = sp_mesh.get_group(), sp_mesh.size(), sp_mesh.get_local_rank()
+def apply_cp(model: nn.Module, cp_mesh: DeviceMesh, impl: str, seq_len: int) -> None:
+    group, n, r = cp_mesh.get_group(), cp_mesh.size(), cp_mesh.get_local_rank()
     positions = shard_positions(seq_len, n, r, impl)
     for block in model.layers:
         attention = block.attention
@@ -126,19 +126,19 @@ def apply_sp(model: nn.Module, sp_mesh: DeviceMesh, impl: str, seq_len: int) -> 
 def parallelize(model: nn.Module, mesh: DeviceMesh, cfg: DictConfig) -> None:
     if mesh["tp"].size() > 1:
         apply_tp(model, mesh["tp"], cfg.parallel.tp_sp)
-    if mesh["sp"].size() > 1:
-        apply_sp(model, mesh["sp"], enum_names(cfg.parallel.sp_impl), cfg.data.seq_len)
+    if mesh["cp"].size() > 1:
+        apply_cp(model, mesh["cp"], enum_names(cfg.parallel.cp_impl), cfg.data.seq_len)
 
 
 def reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
-    """Sequence-parallel ranks scored different positions: sum their gradients."""
-    if mesh["sp"].size() > 1:
-        all_reduce_gradients(model, mesh["sp"].get_group())
+    """Context-parallel ranks scored different positions: sum their gradients."""
+    if mesh["cp"].size() > 1:
+        all_reduce_gradients(model, mesh["cp"].get_group())
 
 
 def shard_batches(batches, mesh: DeviceMesh, cfg: DictConfig):
-    """Each sequence-parallel rank reads its own positions of every sequence."""
-    if mesh["sp"].size() == 1:
+    """Each context-parallel rank reads its own positions of every sequence."""
+    if mesh["cp"].size() == 1:
         return batches
-    positions = shard_positions(cfg.data.seq_len, mesh["sp"].size(), mesh["sp"].get_local_rank(), enum_names(cfg.parallel.sp_impl))
+    positions = shard_positions(cfg.data.seq_len, mesh["cp"].size(), mesh["cp"].get_local_rank(), enum_names(cfg.parallel.cp_impl))
     return SequenceShardedBatches(batches, positions)

@@ -185,15 +185,15 @@ def validate_parallel(cfg: DictConfig) -> None:
         require(not m.tie_embeddings, "model.tie_embeddings", "tied embeddings are not supported with parallel.tp > 1")
         require(not p.tp_sp or seq % dims.tp == 0, "data.seq_len",
                 f"seq_len={seq} must be divisible by parallel.tp={dims.tp} with parallel.tp_sp=true")
-    if dims.sp > 1:
-        impl = enum_names(p.sp_impl)
+    if dims.cp > 1:
+        impl = enum_names(p.cp_impl)
         if impl == "ulysses":
-            require(m.n_heads % dims.sp == 0, "parallel.sp",
-                    f"model.n_heads={m.n_heads} must be divisible by parallel.sp={dims.sp} for parallel.sp_impl=ulysses")
-            require(seq % dims.sp == 0, "data.seq_len", f"seq_len={seq} must be divisible by parallel.sp={dims.sp}")
+            require(m.n_heads % dims.cp == 0, "parallel.cp",
+                    f"model.n_heads={m.n_heads} must be divisible by parallel.cp={dims.cp} for parallel.cp_impl=ulysses")
+            require(seq % dims.cp == 0, "data.seq_len", f"seq_len={seq} must be divisible by parallel.cp={dims.cp}")
         else:
-            require(seq % (2 * dims.sp) == 0, "data.seq_len",
-                    f"seq_len={seq} must be divisible by 2 x parallel.sp={2 * dims.sp} for parallel.sp_impl=ring "
+            require(seq % (2 * dims.cp) == 0, "data.seq_len",
+                    f"seq_len={seq} must be divisible by 2 x parallel.cp={2 * dims.cp} for parallel.cp_impl=ring "
                     "(two chunks per rank for causal load balance)")
 
 
@@ -217,9 +217,9 @@ def validate(cfg: DictConfig) -> None:
             "again as soon as its module's forward ends. Use model.loss_chunk=0 or -1 (both give the plain loss there), "
             "or parallel=fsdp, which shards parameters and keeps the fused loss")
     validate_parallel(cfg)
-    require(enum_names(m.get("attention", "softmax")) == "softmax" or cfg.parallel.sp == 1, "model.attention",
-            f"model.attention={enum_names(m.attention)} replaces the attention core that parallel.sp={cfg.parallel.sp} "
-            "distributes; sequence parallelism needs model.attention=softmax")
+    require(enum_names(m.get("attention", "softmax")) == "softmax" or cfg.parallel.cp == 1, "model.attention",
+            f"model.attention={enum_names(m.attention)} replaces the attention core that parallel.cp={cfg.parallel.cp} "
+            "distributes; context parallelism needs model.attention=softmax")
     if enum_names(m.get("attention", "softmax")) != "softmax":
         for key in ("linformer_k", "performer_features", "attention_chunk"):
             require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")

@@ -28,7 +28,7 @@ from torch import nn
 from torch.distributed import ProcessGroup
 
 from memtrain.config.errors import require
-from memtrain.distributed.dap import all_reduce_gradients, gather_replicated
+from memtrain.distributed.collectives import all_reduce_gradients, gather_replicated
 from memtrain.distributed.spatial import cyclic_shift, slab
 from memtrain.models.weather.pangu import EarthAttention3D, Pangu, token_grid
 from memtrain.models.weather.windows import WindowBlock
