@@ -234,6 +234,9 @@ def estimate_command(args: list[str]) -> int:
             return _fail("name the run once: --from-run DIR or trainer.resume=DIR, not both")
         run = resumes[0].split("=", 1)[1]
         args = [a for a in args if a != resumes[0]]
+        if not (Path(run).expanduser() / "meta.json").is_file():  # what train takes there, no more
+            return _fail(f"invalid configuration at 'trainer.resume': {run!r} is not a checkpoint folder (step_<N>/ "
+                         "with meta.json); a run folder is named with --from-run DIR")
     as_json = "--json" in args
     unknown = [a for a in args if a.startswith("-") and a != "--json"]
     if unknown:

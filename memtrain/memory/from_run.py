@@ -55,7 +55,7 @@ def config_from_run(path: str | Path, overrides: list[str]) -> DictConfig:
     overrides = rename_overrides(overrides)
     if not isinstance(stored, dict) or not all(g in stored for g in ("model", "parallel", "trainer")):
         raise ConfigError("--from-run", f"{folder}/meta.json holds no run config (a checkpoint from another tool?)")
-    cfg = OmegaConf.create(stored)
+    cfg = _stored_config(stored, folder)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OmegaConfBaseException as exc:
@@ -79,4 +79,32 @@ def config_from_run(path: str | Path, overrides: list[str]) -> DictConfig:
     if str(cfg.trainer.device) == "cuda" and not torch.cuda.is_available():
         cfg.trainer.device = "auto"
     validate(cfg)
+    return cfg
+
+
+def _stored_config(stored: dict, folder: Path) -> DictConfig:
+    """meta.json's config as a DictConfig, checked as a composed config would be: every group
+    present, the model's keys and types those of its family's schema, every interpolation
+    resolvable. ConfigError naming --from-run and the file otherwise (meta.json is written by
+    memtrain train; one edited by hand or by another tool is refused here, not deep in a build)."""
+    from memtrain.config.families import families
+    from memtrain.config.schema import model_schema
+
+    where = f"{folder}/meta.json"
+    missing = [g for g in GROUPS if not isinstance(stored.get(g), dict)]
+    if missing:
+        raise ConfigError("--from-run", f"{where}: the stored config has no {', '.join(missing)} group "
+                                        "(written by another tool or an edited file?)")
+    arch = stored["model"].get("arch")
+    if not isinstance(arch, str):
+        raise ConfigError("--from-run", f"{where}: the stored config names no model.arch")
+    try:
+        cfg = OmegaConf.create(stored)
+        if arch in families():  # an unknown arch is refused by validation, naming model.arch
+            OmegaConf.merge(OmegaConf.structured(model_schema(arch)), cfg.model)  # unknown keys, wrong types
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    except OmegaConfBaseException as exc:
+        reason = " ".join(str(exc).split("\n")[0].split())
+        raise ConfigError("--from-run", f"{where}: the stored config does not fit this memtrain's schema "
+                                        f"({reason})") from None
     return cfg

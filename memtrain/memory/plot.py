@@ -6,7 +6,7 @@ Device terms, stacked from the bottom: params, grads, optimizer, buffers (the ga
 of sharded layouts and fp8 scaling state), activations. Host and NVMe bytes (offload) are not on
 the device: they stand in a second, hatched bar to the right of each device bar. The capacity line
 is hardware.gpu_mem_gb; the dashed line below it is what the planner counts as usable
-(x hardware.mem_usable). The stack is every term at once (the estimate's `total`); a black tick
+(x hardware.mem_usable). The stack is the sum of the terms (the estimate's `total`); a black tick
 across each device bar marks the peak over the step's phases (`peak`), which the planner fits and
 ranks by (terms that never coexist, e.g. all gradients and all activations, put it below the top).
 """

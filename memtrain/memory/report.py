@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from omegaconf import DictConfig
+from rich.markup import escape
 from rich.table import Table
 
 from memtrain.config.errors import enum_names
@@ -39,7 +40,7 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
         table.add_row(name, f"{value:,}", human(value), f"{100 * value / est.total:.1f}%")
     for term in est.model_state_terms:  # DeepSpeed ZeRO: what each model-state row is made of
         if term["where"] == "device" and term["nbytes"]:
-            table.add_row(f"  {term['label']} [{term['phase']}]", f"{term['nbytes']:,}", human(term["nbytes"]), "",
+            table.add_row(escape(f"  {term['label']} [{term['phase']}]"), f"{term['nbytes']:,}", human(term["nbytes"]), "",
                           style="dim")
     blocks = est.activations_per_block
     if blocks:
@@ -49,7 +50,7 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
         table.add_row("  outside the blocks", f"{est.activations_outside_blocks:,}", human(est.activations_outside_blocks), "", style="dim")
         if est.recompute_buffer:
             table.add_row("  recompute buffer", f"{est.recompute_buffer:,}", human(est.recompute_buffer), "", style="dim")
-    table.add_row("total (every term at once)", f"{est.total:,}", human(est.total), "100%", style="bold")
+    table.add_row("sum of the terms above", f"{est.total:,}", human(est.total), "100%", style="bold")
     if est.phases:
         labels = {"forward": "forward end", "backward": "backward peak", "optimizer_step": "optimizer step"}
         for name, value in est.phases.items():
@@ -75,5 +76,5 @@ def host_rows(table: Table, host: HostEstimate) -> None:
                       style="italic")
         for term in host.terms:
             if term["phase"] == phase:
-                table.add_row(f"  per rank: {term['label']} [{term['kind']}]", f"{term['nbytes']:,}",
+                table.add_row(escape(f"  per rank: {term['label']} [{term['kind']}]"), f"{term['nbytes']:,}",
                               human(term["nbytes"]), "", style="dim")

@@ -69,3 +69,31 @@ def test_trainer_resume_names_the_run_as_from_run_does(run_dir, capsys):
         load_config([*RUN, "parallel=fsdp", "launcher.nproc_per_node=2"])).total
     # named twice: refused (exit 2) rather than one silently winning
     assert estimate_command(["--from-run", str(run_dir), f"trainer.resume={step2}"]) == 2
+
+
+def test_trainer_resume_takes_what_train_takes(run_dir):
+    """trainer.resume names a checkpoint folder (step_<N>/), as train reads it; a run folder is
+    --from-run's, so a value estimate accepts is one train accepts too."""
+    from memtrain.cli import estimate_command
+
+    assert estimate_command([f"trainer.resume={run_dir}"]) == 2
+    assert estimate_command(["--from-run", str(run_dir)]) == 0
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda c: c.update(model={"x": 1}), "names no model.arch"),
+    (lambda c: c.pop("hardware"), "no hardware group"),
+    (lambda c: c["trainer"].update(micro_batch_size="${oops}"), "oops"),
+    (lambda c: c["model"].update(d_model=8), "d_model"),
+    (lambda c: c["model"].update(_target_="os.system"), "_target_"),
+], ids=["no-arch", "no-group", "interpolation", "unknown-key", "target"])
+def test_an_edited_stored_config_is_refused_naming_the_file(run_dir, edit, words):
+    """A meta.json config edited by hand or written by another tool is checked as a composed config
+    would be (groups, the family's schema, interpolations): one ConfigError naming the file."""
+    meta = run_dir / "checkpoints" / step_dir_name(4) / "meta.json"
+    record = json.loads(meta.read_text())
+    edit(record["config"])
+    meta.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="--from-run") as err:
+        config_from_run(run_dir, [])
+    assert str(meta) in str(err.value) and words in str(err.value)

@@ -65,7 +65,7 @@ def test_plan_and_estimate_write_the_png_from_the_command_line(tmp_path, capsys)
     assert len(p.rows) >= 3  # checkpoint none, selective, full
     fig = bar_chart(["1", "2", "3"], [r.estimate for r in p.rows[:3]], 1, 0.9, "t")
     bars = plotted(fig)
-    # the stack is every term at once; the tick, what the rows are fitted and ranked by: the step's peak
+    # the stack is the sum of the terms; the tick, what the rows are fitted and ranked by: the step's peak
     assert [sum(bars[t][i] for t in DEVICE_TERMS) for i in range(3)] == pytest.approx(
         [r.estimate.total / GiB for r in p.rows[:3]])
     assert peak_marks(fig) == pytest.approx([r.peak_bytes / GiB for r in p.rows[:3]])
