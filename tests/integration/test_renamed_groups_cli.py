@@ -10,19 +10,9 @@ import pytest
 import yaml
 
 from memtrain import cli
-from memtrain.config import aliases
 from tests.conftest import TINY, run_cli
 
-NEW = "activation_checkpoint"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_process(monkeypatch):
-    monkeypatch.setattr(aliases, "_warned", set())
-
-
-def deprecation_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if "deprecated" in line]
+from tests.unit.test_renamed_groups import NEW, _fresh_process, deprecation_lines  # noqa: F401 (an autouse fixture)
 
 
 def one_deprecation_line(err: str) -> None:
