@@ -50,7 +50,7 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
         table.add_row("  outside the blocks", f"{est.activations_outside_blocks:,}", human(est.activations_outside_blocks), "", style="dim")
         if est.recompute_buffer:
             table.add_row("  recompute buffer", f"{est.recompute_buffer:,}", human(est.recompute_buffer), "", style="dim")
-    table.add_row("sum of the terms above", f"{est.total:,}", human(est.total), "100%", style="bold")
+    table.add_row("total (sum of the terms)", f"{est.total:,}", human(est.total), "100%", style="bold")
     if est.phases:
         labels = {"forward": "forward end", "backward": "backward peak", "optimizer_step": "optimizer step"}
         for name, value in est.phases.items():
