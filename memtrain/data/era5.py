@@ -17,7 +17,6 @@ streams in memtrain.data.lm, so a resumed run sees the batches an uninterrupted 
 from __future__ import annotations
 
 import json
-import os
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,13 +283,13 @@ def _check_synthetic_size(cfg, root: Path) -> None:
     import shutil
 
     from memtrain.config.errors import ConfigError
+    from memtrain.machine import host_memory_bytes
 
     d, m = cfg.data, cfg.model
     fields = len(d.upper_variables) * len(d.levels) + len(d.surface_variables)
     need = 4 * d.synthetic_time_steps * fields * m.n_lat * m.n_lon  # float32
     existing = next(p for p in (Path(root), *Path(root).parents) if p.exists())
-    host_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # physical RAM, as memtrain.memory.capacity
-    room = min(host_memory, shutil.disk_usage(existing).free)
+    room = min(host_memory_bytes(), shutil.disk_usage(existing).free)
     if need > room:
         raise ConfigError("data.synthetic_time_steps", f"the synthetic ERA5 dataset (data.root unset) of "
                                                        f"{d.synthetic_time_steps} time steps on the {m.n_lat} x {m.n_lon} "

@@ -24,19 +24,11 @@ in memtrain.config.init_device.
 
 from __future__ import annotations
 
-import os
 import zlib
 from typing import Callable, Optional
 
 import torch
 from torch import nn
-
-
-def device_memory_bytes(device: torch.device) -> int:
-    """The memory of `device`: a CUDA device's total memory, or the host's physical memory for the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def shard_generator(seed: int, name: str, tensor: torch.Tensor) -> Optional[torch.Generator]:

@@ -21,7 +21,8 @@ from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.step import RankSums, StepResult, build_step_fn, to_device  # noqa: F401 (StepResult, to_device: re-exported)
 from memtrain.engine.parallelize import parallelize
 from memtrain.config.init_device import budget_bytes, choose_init_device, meta_refusal
-from memtrain.engine.init_device import device_memory_bytes, materialize
+from memtrain.engine.init_device import materialize
+from memtrain.machine import device_memory_bytes
 from memtrain.engine.metrics import MetricsLogger, StepMetrics, format_line
 from memtrain.engine.preemption import Preemption
 from memtrain.engine.resume import ResumeCheck, check_resume, checkpoint_format, describe_casts, resume_path
@@ -70,12 +71,13 @@ class Trainer:
         self.dims = ParallelDims.from_config(cfg.parallel, self.env.world_size)
         self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
         self.dp_rank = dp_rank(self.mesh)
-        meta = self._choose_init_device(cfg) == "meta"
+        shapes = self._choose_init_device(cfg)  # the model on the meta device when meta was chosen
+        meta = shapes is not None
         torch.manual_seed(self.tcfg.seed)  # every rank builds the same initial weights
 
         self.precision = Precision.from_config(cfg.precision, self.device.type)
         if meta:  # shapes only: each rank's shards are materialised after the wrapping
-            model = build_on_meta(self.spec.build_model, cfg.model)
+            model = shapes
         else:
             with torch.device(self.device):
                 model = self.spec.build_model(cfg.model)
@@ -99,16 +101,20 @@ class Trainer:
         self._skips_in_a_row = 0
         self._saved_step: int | None = None
 
-    def _choose_init_device(self, cfg: DictConfig) -> str:
-        """trainer.init_device resolved (memtrain.config.init_device): "eager" or "meta"; auto
-        counts the parameters on the meta device when the layout could build there."""
+    def _choose_init_device(self, cfg: DictConfig) -> torch.nn.Module | None:
+        """trainer.init_device resolved (memtrain.config.init_device) into self.init_device, "eager"
+        or "meta"; returns the model built on the meta device for meta (None for eager). auto counts
+        the parameters of that build when the layout could take it, and keeps it if it chooses meta."""
         has_init = self.spec.init_weights is not None
-        n_params = 0
+        shapes, n_params = None, 0
         if enum_names(self.tcfg.init_device) == "auto" and meta_refusal(cfg, has_init) is None:
-            n_params = sum(p.numel() for p in build_on_meta(self.spec.build_model, cfg.model).parameters())
+            shapes = build_on_meta(self.spec.build_model, cfg.model)
+            n_params = sum(p.numel() for p in shapes.parameters())
         budget = budget_bytes(cfg, device_memory_bytes(self.device))
         self.init_device = choose_init_device(cfg, n_params, budget, has_init)
-        return self.init_device
+        if self.init_device == "eager":
+            return None
+        return shapes if shapes is not None else build_on_meta(self.spec.build_model, cfg.model)
 
     def _materialize(self, model: torch.nn.Module) -> None:
         """After the strategy's sharding: this rank's shards allocated (on the host under

@@ -16,14 +16,10 @@ import torch
 from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, enum_names
+from memtrain.machine import host_memory_bytes
 from memtrain.memory.report import human
 
 GiB = 2**30
-
-
-def host_memory_bytes() -> int:
-    """Physical memory of this machine."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _device_type(cfg: DictConfig) -> str:

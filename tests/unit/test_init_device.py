@@ -13,7 +13,8 @@ import torch
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import load_config
 from memtrain.config.init_device import FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device
-from memtrain.engine.init_device import device_memory_bytes, materialize
+from memtrain.engine.init_device import materialize
+from memtrain.machine import device_memory_bytes
 from memtrain.memory.estimator import estimate
 from memtrain.memory.host_memory import host_estimate
 from memtrain.models import get_spec
