@@ -12,9 +12,6 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,18 +32,11 @@ def main() -> None:
     args = parser.parse_args()
     from tests.distributed.test_host_memory import HOST_GPT
 
+    from tests.distributed.batch import run_cases
+
     root = args.out or Path(tempfile.mkdtemp(prefix="host_memory_"))
-    cases = []
-    for key, extra in CASES.items():
-        folder = root / key
-        folder.mkdir(parents=True, exist_ok=True)
-        cases.append({"key": key, "fn": "host_rss", "dir": str(folder), "args": [*HOST_GPT, *extra]})
-    spec = root / "spec.json"
-    spec.write_text(json.dumps({"collective_timeout_s": 300, "cases": cases}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(REPO / "tests" / "distributed" / "batch_worker.py"), str(spec)],
-                   cwd=REPO, env=env, check=True, timeout=900, stdout=subprocess.DEVNULL)
+    args_of = {key: [*HOST_GPT, *extra] for key, extra in CASES.items()}
+    folders = run_cases(root, {key: ("host_rss", a) for key, a in args_of.items()}, nproc=2, timeout=900)
 
     import torch
 
@@ -57,17 +47,17 @@ def main() -> None:
     print("| config (2 ranks, MiB summed) | baseline RSS / rank | start-up peak meas / est (ratio) "
           "| resident after steps meas / est (ratio) | steady peak meas / est (ratio) |")
     print("|---|---:|---:|---:|---:|")
-    for case in cases:
-        ranks = torch.load(Path(case["dir"]) / "result.pt", weights_only=True)
-        cfg = load_config([*case["args"], "launcher.nproc_per_node=2"])
+    for key, folder in folders.items():
+        ranks = torch.load(folder / "result.pt", weights_only=True)
+        cfg = load_config([*args_of[key], "launcher.nproc_per_node=2"])
         host = host_estimate(cfg, estimate(cfg))
         cells = []
-        for key, est in (("startup_peak", host.startup_per_node), ("after_steps", 2 * host.steady_resident_per_rank),
+        for measured_key, est in (("startup_peak", host.startup_per_node), ("after_steps", 2 * host.steady_resident_per_rank),
                          ("steady_peak", host.steady_per_node)):
-            meas = sum(r[key] for r in ranks)
+            meas = sum(r[measured_key] for r in ranks)
             cells.append(f"{meas / MIB:,.1f} / {est / MIB:,.1f} ({meas / est:.3f})")
         base = sum(r["baseline"] for r in ranks) / len(ranks)
-        print(f"| {case['key']} | {base / MIB:,.0f} | " + " | ".join(cells) + " |")
+        print(f"| {key} | {base / MIB:,.0f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

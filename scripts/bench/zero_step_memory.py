@@ -8,9 +8,6 @@ suite's batch worker (tests/distributed/cases.py: zero_step_storages). Prints a 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,20 +24,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     args = parser.parse_args()
+    from tests.distributed.batch import run_cases
+
     root = args.out or Path(tempfile.mkdtemp(prefix="zero_step_memory_"))
-    cases = []
-    for stage, precision in CASES:
-        folder = root / f"zero{stage}-{precision}"
-        folder.mkdir(parents=True, exist_ok=True)
-        cases.append({"key": folder.name, "fn": "zero_step_storages", "dir": str(folder),
-                      "args": [*GPT_TINY, f"parallel=zero{stage}", f"precision={precision}"]})
-    spec = root / "spec.json"
-    spec.write_text(json.dumps({"collective_timeout_s": 300, "cases": cases}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "memtrain" / "torch_extensions"))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(REPO / "tests" / "distributed" / "batch_worker.py"), str(spec)],
-                   cwd=REPO, env=env, check=True, timeout=600, stdout=subprocess.DEVNULL)
+    args_of = {f"zero{stage}-{precision}": [*GPT_TINY, f"parallel=zero{stage}", f"precision={precision}"]
+               for stage, precision in CASES}
+    folders = run_cases(root, {key: ("zero_step_storages", a) for key, a in args_of.items()}, nproc=2, timeout=600)
 
     import torch
 
@@ -51,11 +40,11 @@ def main() -> None:
     print("| config | measured in step (B) | estimated in step (B) | difference | B/parameter measured |")
 
     print("|---|---:|---:|---:|---:|")
-    for case in cases:
-        measured = torch.load(Path(case["dir"]) / "result.pt", weights_only=True)["total"]
-        est = estimate(load_config([*case["args"], "launcher.nproc_per_node=2"]))
+    for key, folder in folders.items():
+        measured = torch.load(folder / "result.pt", weights_only=True)["total"]
+        est = estimate(load_config([*args_of[key], "launcher.nproc_per_node=2"]))
         ours = in_step_bytes([ZeroTerm(**t) for t in est.model_state_terms])
-        print(f"| {case['key']} | {measured:,} | {ours:,} | {100 * (ours / measured - 1):+.3f}% "
+        print(f"| {key} | {measured:,} | {ours:,} | {100 * (ours / measured - 1):+.3f}% "
               f"| {measured / est.n_params:.2f} |")
 
 

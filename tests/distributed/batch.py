@@ -184,6 +184,24 @@ class Launches:
         return False
 
 
+def run_cases(root: Path, cases: dict[str, tuple[str, list[str]]], nproc: int, timeout: float) -> dict[str, Path]:
+    """One torchrun of the batch worker outside pytest (the benchmarks in scripts/bench/): each case
+    key -> (function name in tests/distributed/cases.py, overrides) runs in its own folder under
+    `root`, where it leaves result.pt. Returns key -> folder; raises subprocess.CalledProcessError
+    or TimeoutExpired when the launch fails."""
+    folders, spec = {}, []
+    for key, (fn, args) in cases.items():
+        folders[key] = root / _folder_name(key)
+        folders[key].mkdir(parents=True, exist_ok=True)
+        spec.append({"key": key, "fn": fn, "dir": str(folders[key]), "args": list(args)})
+    spec_file = root / "spec.json"
+    spec_file.write_text(json.dumps({"collective_timeout_s": COLLECTIVE_TIMEOUT_S, "cases": spec}))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                    str(BATCH_WORKER), str(spec_file)], cwd=REPO, env=worker_env(), check=True, timeout=timeout,
+                   stdout=subprocess.DEVNULL)
+    return folders
+
+
 def launch_timeout(n_cases: int) -> float:
     """Seconds a launch of n cases may take: generous (under load a case takes a minute or two,
     a launch's start tens of seconds); a hang ends there."""
