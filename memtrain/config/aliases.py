@@ -98,7 +98,7 @@ _reported: set[str] = set()
 def _deprecated(old_keys: list[str], where: str) -> None:
     """One line on stderr naming every old key not reported yet in this process (rank 0 only)."""
     fresh = [k for k in dict.fromkeys(old_keys) if k not in _reported]
-    if not fresh or os.environ.get("RANK", "0") != "0":
+    if not fresh or not _is_rank0():
         return
     _reported.update(fresh)
     names = ", ".join(f"{k} is now {RENAMED_KEYS[k]}" for k in fresh)

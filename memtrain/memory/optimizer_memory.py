@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError
+from memtrain.config.optimizer_compat import optimizer_name
 from memtrain.models import get_spec
 from memtrain.models.meta import build_on_meta
 
@@ -92,10 +93,6 @@ def _none(shape, b, ocfg, role):
 STATE = {"AdamW": _adamw, "Adam": _adamw, "Adafactor": _adafactor, "Lion": _lion, "SM3": _sm3, "CAME": _came,
          "AdamMini": _adam_mini, "AdamWBF16": _adamw_bf16, "AdamW8bit": _adamw_8bit, "MeZO": _none}
 ZEROTH_ORDER = ("MeZO",)
-
-
-def optimizer_name(cfg: DictConfig) -> str:
-    return str(cfg.optimizer._target_).rpartition(".")[2]
 
 
 def zeroth_order(cfg: DictConfig) -> bool:
