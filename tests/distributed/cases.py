@@ -401,7 +401,7 @@ def meta_init(folder: Path, *overrides: str) -> dict:
             "shard_bytes": sum(t.numel() * params[n].element_size() for n, t in local.items()),
             "stats": {n: (t.numel(), float(t.mean()), float(t.std())) for n, t in local.items() if t.numel() > 1},
             "heads": everyone,
-            "n_layers": cfg.model.n_layers,
+            "n_layers": cfg.model.get("n_layers"),
         }
         records = trainer.fit()
         result["losses"] = [r["loss"] for r in records]

@@ -12,7 +12,7 @@ import torch
 
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import load_config
-from memtrain.config.init_device import FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device
+from memtrain.config.init_device import FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device, meta_refusal
 from memtrain.engine.init_device import materialize
 from memtrain.machine import device_memory_bytes
 from memtrain.memory.estimator import estimate
@@ -58,10 +58,17 @@ def test_meta_is_refused_where_the_wrapping_needs_the_whole_model(parallel):
 
 
 def test_meta_is_refused_for_a_family_without_an_initialiser():
-    with pytest.raises(ConfigError) as info:
-        load_config(["+recipe=alphafold_tiny", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu",
-                     "trainer.init_device=meta"])
-    assert "trainer.init_device" in str(info.value) and "model.arch=alphafold" in str(info.value), str(info.value)
+    cfg = load_config(["+recipe=alphafold_tiny", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu"])
+    message = meta_refusal(cfg, has_initialiser=False)
+    assert "trainer.init_device" in message and "model.arch=alphafold" in message, message
+    assert meta_refusal(cfg, has_initialiser=True) is None
+
+
+@pytest.mark.parametrize("recipe", ["alphafold_tiny", "weather_swin_tiny", "weather_fuxi_tiny"])
+def test_every_family_builds_on_meta_under_fsdp(recipe):
+    cfg = load_config([f"+recipe={recipe}", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu",
+                       "trainer.init_device=meta"])
+    assert choice(cfg) == "meta"
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])
