@@ -113,3 +113,33 @@ def test_meta_build_of_alphafold_and_pangu_trains_a_step(case, launched):
     assert len(random) > 10, sorted(result["stats"])
     same = [n for n in random if n in rank1 and rank1[n].numel() == rank0[n].numel() and torch.equal(rank0[n], rank1[n])]
     assert not same, f"both ranks drew the same shard: {same}"
+
+
+# ZeRO-3 under trainer.init_device=meta: the model built inside deepspeed.zero.Init (DeepSpeed's
+# cases run last in the launch, batch.py). The tiny GPT in bf16, so the casts of the eager path
+# (param_dtype, then DeepSpeed's bf16) are checked too; fp32 parity with one process is test_zero.py's.
+ZERO3 = ["model=gpt_tiny", "data=synthetic", "data.seq_len=32", "data.num_synthetic_tokens=264",
+         "trainer.micro_batch_size=4", "trainer.log_every=1", "trainer.device=cpu", "parallel=zero3",
+         "trainer.max_steps=2", "optimizer.lr=3e-3", "trainer.warmup_steps=0", "precision=bf16"]
+ZERO_INIT = batched(__name__, {"zero3-bf16": Case(2, "zero_init", (*ZERO3, "trainer.init_device=meta"))})
+
+
+@pytest.mark.parametrize("case", ZERO_INIT)
+def test_zero_init_partitions_the_eager_weights(case, launched):
+    """zero.Init builds each module as the eager build does and partitions it at once: gathered,
+    the weights are the eager build's bit for bit (cast to bf16 as DeepSpeed casts a whole model),
+    the buffers too (param_dtype, as model.to), the weight-decay groups are the eager ones (by
+    whole shape, not the empty placeholders'), and training runs on them."""
+    result = launched(case)
+    assert result["init_device"] == "meta" and result["dtype"] == "torch.bfloat16"
+    assert result["names_equal"] and result["params_differ"] == [] and result["buffers_differ"] == [], result
+    groups, eager_groups = result["groups"]
+    assert groups == eager_groups and groups[0] > 0 and groups[1] > 0, result["groups"]
+    assert result["partition_bytes"] == pytest.approx(result["full_bytes"] / 2, rel=0.01)
+    # While it is built a rank holds its bf16 partitions, and the one module being built: in fp32
+    # and its bf16 cast (1.5 x its fp32 bytes), or gathered by GPT.init_weights' Module.apply; the
+    # 1 % of the whole model bounds the few scalars besides. An eager build holds the whole model
+    # in fp32 (2 x full_bytes here), which the bound is far below.
+    bound = result["partition_bytes"] + 1.5 * result["largest_module_bytes"] + 0.01 * result["full_bytes"]
+    assert result["build_peak_bytes"] <= bound < result["full_bytes"], (result["build_peak_bytes"], bound)
+    assert len(result["losses"]) == 2 and all(math.isfinite(x) for x in result["losses"]), result["losses"]
