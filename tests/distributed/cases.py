@@ -453,16 +453,16 @@ def zero_init(folder: Path, *overrides: str) -> dict:
             "largest_module_bytes": max(sum(p.ds_numel * 4 for p in m.parameters(recurse=False))
                                         for m in module.modules()),  # fp32 while it is built
         }
+        groups = [len(g["params"]) for g in param_groups(module, 0.1)]  # as the strategy saw them: partitioned
         with deepspeed.zero.GatheredParameters(list(params.values())):
-            gathered = {n: p.detach().clone() for n, p in params.items()}
-            groups = [len(g["params"]) for g in param_groups(module, 0.1)]
+            gathered = {n.replace("_checkpoint_wrapped_module.", ""): p.detach().clone() for n, p in params.items()}
         torch.manual_seed(cfg.trainer.seed)
         eager = get_spec(cfg.model.arch).build_model(cfg.model).to(trainer.precision.param_dtype)
         want = dict(eager.named_parameters())
         result["names_equal"] = want.keys() == gathered.keys()
         result["params_differ"] = [n for n, p in want.items()
                                    if not torch.equal(p.detach().to(gathered[n].dtype), gathered[n])]
-        buffers = dict(module.named_buffers())
+        buffers = {n.replace("_checkpoint_wrapped_module.", ""): b for n, b in module.named_buffers()}
         result["buffers_differ"] = [n for n, b in eager.named_buffers()
                                     if n not in buffers or not (b.dtype == buffers[n].dtype and torch.equal(b, buffers[n]))]
         result["groups"] = (groups, [len(g["params"]) for g in param_groups(eager, 0.1)])
