@@ -101,6 +101,12 @@ def _train(args: list[str], overrides: list[str], multirun: bool, single: bool) 
     try:
         if single:  # composed once, as Hydra composes a run, then checked and run from that config
             hydra_app, run_cfg = _compose_run(overrides)
+            if run_cfg is None:  # a config asked for a sweep (hydra.mode): hydra.main runs it
+                from hydra.core.global_hydra import GlobalHydra
+
+                GlobalHydra.instance().clear()
+                single = False
+        if single:
             jobs = [_job_config(run_cfg)]
         else:
             jobs = [load_config(job) for job in (sweep_jobs(overrides) if multirun else [overrides])]
@@ -151,21 +157,39 @@ def _hydra_app():
 
 def _compose_run(overrides: list[str]):
     """(Hydra application, the run's config with its `hydra` node) composed once, as `hydra.main`
-    composes a single run (RunMode.RUN, hydra.mode=RUN appended to the overrides, Hydra's own
-    logging configured). Composition errors are ConfigErrors naming the key."""
+    composes a single run (RunMode.RUN, Hydra's own logging configured), or (application, None)
+    when the composed config itself asks for a sweep (`hydra.mode: MULTIRUN` in a config file, which
+    hydra.main reads before it runs anything). A config that leaves hydra.mode unset gets RUN and
+    `hydra.mode=RUN` among its Hydra overrides, as hydra.main appends it. Composition errors, and
+    the Hydra keys run_job resolves (hydra.run.dir, hydra.output_subdir, hydra.job.env_set) when
+    they cannot resolve, are ConfigErrors naming the key."""
     from hydra.errors import HydraException
     from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict, read_write
     from omegaconf.errors import OmegaConfBaseException
 
     from memtrain.config.errors import from_hydra
 
     app = _hydra_app()
     try:
-        cfg = app.compose_config("train", overrides=[*overrides, "hydra.mode=RUN"], with_log_configuration=True,
-                                 run_mode=RunMode.RUN)
+        cfg = app.compose_config("train", overrides=list(overrides), with_log_configuration=True, run_mode=RunMode.RUN)
+        if cfg.hydra.mode == RunMode.MULTIRUN:
+            return app, None
+        for key in _RUN_JOB_KEYS:  # select resolves a value; a node's values are resolved by to_container
+            value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+            if OmegaConf.is_config(value):
+                OmegaConf.to_container(value, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
         raise from_hydra(exc) from exc
+    if cfg.hydra.mode is None:  # as hydra.main's _run_app: the mode, and the override that set it
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.mode = RunMode.RUN
+            cfg.hydra.overrides.hydra.append("hydra.mode=RUN")
     return app, cfg
+
+
+# the keys of the `hydra` node that Hydra's run_job resolves while it makes the run folder
+_RUN_JOB_KEYS = ("hydra.run.dir", "hydra.output_subdir", "hydra.job.env_set")
 
 
 def _job_config(run_cfg):

@@ -144,3 +144,24 @@ def test_a_run_is_composed_and_validated_once_with_the_files_hydra_main_writes(t
     from hydra.core.global_hydra import GlobalHydra
 
     assert not GlobalHydra.instance().is_initialized()  # either path leaves no Hydra application behind
+
+
+def test_a_sweep_a_config_asks_for_with_hydra_mode_runs_as_under_hydra_main(tmp_path):
+    """A config that sets `hydra.mode: MULTIRUN` with the sweeper's params (Hydra's sweep in a config
+    file) sweeps without -m, as hydra.main reads the mode from the composed config; the plain path
+    must not run it as one job."""
+    extra = tmp_path / "conf"
+    (extra / "recipe").mkdir(parents=True)
+    (extra / "recipe" / "two_optimizers.yaml").write_text(
+        "# @package _global_\n"
+        "hydra:\n"
+        "  mode: MULTIRUN\n"
+        "  sweeper:\n"
+        "    params:\n"
+        "      optimizer: adamw,adafactor\n")
+    sweep, run = tmp_path / "sweep", tmp_path / "run"
+    assert cli.main(["train", *TINY, "trainer.max_steps=1", f"hydra.searchpath=[file://{extra}]",
+                     "+recipe=two_optimizers", f"hydra.sweep.dir={sweep}", f"hydra.run.dir={run}"]) == 0
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert "Adafactor" in (sweep / "1" / ".hydra" / "config.yaml").read_text()
+    assert not run.exists()

@@ -404,3 +404,14 @@ def test_a_zero_checkpoint_on_another_world_size_is_refused_before_deepspeed_sta
     (path / "meta.json").write_text(json.dumps({"step": 2, "config": stored, "world_size": 2, "format": "deepspeed"}))
     fails_cleanly(capsys, ["train", *TINY, "parallel=zero2", "trainer.max_steps=3", f"trainer.resume={path}",
                            f"hydra.run.dir={tmp_path / 'run'}"], str(path), "world size 2 -> 1")
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.output_subdir", "hydra.job.env_set.MEMTRAIN_X"])
+def test_a_hydra_key_that_cannot_resolve_is_named_before_the_run_folder(capsys, key, tmp_path, monkeypatch):
+    """Hydra resolves hydra.run.dir, hydra.output_subdir and hydra.job.env_set while it makes the
+    run folder; one that cannot resolve is refused with the key, not a traceback from inside Hydra."""
+    monkeypatch.delenv("MEMTRAIN_SURELY_UNSET", raising=False)
+    run = [] if key == "hydra.run.dir" else [f"hydra.run.dir={tmp_path / 'run'}"]
+    fails_cleanly(capsys, ["train", *TINY, "trainer.max_steps=1", *run, f"++{key}=${{oc.env:MEMTRAIN_SURELY_UNSET}}"],
+                  key, "MEMTRAIN_SURELY_UNSET")
+    assert not (tmp_path / "run").exists()
