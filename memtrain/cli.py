@@ -41,7 +41,7 @@ def _fail(message: str) -> int:
 
 def _user_failure(exc: BaseException) -> SystemExit:
     """A failure the user caused, as one paragraph on stderr and exit code 2 (for SystemExit)."""
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and not isinstance(exc, UserError):  # a UserError's message says it already
         exc = file_system_error(exc, "file-system error at")
     return SystemExit(_fail(str(exc)))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memtrain.data.errors import DataFormatError
+from memtrain.data.errors import DataFormatError, DataNotFoundError
 
 _ALIASES = {"time": ("time", "valid_time"), "level": ("level", "pressure_level", "isobaricInhPa", "plev"),
             "latitude": ("latitude", "lat"), "longitude": ("longitude", "lon")}
@@ -90,13 +90,14 @@ def _rename(ds, path: Path):
 def data_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"ERA5 data folder {root} does not exist")
+        raise DataNotFoundError(f"ERA5 data folder {root} does not exist (data.root)", str(root))
     if root.suffix in (".nc", ".zarr"):
         return [root]
     files = sorted(p for p in root.iterdir() if p.suffix in (".nc", ".zarr") and p.name != "stats.nc"
                    and not p.name.startswith("."))
     if not files:
-        raise FileNotFoundError(f"no *.nc or *.zarr under {root}")
+        raise DataNotFoundError(f"no *.nc or *.zarr under {root} (data.root names the folder of the ERA5 files, or "
+                                "one file)", str(root))
     return files
 
 

@@ -38,10 +38,10 @@ from Bio.PDB.MMCIF2Dict import MMCIF2Dict
 from Bio.PDB.PDBExceptions import PDBConstructionException
 
 from memtrain.data.cache import cached_records
-from memtrain.data.errors import DataFormatError
+from memtrain.data.errors import DataFormatError, DataNotFoundError
 from memtrain.data.mmcif import PROTEIN_POLYMER_TYPE
 from memtrain.data.residue_constants import ATOM_ORDER, ATOM_RENAMES, NUM_ATOM_TYPES
-from memtrain.data.sequences import default_protein_root, read_a3m
+from memtrain.data.sequences import DATA_DIR_ENV, default_protein_root, read_a3m
 from memtrain.protein import residue_constants
 from memtrain.data.templates import (
     TEMPLATE_KEYS,
@@ -729,7 +729,9 @@ class ProteinStructureBatches:
         mmcif_dir, alignments_dir = self.root / "mmcif", self.root / "alignments"
         files = sorted(mmcif_dir.glob("*.cif")) if mmcif_dir.is_dir() else []
         if not files:
-            raise FileNotFoundError(f"no mmCIF files (*.cif) in {mmcif_dir}")
+            raise DataNotFoundError(f"no mmCIF files (*.cif) in {mmcif_dir}; set data.root to the folder that holds "
+                                    f"mmcif/ and alignments/ (when data.root is unset: ${DATA_DIR_ENV}/proteins)",
+                                    str(mmcif_dir))
         if only is not None and not (max_templates > 0 and template_source == "homologues"):
             # parse only the files that can hold the chains asked for (homologous templates are
             # searched among every file's chains, so then all are parsed)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from memtrain.data.cache import cached_sequences
-from memtrain.data.errors import DataFormatError
+from memtrain.data.errors import DataFormatError, DataNotFoundError
 from memtrain.data.mmcif import read_mmcif_sequences
 
 DATA_DIR_ENV = "MEMTRAIN_DATA_DIR"
@@ -198,10 +198,10 @@ def load_protein_sequences(
         raise ValueError(f"max_sequences must be positive, got {max_sequences}")
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(
-            f"protein data directory {root} does not exist; set the environment variable "
-            f"{DATA_DIR_ENV} to a directory that holds a 'proteins' folder"
-        )
+        raise DataNotFoundError(
+            f"protein data directory {root} does not exist; set data.root to the folder of the sequence files, "
+            f"or the environment variable {DATA_DIR_ENV} (read when data.root is unset) to a directory that "
+            "holds a 'proteins' folder", str(root))
     if not root.is_dir():
         raise NotADirectoryError(f"protein data root {root} is not a directory")
 

@@ -415,3 +415,23 @@ def test_a_hydra_key_that_cannot_resolve_is_named_before_the_run_folder(capsys, 
     fails_cleanly(capsys, ["train", *TINY, "trainer.max_steps=1", *run, f"++{key}=${{oc.env:MEMTRAIN_SURELY_UNSET}}"],
                   key, "MEMTRAIN_SURELY_UNSET")
     assert not (tmp_path / "run").exists()
+
+
+MISSING_DATA = [
+    # (overrides, the folder's name under tmp_path, words): data.root unset reads $MEMTRAIN_DATA_DIR
+    ([*TINY, "data=protein"], "proteins", ["MEMTRAIN_DATA_DIR", "data.root", "does not exist"]),
+    (["+recipe=alphafold_tiny"], "proteins/mmcif", ["MEMTRAIN_DATA_DIR", "data.root", "no mmCIF files"]),
+    (["+recipe=weather_swin_tiny", "data.root=EMPTY"], "", ["data.root", "no *.nc or *.zarr"]),
+]
+
+
+@pytest.mark.parametrize("overrides,folder,words", MISSING_DATA, ids=["protein", "structure", "era5"])
+def test_data_that_is_not_there_is_one_paragraph(capsys, overrides, folder, words, tmp_path, monkeypatch):
+    """The data a run reads is missing (the default folder under $MEMTRAIN_DATA_DIR, or an empty
+    data.root): the folder and the keys that choose it, not a traceback from the reader."""
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("MEMTRAIN_DATA_DIR", str(empty))
+    overrides = [o.replace("EMPTY", str(empty)) for o in overrides]
+    fails_cleanly(capsys, ["train", *overrides, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                  str(empty / folder).rstrip("/"), *words)
