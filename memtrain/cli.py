@@ -81,7 +81,32 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*(values for _, values in axes))]
 
 
+# Hydra's flags that choose another primary config or config folder; memtrain composes and checks
+# conf/train.yaml (its schema, its groups) before Hydra runs, so these are refused with what to use
+CONFIG_SOURCE_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
+
+
+def _config_source_refusal(args: list[str]) -> str | None:
+    """The one-paragraph refusal of a CONFIG_SOURCE_FLAGS flag among `args`, or None."""
+    for i, a in enumerate(args):
+        flag, eq, value = a.partition("=")
+        if flag not in CONFIG_SOURCE_FLAGS:
+            continue
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else "DIR")
+        if flag in ("--config-dir", "-cd"):
+            return (f"{flag}: memtrain composes conf/train.yaml and checks it before Hydra starts; add a folder of "
+                    f"config groups (e.g. recipe/NAME.yaml) with the override hydra.searchpath=[file://"
+                    f"{Path(value).expanduser().absolute()}] instead")
+        return (f"{flag}: memtrain composes its own primary config, conf/train.yaml, whose schema it checks; choose "
+                "groups and recipes with overrides (model=..., +recipe=NAME; more folders with "
+                "hydra.searchpath=[file://DIR])")
+    return None
+
+
 def train_command(args: list[str]) -> int:
+    refusal = _config_source_refusal(args)
+    if refusal:
+        return _fail(refusal)
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = _overrides(args)
     single = _single_run(args)

@@ -68,6 +68,11 @@ BAD_INPUTS = [
     (["train", "trainer.resume=/no/such/ckpt"], ["trainer.resume", "none, auto"]),
     (["estimate", "--yaml"], ["--yaml", "--json"]),
     (["fly"], ["fly", "train, estimate"]),
+    # Hydra's flags that change where the primary config comes from: memtrain composes conf/train.yaml
+    (["train", "--config-dir", "/some/conf", "+recipe=mine"], ["--config-dir", "hydra.searchpath=[file:///some/conf]"]),
+    (["train", "--config-dir=/some/conf", "+recipe=mine"], ["--config-dir", "hydra.searchpath=[file:///some/conf]"]),
+    (["train", "-cn", "other"], ["-cn", "conf/train.yaml", "+recipe="]),
+    (["train", "--config-path", "elsewhere"], ["--config-path", "conf/train.yaml"]),
 ]
 
 
