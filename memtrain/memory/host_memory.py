@@ -216,11 +216,13 @@ def _zero_startup(cfg: DictConfig, est, on_host: bool, whole: bool, add) -> None
     elif on_host:
         # zero.Init (trainer.init_device=meta): the partitions are the model from the start; each
         # module is whole only while it is built, in fp32 and cast (memtrain.engine.zero_strategy),
-        # its largest parameter standing for it (a weight; its bias is far smaller)
+        # its largest parameter standing for it (a weight; its bias is far smaller). Both are build
+        # terms: the fp32 master partition and the gradient buffer come later, in deepspeed.initialize
         from memtrain.memory.estimator import param_shapes
 
         largest = max((math.prod(s) for s in param_shapes(cfg)), default=0)
-        add("largest module built whole inside zero.Init (fp32 and its cast)", largest * (FP32 + low), STARTUP, TRANSIENT)
+        add("parameter partitions, made while zero.Init builds the model", part * low, STARTUP, BUILD)
+        add("largest module built whole inside zero.Init (fp32 and its cast)", largest * (FP32 + low), STARTUP, BUILD)
     if on_host or optimizer_on_host:
         # made before the gradient partition buffer (P b, _setup_for_real_optimizer), which it
         # never meets: counted net of it

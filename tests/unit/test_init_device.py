@@ -163,3 +163,26 @@ def test_zero3_builds_under_zero_init_and_auto_picks_it_past_the_budget():
     vocab, dim = load_config(base).model.vocab_size, load_config(base).model.dim
     assert largest == vocab * dim * (4 + 2)  # the embedding [V, D]: fp32, then bf16
     assert hosts["meta"].startup_per_rank < hosts["eager"].startup_per_rank / 2
+
+
+@pytest.mark.parametrize("base", [
+    ["model=gpt_1b", "launcher.nproc_per_node=8"],
+    ["+recipe=alphafold_tiny", "launcher.nproc_per_node=2"],
+], ids=["gpt_1b-8", "alphafold_tiny-2"])
+def test_zero_init_build_peak_is_the_partitions_and_one_module(base):
+    """Under zero.Init the module being built coexists with the partitions built so far, not with
+    the fp32 master partition and the gradient buffer deepspeed.initialize makes after the build:
+    the start-up peak is the larger of (partitions + the largest module in fp32 and its cast) and
+    deepspeed.initialize's persistent terms, never above eager's."""
+    cfgs = {d: load_config([*base, "parallel=zero3", "trainer.device=cpu", f"trainer.init_device={d}"])
+            for d in ("eager", "meta")}
+    est = estimate(cfgs["eager"])
+    hosts = {d: host_estimate(cfg, est) for d, cfg in cfgs.items()}
+    part = -(-est.n_params // est.world_size)
+    largest = max(p.numel() for p in build_on_meta(get_spec(cfgs["meta"].model.arch).build_model,
+                                                   cfgs["meta"].model).parameters())
+    # fp32 run: the parameter partition, the fp32 master partition and the gradient partition buffer
+    # (4 bytes per element each) after deepspeed.initialize; the partitions and one module (fp32, and
+    # its cast to the fp32 compute dtype) while zero.Init builds the model
+    assert hosts["meta"].startup_per_rank == max(3 * part * 4, part * 4 + largest * (4 + 4))
+    assert hosts["meta"].startup_per_rank <= hosts["eager"].startup_per_rank
