@@ -57,7 +57,13 @@ def materialize(model: nn.Module, device: torch.device, seed: int,
     """Allocate `model`'s meta parameters and buffers on `device` (each rank's shards only, for
     DTensors) and initialise them in place with `init_weights(model, generator_for)`, where
     generator_for(name, tensor) gives the generator for that parameter (`shard_generator`). The
-    initialiser must write every parameter and buffer: to_empty leaves uninitialised memory."""
+    initialiser must write every parameter and buffer: to_empty leaves uninitialised memory; a
+    module's own `reset_state()` (a layer a precision swap put in, e.g. FP8Linear) then writes the
+    state that the family's initialiser does not know."""
     model.to_empty(device=device)
     with torch.no_grad():
         init_weights(model, lambda name, tensor: shard_generator(seed, name, tensor))
+        for module in model.modules():  # state a precision swap added (FP8Linear's amax history)
+            reset_state = getattr(module, "reset_state", None)
+            if callable(reset_state):
+                reset_state()

@@ -104,12 +104,32 @@ class FP8Linear(nn.Linear):
     """nn.Linear whose matmul runs in FP8 (bias added in the output dtype). x [..., in] -> [..., out]
     in bf16. in_features and out_features must be multiples of 16 (_scaled_mm's constraint)."""
 
+    AMAX = ("amax_x", "amax_w", "amax_g")  # delayed scaling's history of |x|max, [history] fp32 each
+
     def __init__(self, in_features: int, out_features: int, bias: bool, history: int = 0, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.history = history
         if history > 0:
-            for name in ("amax_x", "amax_w", "amax_g"):
+            for name in self.AMAX:
                 self.register_buffer(name, torch.zeros(history, device=device, dtype=torch.float32))
+
+    def reset_parameters(self, generator_for=None) -> None:
+        """torch's nn.Linear initialisation of the weight and bias (drawn from `generator_for`'s
+        generators: memtrain.models.reset), and an empty amax history; nn.Linear's constructor
+        calls it before the history exists."""
+        from memtrain.models.reset import reset_torch_default, scoped
+
+        reset_torch_default(self, scoped(generator_for, ""))
+        self.reset_state()
+
+    @torch.no_grad()
+    def reset_state(self) -> None:
+        """The amax history as a new layer has it (zeros): the state the FP8 swap adds, which a
+        model family's initialiser does not know (memtrain.engine.init_device.materialize)."""
+        for name in self.AMAX:
+            buffer = getattr(self, name, None)
+            if buffer is not None:
+                buffer.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hist = (self.amax_x, self.amax_w, self.amax_g) if self.history > 0 else (None, None, None)

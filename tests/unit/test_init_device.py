@@ -186,3 +186,28 @@ def test_zero_init_build_peak_is_the_partitions_and_one_module(base):
     # its cast to the fp32 compute dtype) while zero.Init builds the model
     assert hosts["meta"].startup_per_rank == max(3 * part * 4, part * 4 + largest * (4 + 4))
     assert hosts["meta"].startup_per_rank <= hosts["eager"].startup_per_rank
+
+
+@pytest.mark.parametrize("recipe", ["model=gpt_tiny", "+recipe=weather_swin_tiny", "+recipe=weather_fuxi_tiny"])
+def test_materialised_fp8_layers_start_with_an_empty_amax_history(recipe):
+    """precision=fp8 with delayed scaling swaps the blocks' nn.Linear layers for FP8Linear, whose
+    amax history buffers the family's initialiser does not know: after to_empty they must still
+    start at zero (as an eager swap makes them), not as uninitialised memory, and a family that
+    initialises module by module (memtrain.models.reset) must not refuse the swapped layer. The
+    swap runs on CPU here; the FP8 matmul itself needs a GPU."""
+    from memtrain.precision.fp8 import FP8Linear, swap_to_fp8
+
+    cfg = load_config([recipe, "trainer.device=cpu"])
+    spec = get_spec(cfg.model.arch)
+    model = build_on_meta(spec.build_model, cfg.model)
+    swapped = swap_to_fp8(spec.blocks(model), history=16)
+    poison = torch.full((1 << 20,), float("nan"))  # freed memory that to_empty may hand out again
+    del poison
+    materialize(model, torch.device("cpu"), 0, spec.init_weights)
+    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
+    assert len(layers) == swapped > 0
+    for layer in layers:
+        for name in ("amax_x", "amax_w", "amax_g"):
+            assert torch.equal(getattr(layer, name), torch.zeros(16)), name
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        assert torch.isfinite(t).all(), name
