@@ -191,6 +191,55 @@ def dap_comm(folder: Path) -> str:
     return "ok"
 
 
+def dap_sent_bytes(folder: Path, *overrides: str) -> dict:
+    """The bytes this rank sends through memtrain.distributed.collectives (DAP's collectives and its
+    gradient all-reduce) during trainer.fit(), by collective, in memtrain.models.comm's convention:
+    an all-gather or a reduce-scatter (n-1)/n of the whole tensor, an all-to-all (n-1)/n of the
+    local one, an all-reduce 2 (n-1)/n of it. Other collectives (the loss's sums, the stop flag)
+    go through torch.distributed directly and are not counted."""
+    from memtrain.distributed import collectives
+
+    cfg = load_config(list(overrides))
+    trainer = Trainer(cfg, folder / "run")
+    real, sent = collectives.dist, {"all_gather": 0, "reduce_scatter": 0, "all_to_all": 0, "all_reduce": 0}
+
+    def nbytes(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    class Counting:
+        """torch.distributed as collectives.py sees it, counting what each call sends."""
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def all_gather_into_tensor(self, out, x, group=None):
+            sent["all_gather"] += (real.get_world_size(group) - 1) * nbytes(x)  # x: this rank's shard
+            return real.all_gather_into_tensor(out, x, group=group)
+
+        def reduce_scatter_tensor(self, out, x, group=None):
+            n = real.get_world_size(group)
+            sent["reduce_scatter"] += (n - 1) * nbytes(x) // n  # x: the whole tensor
+            return real.reduce_scatter_tensor(out, x, group=group)
+
+        def all_to_all_single(self, out, x, group=None):
+            n = real.get_world_size(group)
+            sent["all_to_all"] += (n - 1) * nbytes(x) // n  # x: this rank's pieces, one per rank
+            return real.all_to_all_single(out, x, group=group)
+
+        def all_reduce(self, x, group=None):
+            n = real.get_world_size(group)
+            sent["all_reduce"] += 2 * (n - 1) * nbytes(x) // n
+            return real.all_reduce(x, group=group)
+
+    collectives.dist = Counting()
+    try:
+        trainer.fit()
+    finally:
+        collectives.dist = real
+        trainer.close()
+    return sent
+
+
 def _sp_reference(q, k, v, w):
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
