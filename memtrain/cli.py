@@ -387,6 +387,10 @@ def estimate_command(args: list[str]) -> int:
 
     from memtrain.memory.plot import take_plot_path
 
+    for option in ("--from-run", "--plot"):
+        if sum(a == option or a.startswith(f"{option}=") for a in args) > 1:
+            return _fail(f"{option} is given twice; give it once")
+    explicit_run = any(a.startswith("--from-run=") for a in args)  # its value is the folder, '=' and all
     args = _split_option_values(args, ("--from-run", "--plot"))
     args, plot_path, error = take_plot_path(list(args))
     if error:
@@ -396,7 +400,10 @@ def estimate_command(args: list[str]) -> int:
         i = args.index("--from-run")
         run = args[i + 1] if i + 1 < len(args) else ""
         args = args[:i] + args[i + 2:]
-        if not run or run.startswith("-") or "=" in run:
+        # a word with '=' after --from-run is an override (DIR forgotten), unless it names a folder:
+        # Hydra's own folder names hold '=' (a sweep's override_dirname, hydra.run.dir=outputs/lr=0.1)
+        forgotten = "=" in run and not explicit_run and not Path(run).expanduser().exists()
+        if not run or run.startswith("-") or forgotten:
             return _fail("--from-run needs a run folder or a checkpoint folder (step_<N>/)")
     # trainer.resume=<checkpoint or run folder> names a run as --from-run does: its stored config, with
     # the other overrides on top ("what would this run need with parallel=fsdp instead")
@@ -440,7 +447,7 @@ def estimate_command(args: list[str]) -> int:
 def plan_command(args: list[str]) -> int:
     from memtrain.memory.plan_cli import plan_main
 
-    return plan_main(args, _fail)
+    return plan_main(_split_option_values(args, ("--top", "--global-batch", "--steps", "--plot")), _fail)
 
 
 def export_command(args: list[str]) -> int:

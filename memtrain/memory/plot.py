@@ -81,7 +81,7 @@ def take_plot_path(args: list[str]) -> tuple[list[str], Path | None, str | None]
     i = args.index("--plot")
     value = args[i + 1] if i + 1 < len(args) else ""
     rest = args[:i] + args[i + 2:]
-    if not value or value.startswith("-") or "=" in value:
+    if not value or value.startswith("-"):  # a word with '=' is a file name too (outputs/lr=0.1/m.png)
         return rest, None, "--plot needs a file name ending in .png, e.g. --plot memory.png"
     path = Path(value).expanduser()
     if path.suffix.lower() != ".png":

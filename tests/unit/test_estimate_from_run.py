@@ -100,3 +100,29 @@ def test_an_edited_stored_config_is_refused_naming_the_file(run_dir, edit, words
     with pytest.raises(ConfigError, match="--from-run") as err:
         config_from_run(run_dir, [])
     assert str(meta) in str(err.value) and words in str(err.value)
+
+
+def test_a_run_folder_whose_path_holds_an_equals_sign(tmp_path, run_dir, capsys):
+    """Hydra's own folder names hold '=' (a sweep's override_dirname, hydra.run.dir=outputs/lr=0.1):
+    --from-run takes such a folder in both forms; a word with '=' that names no folder is still
+    taken for a forgotten DIR."""
+    from memtrain.cli import estimate_command
+
+    swept = tmp_path / "sweep" / "optimizer=lion,trainer.seed=1"
+    swept.parent.mkdir()
+    swept.mkdir()
+    (swept / "checkpoints").symlink_to(run_dir / "checkpoints")
+    for args in ([f"--from-run={swept}"], ["--from-run", str(swept)]):
+        assert estimate_command([*args, "--json"]) == 0, args
+        assert json.loads(capsys.readouterr().out)["total"] == estimate(load_config(RUN)).total
+    assert estimate_command(["--from-run", "parallel=fsdp"]) == 2
+    assert "--from-run needs a run folder" in capsys.readouterr().err
+
+
+def test_an_option_given_twice_is_named_as_such(run_dir, tmp_path, capsys):
+    from memtrain.cli import estimate_command
+
+    for option, value in (("--from-run", str(run_dir)), ("--plot", str(tmp_path / "m.png"))):
+        assert estimate_command([f"{option}={value}", option, value]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{option} is given twice" in err and "unknown option" not in err, err

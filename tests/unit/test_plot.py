@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -77,3 +78,26 @@ def test_bad_plot_paths_are_refused_before_anything_runs(tmp_path):
                         (["--plot", str(tmp_path / "no" / "x.png")], "does not exist")):
         _, path, error = take_plot_path(args)
         assert path is None and words in error
+
+
+def test_plot_takes_a_file_name_with_an_equals_sign(tmp_path):
+    """A chart next to a Hydra run (outputs/lr=0.1/memory.png) is a file name like any other."""
+    from memtrain.memory.plot import take_plot_path
+
+    folder = tmp_path / "lr=0.1"
+    folder.mkdir()
+    for args in (["--plot", str(folder / "memory.png")], ["--plot", str(tmp_path / "a=b.png")]):
+        rest, path, error = take_plot_path(args)
+        assert error is None and str(path) == args[1] and rest == [], (args, error)
+
+
+def test_plan_takes_the_option_eq_value_forms_as_estimate_does(tmp_path, capsys):
+    """`memtrain plan --top=3 --plot=FILE.png` as `--top 3 --plot FILE.png` (argparse's two forms,
+    which estimate takes too)."""
+    from memtrain.cli import plan_command
+
+    png = tmp_path / "plan.png"
+    base = [*TINY, "precision=fp32", "optimizer=adamw", "hardware.gpus=1", "hardware.gpu_mem_gb=1"]
+    assert plan_command([*base, "--top=3", f"--plot={png}", "--json"]) == 0
+    assert png.read_bytes()[:8] == PNG
+    assert len(json.loads(capsys.readouterr().out)["rows"]) == 3
