@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from memtrain.config.errors import enum_names, to_container
+from memtrain.config.errors import as_enum, to_container
 from memtrain.config.parallel_options import Place, offload_option, parallel_option
 from memtrain.engine import preemption
 from memtrain.engine.checkpoint import Checkpointer, step_dir_name
@@ -21,6 +21,7 @@ from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.step import RankSums, StepResult, build_step_fn, to_device  # noqa: F401 (StepResult, to_device: re-exported)
 from memtrain.engine.parallelize import parallelize
 from memtrain.config.init_device import budget_bytes, choose_init_device, meta_refusal
+from memtrain.config.schema import Device, InitDevice
 from memtrain.engine.init_device import materialize
 from memtrain.machine import device_memory_bytes
 from memtrain.engine.metrics import MetricsLogger, StepMetrics, format_line
@@ -52,7 +53,7 @@ class Trainer:
         self.cfg, self.tcfg = cfg, cfg.trainer
         self.run_dir = Path(run_dir)
         self.spec = get_spec(cfg.model.arch)
-        self.device = resolve_device(enum_names(self.tcfg.device))
+        self.device = resolve_device(as_enum(self.tcfg.device, Device).value)
         self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=parallel_option(cfg).needs_process_group)
         try:
             self._build(cfg, console)
@@ -102,17 +103,17 @@ class Trainer:
         self._saved_step: int | None = None
 
     def _choose_init_device(self, cfg: DictConfig) -> torch.nn.Module | None:
-        """trainer.init_device resolved (memtrain.config.init_device) into self.init_device, "eager"
-        or "meta"; returns the model built on the meta device for meta (None for eager). auto counts
+        """trainer.init_device resolved (memtrain.config.init_device) into self.init_device, InitDevice.eager
+        or InitDevice.meta; returns the model built on the meta device for meta (None for eager). auto counts
         the parameters of that build when the layout could take it, and keeps it if it chooses meta."""
         has_init = self.spec.init_weights is not None
         shapes, n_params = None, 0
-        if enum_names(self.tcfg.init_device) == "auto" and meta_refusal(cfg, has_init) is None:
+        if as_enum(self.tcfg.init_device, InitDevice) is InitDevice.auto and meta_refusal(cfg, has_init) is None:
             shapes = build_on_meta(self.spec.build_model, cfg.model)
             n_params = sum(p.numel() for p in shapes.parameters())
         budget = budget_bytes(cfg, device_memory_bytes(self.device))
         self.init_device = choose_init_device(cfg, n_params, budget, has_init)
-        if self.init_device == "eager":
+        if self.init_device is InitDevice.eager:
             return None
         return shapes if shapes is not None else build_on_meta(self.spec.build_model, cfg.model)
 
