@@ -6,11 +6,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names, require
+from memtrain.config.errors import as_enum, require
 from memtrain.config.parallel_options import parallel_option
+from memtrain.config.schema import ContextParallelImpl, DataSource
 from memtrain.data.lm import build_lm_data
 from memtrain.models.gpt.attention import (ATTENTION_KEYS, LinformerCore, PerformerCore, core_activation_bytes,
                                            set_attention_cores)
+from memtrain.models.gpt.family import GPTAttention
 from memtrain.models.gpt.loss import LinearCrossEntropyHead, default_chunk, loss_fn
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.gpt.pipeline import pipeline_stages
@@ -113,7 +115,7 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
     else:
         norm_attn = norm_ffn = norm
     lse = 4 * b * heads * s
-    if enum_names(mcfg.get("attention", "softmax")) != "softmax":  # approximate core: its own saved tensors
+    if as_enum(mcfg.get("attention", "softmax"), GPTAttention) is not GPTAttention.softmax:  # approximate core: its own saved tensors
         lse = core_activation_bytes(mcfg, b, s, compute_bytes)
     core = compute_bytes * bsd * (2 + 2 * kvr) + lse  # q, k, v, out, logsumexp
     attn = norm_attn + core
@@ -186,8 +188,7 @@ def validate_parallel(cfg: DictConfig) -> None:
         require(not p.tp_sp or seq % dims.tp == 0, "data.seq_len",
                 f"seq_len={seq} must be divisible by parallel.tp={dims.tp} with parallel.tp_sp=true")
     if dims.cp > 1:
-        impl = enum_names(p.cp_impl)
-        if impl == "ulysses":
+        if as_enum(p.cp_impl, ContextParallelImpl) is ContextParallelImpl.ulysses:
             require(m.n_heads % dims.cp == 0, "parallel.cp",
                     f"model.n_heads={m.n_heads} must be divisible by parallel.cp={dims.cp} for parallel.cp_impl=ulysses")
             require(seq % dims.cp == 0, "data.seq_len", f"seq_len={seq} must be divisible by parallel.cp={dims.cp}")
@@ -217,17 +218,18 @@ def validate(cfg: DictConfig) -> None:
             "again as soon as its module's forward ends. Use model.loss_chunk=0 or -1 (both give the plain loss there), "
             "or parallel=fsdp, which shards parameters and keeps the fused loss")
     validate_parallel(cfg)
-    require(enum_names(m.get("attention", "softmax")) == "softmax" or cfg.parallel.cp == 1, "model.attention",
-            f"model.attention={enum_names(m.attention)} replaces the attention core that parallel.cp={cfg.parallel.cp} "
+    attention = as_enum(m.get("attention", "softmax"), GPTAttention)
+    require(attention is GPTAttention.softmax or cfg.parallel.cp == 1, "model.attention",
+            f"model.attention={attention.name} replaces the attention core that parallel.cp={cfg.parallel.cp} "
             "distributes; context parallelism needs model.attention=softmax")
-    if enum_names(m.get("attention", "softmax")) != "softmax":
+    if attention is not GPTAttention.softmax:
         for key in ("linformer_k", "performer_features", "attention_chunk"):
             require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
         require(m.performer_redraw >= 0, "model.performer_redraw", f"must be 0 (never) or positive, got {m.performer_redraw}")
-    source = enum_names(cfg.data.source)
-    require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
-            allowed=["protein", "synthetic"])
-    if source == "protein":
+    source = as_enum(cfg.data.source, DataSource)
+    require(source in (DataSource.protein, DataSource.synthetic), "data",
+            f"a language model trains on token streams, got data={source.name}", allowed=["protein", "synthetic"])
+    if source is DataSource.protein:
         require(m.vocab_size >= PROTEIN_VOCAB, "model.vocab_size",
                 f"vocab_size={m.vocab_size} is smaller than the protein tokenizer's {PROTEIN_VOCAB} tokens")
 

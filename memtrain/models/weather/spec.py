@@ -9,7 +9,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names, require
+from memtrain.config.errors import as_enum, require
+from memtrain.config.schema import DataSource, Device
 from memtrain.data.era5 import build_era5_data
 from memtrain.models.spec import ModelSpec, register_spec
 from memtrain.models.weather import flops
@@ -43,7 +44,7 @@ def sdpa_math(cfg: DictConfig) -> bool:
     """Whether the window attention runs as SDPA's math fallback: on the CPU (trainer.device=cpu),
     where F.scaled_dot_product_attention with an attention bias that needs a gradient has no fused
     kernel. On CUDA the memory-efficient kernel takes the bias and keeps no N x N matrix."""
-    return enum_names(cfg.trainer.device) == "cpu"
+    return as_enum(cfg.trainer.device, Device) is Device.cpu
 
 
 def _attention_bytes(dim: int, heads: int, n: int, c: int, math_sdpa: bool) -> float:
@@ -159,8 +160,8 @@ def _fuxi_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]:
 
 def _validate_common(cfg: DictConfig, lon_tokens: list[int], lon_window: int) -> None:
     m, d = cfg.model, cfg.data
-    source = enum_names(d.source)
-    require(source == "era5", "data", f"model.arch={m.arch} trains on gridded fields, data=era5; got data={source}",
+    source = as_enum(d.source, DataSource)
+    require(source is DataSource.era5, "data", f"model.arch={m.arch} trains on gridded fields, data=era5; got data={source.name}",
             allowed=["era5"])
     require(len(d.levels) == m.n_levels, "data.levels",
             f"{len(d.levels)} pressure levels but model.n_levels={m.n_levels}")
