@@ -94,8 +94,3 @@ def as_enum(value: object, enum_type: type[E]) -> E:
 
 def to_container(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-
-
-def enum_names(value: object) -> str:
-    """The name of an enum config value (OmegaConf keeps enums as Enum members)."""
-    return getattr(value, "name", str(value))

@@ -92,14 +92,15 @@ def cp(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str, float
     gradients in the backward (K/V repeated to H heads when n_kv_heads is not divisible by cp).
     Ring per layer and micro-batch: cp - 1 passes of the local K/V in the forward and again in the
     backward, plus cp passes of their fp32 gradients. Both: the fp32 gradients summed over cp."""
-    from memtrain.config.errors import enum_names
+    from memtrain.config.errors import as_enum
+    from memtrain.config.schema import ContextParallelImpl
 
     n, m = dims.cp, cfg.model
     dh = m.dim // m.n_heads
     kv = m.n_kv_heads or m.n_heads
     tokens = _tokens(cfg, dims)
     per_layer: dict[str, float]
-    if enum_names(cfg.parallel.cp_impl) == "ulysses":
+    if as_enum(cfg.parallel.cp_impl, ContextParallelImpl) is ContextParallelImpl.ulysses:
         kv_heads = kv if kv % n == 0 else m.n_heads
         per_layer = {"all_to_all_attention": 2 * _ring(n) * tokens * dh * (2 * m.n_heads + 2 * kv_heads) * ctx.compute_bytes}
     else:
