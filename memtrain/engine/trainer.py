@@ -33,10 +33,12 @@ from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import Precision
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+def resolve_device(device: Device | str) -> torch.device:
+    """The torch device of trainer.device (a Device or its name): auto is CUDA where it is visible."""
+    device = as_enum(device, Device)
+    if device is Device.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(device.value)
 
 
 # consecutive skipped steps after which a run counts as diverged: fp16's dynamic loss scale needs
@@ -53,7 +55,7 @@ class Trainer:
         self.cfg, self.tcfg = cfg, cfg.trainer
         self.run_dir = Path(run_dir)
         self.spec = get_spec(cfg.model.arch)
-        self.device = resolve_device(as_enum(self.tcfg.device, Device).value)
+        self.device = resolve_device(self.tcfg.device)
         self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=parallel_option(cfg).needs_process_group)
         try:
             self._build(cfg, console)

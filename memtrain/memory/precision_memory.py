@@ -66,9 +66,9 @@ def precision_activation_parts(cfg: DictConfig, parts: dict[str, float], compute
     for n_in, n_out, group in block_linears(cfg):
         if fp8 and n_in % 16 == 0 and n_out % 16 == 0:
             delta -= (tokens * n_in + n_in * n_out) * (compute - 1)
-        elif qat == "bitnet":  # own normalized, quantized input + rstd; its input stays saved (norm backward)
+        elif qat is QATScheme.bitnet:  # own normalized, quantized input + rstd; its input stays saved (norm backward)
             delta += 4 * tokens + tokens * n_in * residual + (0 if autocast else n_in * n_out * residual)
-        elif qat != "none" and not autocast:
+        elif qat is not QATScheme.none and not autocast:
             delta += n_in * n_out * residual
             if as_enum(p.get("qat_activations", "int8"), QATActivations) is QATActivations.int8:
                 # a quantized copy per layer replaces the one input tensor `group` layers shared
