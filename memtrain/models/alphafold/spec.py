@@ -10,8 +10,10 @@ from torch.distributed.device_mesh import DeviceMesh
 from memtrain.config.errors import as_enum, require
 from memtrain.config.schema import ACMode, DataSource, SelectivePolicy, TemplateSource
 from memtrain.distributed.collectives import all_reduce_gradients
+from memtrain.models.alphafold import comm
 from memtrain.models.alphafold.evaluation import build_evaluator, predict
 from memtrain.models.alphafold.family import AttentionBackend
+from memtrain.models.alphafold.flops import alphafold_forward_flops
 from memtrain.models.alphafold.loss import alphafold_loss, alphafold_loss_terms
 from memtrain.models.alphafold.memory import activation_bytes
 from memtrain.models.alphafold.model import AlphaFold
@@ -141,6 +143,8 @@ SPEC = register_spec(
         block_stacks=block_stacks,
         attention_core="",
         flops_per_token=lambda mcfg, seq_len: None,
+        forward_flops=alphafold_forward_flops,
+        comm_bytes=comm.comm_bytes,
         activation_bytes=lambda cfg, compute, residual: activation_bytes(
             cfg.model, cfg.trainer.micro_batch_size, cfg.data.seq_len, compute, residual, cfg=cfg),
         num_blocks=lambda mcfg: mcfg.n_blocks,

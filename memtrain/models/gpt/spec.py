@@ -10,6 +10,7 @@ from memtrain.config.errors import as_enum, require
 from memtrain.config.parallel_options import parallel_option
 from memtrain.config.schema import ContextParallelImpl, DataSource
 from memtrain.data.lm import build_lm_data
+from memtrain.models.gpt import comm
 from memtrain.models.gpt.attention import (ATTENTION_KEYS, LinformerCore, PerformerCore, core_activation_bytes,
                                            set_attention_cores)
 from memtrain.models.gpt.family import GPTAttention
@@ -244,6 +245,7 @@ SPEC = register_spec(
         blocks=blocks,
         attention_core="attention.core",
         flops_per_token=flops_per_token,
+        comm_bytes=comm.comm_bytes,
         activation_bytes=activation_bytes,
         num_blocks=lambda mcfg: mcfg.n_layers,
         validate=validate,
