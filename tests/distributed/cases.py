@@ -395,7 +395,7 @@ def meta_init(folder: Path, *overrides: str) -> dict:
         everyone: list[dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
         dist.all_gather_object(everyone, heads)
         result = {
-            "init_device": trainer.init_device,
+            "init_device": trainer.init_device.name,  # an InitDevice; its name: result.pt is loaded weights-only
             "peak_bytes": live.peak,
             "full_bytes": sum(p.numel() * p.element_size() for p in params.values()),  # a DTensor's numel is global
             "shard_bytes": sum(t.numel() * params[n].element_size() for n, t in local.items()),

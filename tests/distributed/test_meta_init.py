@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from memtrain.config.schema import InitDevice
 from tests.distributed.batch import Case, batched
 
 pytestmark = pytest.mark.multiprocess
@@ -26,7 +27,7 @@ EAGER = batched(__name__, {"eager": Case(2, "meta_init", (*MODEL, "trainer.init_
 @pytest.mark.parametrize("case", META)
 def test_meta_build_never_allocates_the_whole_model(case, launched):
     result = launched(case)
-    assert result["init_device"] == "meta"
+    assert InitDevice[result["init_device"]] is InitDevice.meta
     full, shard = result["full_bytes"], result["shard_bytes"]
     assert shard == pytest.approx(full / 2, rel=0.01)  # fully_shard's dim-0 chunks of even sizes: half each
     # Construction allocates the rank's shards plus what is not the model: the data set's 264 int64
@@ -39,7 +40,7 @@ def test_meta_build_never_allocates_the_whole_model(case, launched):
 @pytest.mark.parametrize("case", EAGER)
 def test_eager_build_holds_the_whole_model(case, launched):
     result = launched(case)
-    assert result["init_device"] == "eager"
+    assert InitDevice[result["init_device"]] is InitDevice.eager
     assert result["peak_bytes"] >= result["full_bytes"], (result["peak_bytes"], result["full_bytes"])
 
 
