@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from memtrain.config.errors import enum_names, to_container
-from memtrain.config.parallel_options import Place, offload_option, parallel_option
+from memtrain.config.parallel_options import Backend, Place, offload_option, parallel_option
 from memtrain.engine import preemption
 from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
@@ -53,7 +53,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.spec = get_spec(cfg.model.arch)
         self.device = resolve_device(enum_names(self.tcfg.device))
-        self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=parallel_option(cfg).needs_process_group)
+        # a process group and a mesh on every run, one rank too (DeepSpeed also reads LOCAL_RANK)
+        self._closed = False
+        self.env = init_distributed(cfg.parallel.backend, self.device,
+                                    local_rank_env=parallel_option(cfg).backend is Backend.DEEPSPEED)
         try:
             self._build(cfg, console)
         except BaseException:
@@ -68,8 +71,10 @@ class Trainer:
         # a checkpoint to resume from is checked against this run before anything is built
         path = resume_path(cfg, self.run_dir)
         self.resume: ResumeCheck | None = check_resume(path, cfg, self.env.world_size) if path is not None else None
+        # the degrees, resolved once here: everything after reads them from the mesh or from self.dims
         self.dims = ParallelDims.from_config(cfg.parallel, self.env.world_size)
-        self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
+        self.mesh = self.dims.build_mesh(self.device.type)
+        self.sums = RankSums.of(self.mesh)  # the flattened batch and data-parallel meshes
         self.dp_rank = dp_rank(self.mesh)
         shapes = self._choose_init_device(cfg)  # the model on the meta device when meta was chosen
         meta = shapes is not None
@@ -83,17 +88,17 @@ class Trainer:
                 model = self.spec.build_model(cfg.model)
         model.to(dtype=self.precision.param_dtype)
         # precision swaps -> loss head -> model parallelism -> checkpointing -> compile -> data parallelism
-        self.strategy = parallelize(model, cfg, self.spec, self.mesh, self.precision, self.device,
+        self.strategy = parallelize(model, cfg, self.spec, self.mesh, self.dims, self.precision, self.device,
                                     materialize=self._materialize if meta else None)
-        self.sums = RankSums(self.dims.dp, self.dims.batch_shards, self.env.world_size, dist.is_initialized())
         # backpropagation through the strategy, or forward passes only (an optimizer with zeroth_order)
         self.step_fn = build_step_fn(self.strategy, self.spec, self.precision, self.sums, self.tcfg.seed, self.device)
         self.data = self.spec.build_data(cfg)
-        if self.mesh is not None and self.spec.shard_batches is not None:
+        if self.spec.shard_batches is not None:
             self.data = self.spec.shard_batches(self.data, self.mesh, cfg)
         # held-out evaluation every trainer.eval_every steps (ModelSpec.build_evaluator)
         self.evaluator = self.spec.build_evaluator(cfg) if self.tcfg.eval_every > 0 else None
-        self.preemption = Preemption(self.device)  # SIGINT/SIGTERM/SIGUSR1: finish the step, checkpoint, stop
+        # SIGINT/SIGTERM/SIGUSR1: finish the step, checkpoint, stop (every rank: a MAX over the world)
+        self.preemption = Preemption(self.device, dist.group.WORLD)
         self.step = 0  # optimizer steps attempted (the position in the data)
         self.updates = 0  # optimizer steps applied: the learning-rate schedule follows these
         self.skipped_steps = 0  # steps whose update was skipped (fp16 overflow, non-finite gradients)
@@ -177,7 +182,18 @@ class Trainer:
         return self.lr_scheduler.get_last_lr()[0]
 
     def close(self) -> None:
-        shutdown(self.env)
+        """Destroy the process group this trainer made (a one-rank run's, or a launched worker's
+        own) and the environment it set for it; a group made by the caller is left alone. Closing
+        twice does nothing more (a later trainer's group is not this one's)."""
+        if not self._closed:
+            self._closed = True
+            shutdown(self.env)
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- checkpoints ------------------------------------------------------------------------------
 

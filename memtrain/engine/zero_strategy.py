@@ -55,8 +55,10 @@ class DeepSpeedStrategy:
     `model` is the DeepSpeedEngine (a module: `engine(inputs)`, `engine.module` the wrapped
     model), `optimizer` DeepSpeed's ZeRO optimizer around memtrain's torch optimizer."""
 
-    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: Any,
+    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, dims: ParallelDims,
                  precision: Precision, device: torch.device):
+        """`dims`: the run's degrees (the Trainer's, resolved once); DeepSpeed shards over its own
+        copy of the world group, so ZeRO takes every rank as a data-parallel one."""
         # DeepSpeed picks its accelerator once, at import, by probing for a GPU; make it the
         # device memtrain trains on (e.g. trainer.device=cpu on a machine with a GPU)
         os.environ.setdefault("DS_ACCELERATOR", device.type)
@@ -67,9 +69,6 @@ class DeepSpeedStrategy:
             raise RuntimeError(f"DeepSpeed's accelerator is {get_accelerator().device_name()!r} (DS_ACCELERATOR or "
                                f"an earlier import of deepspeed), but memtrain trains on {device.type!r}")
         self.cfg, self.spec, self.precision, self.device = cfg, spec, precision, device
-        if not dist.is_initialized():
-            raise RuntimeError("DeepSpeed needs a process group; memtrain makes one for every zero* run")
-        dims = ParallelDims.from_config(cfg.parallel, dist.get_world_size())
         if dims.dp != dims.world_size:
             raise ConfigError("parallel", f"ZeRO shards over every rank as data-parallel ranks; got dp={dims.dp} "
                                           f"of world size {dims.world_size}")

@@ -73,7 +73,7 @@ def train_run(run_dir: Path, overrides: list[str]) -> dict:
             n = float(trainer.sums.over_batch(count_targets(trainer.spec, micro, trainer.device)))
             for j, (x, y) in enumerate(micro):
                 trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
-            if trainer.mesh is not None and trainer.spec.reduce_gradients is not None:
+            if trainer.spec.reduce_gradients is not None:
                 trainer.spec.reduce_gradients(trainer.strategy.module, trainer.mesh)  # e.g. DAP's partial sums
             grads = full_grads(trainer)
             trainer.optimizer.zero_grad(set_to_none=True)
