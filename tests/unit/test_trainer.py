@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from memtrain.config.loader import compose_config, recipe_names
+from memtrain.distributed.mesh import DIMS
+from memtrain.engine.trainer import Trainer
 
 from memtrain.models import get_spec
 
@@ -24,6 +28,26 @@ def test_tiny_run_loss_falls_on_real_proteins(make, tmp_path):
     first, last = records[0]["loss"], sum(r["loss"] for r in records[-5:]) / 5
     assert last < first - 0.5, (first, last)
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 30
+
+
+@pytest.mark.parametrize("parallel", ["single", "ddp"])
+def test_a_one_rank_run_has_a_group_and_a_mesh_of_every_dimension_and_leaves_no_environment(compose, tmp_path, parallel):
+    """One process, no launcher: a one-rank group over an in-memory store (no port, nothing in the
+    environment) and the mesh of every dimension name, all of size 1, with its flattened batch and
+    data-parallel meshes; close() destroys the group."""
+    launch_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    before = {k: os.environ.get(k) for k in launch_env}
+    trainer = Trainer(compose(f"parallel={parallel}"), tmp_path)
+    try:
+        assert dist.is_initialized() and dist.get_world_size() == 1
+        assert trainer.mesh.mesh_dim_names == DIMS and trainer.mesh.shape == (1,) * len(DIMS)
+        assert trainer.sums.batch.mesh_dim_names == ("dp_cp",) and trainer.sums.batch.size() == 1
+        assert trainer.sums.data_parallel.mesh_dim_names == ("dp",) and trainer.sums.dp == 1
+        assert {k: os.environ.get(k) for k in launch_env} == before
+        assert math.isfinite(trainer.train_step().loss)
+    finally:
+        trainer.close()
+    assert not dist.is_initialized()
 
 
 def test_fp16_loss_scaler_skips_a_step_with_inf_gradients(make, tmp_path):
