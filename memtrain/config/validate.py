@@ -39,7 +39,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_trainer(cfg.trainer)
     _validate_offload(cfg)
     _validate_paths(cfg)
-    _validate_launch(cfg)
+    dims = _validate_launch(cfg)  # the degrees, resolved once for the checks below
     validate_hardware(cfg.hardware)
     require(not (cfg.trainer.compile and not parallel_option(cfg).compiles), "trainer.compile",
             f"regional compilation is applied by the torch strategies, not DeepSpeed's (parallel={cfg.parallel.name})")
@@ -49,7 +49,6 @@ def validate(cfg: DictConfig) -> None:
     require(ac.every_k >= 1, "activation_checkpoint.every_k", f"must be at least 1, got {ac.every_k}")
     require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
     require(cfg.data.seq_len >= 1, "data.seq_len", f"must be at least 1, got {cfg.data.seq_len}")
-    dims = ParallelDims.from_config(cfg.parallel, world_size(cfg))
     check_model_parallel(cfg.model.arch, vars(dims))  # before the family's own checks of those degrees
     validate_optimizer(cfg)
     spec = get_spec(cfg.model.arch)
@@ -214,19 +213,19 @@ def _validate_offload(cfg: DictConfig) -> None:
             allowed=OFFLOAD_SUPPORT[name])
 
 
-def _validate_launch(cfg: DictConfig) -> None:
+def _validate_launch(cfg: DictConfig) -> ParallelDims:
     lc = cfg.launcher
     for key in ("nproc_per_node", "nnodes"):
         require(lc[key] >= 1, f"launcher.{key}", f"must be at least 1, got {lc[key]}")
     require(0 <= lc.node_rank < lc.nnodes, "launcher.node_rank", f"must be in [0, nnodes={lc.nnodes}), got {lc.node_rank}")
     # the rendezvous a multi-node run needs is checked where it starts (memtrain.prereq), not for estimate or plan
-    world = world_size(cfg)
-    ParallelDims.from_config(cfg.parallel, world)
+    dims = ParallelDims.from_config(cfg.parallel, world_size(cfg))
     device = enum_names(cfg.trainer.device)
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", lc.nproc_per_node))
         require(per_node <= max(1, torch.cuda.device_count()), "launcher.nproc_per_node",
                 f"{per_node} processes per node but {torch.cuda.device_count()} CUDA devices are visible")
+    return dims
 
 
 def _validate_precision(p: DictConfig) -> None:

@@ -34,7 +34,6 @@ from memtrain.models.activation_checkpoint import checkpointed_block_ids
 from memtrain.memory.estimator import MemoryEstimate
 from memtrain.config.cfgview import node_key
 from memtrain.models import get_spec
-from memtrain.models.alphafold.flops import _pair_flops, alphafold_forward_flops  # noqa: F401  (re-exported)
 from memtrain.models.flops import forward_flops
 from memtrain.precision.amp import dtype_of
 
@@ -67,19 +66,6 @@ class StepCost:
 
 def peak_flops(hw: DictConfig, compute_dtype: str) -> float:
     return 1e12 * {"bfloat16": hw.peak_tflops_bf16, "float16": hw.peak_tflops_fp16, "float32": hw.peak_tflops_fp32}[compute_dtype]
-
-
-def dap_bytes_per_block(cfg: DictConfig, dap: int) -> float:
-    """Bytes each rank receives in one Evoformer block's forward under DAP (memtrain.models.alphafold.
-    parallelize): gathers of the row attention's pair bias, the outer product's b, one triangle
-    multiplication operand each way and both triangle attentions' biases ((n-1)/n of the full tensor),
-    and the all-to-alls m <-> columns (x2) and z <-> columns (x4) ((n-1)/n^2 of it)."""
-    m = cfg.model
-    b, n, s = cfg.trainer.micro_batch_size, cfg.data.crop_size, cfg.data.max_msa
-    c = dtype_of(cfg.precision.compute_dtype).itemsize
-    gathers = n * n * (m.n_heads_msa + 2 * m.c_hidden_mul + 2 * m.n_heads_pair) + s * n * m.c_hidden_opm
-    all_to_all = 2 * s * n * m.c_m + 4 * n * n * m.c_z
-    return b * c * ((dap - 1) / dap * gathers + (dap - 1) / dap**2 * all_to_all)
 
 
 def offload_bytes(cfg: DictConfig, n_params: int, dims: ParallelDims) -> tuple[float, float]:
@@ -131,30 +117,24 @@ DATA_PARALLEL = ("dp_replicate", "dp_shard")
 
 def comm_seconds(cfg: DictConfig, est: MemoryEstimate, dims: ParallelDims) -> dict[str, float]:
     """Seconds per step of every mesh dimension's communication: memtrain.memory.comm's bytes sent
-    per device (est.comm_bytes), plus DAP's, over NVLink when the dimension stays inside a node and
+    per device (est.comm_bytes, the families' model-parallel terms included), over NVLink when the dimension stays inside a node and
     over the network when it spans nodes."""
     hw = cfg.hardware
     out = {}
     volumes = {dim: sum(c.values()) for dim, c in est.comm_bytes.items()}
-    if dims.dap > 1 and "dap" not in volumes:  # a dap degree only where the family declares it (validated)
-        ac = cfg.activation_checkpoint
-        n_blocks = get_spec(cfg.model.arch).num_blocks(cfg.model)
-        passes = 2 + len(checkpointed_block_ids(n_blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k)) / n_blocks
-        volumes["dap"] = cfg.trainer.grad_accum * n_blocks * passes * dap_bytes_per_block(cfg, dims.dap)
     for dim, nbytes in volumes.items():
         gbps = hw.inter_node_gbps if spans_nodes(dims, dim, hw.gpus) else hw.intra_node_gbps
         out[dim] = nbytes / (1e9 * gbps)
     return out
 
 
-def zero_overlap_comm(cfg: DictConfig) -> bool:
+def zero_overlap_comm(cfg: DictConfig, dims: ParallelDims) -> bool:
     """Whether the DeepSpeed config memtrain runs (memtrain.distributed.zero.deepspeed_config)
     overlaps gradient reduction with the backward (zero_optimization.overlap_comm)."""
     from memtrain.distributed.zero import deepspeed_config
 
     key = (node_key(cfg.parallel), node_key(cfg.offload))
     if key not in _OVERLAP:
-        dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
         _OVERLAP[key] = bool(deepspeed_config(cfg, dims, "cuda")["zero_optimization"]["overlap_comm"])
     return _OVERLAP[key]
 
@@ -177,7 +157,7 @@ def exposed_dp_seconds(cfg: DictConfig, est: MemoryEstimate, dims: ParallelDims,
     hw, opt = cfg.hardware, parallel_option(cfg)
     whole, backward, never = 0.0, 0.0, 0.0
     deepspeed = opt.backend is Backend.DEEPSPEED
-    overlap = zero_overlap_comm(cfg) if deepspeed else False
+    overlap = zero_overlap_comm(cfg, dims) if deepspeed else False
     for dim in DATA_PARALLEL:
         gbps = hw.inter_node_gbps if spans_nodes(dims, dim, hw.gpus) else hw.intra_node_gbps
         for collective, nbytes in est.comm_bytes.get(dim, {}).items():
@@ -215,8 +195,9 @@ def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
     """Per-device seconds of one optimizer step (see the module's docstring)."""
     from memtrain.memory.optimizer_memory import zeroth_order
 
-    hw = cfg.hardware
-    dims = ParallelDims.from_config(cfg.parallel, cfg.launcher.nnodes * cfg.launcher.nproc_per_node)
+    hw, dims = cfg.hardware, est.dims  # the degrees the estimate resolved
+    if dims is None:
+        raise ValueError("step_cost needs an estimate made by memtrain.memory.estimator.estimate (its dims)")
     spec = get_spec(cfg.model.arch)
     n_blocks = spec.num_blocks(cfg.model)
     accum = cfg.trainer.grad_accum

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
@@ -98,9 +99,14 @@ class MemoryEstimate:
     # DeepSpeed ZeRO: one rank's tensors, each {label, nbytes, where, phase, slot}
     # (memtrain.memory.zero_memory); empty for the other parallel options
     model_state_terms: list = field(default_factory=list)
+    # the degrees this estimate was made for, resolved once (ParallelDims.from_config) and read by
+    # the cost model; not part of the JSON, which keeps world_size, dp_replicate, dp_shard and pp
+    dims: Optional[ParallelDims] = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("dims")
+        return out
 
 
 def param_units(cfg: DictConfig) -> list[list[torch.Size]]:
@@ -348,6 +354,7 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         units = tp_units(param_units(cfg), dims.tp)
         est = pipeline_estimate(cfg, dims, numel(flat(units)), model_states, activation_bytes, MemoryEstimate)
         est.peak = est.total  # the pipeline schedule's phases are not followed: the sum stands for the peak
+        est.dims = dims
         return est
     states, n_params = _model_states_of(cfg, dims)
     parts = activation_parts(cfg, dims)
@@ -398,6 +405,7 @@ def estimate(cfg: DictConfig) -> MemoryEstimate:
         comm_bytes=comm_bytes(cfg, dims, n_params),
         precision_state=precision_state,
         model_state_terms=[asdict(t) for t in states.terms],
+        dims=dims,
     )
 
 

@@ -1,14 +1,13 @@
 """Forward FLOPs of one micro-batch of any model family: (one block, outside the blocks, one block's
-attention core), from the family's ModelSpec (flops_per_token for decoders, forward_flops) or
-AlphaFold's count (memtrain.models.alphafold.flops). Read by the cost model of `memtrain plan` and
-by memtrain.prereq."""
+attention core), from the family's ModelSpec: flops_per_token for decoders, else forward_flops
+(memtrain/models/alphafold/flops.py, memtrain/models/weather/flops.py). Read by the cost model of
+`memtrain plan` and by memtrain.prereq."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
 from memtrain.config.cfgview import node_key
-from memtrain.models.alphafold.flops import alphafold_forward_flops
 from memtrain.models.spec import get_spec
 
 
@@ -28,10 +27,10 @@ def _flops(cfg: DictConfig) -> tuple[float, float, float]:
         outside = 2 * cfg.model.vocab_size * cfg.model.dim * tokens
         core = 4 * cfg.model.dim * seq_len * tokens
         return (forward - outside) / n_blocks, outside, core
-    if spec.forward_flops is not None:
-        return spec.forward_flops(cfg)
-    block, outside = alphafold_forward_flops(cfg)
-    return block, outside, 0.0
+    if spec.forward_flops is None:
+        raise NotImplementedError(f"model.arch={cfg.model.arch}: its ModelSpec declares neither flops_per_token "
+                                  "nor forward_flops, which the cost model needs")
+    return spec.forward_flops(cfg)
 
 
 def forward_flops(cfg: DictConfig) -> tuple[float, float, float]:

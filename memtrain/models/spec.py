@@ -79,8 +79,13 @@ class ModelSpec:
     # saved bytes come from activation_bytes' "stacks"
     block_stacks: Callable[[nn.Module], list[nn.ModuleList]] | None = None
     # config -> (one block, outside the blocks, one block's attention core) forward FLOPs per
-    # micro-batch, for the cost model; None: flops_per_token (decoders) or AlphaFold's count
+    # micro-batch, for the cost model; None: flops_per_token (a decoder's count)
     forward_flops: Callable[[DictConfig], tuple[float, float, float]] | None = None
+    # (config, ParallelDims, memtrain.models.comm.CommContext) -> {mesh dimension: {collective: bytes
+    # sent per device per optimizer step}} for the model-parallel dimensions the family declares
+    # (degree > 1), read by `memtrain estimate` (comm_bytes) and the plan's cost model; None: the
+    # family declares none
+    comm_bytes: Callable[..., dict[str, dict[str, float]]] | None = None
 
     @property
     def model_parallel(self) -> tuple[str, ...]:

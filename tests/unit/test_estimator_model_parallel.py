@@ -67,3 +67,28 @@ def test_comm_bytes(compose):
     local_kv = 2 * t.micro_batch_size * cfg.data.seq_len // 2 * m.n_kv_heads * (m.dim // m.n_heads)
     assert ring["p2p_kv"] == m.n_layers * 2 * 1 * local_kv * 4  # cp-1 = 1 pass, forward and backward
     assert ring["p2p_dkv"] == m.n_layers * 2 * local_kv * 4  # cp passes of the fp32 dK/dV
+
+
+def test_dap_comm_bytes_are_the_familys_and_the_estimate_keeps_its_degrees():
+    """AlphaFold's DAP volume (memtrain/models/alphafold/comm.py) is in `comm_bytes` like tp's and cp's:
+    per Evoformer block and pass, the all-gathers send (n-1)/n of the pair bias of the row attention
+    [N, N, H_msa], the triangle multiplication operands [N, N, 2 C_mul], both triangle attentions'
+    biases [N, N, 2 H_pair] and the outer product's b [S, N, C_opm]; the all-to-alls (n-1)/n^2 of
+    m [S, N, C_m] twice and z [N, N, C_z] four times. Passes: forward and backward, plus the
+    recomputed forward of checkpointed blocks. Counted here from the config."""
+    from memtrain.config.loader import load_config
+    from memtrain.distributed.mesh import ParallelDims
+
+    for ac, passes in (("none", 2), ("full", 3)):
+        cfg = load_config(["+recipe=alphafold_tiny", "parallel=dap", "launcher.nproc_per_node=2",
+                           f"activation_checkpoint={ac}", "trainer.grad_accum=3"])
+        m, b, n, s = cfg.model, cfg.trainer.micro_batch_size, cfg.data.crop_size, cfg.data.max_msa
+        c = 4 if cfg.precision.compute_dtype.name == "float32" else 2
+        gathers = n * n * (m.n_heads_msa + 2 * m.c_hidden_mul + 2 * m.n_heads_pair) + s * n * m.c_hidden_opm
+        all_to_all = 2 * s * n * m.c_m + 4 * n * n * m.c_z
+        scale = 3 * m.n_blocks * passes * b * c
+        est = estimate(cfg)
+        assert est.comm_bytes["dap"] == {"all_gather_activations": int(scale * gathers / 2),
+                                         "all_to_all_activations": int(scale * all_to_all / 4)}
+        # the degrees are resolved once, kept for the cost model, and left out of the JSON
+        assert est.dims == ParallelDims.from_config(cfg.parallel, 2) and "dims" not in est.as_dict()

@@ -29,8 +29,9 @@ def _msa_block_flops(n: int, s: int, cm: int, cz: int, hm: int, hcm: int, co: in
     )
 
 
-def alphafold_forward_flops(cfg: DictConfig) -> tuple[float, float]:
-    """(one Evoformer block, everything outside the blocks) forward FLOPs of one micro-batch,
+def alphafold_forward_flops(cfg: DictConfig) -> tuple[float, float, float]:
+    """(one Evoformer block, everything outside the blocks, 0: no attention core counted apart)
+    forward FLOPs of one micro-batch (ModelSpec.forward_flops),
     counting matmuls and einsums (2 FLOPs per multiply-add), B crops of N residues, S MSA rows and
     T template rows (Supplement Algorithms 7-15 for the block; 20-23 and the heads outside).
 
@@ -78,4 +79,4 @@ def alphafold_forward_flops(cfg: DictConfig) -> tuple[float, float]:
         + 2 * nn * cz * 64 + 2 * (s - t) * n * cm * 23  # distogram and masked-MSA heads
         + stack_outside
     )
-    return float(b * block), float(b * outside)
+    return float(b * block), float(b * outside), 0.0

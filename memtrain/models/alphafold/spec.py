@@ -9,7 +9,9 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from memtrain.config.errors import enum_names, require
 from memtrain.distributed.collectives import all_reduce_gradients
+from memtrain.models.alphafold import comm
 from memtrain.models.alphafold.evaluation import build_evaluator, predict
+from memtrain.models.alphafold.flops import alphafold_forward_flops
 from memtrain.models.alphafold.loss import alphafold_loss, alphafold_loss_terms
 from memtrain.models.alphafold.memory import activation_bytes
 from memtrain.models.alphafold.model import AlphaFold
@@ -138,6 +140,8 @@ SPEC = register_spec(
         block_stacks=block_stacks,
         attention_core="",
         flops_per_token=lambda mcfg, seq_len: None,
+        forward_flops=alphafold_forward_flops,
+        comm_bytes=comm.comm_bytes,
         activation_bytes=lambda cfg, compute, residual: activation_bytes(
             cfg.model, cfg.trainer.micro_batch_size, cfg.data.seq_len, compute, residual, cfg=cfg),
         num_blocks=lambda mcfg: mcfg.n_blocks,

@@ -9,6 +9,7 @@ from torch import nn
 from memtrain.config.errors import enum_names, require
 from memtrain.config.parallel_options import parallel_option
 from memtrain.data.lm import build_lm_data
+from memtrain.models.gpt import comm
 from memtrain.models.gpt.attention import (ATTENTION_KEYS, LinformerCore, PerformerCore, core_activation_bytes,
                                            set_attention_cores)
 from memtrain.models.gpt.loss import LinearCrossEntropyHead, default_chunk, loss_fn
@@ -242,6 +243,7 @@ SPEC = register_spec(
         blocks=blocks,
         attention_core="attention.core",
         flops_per_token=flops_per_token,
+        comm_bytes=comm.comm_bytes,
         activation_bytes=activation_bytes,
         num_blocks=lambda mcfg: mcfg.n_layers,
         validate=validate,

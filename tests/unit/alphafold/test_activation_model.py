@@ -259,7 +259,7 @@ def test_cost_model_counts_the_stacks_flops():
     """The planner's FLOPs: the template rows enlarge the Evoformer's MSA, the extra-MSA and
     template pair stacks add their blocks' work (spread over the Evoformer blocks, so DAP splits
     and checkpointing recomputes it), the point-wise attention and embedders add to the outside."""
-    from memtrain.memory.cost_model import alphafold_forward_flops
+    from memtrain.models.alphafold.flops import alphafold_forward_flops
 
     def flops(**keys):
         return alphafold_forward_flops(compose_af("alphafold", "bf16", data__crop_size=64, data__max_msa=32, **keys))
@@ -273,7 +273,7 @@ def test_cost_model_counts_the_stacks_flops():
     assert e1024[0] - e512[0] == pytest.approx(2 * (e512[0] - e256[0]), rel=1e-12)
     # what does not grow with E, spread over the 48 blocks: per extra block its pair modules, the
     # row attention's pair bias, the outer product mean's output Linear, the averaged query
-    from memtrain.memory.cost_model import _pair_flops
+    from memtrain.models.alphafold.flops import _pair_flops
 
     m, n = compose_af("alphafold").model, 64
     hc = m.n_heads_msa * m.c_hidden_extra_msa_att
