@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from memtrain.config.errors import enum_names, to_container
-from memtrain.config.parallel_options import Backend, Place, offload_option, parallel_option
+from memtrain.config.parallel_options import Backend, MetaBuild, Place, offload_option, parallel_option
 from memtrain.engine import preemption
 from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
@@ -76,17 +76,22 @@ class Trainer:
         self.mesh = self.dims.build_mesh(self.device.type)
         self.sums = RankSums.of(self.mesh)  # the flattened batch and data-parallel meshes
         self.dp_rank = dp_rank(self.mesh)
-        shapes = self._choose_init_device(cfg)  # the model on the meta device when meta was chosen
+        shapes = self._choose_init_device(cfg)  # the model on the meta device for FSDP2's meta build
         meta = shapes is not None
         torch.manual_seed(self.tcfg.seed)  # every rank builds the same initial weights
 
         self.precision = Precision.from_config(cfg.precision, self.device.type)
-        if meta:  # shapes only: each rank's shards are materialised after the wrapping
-            model = shapes
+        if self.init_device == "meta" and not meta:  # ZeRO-3: zero.Init partitions each module as it is built
+            from memtrain.engine.zero_strategy import build_partitioned
+
+            model = build_partitioned(cfg, self.spec, self.dims, self.precision, self.device)  # cast there
         else:
-            with torch.device(self.device):
-                model = self.spec.build_model(cfg.model)
-        model.to(dtype=self.precision.param_dtype)
+            if meta:  # shapes only: each rank's shards are materialised after the wrapping
+                model = shapes
+            else:
+                with torch.device(self.device):
+                    model = self.spec.build_model(cfg.model)
+            model.to(dtype=self.precision.param_dtype)
         # precision swaps -> loss head -> model parallelism -> checkpointing -> compile -> data parallelism
         self.strategy = parallelize(model, cfg, self.spec, self.mesh, self.dims, self.precision, self.device,
                                     materialize=self._materialize if meta else None)
@@ -108,8 +113,9 @@ class Trainer:
 
     def _choose_init_device(self, cfg: DictConfig) -> torch.nn.Module | None:
         """trainer.init_device resolved (memtrain.config.init_device) into self.init_device, "eager"
-        or "meta"; returns the model built on the meta device for meta (None for eager). auto counts
-        the parameters of that build when the layout could take it, and keeps it if it chooses meta."""
+        or "meta"; returns the model built on the meta device for FSDP2's meta build (None for eager,
+        and for ZeRO-3's, which builds under zero.Init). auto counts the parameters of that build
+        when the layout could take it, and keeps it if it chooses meta."""
         has_init = self.spec.init_weights is not None
         shapes, n_params = None, 0
         if enum_names(self.tcfg.init_device) == "auto" and meta_refusal(cfg, has_init) is None:
@@ -117,7 +123,7 @@ class Trainer:
             n_params = sum(p.numel() for p in shapes.parameters())
         budget = budget_bytes(cfg, device_memory_bytes(self.device))
         self.init_device = choose_init_device(cfg, n_params, budget, has_init)
-        if self.init_device == "eager":
+        if self.init_device == "eager" or parallel_option(cfg).meta_build is not MetaBuild.FULLY_SHARD:
             return None
         return shapes if shapes is not None else build_on_meta(self.spec.build_model, cfg.model)
 

@@ -460,10 +460,73 @@ def meta_init(folder: Path, *overrides: str) -> dict:
             "shard_bytes": sum(t.numel() * params[n].element_size() for n, t in local.items()),
             "stats": {n: (t.numel(), float(t.mean()), float(t.std())) for n, t in local.items() if t.numel() > 1},
             "heads": everyone,
-            "n_layers": cfg.model.n_layers,
+            "n_layers": cfg.model.get("n_layers"),
         }
         records = trainer.fit()
         result["losses"] = [r["loss"] for r in records]
+        return result
+    finally:
+        trainer.close()
+
+
+def zero_init(folder: Path, *overrides: str) -> dict:
+    """ZeRO-3 (trainer.init_device=eager, or meta: the model built inside deepspeed.zero.Init):
+    the Trainer built under LiveBytes, then every parameter gathered (deepspeed.zero.GatheredParameters)
+    and compared with an eager build of the same seed cast as the eager path casts it (param_dtype,
+    then DeepSpeed's bf16/fp16), the buffers likewise; the weight-decay groups against the eager
+    model's; then trainer.max_steps steps. Returns the peak bytes of the model's build (until the
+    wrapping starts) and of the whole construction (with DeepSpeed's buffers, e.g. its reduce
+    bucket), the whole parameters' bytes, this rank's partitions' bytes, the largest module's fp32
+    parameter bytes, the names that differ and the losses."""
+    import deepspeed
+
+    from memtrain.memory.measure import LiveBytes
+    from memtrain.models import get_spec
+    from memtrain.optim.builder import param_groups
+
+    import memtrain.engine.trainer as trainer_module
+
+    cfg = load_config(list(overrides))
+    live, build = LiveBytes(), {}
+    wrap = trainer_module.parallelize
+
+    def parallelize(*args, **kwargs):  # the model is built: its peak, before DeepSpeed's buffers
+        build["peak"] = live.peak
+        return wrap(*args, **kwargs)
+
+    trainer_module.parallelize = parallelize
+    try:
+        with live:
+            trainer = Trainer(cfg, folder / "run")
+    finally:
+        trainer_module.parallelize = wrap
+    try:
+        module = trainer.strategy.module
+        params = dict(module.named_parameters())
+        result = {
+            "init_device": trainer.init_device,
+            "build_peak_bytes": build["peak"],
+            "peak_bytes": live.peak,
+            "full_bytes": sum(p.ds_numel * p.element_size() for p in params.values()),
+            "partition_bytes": sum(p.ds_tensor.numel() * p.element_size() for p in params.values()),
+            "largest_module_bytes": max(sum(p.ds_numel * 4 for p in m.parameters(recurse=False))
+                                        for m in module.modules()),  # fp32 while it is built
+        }
+        groups = [len(g["params"]) for g in param_groups(module, 0.1)]  # as the strategy saw them: partitioned
+        with deepspeed.zero.GatheredParameters(list(params.values())):
+            gathered = {n.replace("_checkpoint_wrapped_module.", ""): p.detach().clone() for n, p in params.items()}
+        torch.manual_seed(cfg.trainer.seed)
+        eager = get_spec(cfg.model.arch).build_model(cfg.model).to(trainer.precision.param_dtype)
+        want = dict(eager.named_parameters())
+        result["names_equal"] = want.keys() == gathered.keys()
+        result["params_differ"] = [n for n, p in want.items()
+                                   if not torch.equal(p.detach().to(gathered[n].dtype), gathered[n])]
+        buffers = {n.replace("_checkpoint_wrapped_module.", ""): b for n, b in module.named_buffers()}
+        result["buffers_differ"] = [n for n, b in eager.named_buffers()
+                                    if n not in buffers or not (b.dtype == buffers[n].dtype and torch.equal(b, buffers[n]))]
+        result["groups"] = (groups, [len(g["params"]) for g in param_groups(eager, 0.1)])
+        result["dtype"] = str(next(iter(gathered.values())).dtype)
+        result["losses"] = [r["loss"] for r in trainer.fit()]
         return result
     finally:
         trainer.close()

@@ -74,6 +74,8 @@ CASES = {
     "zero3": zero("parallel=zero3"),
     "zero2-optimizer-cpu": zero("parallel=zero2", "offload=optimizer_cpu"),
     "zero3-params-cpu": zero("parallel=zero3", "offload=params_cpu", slow=True),
+    # built inside deepspeed.zero.Init: the eager weights, partitioned module by module, so the same run
+    "zero3-meta": zero("parallel=zero3", "trainer.init_device=meta"),
 }
 
 
