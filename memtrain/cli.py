@@ -208,6 +208,16 @@ def _run_composed(app, run_cfg) -> int:
     return 0
 
 
+def _split_option_values(args: list[str], options: tuple[str, ...]) -> list[str]:
+    """`args` with each `--option=VALUE` of `options` written as `--option VALUE` (both forms are
+    accepted, as argparse accepts them)."""
+    out = []
+    for a in args:
+        name, eq, value = a.partition("=")
+        out.extend([name, value] if eq and name in options else [a])
+    return out
+
+
 def _overrides(args: list[str]) -> list[str]:
     """The Hydra overrides among `args`: not the flags, nor the value of Hydra's --cfg/--package."""
     out, skip = [], False
@@ -328,6 +338,7 @@ def estimate_command(args: list[str]) -> int:
 
     from memtrain.memory.plot import take_plot_path
 
+    args = _split_option_values(args, ("--from-run", "--plot"))
     args, plot_path, error = take_plot_path(list(args))
     if error:
         return _fail(error)

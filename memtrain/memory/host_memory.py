@@ -81,6 +81,8 @@ class HostEstimate:
     ranks_per_node: int
     device_is_host: bool  # trainer.device=cpu: the device terms are in host memory too
     terms: list = field(default_factory=list)
+    # trainer.init_device as the Trainer would resolve it ("eager" or "meta"; auto decided)
+    init_device: str = "eager"
 
     @property
     def startup_per_node(self) -> int:
@@ -126,7 +128,8 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
 
     # -- start-up: the model built whole, then wrapped ----------------------------------------------
     build = n * param_bytes
-    whole = init_device(cfg, n, on_host) == "eager"
+    chosen = init_device(cfg, n, on_host)
+    whole = chosen == "eager"
     if on_host and whole:
         add("model built whole on each rank (param_dtype)", build, STARTUP, BUILD)
     if opt.backend is Backend.DEEPSPEED:
@@ -165,6 +168,7 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         device_is_host=on_host,
         terms=[asdict(t) for t in terms],
+        init_device=chosen,
     )
 
 

@@ -5,6 +5,9 @@ estimate's start-up term of the whole model vanishes under meta."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
 
 import pytest
@@ -45,6 +48,28 @@ def test_auto_picks_meta_when_the_budget_is_below_the_full_fp32_states():
     # a layout that holds the whole model on every rank stays eager whatever the budget
     ddp = ["model=gpt_tiny", "parallel=ddp", "launcher.nproc_per_node=2", "trainer.device=cpu"]
     assert choice(load_config([*ddp, f"trainer.init_budget_gb={full_gib * 0.5}"])) == "eager"
+
+
+def test_estimate_says_which_build_auto_picks():
+    """`memtrain estimate` names the build trainer.init_device=auto resolves to, in the JSON
+    (host_memory.init_device) and on the table's start-up row."""
+    from rich.console import Console
+
+    from memtrain import cli
+    from memtrain.memory.report import render_table
+
+    full_gib = n_params(load_config(TINY_FSDP)) * FULL_STATE_BYTES / GIB
+    for budget, expected in ((full_gib * 0.5, "meta"), (full_gib * 2, "eager")):
+        cfg = load_config([*TINY_FSDP, f"trainer.init_budget_gb={budget}"])
+        assert host_estimate(cfg, estimate(cfg)).init_device == expected
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["estimate", *TINY_FSDP, f"trainer.init_budget_gb={full_gib * 0.5}", "--json"]) == 0
+    assert json.loads(out.getvalue())["host_memory"]["init_device"] == "meta"
+    cfg = load_config([*TINY_FSDP, f"trainer.init_budget_gb={full_gib * 0.5}"])
+    console = Console(file=io.StringIO(), width=200)
+    console.print(render_table(cfg, estimate(cfg)))
+    assert "start-up (meta build, wrap)" in console.file.getvalue()
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "zero2", "single"])
