@@ -30,6 +30,7 @@ from memtrain.errors import UserError, file_system_error, print_user_error
 # answer at once.
 
 OVERRIDE_COMMANDS = ("train", "estimate", "plan", "submit")  # the commands whose arguments include Hydra overrides
+HYDRA_VERSION_BASE = "1.3"  # Hydra's defaults (no chdir into the run folder, ...) of this version
 MAX_SWEEP_JOBS = 256  # a multirun of more jobs is refused: every job is composed and checked before any starts
 err = Console(stderr=True)
 
@@ -81,13 +82,28 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 
 def train_command(args: list[str]) -> int:
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = _overrides(args)
+    single = _single_run(args)
+    try:
+        return _train(args, overrides, multirun, single)
+    finally:
+        if single:  # the Hydra application _compose_run registered
+            from hydra.core.global_hydra import GlobalHydra
+
+            GlobalHydra.instance().clear()
+
+
+def _train(args: list[str], overrides: list[str], multirun: bool, single: bool) -> int:
     from memtrain.config.loader import load_config
     from memtrain.prereq import check_runs_here, check_slurm, launcher_choice
 
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    overrides = _overrides(args)
     try:
-        jobs = [load_config(job) for job in (sweep_jobs(overrides) if multirun else [overrides])]
+        if single:  # composed once, as Hydra composes a run, then checked and run from that config
+            hydra_app, run_cfg = _compose_run(overrides)
+            jobs = [_job_config(run_cfg)]
+        else:
+            jobs = [load_config(job) for job in (sweep_jobs(overrides) if multirun else [overrides])]
         if launcher_choice(overrides) == "slurm":  # the jobs run on the cluster's nodes, not here
             check_slurm("hydra/launcher=slurm", "Check the sweep with `memtrain submit --dry-run -- OVERRIDES`, or run "
                         "it on this machine without hydra/launcher=slurm.")
@@ -96,7 +112,110 @@ def train_command(args: list[str]) -> int:
                 check_runs_here(cfg)
     except UserError as exc:
         return _fail(str(exc))
+    from memtrain.cli import _CHECKED as checked  # the module _train_job reads, also under `python -m`
+
+    checked[:] = jobs  # a job whose config is one of these is not validated again in this process
+    if single:
+        return _run_composed(hydra_app, run_cfg)
     return _run_hydra(args)
+
+
+# configs validated in this process (train_command), which _train_job does not validate again
+_CHECKED: list = []
+
+
+def _single_run(args: list[str]) -> bool:
+    """A plain run: overrides only (no Hydra flag such as --multirun, --cfg or --config-dir, and
+    no hydra.mode override), which memtrain composes once and hands to Hydra's run_job."""
+    return all(not a.startswith("-") for a in args) and not any(a.lstrip("+~").startswith("hydra.mode") for a in args)
+
+
+def _hydra_app():
+    """The Hydra application `hydra.main` makes for memtrain/cli.py's `_train_job`: the same task
+    name and config search path, registered as the global Hydra instance."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import (create_automatic_config_search_path,
+                                       detect_calling_file_or_module_from_task_function, detect_task_name)
+
+    from memtrain.cli import _train_job as job  # by module name, also under `python -m`
+    from memtrain.config.loader import CONF_DIR, register_all
+
+    register_all()
+    version.setbase(HYDRA_VERSION_BASE)
+    calling_file, calling_module = detect_calling_file_or_module_from_task_function(job)
+    search_path = create_automatic_config_search_path(calling_file, calling_module, str(CONF_DIR))
+    return Hydra.create_main_hydra2(task_name=detect_task_name(calling_file, calling_module),
+                                    config_search_path=search_path)
+
+
+def _compose_run(overrides: list[str]):
+    """(Hydra application, the run's config with its `hydra` node) composed once, as `hydra.main`
+    composes a single run (RunMode.RUN, hydra.mode=RUN appended to the overrides, Hydra's own
+    logging configured). Composition errors are ConfigErrors naming the key."""
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    from memtrain.config.errors import from_hydra
+
+    app = _hydra_app()
+    try:
+        cfg = app.compose_config("train", overrides=[*overrides, "hydra.mode=RUN"], with_log_configuration=True,
+                                 run_mode=RunMode.RUN)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise from_hydra(exc) from exc
+    return app, cfg
+
+
+def _job_config(run_cfg):
+    """The job's config of a run config (its `hydra` node dropped, as Hydra's run_job hands it to
+    the task), resolved and validated (ConfigError)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    from memtrain.config.loader import check_config
+
+    cfg = copy.deepcopy(run_cfg)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    check_config(cfg)
+    return cfg
+
+
+def _run_composed(app, run_cfg) -> int:
+    """Hydra's single run (Hydra.run without its composition): the run folder, .hydra/ files and
+    job logging from `run_cfg`, then `_train_job` with the job's config."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+
+    from memtrain.cli import _train_job as job
+
+    callbacks = Callbacks(run_cfg)
+    callbacks.on_run_start(config=run_cfg, config_name="train")
+    try:
+        ret = run_job(hydra_context=HydraContext(config_loader=app.config_loader, callbacks=callbacks),
+                      task_function=job, config=run_cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
+                      configure_logging=True)
+        callbacks.on_run_end(config=run_cfg, config_name="train", job_return=ret)
+        _ = ret.return_value  # raises the job's exception, as Hydra.run does
+    except OSError as exc:
+        if not _is_file_error(exc):
+            raise
+        return _fail(str(file_system_error(exc, "cannot write the run folder:")))
+    return 0
+
+
+def _split_option_values(args: list[str], options: tuple[str, ...]) -> list[str]:
+    """`args` with each `--option=VALUE` of `options` written as `--option VALUE` (both forms are
+    accepted, as argparse accepts them)."""
+    out = []
+    for a in args:
+        name, eq, value = a.partition("=")
+        out.extend([name, value] if eq and name in options else [a])
+    return out
 
 
 def _overrides(args: list[str]) -> list[str]:
@@ -132,12 +251,15 @@ def _run_hydra(args: list[str]) -> int:
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")(job)()
+        hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=HYDRA_VERSION_BASE)(job)()
     except OSError as exc:
         if not _is_file_error(exc):
             raise
         return _fail(str(file_system_error(exc, "cannot write the run folder:")))
     finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()  # the application hydra.main registered (a later compose makes its own)
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
@@ -155,7 +277,8 @@ def _train_job(cfg) -> None:
 
     run_dir = cfg.trainer.run_dir or HydraConfig.get().runtime.output_dir
     try:
-        check_config(cfg)
+        if not any(cfg == checked for checked in _CHECKED):  # a job of another process, or recomposed by Hydra
+            check_config(cfg)
         if needs_launch(cfg):
             check_launch_here(cfg)
         if not launched():  # a torchrun/srun worker: the job was sized where it was submitted
@@ -215,6 +338,7 @@ def estimate_command(args: list[str]) -> int:
 
     from memtrain.memory.plot import take_plot_path
 
+    args = _split_option_values(args, ("--from-run", "--plot"))
     args, plot_path, error = take_plot_path(list(args))
     if error:
         return _fail(error)

@@ -1,5 +1,6 @@
-"""trainer.init_device resolved without torch: whether a config may build its model on the meta
-device, and which of eager or meta `auto` picks (read by validation, the Trainer and `memtrain
+"""trainer.init_device resolved without torch: whether a config may build its model without any
+rank holding it whole (meta: on the meta device under FSDP2, inside deepspeed.zero.Init under
+ZeRO-3), and which of eager or meta `auto` picks (read by validation, the Trainer and `memtrain
 estimate`). What each choice does, and the materialisation itself: memtrain.engine.init_device.
 
 "Full fp32 states" counts FULL_STATE_BYTES per parameter: fp32 weights, gradients and Adam's two
@@ -14,7 +15,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from memtrain.config.errors import ConfigError, as_enum
-from memtrain.config.parallel_options import parallel_option
+from memtrain.config.parallel_options import MetaBuild, parallel_option
 from memtrain.config.schema import InitDevice
 
 FULL_STATE_BYTES = 16  # fp32 weight + fp32 gradient + Adam's two fp32 moments, bytes per parameter
@@ -22,16 +23,21 @@ GIB = 2**30
 
 
 def meta_refusal(cfg: DictConfig, has_initialiser: bool) -> Optional[str]:
-    """Why `cfg` cannot build on the meta device (a ConfigError message), or None when it can."""
-    name, fsdp = cfg.parallel.name, parallel_option(cfg).fsdp
-    if not fsdp or cfg.parallel.pp != 1:
-        layout = f"parallel={name}" + (f" with parallel.pp={cfg.parallel.pp}" if fsdp else "")
-        return (f"trainer.init_device=meta builds the model on the meta device and materialises only each rank's "
-                f"shards after FSDP2's fully_shard, which {layout} does not apply (DDP and a single process hold "
-                "the whole model on every rank, pipeline stages are split from the whole model, DeepSpeed ZeRO "
-                "partitions a model it is given whole); use parallel=fsdp or parallel=hsdp (parallel.pp=1), or "
-                "trainer.init_device=eager")
-    if not has_initialiser:
+    """Why `cfg` cannot build its model without any rank holding it whole (trainer.init_device=meta;
+    a ConfigError message), or None when it can: FSDP2 (parallel=fsdp|hsdp, no pipeline) builds it
+    on the meta device and materialises each rank's shards with the family's initialiser; ZeRO-3
+    (parallel=zero3) builds it inside deepspeed.zero.Init, which runs the family's constructors."""
+    name, build = cfg.parallel.name, parallel_option(cfg).meta_build
+    if build is MetaBuild.NONE:
+        return (f"trainer.init_device=meta builds a model that no rank holds whole, which parallel={name} cannot "
+                "wrap (DDP and a single process hold the whole model on every rank, ZeRO-1/2 partition only the "
+                "optimizer states and gradients of a model every rank holds, a model-parallel option splits a whole "
+                "model); use parallel=fsdp, parallel=hsdp or parallel=zero3, or trainer.init_device=eager")
+    if build is MetaBuild.FULLY_SHARD and cfg.parallel.pp != 1:
+        return (f"trainer.init_device=meta materialises each rank's shards after FSDP2's fully_shard, but "
+                f"parallel={name} with parallel.pp={cfg.parallel.pp} splits pipeline stages from the whole model; "
+                "use parallel.pp=1 or trainer.init_device=eager")
+    if build is MetaBuild.FULLY_SHARD and not has_initialiser:
         return (f"trainer.init_device=meta needs the model family's initialiser of materialised shards "
                 f"(ModelSpec.init_weights), which model.arch={cfg.model.arch} does not have; use "
                 "trainer.init_device=eager")

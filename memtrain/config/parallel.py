@@ -43,8 +43,11 @@ class ParallelDims:
         fixed = math.prod(v for v in degrees.values() if v != -1)
         if auto:
             if world_size % fixed:
+                others = ", ".join(f"parallel.{d}={v}" for d, v in degrees.items() if v not in (1, -1)) or "all 1"
                 raise ConfigError(f"parallel.{auto[0]}",
-                                  f"the other degrees ({shown}) multiply to {fixed}, which does not divide the world size {world_size}")
+                                  f"parallel.{auto[0]}=-1 takes what the world size leaves, but the other degrees "
+                                  f"({others}) multiply to {fixed}, which does not divide the world size {world_size} "
+                                  "(launcher.nnodes x launcher.nproc_per_node, or WORLD_SIZE)")
             degrees[auto[0]] = world_size // fixed
         elif fixed != world_size:
             raise ConfigError("parallel", f"the degrees ({shown or 'all 1'}) multiply to {fixed}, but the world size "

@@ -53,6 +53,14 @@ class DataParallel(str, Enum):
     HYBRID = "hybrid"  # sharded within dp_shard groups, replicated across dp_replicate (HSDP)
 
 
+class MetaBuild(str, Enum):
+    """How an option builds a model no rank may hold whole (trainer.init_device=meta)."""
+
+    NONE = "none"  # it wraps a model every rank holds whole (DDP, ZeRO-1/2, one process, DAP, ...)
+    FULLY_SHARD = "fully_shard"  # FSDP2: built on the meta device, sharded, each rank's shards materialised
+    ZERO_INIT = "zero_init"  # DeepSpeed ZeRO-3: built inside deepspeed.zero.Init, partitioned module by module
+
+
 class Place(str, Enum):
     """Where an offload keeps what it moves."""
 
@@ -71,7 +79,9 @@ class ParallelOption:
     model_dims: the model-parallel mesh dimensions (memtrain.models.family) it composes with; a
     degree other than 1 on any other is refused. Which of them a model implements is its family's.
     dp_dims: the data-parallel mesh dimensions it takes; a degree other than 1 on the other is refused.
-    needs_process_group: whether it runs torch.distributed even on one rank (single does not).
+    needs_process_group: whether it communicates over ranks (DDP, FSDP, DeepSpeed... want their
+    wrappers even on one rank); single does not: it runs one process, every degree 1. (Every run
+    has a process group and a mesh, single's a one-rank one: memtrain.distributed.launch.)
     compiles: whether trainer.compile (regional compilation, applied by the torch strategies) composes.
     zeroth_order: whether zeroth-order optimizers (MeZO: whole replicated parameters perturbed in
     place) run under it."""
@@ -120,6 +130,16 @@ class ParallelOption:
         """The forward runs on parameters cast to the compute dtype (FSDP's mixed-precision policy,
         DeepSpeed's low-precision model), so the residual stream is in the compute dtype."""
         return self.fsdp or self.backend is Backend.DEEPSPEED
+
+    @property
+    def meta_build(self) -> MetaBuild:
+        """How trainer.init_device=meta builds under this option: FSDP2 shards a model built on the
+        meta device; ZeRO-3 partitions each module as zero.Init builds it; the others need it whole."""
+        if self.fsdp:
+            return MetaBuild.FULLY_SHARD
+        if self.backend is Backend.DEEPSPEED and self.shards_params:
+            return MetaBuild.ZERO_INIT
+        return MetaBuild.NONE
 
     @property
     def params_released_after_module_forward(self) -> bool:

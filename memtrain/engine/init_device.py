@@ -1,11 +1,14 @@
 """Where a model's parameters are first made (`trainer.init_device`): whole on every rank
-(eager), or on the meta device and materialised shard by shard after the parallel wrapping
-(meta), so that FSDP2 can hold a model whose full states exceed one device's memory.
+(eager), or never whole on any rank (meta), so that FSDP2 or ZeRO-3 can hold a model whose full
+states exceed one device's memory. Under FSDP2, meta builds on the meta device and materialises
+shard by shard after the parallel wrapping (below); under DeepSpeed ZeRO-3 it builds inside
+deepspeed.zero.Init, which partitions each module as it is built
+(memtrain.engine.zero_strategy.build_partitioned: the eager build's weights, partitioned).
 
     eager  the model is built on trainer.device under trainer.seed on every rank, then
            model-parallelised and wrapped (torch's and the parity tests' reference: every layout
            starts from the same, bit-identical weights).
-    meta   the model is built on the meta device (shapes only), model-parallelised and sharded
+    meta   (FSDP2) the model is built on the meta device (shapes only), model-parallelised and sharded
            (fully_shard) there, then `to_empty` allocates only this rank's shards and the family's
            initialiser (ModelSpec.init_weights) fills them in place. A sharded parameter's local
            shard draws from its own generator, seeded from (trainer.seed, parameter name, the
@@ -14,9 +17,10 @@
            communication. The weights have the same distribution as eager ones, not the same values.
            (torch's own DTensor RNG does not help on CPU/gloo: its offset-based tracker supports
            CUDA-like devices only, and elsewhere every rank draws the same values for its shard.)
-    auto   meta only when the layout shards parameters (parallel=fsdp|hsdp, no pipeline) and the
-           model's full fp32 states would not fit the budget (trainer.init_budget_gb, else the
-           device's memory); eager otherwise, so small models keep eager's weights.
+    auto   meta only when the layout shards parameters (parallel=fsdp|hsdp with no pipeline, or
+           parallel=zero3) and the model's full fp32 states would not fit the budget
+           (trainer.init_budget_gb, else the device's memory); eager otherwise, so small models
+           keep eager's weights.
 
 The choice itself (refusals, auto's budget, the full fp32 states' bytes) is made without torch
 in memtrain.config.init_device.

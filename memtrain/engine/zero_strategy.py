@@ -55,35 +55,13 @@ class DeepSpeedStrategy:
     `model` is the DeepSpeedEngine (a module: `engine(inputs)`, `engine.module` the wrapped
     model), `optimizer` DeepSpeed's ZeRO optimizer around memtrain's torch optimizer."""
 
-    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: Any,
+    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, dims: ParallelDims,
                  precision: Precision, device: torch.device):
-        # DeepSpeed picks its accelerator once, at import, by probing for a GPU; make it the
-        # device memtrain trains on (e.g. trainer.device=cpu on a machine with a GPU)
-        os.environ.setdefault("DS_ACCELERATOR", device.type)
-        import deepspeed
-        from deepspeed.accelerator import get_accelerator
-
-        if get_accelerator().device_name() != device.type:
-            raise RuntimeError(f"DeepSpeed's accelerator is {get_accelerator().device_name()!r} (DS_ACCELERATOR or "
-                               f"an earlier import of deepspeed), but memtrain trains on {device.type!r}")
+        """`dims`: the run's degrees (the Trainer's, resolved once); DeepSpeed shards over its own
+        copy of the world group, so ZeRO takes every rank as a data-parallel one."""
+        deepspeed = _import_deepspeed(device)
         self.cfg, self.spec, self.precision, self.device = cfg, spec, precision, device
-        if not dist.is_initialized():
-            raise RuntimeError("DeepSpeed needs a process group; memtrain makes one for every zero* run")
-        dims = ParallelDims.from_config(cfg.parallel, dist.get_world_size())
-        if dims.dp != dims.world_size:
-            raise ConfigError("parallel", f"ZeRO shards over every rank as data-parallel ranks; got dp={dims.dp} "
-                                          f"of world size {dims.world_size}")
-        if "Adafactor" in str(cfg.optimizer.get("_target_", "")):
-            raise ConfigError("optimizer", "ZeRO hands the optimizer flat 1-D shards of the parameters, so "
-                                           "Adafactor could not factor its second moment over rows and columns and "
-                                           "would silently become another algorithm; use optimizer=adamw with zero*")
-        self.ds_config = deepspeed_config(cfg, dims, device.type)
-        if "fp16" in self.ds_config and not get_accelerator().is_fp16_supported():
-            raise ConfigError("precision", f"DeepSpeed has no fp16 support on this {device.type} device (its "
-                                           "accelerator reports is_fp16_supported() False); use precision=bf16 or fp32")
-        _no_shm_comm_build()
-        _fix_zero3_param_dtype()
-        _forget_stale_groups()
+        self.ds_config = _checked_config(cfg, dims, device)
         optimizer = build_optimizer(cfg.optimizer, model, device.type)
         engine, ds_optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False,
@@ -174,6 +152,91 @@ class DeepSpeedStrategy:
             raise CheckpointError(f"DeepSpeed could not load the checkpoint {path}")
         _set_rng_state(load_checkpoint_file(path / f"rng_rank{dist.get_rank():05d}.pt"), self.device)
         return meta
+
+
+def _import_deepspeed(device: torch.device) -> Any:
+    """deepspeed, imported with its accelerator set to `device`'s type. DeepSpeed picks its
+    accelerator once, at import, by probing for a GPU; make it the device memtrain trains on (e.g.
+    trainer.device=cpu on a machine with a GPU)."""
+    os.environ.setdefault("DS_ACCELERATOR", device.type)
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != device.type:
+        raise RuntimeError(f"DeepSpeed's accelerator is {get_accelerator().device_name()!r} (DS_ACCELERATOR or "
+                           f"an earlier import of deepspeed), but memtrain trains on {device.type!r}")
+    return deepspeed
+
+
+def _checked_config(cfg: DictConfig, dims: ParallelDims, device: torch.device) -> dict[str, Any]:
+    """The DeepSpeed config of `cfg` (memtrain.distributed.zero.deepspeed_config) for the run's
+    degrees `dims`, after the checks that need DeepSpeed's accelerator, with DeepSpeed 0.19.8's
+    fixes applied."""
+    from deepspeed.accelerator import get_accelerator
+
+    if dims.dp != dims.world_size:
+        raise ConfigError("parallel", f"ZeRO shards over every rank as data-parallel ranks; got dp={dims.dp} "
+                                      f"of world size {dims.world_size}")
+    if "Adafactor" in str(cfg.optimizer.get("_target_", "")):
+        raise ConfigError("optimizer", "ZeRO hands the optimizer flat 1-D shards of the parameters, so "
+                                       "Adafactor could not factor its second moment over rows and columns and "
+                                       "would silently become another algorithm; use optimizer=adamw with zero*")
+    ds_config = deepspeed_config(cfg, dims, device.type)
+    if "fp16" in ds_config and not get_accelerator().is_fp16_supported():
+        raise ConfigError("precision", f"DeepSpeed has no fp16 support on this {device.type} device (its "
+                                       "accelerator reports is_fp16_supported() False); use precision=bf16 or fp32")
+    _no_shm_comm_build()
+    _fix_zero3_param_dtype()
+    _forget_stale_groups()
+    return ds_config
+
+
+def build_partitioned(cfg: DictConfig, spec: ModelSpec, dims: ParallelDims, precision: Precision,
+                      device: torch.device) -> nn.Module:
+    """The model of `cfg` built inside deepspeed.zero.Init (ZeRO-3 with trainer.init_device=meta):
+    each module is constructed as in the eager build, then its parameters are partitioned over the
+    ranks as soon as its constructor returns, so no rank ever holds more than one module's whole
+    parameters and its partitions of the others (DeepSpeed's way to build a model larger than one
+    device, docs "Constructing Massive Models"). Parameters are partitioned on `device`, or on the
+    host / NVMe under offload=params_cpu / nvme (the config's offload_param).
+
+    The weights equal the eager build's bit for bit when every rank seeds the same (and DeepSpeed
+    broadcasts rank 0's module by module anyway): each module draws in fp32 as eagerly, its
+    parameters are cast to the partitions' dtype (bf16/fp16 under those precisions, else
+    param_dtype) just before they are partitioned, as DeepSpeed casts a whole model, and the
+    floating buffers are cast to param_dtype, as the eager build's model.to(param_dtype). A parent
+    module that rewrites its children's weights after they are built must do so through
+    Module.apply, which zero.Init gathers module by module (GPT.init_weights does)."""
+    deepspeed = _import_deepspeed(device)
+    ds_config = _checked_config(cfg, dims, device)
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.runtime.zero.partition_parameters import DeepSpeedTensorOverride
+
+    # deepspeed.comm over memtrain's process group, as deepspeed.initialize sets it up (zero.Init
+    # reads the world size from it)
+    deepspeed.comm.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
+                                    dist_init_required=False, verbose=False)
+
+    param_dtype = precision.param_dtype
+    dtype = torch.bfloat16 if "bf16" in ds_config else torch.float16 if "fp16" in ds_config else param_dtype
+
+    class CastThenPartition(deepspeed.zero.Init):
+        def _post_init_method(self, module: nn.Module) -> None:
+            for p in module.parameters(recurse=False):
+                if not hasattr(p, "ds_id") and p.is_floating_point():
+                    p.data = p.data.to(param_dtype).to(dtype)
+            super()._post_init_method(module)
+
+    # tensors made on the partitions' device, in the dtype the constructors ask for (DeepSpeed's
+    # default would also make every floating tensor in `dtype`, drawing bf16 weights directly)
+    with CastThenPartition(config_dict_or_path=ds_config, dtype=dtype,
+                           tensor_overrides=[DeepSpeedTensorOverride.device]):
+        model = spec.build_model(cfg.model)
+    for module in model.modules():
+        for name, b in module._buffers.items():
+            if b is not None and b.is_floating_point():
+                module._buffers[name] = b.to(param_dtype)
+    return model
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:

@@ -23,11 +23,14 @@ the pages the gradients fill (at most N b): RSS grows with pages written, and to
 write.
 
 With trainer.init_device=meta (or auto resolving to it: memtrain.config.init_device, with the
-hardware group's memory as the budget unless trainer.init_budget_gb is set) the model is built on
-the meta device, sharded, and only each rank's shards are materialised: the start-up term "model
-built whole" (N x param_dtype per rank: on the GPU for device=cuda, in RAM for device=cpu) is not
-there. Meta init runs under fsdp/hsdp only, so "DDP broadcast copy" and ZeRO-3's partitions carved
-from whole parameters are eager-only terms. The steady-state terms do not change.
+hardware group's memory as the budget unless trainer.init_budget_gb is set) no rank holds the whole
+model: under fsdp/hsdp it is built on the meta device, sharded, and only each rank's shards are
+materialised. Either way the start-up term "model built whole" (N x param_dtype per rank: on the GPU for device=cuda, in RAM for device=cpu) is not
+there. Under parallel=zero3 meta builds the model inside deepspeed.zero.Init (memtrain.engine.
+zero_strategy.build_partitioned), which partitions each module as soon as it is built: "ZeRO-3's
+partitions made beside the whole model" gives way to the largest module built whole (its fp32
+parameters and their cast) while the partitions already exist. "DDP broadcast copy" is eager-only
+(DDP takes no meta build). The steady-state terms do not change.
 
 Not counted, and excluded from the measurement: each process's own runtime (the interpreter,
 torch, DeepSpeed, gloo/NCCL, on a GPU the CUDA context: ~0.3 GiB on CPU after imports, measured
@@ -41,6 +44,7 @@ scripts/bench/host_memory.py also runs ddp, fsdp and zero2 for reference).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from omegaconf import DictConfig
@@ -78,6 +82,8 @@ class HostEstimate:
     ranks_per_node: int
     device_is_host: bool  # trainer.device=cpu: the device terms are in host memory too
     terms: list = field(default_factory=list)
+    # trainer.init_device as the Trainer would resolve it ("eager" or "meta"; auto decided)
+    init_device: str = "eager"
 
     @property
     def startup_per_node(self) -> int:
@@ -123,10 +129,12 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
 
     # -- start-up: the model built whole, then wrapped ----------------------------------------------
     build = n * param_bytes
-    if on_host and init_device(cfg, n, on_host) is InitDevice.eager:
+    chosen = init_device(cfg, n, on_host)
+    whole = chosen is InitDevice.eager
+    if on_host and whole:
         add("model built whole on each rank (param_dtype)", build, STARTUP, BUILD)
     if opt.backend is Backend.DEEPSPEED:
-        _zero_startup(cfg, est, on_host, build, add)
+        _zero_startup(cfg, est, on_host, whole, add)
     elif on_host:
         if opt.data_parallel is DataParallel.REPLICATE:
             # DDP's _sync_module_states broadcasts the parameters in flattened buckets: a copy of them all
@@ -161,6 +169,7 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         device_is_host=on_host,
         terms=[asdict(t) for t in terms],
+        init_device=chosen.name,  # a name: estimate --json writes it
     )
 
 
@@ -176,13 +185,15 @@ def init_device(cfg: DictConfig, n_params: int, on_host: bool) -> InitDevice:
                               get_spec(cfg.model.arch).init_weights is not None)
 
 
-def _zero_startup(cfg: DictConfig, est, on_host: bool, build: int, add) -> None:
+def _zero_startup(cfg: DictConfig, est, on_host: bool, whole: bool, add) -> None:
     """deepspeed.initialize's host bytes: every ZeRO term allocated at init (all persistent ones
     but the optimizer's state, which torch makes at the first step, and, on the CPU, the reduce
     bucket, written only in the backward), plus its transients (DeepSpeed 0.19.8):
     stage 1/2 without offload: initialize_optimizer_states sets a zeroed fp32 gradient partition
     (P 4) and drops it; stage 3: the parameter partitions are made while the whole parameters
-    still exist (partition_parameters.py), and initialize_optimizer_states makes a zeroed fp32
+    still exist (partition_parameters.py; under trainer.init_device=meta zero.Init makes them module
+    by module while the model is built, only the module being built whole besides, `whole` False),
+    and initialize_optimizer_states makes a zeroed fp32
     buffer of the largest sub-group (min(P, sub_group_size) 4) on DeepSpeed's self.device (the
     host under optimizer offload), freed when it returns."""
     from memtrain.memory.zero_memory import zero_settings
@@ -201,8 +212,16 @@ def _zero_startup(cfg: DictConfig, est, on_host: bool, build: int, add) -> None:
         if on_host and not optimizer_on_host:
             add("zeroed fp32 gradient partition of initialize_optimizer_states", part * FP32, STARTUP, TRANSIENT)
         return
-    if on_host:
+    if on_host and whole:
         add("parameter partitions, made beside the whole model", part * low, STARTUP, BUILD)
+    elif on_host:
+        # zero.Init (trainer.init_device=meta): the partitions are the model from the start; each
+        # module is whole only while it is built, in fp32 and cast (memtrain.engine.zero_strategy),
+        # its largest parameter standing for it (a weight; its bias is far smaller)
+        from memtrain.memory.estimator import param_shapes
+
+        largest = max((math.prod(s) for s in param_shapes(cfg)), default=0)
+        add("largest module built whole inside zero.Init (fp32 and its cast)", largest * (FP32 + low), STARTUP, TRANSIENT)
     if on_host or optimizer_on_host:
         # made before the gradient partition buffer (P b, _setup_for_real_optimizer), which it
         # never meets: counted net of it

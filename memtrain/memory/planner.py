@@ -691,10 +691,12 @@ def no_fit_message(p: Plan) -> str:
     if p.smallest is None:
         return (f"no valid configuration to plan: all {p.considered} candidates were refused by validation "
                 f"(check the recipe and hardware.gpus={hw['gpus']}, hardware.nodes={hw['nodes']})")
+    from memtrain.memory.report import human  # GiB, or MiB / KiB below one GiB
+
     s = p.smallest
     return (f"nothing fits: of {p.considered} candidates ({p.invalid} refused by validation), the smallest needs "
-            f"{s.peak_bytes / GiB:.2f} GiB per device ({' '.join(s.overrides)}), but hardware.gpu_mem_gb="
-            f"{hw['gpu_mem_gb']} leaves {usable:.2f} GiB usable (mem_usable={hw['mem_usable']}). "
+            f"{human(s.peak_bytes)} per device ({' '.join(s.overrides)}), but hardware.gpu_mem_gb="
+            f"{hw['gpu_mem_gb']} leaves {human(usable * GiB)} usable (mem_usable={hw['mem_usable']}). "
             f"Use more or larger GPUs, a smaller model, crop or sequence, or a smaller global batch (--global-batch).")
 
 

@@ -68,11 +68,12 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
 
 
 def host_rows(table: Table, host: HostEstimate) -> None:
-    """Host memory per node (memtrain.memory.host_memory): the start-up peak and the steady-state
-    peak, each with its per-rank terms."""
+    """Host memory per node (memtrain.memory.host_memory): the start-up peak (of the build
+    trainer.init_device resolves to, auto decided) and the steady-state peak, each with its per-rank
+    terms."""
     where = "host = device (trainer.device=cpu)" if host.device_is_host else "host"
     for phase, value in (("startup", host.startup_per_node), ("steady", host.steady_per_node)):
-        label = "start-up (build, wrap)" if phase == "startup" else "steady state (steps)"
+        label = f"start-up ({host.init_device} build, wrap)" if phase == "startup" else "steady state (steps)"
         table.add_row(f"{where} per node ({host.ranks_per_node} ranks), {label}", f"{value:,}", human(value), "",
                       style="italic")
         for term in host.terms:

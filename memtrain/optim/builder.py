@@ -16,11 +16,13 @@ from memtrain.config.schema import LRSchedule
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; norms' scales and biases (ndim < 2) are not decayed."""
+    """Weight decay on matrices only; norms' scales and biases (ndim < 2) are not decayed. A
+    parameter DeepSpeed's zero.Init has already partitioned (an empty placeholder) counts by its
+    whole shape (its ds_shape)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -73,7 +73,7 @@ def train_run(run_dir: Path, overrides: list[str]) -> dict:
             n = float(trainer.sums.over_batch(count_targets(trainer.spec, micro, trainer.device)))
             for j, (x, y) in enumerate(micro):
                 trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
-            if trainer.mesh is not None and trainer.spec.reduce_gradients is not None:
+            if trainer.spec.reduce_gradients is not None:
                 trainer.spec.reduce_gradients(trainer.strategy.module, trainer.mesh)  # e.g. DAP's partial sums
             grads = full_grads(trainer)
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -143,6 +143,65 @@ def fp16_skip(folder: Path, *overrides: str) -> list:
         return everyone
     finally:
         trainer.close()
+
+
+class _RecordedSums:
+    """The trainer's RankSums, recording each sum's (kind, this rank's value, the sum)."""
+
+    def __init__(self, sums):
+        self.sums, self.dp, self.taken = sums, sums.dp, []
+
+    def over_batch(self, value: torch.Tensor) -> torch.Tensor:
+        local = value.clone()
+        summed = self.sums.over_batch(value)
+        self.taken.append(("batch", local, summed.clone()))
+        return summed
+
+    def over_data_parallel(self, value: torch.Tensor) -> torch.Tensor:
+        local = value.clone()
+        summed = self.sums.over_data_parallel(value)
+        self.taken.append(("data_parallel", local, summed.clone()))
+        return summed
+
+
+def rank_sums(folder: Path, *overrides: str) -> dict:
+    """One optimizer step's sums over ranks (scored targets, summed loss) as the trainer takes them
+    (RankSums: all-reduces over the flattened (dp_replicate, dp_shard, cp) and (dp_replicate,
+    dp_shard) meshes), each next to what they replaced: the all-reduce over every rank, rescaled
+    by batch_shards / world_size (dp / world_size for the data-parallel sums). Also the step's
+    scored targets and the targets of its whole batch counted on the unsharded data (the one-process
+    view: data-parallel ranks take interleaved micro-batches, so the step's batch is the first
+    grad_accum x dp of them)."""
+    cfg = load_config(list(overrides))
+    trainer = Trainer(cfg, folder / "run")
+    try:
+        recorded = _RecordedSums(trainer.sums)
+        trainer.step_fn.sums = recorded
+        result = trainer.train_step()
+        dims, pairs = trainer.dims, []
+        for kind, local, summed in recorded.taken:
+            world = local.clone()
+            dist.all_reduce(world)  # every rank, ranks that share data included
+            shards = dims.batch_shards if kind == "batch" else dims.dp
+            pairs.append((kind, summed.item(), (world * shards / dims.world_size).item()))
+        data, t = trainer.spec.build_data(cfg), cfg.trainer
+        whole = sum(int(trainer.spec.num_targets(data.batch(j, t.micro_batch_size)[1]))
+                    for j in range(t.grad_accum * dims.dp))
+        return {"sums": pairs, "tokens": result.tokens, "whole_batch_targets": whole}
+    finally:
+        trainer.close()
+
+
+def check_rank_sums(result: dict, case: str) -> None:
+    """In the test process, on rank_sums' result: every sum over ranks equals the rescaled
+    world-wide one it replaced, and the step scored its whole batch's targets once (ranks that
+    share data, e.g. tensor-parallel, DAP or pipeline ones, do not count them twice)."""
+    assert {kind for kind, _, _ in result["sums"]} >= {"batch"}, case
+    for kind, summed, rescaled in result["sums"]:
+        # float64, 2 ranks: the same one or two terms added (a value doubled and halved back is
+        # exact), so bit-identical
+        assert summed == rescaled, (case, kind, summed, rescaled)
+    assert result["tokens"] == result["whole_batch_targets"], case
 
 
 # -- communication primitives against the full tensors every rank can compute alone ----------------
@@ -401,10 +460,73 @@ def meta_init(folder: Path, *overrides: str) -> dict:
             "shard_bytes": sum(t.numel() * params[n].element_size() for n, t in local.items()),
             "stats": {n: (t.numel(), float(t.mean()), float(t.std())) for n, t in local.items() if t.numel() > 1},
             "heads": everyone,
-            "n_layers": cfg.model.n_layers,
+            "n_layers": cfg.model.get("n_layers"),
         }
         records = trainer.fit()
         result["losses"] = [r["loss"] for r in records]
+        return result
+    finally:
+        trainer.close()
+
+
+def zero_init(folder: Path, *overrides: str) -> dict:
+    """ZeRO-3 (trainer.init_device=eager, or meta: the model built inside deepspeed.zero.Init):
+    the Trainer built under LiveBytes, then every parameter gathered (deepspeed.zero.GatheredParameters)
+    and compared with an eager build of the same seed cast as the eager path casts it (param_dtype,
+    then DeepSpeed's bf16/fp16), the buffers likewise; the weight-decay groups against the eager
+    model's; then trainer.max_steps steps. Returns the peak bytes of the model's build (until the
+    wrapping starts) and of the whole construction (with DeepSpeed's buffers, e.g. its reduce
+    bucket), the whole parameters' bytes, this rank's partitions' bytes, the largest module's fp32
+    parameter bytes, the names that differ and the losses."""
+    import deepspeed
+
+    from memtrain.memory.measure import LiveBytes
+    from memtrain.models import get_spec
+    from memtrain.optim.builder import param_groups
+
+    import memtrain.engine.trainer as trainer_module
+
+    cfg = load_config(list(overrides))
+    live, build = LiveBytes(), {}
+    wrap = trainer_module.parallelize
+
+    def parallelize(*args, **kwargs):  # the model is built: its peak, before DeepSpeed's buffers
+        build["peak"] = live.peak
+        return wrap(*args, **kwargs)
+
+    trainer_module.parallelize = parallelize
+    try:
+        with live:
+            trainer = Trainer(cfg, folder / "run")
+    finally:
+        trainer_module.parallelize = wrap
+    try:
+        module = trainer.strategy.module
+        params = dict(module.named_parameters())
+        result = {
+            "init_device": trainer.init_device.name,  # an InitDevice; its name: result.pt is loaded weights-only
+            "build_peak_bytes": build["peak"],
+            "peak_bytes": live.peak,
+            "full_bytes": sum(p.ds_numel * p.element_size() for p in params.values()),
+            "partition_bytes": sum(p.ds_tensor.numel() * p.element_size() for p in params.values()),
+            "largest_module_bytes": max(sum(p.ds_numel * 4 for p in m.parameters(recurse=False))
+                                        for m in module.modules()),  # fp32 while it is built
+        }
+        groups = [len(g["params"]) for g in param_groups(module, 0.1)]  # as the strategy saw them: partitioned
+        with deepspeed.zero.GatheredParameters(list(params.values())):
+            gathered = {n.replace("_checkpoint_wrapped_module.", ""): p.detach().clone() for n, p in params.items()}
+        torch.manual_seed(cfg.trainer.seed)
+        eager = get_spec(cfg.model.arch).build_model(cfg.model).to(trainer.precision.param_dtype)
+        want = dict(eager.named_parameters())
+        result["names_equal"] = want.keys() == gathered.keys()
+        result["params_differ"] = [n for n, p in want.items()
+                                   if not torch.equal(p.detach().to(gathered[n].dtype), gathered[n])]
+        buffers = {n.replace("_checkpoint_wrapped_module.", ""): b for n, b in module.named_buffers()}
+        result["buffers_differ"] = [n for n, b in eager.named_buffers()
+                                    if n not in buffers or not (b.dtype == buffers[n].dtype and torch.equal(b, buffers[n]))]
+        result["groups"] = (groups, [len(g["params"]) for g in param_groups(eager, 0.1)])
+        result["dtype"] = str(next(iter(gathered.values())).dtype)
+        result["losses"] = [r["loss"] for r in trainer.fit()]
         return result
     finally:
         trainer.close()

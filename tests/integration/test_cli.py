@@ -111,3 +111,36 @@ def test_corrupt_data_file_is_named(tmp_path):
 def test_cuda_requested_without_a_gpu(capsys):
     assert cli.main(["train", "trainer.device=cuda"]) == 2
     assert "trainer.device" in capsys.readouterr().err
+
+
+def test_a_run_is_composed_and_validated_once_with_the_files_hydra_main_writes(tmp_path, monkeypatch):
+    """`memtrain train OVERRIDES` composes its config once (Hydra's hydra.main composes a run twice,
+    once to read hydra.mode, and memtrain's check before it a third time) and validates it once in
+    this process; the run folder gets what hydra.main writes: the same .hydra/ files and job log."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    import memtrain.config.loader as loader
+
+    compositions, validations = [], []
+    load = ConfigLoaderImpl.load_configuration
+    check = loader.check_config
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration",
+                        lambda self, *a, **k: compositions.append(1) or load(self, *a, **k))
+    monkeypatch.setattr(loader, "check_config", lambda cfg: validations.append(1) or check(cfg))
+    args = [*TINY, "trainer.max_steps=1", "optimizer=adafactor"]
+    assert cli.main(["train", *args, f"hydra.run.dir={tmp_path / 'once'}"]) == 0
+    assert (len(compositions), len(validations)) == (1, 1)
+
+    # hydra.main's own path (taken for Hydra's flags, e.g. --multirun or --cfg), for comparison
+    monkeypatch.setattr("sys.argv", ["memtrain train"])
+    assert cli._run_hydra([*args, f"hydra.run.dir={tmp_path / 'main'}"]) == 0
+    assert len(compositions) == 3  # hydra.main: one to read hydra.mode, one for the run
+
+    once, main = tmp_path / "once", tmp_path / "main"
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        ours = (once / ".hydra" / name).read_text().replace(str(once), str(main))
+        assert ours == (main / ".hydra" / name).read_text(), name
+    assert sorted(p.name for p in once.iterdir()) == sorted(p.name for p in main.iterdir())
+    from hydra.core.global_hydra import GlobalHydra
+
+    assert not GlobalHydra.instance().is_initialized()  # either path leaves no Hydra application behind

@@ -153,6 +153,8 @@ SHRINK: dict[str, How] = {
             slow=True, multiprocess=True, budget=420, reason="8192-token sequences on 4 workers"),
     "memtrain train parallel=fsdp trainer.init_device=meta launcher.nproc_per_node=2": How(
         set=TWO_STEPS, slow=True, multiprocess=True, budget=300),
+    "memtrain train parallel=zero3 trainer.init_device=meta launcher.nproc_per_node=2": How(
+        set=TWO_STEPS, slow=True, multiprocess=True, budget=300),
     "memtrain train parallel=pp launcher.nproc_per_node=4": How(set=TWO_STEPS, slow=True, multiprocess=True,
                                                                 budget=300),
     "memtrain train parallel=pp parallel.pp=2 parallel.dp_replicate=2 launcher.nproc_per_node=4": How(
@@ -171,6 +173,9 @@ SHRINK: dict[str, How] = {
     "python3 scripts/bench/zero_step_memory.py": How(
         slow=True, budget=300, multiprocess=True,
         reason="a 2-rank DeepSpeed launch per config; tests/distributed/test_zero.py checks the same storages"),
+    "python3 scripts/bench/zero_init_memory.py": How(
+        slow=True, budget=300, multiprocess=True,
+        reason="4 DeepSpeed cases in one 2-rank launch; tests/distributed/test_meta_init.py checks a smaller one"),
     # 19 configurations x two real steps: a minute or more on 2 busy cores
     "python scripts/bench/peak_vs_estimate.py": How(slow=True, budget=600),
     "TRITON_INTERPRET=1 python scripts/bench/evoformer_attention.py --smoke": How(slow=True, budget=300),

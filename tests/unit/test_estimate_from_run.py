@@ -57,6 +57,9 @@ def test_the_command_line(run_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["world_size"] == 2 and out["total"] == estimate(
         load_config([*RUN, "parallel=zero2", "launcher.nproc_per_node=2"])).total
+    # --from-run=DIR is the same option
+    assert estimate_command([f"--from-run={run_dir}", "parallel=zero2", "launcher.nproc_per_node=2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == out
 
 
 def test_trainer_resume_names_the_run_as_from_run_does(run_dir, capsys):

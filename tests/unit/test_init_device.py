@@ -1,10 +1,13 @@
 """trainer.init_device (memtrain.config.init_device, memtrain.engine.init_device): auto keeps eager for small models (the
-parity tests' bit-identical weights) and picks meta only for sharded layouts whose full fp32
-states exceed the budget; meta is refused where it cannot run; estimate's start-up term of the
-whole model vanishes under meta."""
+parity tests' bit-identical weights) and picks meta only for layouts that shard parameters
+(FSDP2, ZeRO-3) whose full fp32 states exceed the budget; meta is refused where it cannot run;
+estimate's start-up term of the whole model vanishes under meta."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
 
 import pytest
@@ -13,7 +16,7 @@ import torch
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import load_config
 from memtrain.config.schema import InitDevice
-from memtrain.config.init_device import FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device
+from memtrain.config.init_device import FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device, meta_refusal
 from memtrain.engine.init_device import materialize
 from memtrain.machine import device_memory_bytes
 from memtrain.memory.estimator import estimate
@@ -48,7 +51,29 @@ def test_auto_picks_meta_when_the_budget_is_below_the_full_fp32_states():
     assert choice(load_config([*ddp, f"trainer.init_budget_gb={full_gib * 0.5}"])) is InitDevice.eager
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "zero3", "single"])
+def test_estimate_says_which_build_auto_picks():
+    """`memtrain estimate` names the build trainer.init_device=auto resolves to, in the JSON
+    (host_memory.init_device) and on the table's start-up row."""
+    from rich.console import Console
+
+    from memtrain import cli
+    from memtrain.memory.report import render_table
+
+    full_gib = n_params(load_config(TINY_FSDP)) * FULL_STATE_BYTES / GIB
+    for budget, expected in ((full_gib * 0.5, "meta"), (full_gib * 2, "eager")):
+        cfg = load_config([*TINY_FSDP, f"trainer.init_budget_gb={budget}"])
+        assert host_estimate(cfg, estimate(cfg)).init_device == expected
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["estimate", *TINY_FSDP, f"trainer.init_budget_gb={full_gib * 0.5}", "--json"]) == 0
+    assert json.loads(out.getvalue())["host_memory"]["init_device"] == "meta"
+    cfg = load_config([*TINY_FSDP, f"trainer.init_budget_gb={full_gib * 0.5}"])
+    console = Console(file=io.StringIO(), width=200)
+    console.print(render_table(cfg, estimate(cfg)))
+    assert "start-up (meta build, wrap)" in console.file.getvalue()
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "zero2", "single"])
 def test_meta_is_refused_where_the_wrapping_needs_the_whole_model(parallel):
     with pytest.raises(ConfigError) as info:
         load_config(["model=gpt_tiny", f"parallel={parallel}", "launcher.nproc_per_node=2", "trainer.device=cpu",
@@ -59,10 +84,17 @@ def test_meta_is_refused_where_the_wrapping_needs_the_whole_model(parallel):
 
 
 def test_meta_is_refused_for_a_family_without_an_initialiser():
-    with pytest.raises(ConfigError) as info:
-        load_config(["+recipe=alphafold_tiny", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu",
-                     "trainer.init_device=meta"])
-    assert "trainer.init_device" in str(info.value) and "model.arch=alphafold" in str(info.value), str(info.value)
+    cfg = load_config(["+recipe=alphafold_tiny", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu"])
+    message = meta_refusal(cfg, has_initialiser=False)
+    assert "trainer.init_device" in message and "model.arch=alphafold" in message, message
+    assert meta_refusal(cfg, has_initialiser=True) is None
+
+
+@pytest.mark.parametrize("recipe", ["alphafold_tiny", "weather_swin_tiny", "weather_fuxi_tiny"])
+def test_every_family_builds_on_meta_under_fsdp(recipe):
+    cfg = load_config([f"+recipe={recipe}", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu",
+                       "trainer.init_device=meta"])
+    assert choice(cfg) is InitDevice.meta
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])
@@ -110,3 +142,25 @@ def test_materialised_gpt_recomputes_buffers_and_initialises_every_tensor(attent
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         assert torch.isfinite(t).all(), name
     assert float(model.layers[0].attention.wq.weight.detach().std()) == pytest.approx(0.02, rel=0.05)
+
+
+def test_zero3_builds_under_zero_init_and_auto_picks_it_past_the_budget():
+    """parallel=zero3 takes meta (deepspeed.zero.Init: no family initialiser needed) and auto picks
+    it as for FSDP; its estimate trades the whole model and the partitions made beside it for the
+    largest module built whole (fp32 and its bf16 cast) next to the partitions."""
+    base = ["model=gpt_1b", "parallel=zero3", "launcher.nproc_per_node=8", "trainer.device=cpu", "precision=bf16"]
+    assert meta_refusal(load_config(base), has_initialiser=False) is None
+    small = ["model=gpt_tiny", "parallel=zero3", "launcher.nproc_per_node=2", "trainer.device=cpu"]
+    full_gib = n_params(load_config(small)) * FULL_STATE_BYTES / GIB
+    assert choice(load_config([*small, f"trainer.init_budget_gb={full_gib * 0.99}"])) is InitDevice.meta
+    assert choice(load_config([*small, f"trainer.init_budget_gb={full_gib * 1.01}"])) is InitDevice.eager
+    eager, meta = (load_config([*base, f"trainer.init_device={d}"]) for d in ("eager", "meta"))
+    est = estimate(eager)
+    hosts = {name: host_estimate(cfg, est) for name, cfg in (("eager", eager), ("meta", meta))}
+    labels = {name: {t["label"]: t["nbytes"] for t in h.terms if t["phase"] == "startup"} for name, h in hosts.items()}
+    assert "model built whole on each rank (param_dtype)" in labels["eager"]
+    assert not any("whole model" in k or k.startswith("model built whole") for k in labels["meta"]), labels["meta"]
+    largest = labels["meta"]["largest module built whole inside zero.Init (fp32 and its cast)"]
+    vocab, dim = load_config(base).model.vocab_size, load_config(base).model.dim
+    assert largest == vocab * dim * (4 + 2)  # the embedding [V, D]: fp32, then bf16
+    assert hosts["meta"].startup_per_rank < hosts["eager"].startup_per_rank / 2

@@ -19,7 +19,9 @@ CASES = {
     "heads-by-ulysses": (["parallel=ulysses", "launcher.nproc_per_node=8"], "parallel.cp", "n_heads=4 must be divisible by parallel.cp=8"),
     "seq-by-ulysses": (["parallel=ulysses", "launcher.nproc_per_node=2", "data.seq_len=31"], "data.seq_len", "divisible by parallel.cp=2"),
     "seq-by-2sp-ring": (["parallel=ring", "launcher.nproc_per_node=2", "data.seq_len=30"], "data.seq_len", "2 x parallel.cp=4"),
-    "product": (["parallel=fsdp_tp", "launcher.nproc_per_node=3"], "parallel.dp_shard", "does not divide the world size 3"),
+    # the -1 degree is named as the one that fills the world, apart from the fixed ones that do not divide it
+    "product": (["parallel=fsdp_tp", "launcher.nproc_per_node=3"], "parallel.dp_shard",
+                "the other degrees (parallel.tp=2) multiply to 2, which does not divide the world size 3"),
     "tp-with-ddp": (["parallel=ddp", "parallel.tp=2", "launcher.nproc_per_node=4"], "parallel.tp", "not parallel=ddp"),
     "tp-with-zero": (["parallel=zero2", "parallel.tp=2", "launcher.nproc_per_node=4"], "parallel.tp", "not parallel=zero2"),
     "tp-and-cp": (["parallel=fsdp", "parallel.tp=2", "parallel.cp=2", "launcher.nproc_per_node=4"], "parallel.cp", "not supported"),

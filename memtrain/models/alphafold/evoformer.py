@@ -352,7 +352,7 @@ class EvoformerBlock(nn.Module):
     ):
         super().__init__()
         self.msa_att_row = MSARowAttentionWithPairBias(c_m, c_z, c_hidden_msa_att, no_heads_msa)
-        self.msa_att_col = MSAColumnAttention(c_m, c_hidden_msa_att, no_heads_msa)
+        self.msa_att_col = self.column_attention(c_m, c_hidden_msa_att, no_heads_msa)
         self.msa_transition = Transition(c_m, transition_n)
         self.outer_product_mean = OuterProductMean(c_m, c_z, c_hidden_opm)
         self.tri_mul_out = TriangleMultiplication(c_z, c_hidden_mul, outgoing=True)
@@ -363,6 +363,10 @@ class EvoformerBlock(nn.Module):
         self.msa_dropout_row = SharedDropout(msa_dropout, shared_dim=-3)
         self.pair_dropout_row = SharedDropout(pair_dropout, shared_dim=-3)
         self.pair_dropout_col = SharedDropout(pair_dropout, shared_dim=-2)
+
+    def column_attention(self, c_m: int, c_hidden: int, no_heads: int) -> nn.Module:
+        """The MSA column attention of line 3 (Algorithm 8; the extra-MSA block's is global)."""
+        return MSAColumnAttention(c_m, c_hidden, no_heads)
 
     def forward(
         self, m: torch.Tensor, z: torch.Tensor, msa_mask: torch.Tensor, pair_mask: torch.Tensor

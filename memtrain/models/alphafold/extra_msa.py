@@ -119,7 +119,9 @@ class ExtraMSABlock(EvoformerBlock):
 
     def __init__(self, c_e: int, c_z: int, c_hidden_msa_att: int = 8, no_heads_msa: int = 8, **kwargs):
         super().__init__(c_e, c_z, c_hidden_msa_att=c_hidden_msa_att, no_heads_msa=no_heads_msa, **kwargs)
-        self.msa_att_col = MSAColumnGlobalAttention(c_e, c_hidden_msa_att, no_heads_msa)
+
+    def column_attention(self, c_m: int, c_hidden: int, no_heads: int) -> nn.Module:
+        return MSAColumnGlobalAttention(c_m, c_hidden, no_heads)
 
 
 class ExtraMSAStack(nn.Module):

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtrain.models.meta import local_tensor
+from memtrain.models.reset import GeneratorFor, xavier_uniform_
+
 # Additive bias for a masked key: bias = MASK_BIAS * (1 - mask).
 # DISCREPANCY: AlphaFold's and OpenFold's code use 1e9 * (mask - 1) in fp32. That overflows to
 # -inf in fp16 (max 65504), and a row whose keys are all masked (padding) then becomes
@@ -38,11 +41,12 @@ def mask_bias(mask: torch.Tensor) -> torch.Tensor:
 _TRUNC_NORMAL_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
 
 
-def _trunc_normal_(weight: torch.Tensor, scale: float) -> None:
-    """Truncated normal on [-2 std, 2 std] with the variance scale / fan_in after truncation."""
+def _trunc_normal_(weight: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> None:
+    """Truncated normal on [-2 std, 2 std] with the variance scale / fan_in after truncation
+    (fan_in from the global shape; a DTensor's local shard is filled)."""
     fan_in = weight.shape[1]
     std = math.sqrt(scale / max(1, fan_in)) / _TRUNC_NORMAL_STD
-    nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+    nn.init.trunc_normal_(local_tensor(weight), mean=0.0, std=std, a=-2.0 * std, b=2.0 * std, generator=generator)
 
 
 class Linear(nn.Linear):
@@ -67,23 +71,27 @@ class Linear(nn.Linear):
         super().__init__(in_dim, out_dim, bias=bias)
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, generator_for: GeneratorFor | None = None) -> None:
+        """The init kind's values in place: at construction from torch's global RNG; for a model
+        materialised from the meta device (memtrain.models.reset) from generator_for("weight", w),
+        into a DTensor's local shard with the whole weight's fans."""
         init = getattr(self, "init", "default")  # nn.Linear.__init__ calls this before self.init is set
+        w, gen = self.weight, (generator_for("weight", self.weight) if generator_for is not None else None)
         if init == "default":
-            _trunc_normal_(self.weight, scale=1.0)
+            _trunc_normal_(w, scale=1.0, generator=gen)
         elif init == "relu":
-            _trunc_normal_(self.weight, scale=2.0)
+            _trunc_normal_(w, scale=2.0, generator=gen)
         elif init == "glorot":
-            nn.init.xavier_uniform_(self.weight, gain=1.0)
+            xavier_uniform_(w, gain=1.0, generator=gen)
         elif init == "normal":
-            nn.init.normal_(self.weight, std=1.0 / math.sqrt(max(1, self.in_features)))
+            nn.init.normal_(local_tensor(w), std=1.0 / math.sqrt(max(1, self.in_features)), generator=gen)
         else:  # gating, final
-            nn.init.zeros_(self.weight)
+            nn.init.zeros_(local_tensor(w))
         if self.bias is not None:
             if init == "gating":
-                nn.init.ones_(self.bias)
+                nn.init.ones_(local_tensor(self.bias))
             else:
-                nn.init.zeros_(self.bias)
+                nn.init.zeros_(local_tensor(self.bias))
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -23,6 +23,7 @@ from memtrain.models.alphafold.parallelize_stacks import (
     dap_stack_blocks,
 )
 from memtrain.models.alphafold.primitives import set_attention_backend, set_chunk_size
+from memtrain.models.reset import reset_module_tree
 from memtrain.models.spec import ModelSpec, register_spec
 
 _NOT_MODULE_ARGS = ("arch", "chunk_size", "attention_backend")
@@ -155,5 +156,6 @@ SPEC = register_spec(
         metrics=metrics,
         build_evaluator=build_evaluator,
         predict=predict,
+        init_weights=reset_module_tree,  # each module's reset_parameters (Linear's init kinds), LayerNorm ones/zeros
     )
 )

@@ -14,6 +14,8 @@ from torch import nn
 
 from memtrain.protein.all_atom import frames_to_atom14_positions, restype_table, torsion_angles_to_frames
 from memtrain.models.alphafold.primitives import LayerNorm, Linear, mask_bias
+from memtrain.models.meta import local_tensor
+from memtrain.models.reset import GeneratorFor
 from memtrain.protein.rigid import Rigid, quat_multiply, quat_to_rot  # noqa: F401 (re-exported)
 
 # Alanine's idealised backbone atoms N, CA, C in the residue frame (Angstrom; residue_constants),
@@ -59,10 +61,16 @@ class InvariantPointAttention(nn.Module):
         self.linear_k_points = Linear(c_s, no_heads * no_qk_points * 3)
         self.linear_v_points = Linear(c_s, no_heads * no_v_points * 3)
         self.linear_b = Linear(c_z, no_heads)
-        # softplus(0.5413) = 1: every head starts with point weight gamma^h = 1
-        self.head_weights = nn.Parameter(torch.full((no_heads,), math.log(math.e - 1.0)))
+        self.head_weights = nn.Parameter(torch.empty(no_heads))
         concat_dim = no_heads * (c_z + c_hidden + no_v_points * 4)
         self.linear_out = Linear(concat_dim, c_s, init="final")
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator_for: GeneratorFor | None = None) -> None:
+        """head_weights = softplus^-1(1) = 0.5413: every head starts with point weight gamma^h = 1
+        (the Linear layers reset themselves)."""
+        local_tensor(self.head_weights).fill_(math.log(math.e - 1.0))
 
     def forward(self, s: torch.Tensor, z: torch.Tensor, frames: Rigid, mask: torch.Tensor) -> torch.Tensor:
         """s [*, N, C_s], z [*, N, N, C_z], frames (batch shape [*, N]), mask [*, N] -> [*, N, C_s]."""

@@ -137,15 +137,22 @@ class GPT(nn.Module):
         norms' weights ones. Fills each weight in place; a weight that is a sharded DTensor (built
         on the meta device, then materialised: memtrain.engine.init_device) has its local shard
         filled from `generator_for(parameter name, weight)`. Without `generator_for` every draw
-        comes from torch's global RNG, in module order."""
+        comes from torch's global RNG, in module order. Runs through Module.apply, one module at a
+        time, which DeepSpeed's zero.Init gathers and partitions again around each module (a
+        model built under it: memtrain.engine.zero_strategy.build_partitioned)."""
         residual_std = self.init_std / math.sqrt(2 * self.n_layers)
-        for name, module in self.named_modules():
+        names = {id(module): name for name, module in self.named_modules()}
+
+        def init(module: nn.Module) -> None:
+            name = names.get(id(module))
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 std = residual_std if name.endswith(("wo", "w2")) else self.init_std
                 gen = generator_for(f"{name}.weight", module.weight) if generator_for is not None else None
                 nn.init.normal_(local_tensor(module.weight), mean=0.0, std=std, generator=gen)
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(local_tensor(module.weight))
+
+        self.apply(init)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         cos, sin = rotary_tables(tokens.shape[1], self.head_dim, self.rope_theta, tokens.device)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtrain.models.meta import host_table
+from memtrain.models.meta import host_table, local_tensor
+from memtrain.models.reset import GeneratorFor, set_table
 from memtrain.models.weather.windows import WindowBlock, merged_heads_attention
 
 
@@ -57,10 +58,19 @@ class CosineWindowAttention(nn.Module):
         super().__init__()
         self.heads, self.window = heads, tuple(window)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.logit_scale = nn.Parameter(torch.full((heads, 1, 1), math.log(10.0)))
+        self.logit_scale = nn.Parameter(torch.empty(heads, 1, 1))
         self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, heads, bias=False))
-        self.register_buffer("coords", log_spaced_coords(self.window), persistent=False)
-        self.register_buffer("index", relative_index(self.window), persistent=False)
+        self.register_buffer("coords", None, persistent=False)
+        self.register_buffer("index", None, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator_for: GeneratorFor | None = None) -> None:
+        """logit scale log(10) (Swin V2's initial temperature, 10); the offsets and index tables
+        recomputed (the Linears reset themselves)."""
+        local_tensor(self.logit_scale).fill_(math.log(10.0))
+        set_table(self, "coords", log_spaced_coords(self.window))
+        set_table(self, "index", relative_index(self.window))
 
     def bias(self) -> torch.Tensor:
         """[heads, N, N]."""

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memtrain.models.meta import host_table
+from memtrain.models.meta import host_table, local_tensor
+from memtrain.models.reset import GeneratorFor, set_table
 from memtrain.models.weather.windows import WindowBlock, merged_heads_attention
 
 
@@ -54,8 +55,17 @@ class EarthAttention3D(nn.Module):
         self.heads, self.window, self.n_types = heads, tuple(window), n_types
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.earth_specific_bias = nn.Parameter(torch.empty(earth_bias_size(self.window), n_types, heads))
-        nn.init.trunc_normal_(self.earth_specific_bias, std=0.02)
-        self.register_buffer("position_index", earth_position_index(self.window), persistent=False)
+        self.register_buffer("position_index", None, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator_for: GeneratorFor | None = None) -> None:
+        """The bias table N(0, 0.02) truncated to [-2, 2] (Pangu's pseudocode: trunc_normal_(std=.02));
+        the position index recomputed (the qkv and proj Linears reset themselves)."""
+        bias = self.earth_specific_bias
+        gen = generator_for("earth_specific_bias", bias) if generator_for is not None else None
+        nn.init.trunc_normal_(local_tensor(bias), std=0.02, generator=gen)
+        set_table(self, "position_index", earth_position_index(self.window))
 
     def bias(self) -> torch.Tensor:
         """[T, heads, N, N]."""

@@ -31,6 +31,7 @@ from memtrain.config.errors import require
 from memtrain.distributed.collectives import all_reduce_gradients, gather_replicated
 from memtrain.distributed.spatial import cyclic_shift, slab
 from memtrain.models.weather.pangu import EarthAttention3D, Pangu, token_grid
+from memtrain.models.reset import GeneratorFor, set_table
 from memtrain.models.weather.windows import WindowBlock
 
 LAT = 2  # the latitude dim of the token grid x [B, Z, H, W, C]
@@ -52,18 +53,33 @@ def validate_spatial(cfg: DictConfig, degree: int) -> None:
 
 class SpatialEarthAttention3D(EarthAttention3D):
     """EarthAttention3D on a latitude slab: `type_index` [T_local] selects the global window types
-    (level, latitude window row) of this rank's windows from the bias table."""
+    (level, latitude window row) of this rank's windows from the bias table; `slab` is (latitude
+    windows of the whole grid, this rank in the spatial group, the group's size)."""
 
     type_index: torch.Tensor
+    slab: tuple[int, int, int]
+
+    def local_types(self) -> torch.Tensor:
+        return _local_types(self.n_types, *self.slab)
 
     def bias(self) -> torch.Tensor:
         return super().bias()[self.type_index]
 
+    @torch.no_grad()
+    def reset_parameters(self, generator_for: GeneratorFor | None = None) -> None:
+        super().reset_parameters(generator_for)
+        set_table(self, "type_index", self.local_types())
+
 
 class SpatialWindowBlock(WindowBlock):
-    """WindowBlock on a latitude slab: the shifted-window roll along latitude is a halo exchange."""
+    """WindowBlock on a latitude slab: the shifted-window roll along latitude is a halo exchange;
+    the mask holds this rank's window types only."""
 
     spatial_group: ProcessGroup
+
+    def mask_table(self) -> torch.Tensor | None:
+        table = super().mask_table()
+        return None if table is None else table[self.attention.local_types()]
 
     def roll(self, x: torch.Tensor, sign: int) -> torch.Tensor:
         x = torch.roll(x, shifts=(sign * self.shift[0], sign * self.shift[2]), dims=(1, 3))
@@ -93,19 +109,28 @@ def _local_types(n_types: int, n_lat_windows: int, rank: int, n: int) -> torch.T
 
 def apply_spatial(model: nn.Module, group: ProcessGroup) -> None:
     """Run a Pangu model on latitude slabs over `group` (in place)."""
+    slice_to_slabs(model, dist.get_rank(group), dist.get_world_size(group))
+    for block in model.blocks:
+        target = block._checkpoint_wrapped_module if hasattr(block, "_checkpoint_wrapped_module") else block
+        target.spatial_group = group
+    model.spatial_group = group
+
+
+def slice_to_slabs(model: nn.Module, rank: int, n: int) -> None:
+    """apply_spatial's swap of classes and tables for rank `rank` of `n`, without the group: each
+    attention's `type_index` and each shifted block's mask cut to the rank's window types (on the
+    meta device too: a materialised model recomputes them in its reset_parameters)."""
     require(isinstance(model, Pangu), "parallel.spatial", f"spatial parallelism is implemented for Pangu, not {type(model).__name__}")
-    n, r = dist.get_world_size(group), dist.get_rank(group)
     for block in model.blocks:
         target = block._checkpoint_wrapped_module if hasattr(block, "_checkpoint_wrapped_module") else block
         att = target.attention
-        n_lat_windows = target.shape[1] // target.window[1]
-        index = _local_types(att.n_types, n_lat_windows, r, n).to(att.earth_specific_bias.device)
-        att.__class__ = SpatialEarthAttention3D
+        att.__class__, att.slab = SpatialEarthAttention3D, (target.shape[1] // target.window[1], rank, n)
+        index = att.local_types().to(att.earth_specific_bias.device)
         att.register_buffer("type_index", index, persistent=False)
         if target.mask is not None:
             target.register_buffer("mask", target.mask[index], persistent=False)
-        target.__class__, target.spatial_group = SpatialWindowBlock, group
-    model.__class__, model.spatial_group = SpatialPangu, group
+        target.__class__ = SpatialWindowBlock
+    model.__class__ = SpatialPangu
 
 
 def parallelize(model: nn.Module, mesh, cfg: DictConfig) -> None:

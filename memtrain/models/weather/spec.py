@@ -12,6 +12,7 @@ from torch import nn
 from memtrain.config.errors import as_enum, require
 from memtrain.config.schema import DataSource, Device
 from memtrain.data.era5 import build_era5_data
+from memtrain.models.reset import reset_module_tree
 from memtrain.models.spec import ModelSpec, register_spec
 from memtrain.models.weather import flops
 from memtrain.models.weather.fuxi import FuXi
@@ -225,5 +226,6 @@ for _arch, _build, _act, _validate, _flops in (
         validate=_validate,
         target_unit="samples",
         metrics=metrics,
+        init_weights=reset_module_tree,  # torch's defaults, the models' own tables and biases (pangu.py, fuxi.py)
         **({"parallelize": parallelize, "reduce_gradients": reduce_gradients} if _arch == "pangu" else {}),
     ))

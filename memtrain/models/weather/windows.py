@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memtrain.models.meta import host_table
+from memtrain.models.reset import GeneratorFor, set_table
 
 MASKED = -100.0  # added to the logits of token pairs in different regions (as Swin and Pangu do)
 
@@ -102,13 +103,23 @@ class WindowBlock(nn.Module):
                  shifted: bool, mlp_ratio: float, drop_path: float):
         super().__init__()
         self.window, self.shape = tuple(window), tuple(shape)
+        self.shifted = shifted
         self.shift = tuple(w // 2 for w in window) if shifted else (0, 0, 0)
         self.attention = attention
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
         self.drop_path = DropPath(drop_path)
-        mask = shift_mask(self.shape, self.window, self.shift) if shifted else None
-        self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("mask", None, persistent=False)
+        self.reset_parameters()
+
+    def mask_table(self) -> torch.Tensor | None:
+        """[T, N, N] shifted-window mask (`shift_mask`), None for an unshifted block."""
+        return shift_mask(self.shape, self.window, self.shift) if self.shifted else None
+
+    @torch.no_grad()
+    def reset_parameters(self, generator_for: GeneratorFor | None = None) -> None:
+        """The mask recomputed (the block's norms, MLP and attention reset themselves)."""
+        set_table(self, "mask", self.mask_table())
 
     def roll(self, x: torch.Tensor, sign: int) -> torch.Tensor:
         return torch.roll(x, shifts=tuple(sign * s for s in self.shift), dims=(1, 2, 3))
