@@ -8,6 +8,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from memtrain.config.errors import enum_names, require
+from memtrain.config.parallel import ParallelDims
 from memtrain.distributed.collectives import all_reduce_gradients
 from memtrain.models.alphafold import comm
 from memtrain.models.alphafold.evaluation import build_evaluator, predict
@@ -102,7 +103,7 @@ def reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
             all_reduce_gradients(stack, mesh["dap"].get_group())
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
     source = enum_names(cfg.data.source)
     require(source == "structure", "data", f"the AlphaFold model trains on data=structure, got data={source}",
