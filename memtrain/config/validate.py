@@ -63,7 +63,7 @@ def validate(cfg: DictConfig) -> None:
     if as_enum(cfg.trainer.init_device, InitDevice) is InitDevice.meta:
         reason = meta_refusal(cfg, spec.init_weights is not None)
         require(reason is None, "trainer.init_device", reason or "")
-    spec.validate(cfg)
+    spec.validate(cfg, dims)
     validate_pipeline(cfg, dims.pp, blocks)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from memtrain.config.errors import as_enum, require
+from memtrain.config.parallel import ParallelDims
 from memtrain.config.schema import ACMode, DataSource, SelectivePolicy, TemplateSource
 from memtrain.distributed.collectives import all_reduce_gradients
 from memtrain.models.alphafold import comm
@@ -104,7 +105,7 @@ def reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
             all_reduce_gradients(stack, mesh["dap"].get_group())
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
     source = as_enum(cfg.data.source, DataSource)
     require(source is DataSource.structure, "data", f"the AlphaFold model trains on data=structure, got data={source.name}",

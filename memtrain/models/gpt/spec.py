@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from memtrain.config.errors import as_enum, require
+from memtrain.config.parallel import ParallelDims
 from memtrain.config.parallel_options import parallel_option
 from memtrain.config.schema import ContextParallelImpl, DataSource
 from memtrain.data.lm import build_lm_data
@@ -170,14 +171,10 @@ def shard_batches(batches, mesh, cfg: DictConfig):
     return plans.shard_batches(batches, mesh, cfg)
 
 
-def validate_parallel(cfg: DictConfig) -> None:
+def validate_parallel(cfg: DictConfig, dims: ParallelDims) -> None:
     """Degrees the decoder can be split by (the plans of memtrain.models.gpt.parallelize), each
     refused with the keys at fault."""
-    from memtrain.distributed.launch import world_size
-    from memtrain.distributed.mesh import ParallelDims
-
     m, p = cfg.model, cfg.parallel
-    dims = ParallelDims.from_config(p, world_size(cfg))
     kv, seq = m.n_kv_heads or m.n_heads, cfg.data.seq_len
     if dims.tp > 1:
         require(m.n_heads % dims.tp == 0, "parallel.tp", f"model.n_heads={m.n_heads} must be divisible by parallel.tp={dims.tp}")
@@ -199,7 +196,7 @@ def validate_parallel(cfg: DictConfig) -> None:
                     "(two chunks per rank for causal load balance)")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
     for key in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
         require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
@@ -218,7 +215,7 @@ def validate(cfg: DictConfig) -> None:
             f"the model's forward has returned; parallel={cfg.parallel.name} (DeepSpeed ZeRO-3) partitions that weight "
             "again as soon as its module's forward ends. Use model.loss_chunk=0 or -1 (both give the plain loss there), "
             "or parallel=fsdp, which shards parameters and keeps the fused loss")
-    validate_parallel(cfg)
+    validate_parallel(cfg, dims)
     attention = as_enum(m.get("attention", "softmax"), GPTAttention)
     require(attention is GPTAttention.softmax or cfg.parallel.cp == 1, "model.attention",
             f"model.attention={attention.name} replaces the attention core that parallel.cp={cfg.parallel.cp} "

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from memtrain.config.errors import as_enum, require
+from memtrain.config.parallel import ParallelDims
 from memtrain.config.schema import DataSource, Device
 from memtrain.data.era5 import build_era5_data
 from memtrain.models.reset import reset_module_tree
@@ -178,7 +179,7 @@ def _validate_common(cfg: DictConfig, lon_tokens: list[int], lon_window: int) ->
                 "(longitude wraps around the globe, so it is never padded)")
 
 
-def validate_pangu(cfg: DictConfig) -> None:
+def validate_pangu(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
     require(len(m.patch_size) == 3 and len(m.window_size) == 3, "model.window_size",
             "patch_size and window_size are (level, latitude, longitude) triples")
@@ -189,15 +190,11 @@ def validate_pangu(cfg: DictConfig) -> None:
     w1 = m.n_lon // m.patch_size[2]
     require(w1 % 2 == 0, "model.n_lon", f"{w1} longitude tokens cannot be merged 2 by 2")
     _validate_common(cfg, [w1, w1 // 2], m.window_size[2])
-    from memtrain.distributed.launch import world_size
-    from memtrain.distributed.mesh import ParallelDims
-
-    degree = ParallelDims.from_config(cfg.parallel, world_size(cfg)).spatial
-    if degree > 1:
-        validate_spatial(cfg, degree)
+    if dims.spatial > 1:
+        validate_spatial(cfg, dims.spatial)
 
 
-def validate_fuxi(cfg: DictConfig) -> None:
+def validate_fuxi(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
     require(m.dim % m.heads == 0, "model.heads", f"dim={m.dim} is not divisible by heads={m.heads}")
     require(m.n_lon % (2 * m.patch_size) == 0, "model.n_lon", f"n_lon={m.n_lon} must be a multiple of 2 x patch_size")
