@@ -483,7 +483,9 @@ def _parse_predict_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
             i += 1
     if len(positional) != 3:
         raise ValueError(f"expected CHECKPOINT INPUT OUTPUT, got {len(positional)} argument(s)")
-    if options.get("device", "auto") not in ("auto", "cpu", "cuda"):
+    from memtrain.config.schema import Device
+
+    if options.get("device", "auto") not in Device.__members__:
         raise ValueError(f"--device must be auto, cpu or cuda, got {options['device']!r}")
     return positional, options
 

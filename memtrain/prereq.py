@@ -17,8 +17,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
 from memtrain.config.parallel_options import offload_option
+from memtrain.config.schema import Device
 from memtrain.errors import UserError
 
 # A run whose forward + backward needs more than this many FLOPs per optimizer step is GPU-sized: a
@@ -90,14 +91,17 @@ def _rendezvous(cfg: DictConfig) -> None:
 def _kernels(cfg: DictConfig) -> None:
     """model.attention_backend=triton runs memtrain.kernels: Triton, and a CUDA device or
     TRITON_INTERPRET=1 (the interpreter, on CPU tensors) on the machine that trains."""
-    if "attention_backend" not in cfg.model or enum_names(cfg.model.attention_backend) != "triton":
+    from memtrain.models.alphafold.family import AttentionBackend
+
+    if "attention_backend" not in cfg.model or (
+            as_enum(cfg.model.attention_backend, AttentionBackend) is not AttentionBackend.triton):
         return
     from memtrain.kernels.runtime import unavailable_reason
 
-    device = enum_names(cfg.trainer.device)
-    reason = unavailable_reason("cuda" if device in ("cuda", "auto") else "cpu")
+    device = as_enum(cfg.trainer.device, Device)
+    reason = unavailable_reason("cuda" if device in (Device.cuda, Device.auto) else "cpu")
     if reason is not None:
-        raise PrerequisiteError(f"model.attention_backend=triton (with trainer.device={device}) {reason}. "
+        raise PrerequisiteError(f"model.attention_backend=triton (with trainer.device={device.name}) {reason}. "
                                 "memtrain estimate and memtrain plan accept it on any machine.")
 
 
@@ -125,7 +129,7 @@ def step_flops(cfg: DictConfig) -> float | None:
 def _gpu_sized_on_cpu(cfg: DictConfig) -> None:
     """trainer.device=auto on a machine without CUDA: refuse a run that is GPU-sized (an explicit
     trainer.device=cpu runs it anyway)."""
-    if enum_names(cfg.trainer.device) != "auto" or _cuda_available():
+    if as_enum(cfg.trainer.device, Device) is not Device.auto or _cuda_available():
         return
     flops = step_flops(cfg)
     if flops is None or flops <= CPU_FLOPS_PER_STEP_LIMIT:
@@ -141,7 +145,7 @@ def check_runs_here(cfg: DictConfig) -> None:
     """Everything the run of `cfg` needs on this machine; raises PrerequisiteError. Called once per
     job before any worker starts (not inside a worker that torchrun or srun started)."""
     _rendezvous(cfg)
-    if offload_option(enum_names(cfg.offload.name)).uses_nvme:
+    if offload_option(cfg).uses_nvme:
         _nvme(cfg)
     _kernels(cfg)
     _gpu_sized_on_cpu(cfg)

@@ -82,6 +82,24 @@ def _no_process_group_left_behind():
                     pytrace=False)
 
 
+@pytest.fixture
+def make_trainer():
+    """Trainer(cfg, run_dir, ...) for a test in this process; every trainer it made is closed when
+    the test ends (a Trainer always holds a process group, one rank's too: Trainer.close destroys
+    the group it made)."""
+    from memtrain.engine.trainer import Trainer
+
+    made = []
+
+    def _make(*args, **kwargs):
+        made.append(Trainer(*args, **kwargs))
+        return made[-1]
+
+    yield _make
+    for trainer in reversed(made):  # a later trainer joined the group an earlier one made
+        trainer.close()
+
+
 # A model and batch small enough that a few optimizer steps take well under a second on 2 cores.
 TINY = [
     "model=gpt_tiny",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable
+from enum import Enum
+from typing import Iterable, TypeVar
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
@@ -66,9 +67,29 @@ def require(condition: bool, key: str, message: str, allowed: Iterable[str] | No
         raise ConfigError(key, message, allowed, allowed_label)
 
 
-def enum_names(value: object) -> str:
-    """The name of an enum config value (OmegaConf keeps enums as Enum members)."""
-    return getattr(value, "name", str(value))
+E = TypeVar("E", bound=Enum)
+
+
+def as_enum(value: object, enum_type: type[E]) -> E:
+    """The member of `enum_type` that `value` is or names.
+
+    A typed config node holds the member (OmegaConf keeps enums as Enum members); an untyped one
+    (a `.get` default, a value set on a plain dict or a plan candidate's override) holds its name.
+    Compare the result with members (`as_enum(cfg.trainer.device, Device) is Device.cpu`), so a
+    misspelt member is an AttributeError rather than a comparison that is always False.
+
+    Raises ValueError for a string that names no member of `enum_type`, TypeError for anything
+    else (a member of another enum included); both messages name `enum_type` and its members."""
+    if isinstance(value, enum_type):
+        return value
+    names = ", ".join(enum_type.__members__)
+    if isinstance(value, str) and not isinstance(value, Enum):
+        try:
+            return enum_type[value]
+        except KeyError:
+            raise ValueError(f"{value!r} is not a {enum_type.__name__}; expected one of: {names}") from None
+    raise TypeError(f"expected a {enum_type.__name__} member or its name (one of: {names}), "
+                    f"got {type(value).__name__} {value!r}")
 
 
 def to_container(cfg) -> dict:

@@ -14,8 +14,9 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from memtrain.config.errors import ConfigError, enum_names
+from memtrain.config.errors import ConfigError, as_enum
 from memtrain.config.parallel_options import MetaBuild, parallel_option
+from memtrain.config.schema import InitDevice
 
 FULL_STATE_BYTES = 16  # fp32 weight + fp32 gradient + Adam's two fp32 moments, bytes per parameter
 GIB = 2**30
@@ -43,19 +44,19 @@ def meta_refusal(cfg: DictConfig, has_initialiser: bool) -> Optional[str]:
     return None
 
 
-def choose_init_device(cfg: DictConfig, n_params: int, budget_bytes: float, has_initialiser: bool = True) -> str:
-    """"eager" or "meta" for `cfg` (trainer.init_device resolved): `n_params` the model's
+def choose_init_device(cfg: DictConfig, n_params: int, budget_bytes: float, has_initialiser: bool = True) -> InitDevice:
+    """InitDevice.eager or InitDevice.meta for `cfg` (trainer.init_device resolved): `n_params` the model's
     parameter count, `budget_bytes` the memory the full fp32 states are compared with (used only
     by auto). Raises ConfigError (trainer.init_device, parallel.name) for meta where it cannot run."""
-    choice = enum_names(cfg.trainer.get("init_device", "eager"))
-    if choice == "eager":
-        return "eager"
+    choice = as_enum(cfg.trainer.get("init_device", "eager"), InitDevice)
+    if choice is InitDevice.eager:
+        return InitDevice.eager
     refusal = meta_refusal(cfg, has_initialiser)
-    if choice == "meta":
+    if choice is InitDevice.meta:
         if refusal is not None:
             raise ConfigError("trainer.init_device", refusal)
-        return "meta"
-    return "meta" if refusal is None and n_params * FULL_STATE_BYTES > budget_bytes else "eager"
+        return InitDevice.meta
+    return InitDevice.meta if refusal is None and n_params * FULL_STATE_BYTES > budget_bytes else InitDevice.eager
 
 
 def budget_bytes(cfg: DictConfig, device_bytes: float) -> float:

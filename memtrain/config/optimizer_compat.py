@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from memtrain.config.errors import enum_names, require
+from memtrain.config.errors import as_enum, require
 from memtrain.config.parallel_options import PARALLEL_REGISTRY, offload_option, parallel_option
+from memtrain.config.schema import DType
 
 # need a parameter's whole shape (factored or per-block statistics): DeepSpeed's ZeRO hands the
 # optimizer flat 1-D partitions, on which they would silently become another algorithm
@@ -52,7 +53,7 @@ def validate_optimizer(cfg: DictConfig) -> None:
                 "optimizer=adamw_8bit needs bitsandbytes (pip install bitsandbytes)")
     # bitsandbytes is checked by find_spec only: importing it probes CUDA and prints warnings
     cls = None if target.startswith("bitsandbytes.") else optimizer_class(cfg)
-    pure_bf16 = enum_names(cfg.precision.param_dtype) == "bfloat16"
+    pure_bf16 = as_enum(cfg.precision.param_dtype, DType) is DType.bfloat16
     stochastic = getattr(cls, "updates_bf16_params_stochastically", False) and cfg.optimizer.get("stochastic_rounding", True)
     # DeepSpeed keeps fp32 master weights inside ZeRO's partitions, whatever the model's dtype
     require(not pure_bf16 or stochastic or opt.flat_partitions or name in ZEROTH_ORDER, "optimizer",
@@ -77,7 +78,7 @@ def validate_optimizer(cfg: DictConfig) -> None:
                 f"{' or '.join(runs)}, not parallel={parallel}", allowed=runs)
         require(not cfg.precision.loss_scaling, "precision.loss_scaling",
                 "optimizer=mezo has no backward pass, so fp16 loss scaling has nothing to scale; use precision=fp32 or bf16")
-        require(enum_names(cfg.precision.param_dtype) == "float32", "precision.param_dtype",
+        require(as_enum(cfg.precision.param_dtype, DType) is DType.float32, "precision.param_dtype",
                 "optimizer=mezo adds lr * g * z to the parameters in place; in bfloat16 those small steps round away")
         require(not offload_option(cfg).model_states_offloaded, "offload.name",
                 f"optimizer=mezo keeps no gradients or optimizer states to offload (offload={cfg.offload.name})")

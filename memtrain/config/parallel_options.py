@@ -79,7 +79,9 @@ class ParallelOption:
     model_dims: the model-parallel mesh dimensions (memtrain.models.family) it composes with; a
     degree other than 1 on any other is refused. Which of them a model implements is its family's.
     dp_dims: the data-parallel mesh dimensions it takes; a degree other than 1 on the other is refused.
-    needs_process_group: whether it runs torch.distributed even on one rank (single does not).
+    needs_process_group: whether it communicates over ranks (DDP, FSDP, DeepSpeed... want their
+    wrappers even on one rank); single does not: it runs one process, every degree 1. (Every run
+    has a process group and a mesh, single's a one-rank one: memtrain.distributed.launch.)
     compiles: whether trainer.compile (regional compilation, applied by the torch strategies) composes.
     zeroth_order: whether zeroth-order optimizers (MeZO: whole replicated parameters perturbed in
     place) run under it."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from memtrain.config.errors import enum_names, require
+from memtrain.config.errors import as_enum, require
 from memtrain.config.init_device import meta_refusal
 from memtrain.config.families import check_model_parallel, get_spec
 from memtrain.config.optimizer_compat import validate_optimizer
@@ -21,7 +21,7 @@ from memtrain.config.parallel_options import (OFFLOAD_OPTIONS, Backend, offload_
                                                parallel_options_for, parallel_options_with)
 from memtrain.config.pipeline_schedules import validate_pipeline
 from memtrain.config.quantization import validate_quantization
-from memtrain.config.schema import Check
+from memtrain.config.schema import Check, DataSource, Device, DType, InitDevice
 
 # which parallel options each offload works with (memtrain.config.parallel_options, by offload)
 OFFLOAD_SUPPORT = {offload: parallel_options_for(offload) for offload in OFFLOAD_OPTIONS}
@@ -60,10 +60,10 @@ def validate(cfg: DictConfig) -> None:
             f"model.arch={cfg.model.arch} has no evaluation step; use trainer.eval_every=0")
     require(cfg.trainer.eval_every == 0 or cfg.parallel.pp == 1, "trainer.eval_every",
             f"the evaluation step runs the whole model, not pipeline stages (parallel.pp={cfg.parallel.pp})")
-    if enum_names(cfg.trainer.init_device) == "meta":
+    if as_enum(cfg.trainer.init_device, InitDevice) is InitDevice.meta:
         reason = meta_refusal(cfg, spec.init_weights is not None)
         require(reason is None, "trainer.init_device", reason or "")
-    spec.validate(cfg)
+    spec.validate(cfg, dims)
     validate_pipeline(cfg, dims.pp, blocks)
 
 
@@ -186,10 +186,10 @@ def _path_kind(key: str, path: Path) -> str:
 def _validate_paths(cfg: DictConfig) -> None:
     """Folders and files named in the config exist and are usable, before anything starts."""
     root = cfg.data.get("root")
-    if root is not None and enum_names(cfg.data.source) != "synthetic":  # random tokens read no files
+    if root is not None and as_enum(cfg.data.source, DataSource) is not DataSource.synthetic:  # random tokens read no files
         kind = _path_kind("data.root", Path(root))
         require(kind != "missing", "data.root", f"{root} does not exist")
-        data_file = enum_names(cfg.data.source) == "era5" and Path(root).suffix in (".nc", ".zarr")  # one ERA5 file
+        data_file = as_enum(cfg.data.source, DataSource) is DataSource.era5 and Path(root).suffix in (".nc", ".zarr")  # one ERA5 file
         require(kind == "dir" or data_file, "data.root",
                 f"{root} is not a folder (data.root names the folder that holds the data files)")
         require(os.access(root, os.R_OK | os.X_OK), "data.root", f"{root}: permission denied (this user cannot list it)")
@@ -220,8 +220,8 @@ def _validate_launch(cfg: DictConfig) -> ParallelDims:
     require(0 <= lc.node_rank < lc.nnodes, "launcher.node_rank", f"must be in [0, nnodes={lc.nnodes}), got {lc.node_rank}")
     # the rendezvous a multi-node run needs is checked where it starts (memtrain.prereq), not for estimate or plan
     dims = ParallelDims.from_config(cfg.parallel, world_size(cfg))
-    device = enum_names(cfg.trainer.device)
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+    device = as_enum(cfg.trainer.device, Device)
+    if device is Device.cuda or (device is Device.auto and torch.cuda.is_available()):
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", lc.nproc_per_node))
         require(per_node <= max(1, torch.cuda.device_count()), "launcher.nproc_per_node",
                 f"{per_node} processes per node but {torch.cuda.device_count()} CUDA devices are visible")
@@ -229,15 +229,15 @@ def _validate_launch(cfg: DictConfig) -> ParallelDims:
 
 
 def _validate_precision(p: DictConfig) -> None:
-    param, compute = enum_names(p.param_dtype), enum_names(p.compute_dtype)
-    require(param != "float16", "precision.param_dtype",
+    param, compute = as_enum(p.param_dtype, DType), as_enum(p.compute_dtype, DType)
+    require(param is not DType.float16, "precision.param_dtype",
             "float16 parameters need fp32 master weights; use param_dtype=float32 with compute_dtype=float16",
             allowed=["float32", "bfloat16"])
-    require(not (param == "bfloat16" and compute != "bfloat16"), "precision.compute_dtype",
-            f"bfloat16 parameters compute in bfloat16, got compute_dtype={compute}")
-    require(not (compute == "float16" and not p.loss_scaling), "precision.loss_scaling",
+    require(not (param is DType.bfloat16 and compute is not DType.bfloat16), "precision.compute_dtype",
+            f"bfloat16 parameters compute in bfloat16, got compute_dtype={compute.name}")
+    require(not (compute is DType.float16 and not p.loss_scaling), "precision.loss_scaling",
             "compute_dtype=float16 needs loss_scaling=true: fp16 gradients underflow without it")
-    require(not (p.loss_scaling and compute == "float32"), "precision.loss_scaling",
+    require(not (p.loss_scaling and compute is DType.float32), "precision.loss_scaling",
             "loss scaling only applies to reduced-precision compute (float16 or bfloat16)")
     require(p.init_scale > 0 and p.growth_factor > 1 and 0 < p.backoff_factor < 1 and p.growth_interval >= 1,
             "precision.init_scale", "loss scaler needs init_scale > 0, growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1")
@@ -253,8 +253,8 @@ def _validate_trainer(t: DictConfig) -> None:
     require(t.resume in ("none", "auto") or _path_kind("trainer.resume", Path(t.resume) / "meta.json") == "file",
             "trainer.resume", f"{t.resume!r} is not a checkpoint folder (step_<N>/ with meta.json)",
             allowed=["none", "auto", "<path>"])
-    device = enum_names(t.device)
-    require(device != "cuda" or torch.cuda.is_available(), "trainer.device", "cuda requested but no CUDA device is visible",
+    device = as_enum(t.device, Device)
+    require(device is not Device.cuda or torch.cuda.is_available(), "trainer.device", "cuda requested but no CUDA device is visible",
             allowed=["auto", "cpu"])
     require(not t.tensorboard or importlib.util.find_spec("tensorboard") is not None, "trainer.tensorboard",
             "the tensorboard package is not installed (pip install tensorboard)")

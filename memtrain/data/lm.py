@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import DataSource
 from memtrain.data.errors import DataFormatError
 
 
@@ -65,5 +66,5 @@ def synthetic_windows(cfg: DictConfig) -> PackedWindows:
 
 
 def build_lm_data(cfg: DictConfig) -> PackedWindows:
-    source = enum_names(cfg.data.source)
-    return {"protein": protein_windows, "synthetic": synthetic_windows}[source](cfg)
+    source = as_enum(cfg.data.source, DataSource)
+    return {DataSource.protein: protein_windows, DataSource.synthetic: synthetic_windows}[source](cfg)

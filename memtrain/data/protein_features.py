@@ -37,6 +37,8 @@ from Bio.PDB import MMCIFParser
 from Bio.PDB.MMCIF2Dict import MMCIF2Dict
 from Bio.PDB.PDBExceptions import PDBConstructionException
 
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import TemplateSource
 from memtrain.data.cache import cached_records
 from memtrain.data.errors import DataFormatError, DataNotFoundError
 from memtrain.data.mmcif import PROTEIN_POLYMER_TYPE
@@ -712,7 +714,7 @@ class ProteinStructureBatches:
         exclude: Collection[str] = (),
         max_extra_msa: int = 0,
         max_templates: int = 0,
-        template_source: str = "homologues",
+        template_source: TemplateSource | str = TemplateSource.homologues,
     ) -> None:
         if crop_size < 1 or max_msa < 1:
             raise ValueError(f"crop_size and max_msa must be positive, got {crop_size}, {max_msa}")
@@ -723,8 +725,10 @@ class ProteinStructureBatches:
         self.min_resolved = min_resolved
         if max_extra_msa < 0 or max_templates < 0:
             raise ValueError(f"max_extra_msa and max_templates must be >= 0, got {max_extra_msa}, {max_templates}")
-        if template_source not in ("homologues", "self"):
-            raise ValueError(f"template_source must be 'homologues' or 'self', got {template_source!r}")
+        try:
+            template_source = as_enum(template_source, TemplateSource)
+        except (TypeError, ValueError):
+            raise ValueError(f"template_source must be 'homologues' or 'self', got {template_source!r}") from None
         self.max_extra_msa, self.max_templates, self.template_source = max_extra_msa, max_templates, template_source
         mmcif_dir, alignments_dir = self.root / "mmcif", self.root / "alignments"
         files = sorted(mmcif_dir.glob("*.cif")) if mmcif_dir.is_dir() else []
@@ -732,7 +736,7 @@ class ProteinStructureBatches:
             raise DataNotFoundError(f"no mmCIF files (*.cif) in {mmcif_dir}; set data.root to the folder that holds "
                                     f"mmcif/ and alignments/ (when data.root is unset: ${DATA_DIR_ENV}/proteins)",
                                     str(mmcif_dir))
-        if only is not None and not (max_templates > 0 and template_source == "homologues"):
+        if only is not None and not (max_templates > 0 and template_source is TemplateSource.homologues):
             # parse only the files that can hold the chains asked for (homologous templates are
             # searched among every file's chains, so then all are parsed)
             files = [p for p in files if p.stem.lower() in {name.rsplit("_", 1)[0] for name in only}]
@@ -762,7 +766,7 @@ class ProteinStructureBatches:
         self._template_features: list[list[dict[str, np.ndarray]]] = []
         if max_templates > 0:
             for entry in self.entries:
-                if template_source == "self":
+                if template_source is TemplateSource.self:
                     hits = [self_template(entry.chain)]
                 else:
                     hits = search_templates(entry.chain, all_chains)
@@ -800,7 +804,7 @@ class ProteinStructureBatches:
         if self.max_templates > 0:
             features = self._template_features[index]
             chosen = select_templates(len(features), self.max_templates, np.random.default_rng([self.seed, 2, sample]),
-                                      subsample=self.template_source == "homologues")
+                                      subsample=self.template_source is TemplateSource.homologues)
             templates = [features[i] for i in chosen]
         return make_features(
             entry.chain,

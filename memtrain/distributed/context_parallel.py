@@ -43,26 +43,30 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
 
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import ContextParallelImpl
+
 from memtrain.distributed.collectives import all_to_all
 
 # -- which positions a rank holds -----------------------------------------------------------------
 
 
-def shard_positions(seq_len: int, cp: int, rank: int, impl: str) -> torch.Tensor:
+def shard_positions(seq_len: int, cp: int, rank: int, impl: ContextParallelImpl | str) -> torch.Tensor:
     """The positions (indices into [0, seq_len)) that context-parallel rank `rank` of `cp` holds,
     in the order it holds them: a contiguous slice for ulysses; chunks rank and 2 cp - 1 - rank
-    of 2 cp equal chunks for ring (zigzag)."""
-    if impl == "ulysses":
+    of 2 cp equal chunks for ring (zigzag). `impl`: a ContextParallelImpl or its name."""
+    impl = as_enum(impl, ContextParallelImpl)
+    if impl is ContextParallelImpl.ulysses:
         if seq_len % cp:
             raise ValueError(f"sequence length {seq_len} is not divisible by cp={cp}")
         c = seq_len // cp
         return torch.arange(rank * c, (rank + 1) * c)
-    if impl == "ring":
+    if impl is ContextParallelImpl.ring:
         if seq_len % (2 * cp):
             raise ValueError(f"sequence length {seq_len} is not divisible by 2 x cp={2 * cp}")
         c = seq_len // (2 * cp)
         return torch.cat([torch.arange(rank * c, (rank + 1) * c), torch.arange((2 * cp - 1 - rank) * c, (2 * cp - rank) * c)])
-    raise ValueError(f"unknown context-parallel implementation {impl!r}")
+    raise ValueError(f"unknown context-parallel implementation {impl.name!r}")
 
 
 class SequenceShardedBatches:

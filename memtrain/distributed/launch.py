@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import socket
 import sys
 import uuid
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ class DistEnv:
     rank: int
     local_rank: int
     world_size: int
-    owns_group: bool = False  # this process made the group (and the one-rank environment)
+    owns_group: bool = False  # this process made the group (a lone process's one-rank group)
+    set_env: tuple[str, ...] = ()  # environment variables it set for that group, removed with it
 
     @property
     def is_main(self) -> bool:
@@ -36,49 +36,50 @@ def needs_launch(cfg: DictConfig) -> bool:
     return not launched() and world_size(cfg) > 1
 
 
-def init_distributed(backend: str | None, device_type: str, need_group: bool) -> DistEnv:
-    """Join the process group of a launched job. A lone process gets rank 0 of 1, with a
-    one-rank group when `need_group` (DDP, FSDP and DeepSpeed want one even on one device)."""
-    launched_before = launched()
-    if not launched_before:
-        if not need_group:
-            return DistEnv(0, 0, 1)
-        os.environ.update(_ONE_RANK_ENV, MASTER_PORT=str(_free_port()))
-    owns = not dist.is_initialized()
-    env = DistEnv(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]), owns)
-    if owns:
-        if device_type == "cuda":
-            torch.cuda.set_device(env.local_rank)
-        try:
-            dist.init_process_group(backend or ("nccl" if device_type == "cuda" else "gloo"),
-                                    timeout=datetime.timedelta(minutes=10))
-        except BaseException:
-            if not launched_before:
-                _forget_one_rank_env()
-            raise
+def init_distributed(backend: str | None, device: torch.device, local_rank_env: bool = False) -> DistEnv:
+    """Join the process group of a launched job (torchrun, srun, memtrain's launcher), or make
+    one for a lone process: rank 0 of a one-rank group over an in-memory store (torch's
+    HashStore: no port, no rendezvous, nothing in the environment), so that every run has a
+    process group and a DeviceMesh of the same dimension names. A process that already holds a
+    group (a caller that made it) joins that one. `local_rank_env`: the lone process also sets
+    LOCAL_RANK=0 for the group's life (DeepSpeed reads the device index from the environment,
+    in its engine and in ZeRO-3's partitioning); `shutdown` removes it. `device`: the training
+    device; a launched rank on a GPU trains on cuda:LOCAL_RANK, which it makes current."""
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    timeout = datetime.timedelta(minutes=10)
+    if launched():
+        env = DistEnv(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]),
+                      owns_group=not dist.is_initialized())
+        if env.owns_group:
+            if device.type == "cuda":
+                torch.cuda.set_device(env.local_rank)
+            dist.init_process_group(backend, timeout=timeout)  # env://: RANK, WORLD_SIZE, MASTER_ADDR/PORT
+        return env
+    if dist.is_initialized():
+        return DistEnv(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+    env = DistEnv(0, 0, 1, owns_group=True, set_env=("LOCAL_RANK",) if local_rank_env and "LOCAL_RANK" not in os.environ else ())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the device the one-rank mesh runs on
+    os.environ.update({key: "0" for key in env.set_env})
+    try:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    except BaseException:
+        _forget(env.set_env)
+        raise
     return env
 
 
 def shutdown(env: DistEnv) -> None:
-    """Destroy the process group this process made (a gloo job may abort at exit otherwise)."""
+    """Destroy the process group this process made (a gloo job may abort at exit otherwise), and
+    the environment it set for it."""
     if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
-        if os.environ.get("RANK") == "0" and os.environ.get("WORLD_SIZE") == "1":
-            _forget_one_rank_env()
+    _forget(env.set_env)
 
 
-_ONE_RANK_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-
-
-def _forget_one_rank_env() -> None:
-    for key in (*_ONE_RANK_ENV, "MASTER_PORT"):
+def _forget(keys: tuple[str, ...]) -> None:
+    for key in keys:
         os.environ.pop(key, None)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_workers(cfg: DictConfig, overrides: list[str], run_dir: str) -> int:

@@ -48,7 +48,8 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from memtrain.config.errors import ConfigError, enum_names
+from memtrain.config.errors import ConfigError, as_enum
+from memtrain.config.schema import Device, DType
 from memtrain.config.parallel_options import PARALLEL_REGISTRY, Backend, Place, offload_option, parallel_option
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.safe_pickle import torch_load
@@ -71,10 +72,10 @@ NVME_RESUME = (
 
 
 def _device_type(cfg: DictConfig) -> str:
-    name = enum_names(cfg.trainer.device)
-    if name == "auto":
+    device = as_enum(cfg.trainer.device, Device)
+    if device is Device.auto:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return device.value  # a torch device type
 
 
 def deepspeed_config(cfg: DictConfig, dims: ParallelDims, device_type: str | None = None) -> dict[str, Any]:
@@ -128,13 +129,13 @@ def deepspeed_config(cfg: DictConfig, dims: ParallelDims, device_type: str | Non
         "wall_clock_breakdown": False,
         "checkpoint": {"tag_validation": "Fail"},  # every rank must write the same tag
     }
-    compute = enum_names(p.compute_dtype)
-    if compute == "bfloat16":
+    compute = as_enum(p.compute_dtype, DType)
+    if compute is DType.bfloat16:
         # bf16 model copy, fp32 master weights and optimizer states inside ZeRO's partitions
         # (also for param_dtype=bfloat16, which in memtrain's own strategies means no fp32 copy)
         # a non-finite gradient norm skips the step, as for fp16 and memtrain's own strategies
         config["bf16"] = {"enabled": True, "check_grad_overflow": True}
-    elif compute == "float16":
+    elif compute is DType.float16:
         config["fp16"] = _fp16_section(p)
     return config
 

@@ -215,7 +215,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def _no_dist() -> bool:
-    return not (dist.is_available() and dist.is_initialized())
+    """One process: no group (a tool reading a checkpoint, e.g. `memtrain export`) or a run's
+    one-rank group. DCP then takes its single-process path: no collectives, so a one-rank run on
+    a GPU creates no NCCL communicator for its checkpoints."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ from typing import Any
 from omegaconf import DictConfig
 from rich.console import Console
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import Device
 
 
 def is_rank0() -> bool:
@@ -32,7 +33,7 @@ def startup_line(cfg: DictConfig, choices: dict[str, str]) -> str:
     picked = ", ".join(f"{g}={choices[g]}" for g in ("recipe", "model", "parallel", "precision", "optimizer",
                                                      "offload", "activation_checkpoint", "data") if choices.get(g))
     return (f"building {picked} on {world} rank{'s' if world > 1 else ''} "
-            f"(trainer.device={enum_names(cfg.trainer.device)}); then {cfg.trainer.max_steps} steps")
+            f"(trainer.device={as_enum(cfg.trainer.device, Device).name}); then {cfg.trainer.max_steps} steps")
 
 
 def summary(records: list[dict[str, Any]], step: int, wall_s: float, run_dir: Path, checkpoint: Path | None) -> str:

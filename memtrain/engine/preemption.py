@@ -66,10 +66,12 @@ def under_slurm() -> bool:
 
 class Preemption:
     """The training loop's view: `with catching():` around the loop, should_stop() at step
-    boundaries, stopped() after the checkpoint. `enabled=False` never stops (and catches nothing)."""
+    boundaries, stopped() after the checkpoint. `enabled=False` never stops (and catches nothing).
+    `group`: the ranks that stop together (the run's whole world); None or a one-rank group: this
+    process alone, with no collective per step."""
 
-    def __init__(self, device: torch.device, enabled: bool = True):
-        self.device, self.enabled = device, enabled
+    def __init__(self, device: torch.device, group: dist.ProcessGroup | None = None, enabled: bool = True):
+        self.device, self.group, self.enabled = device, group, enabled
 
     @contextlib.contextmanager
     def catching(self) -> Iterator[None]:
@@ -90,9 +92,9 @@ class Preemption:
         if not self.enabled:
             return False
         flag = 1.0 if _received else 0.0
-        if dist.is_initialized():
+        if self.group is not None and dist.get_world_size(self.group) > 1:
             t = torch.tensor([flag], device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
             flag = float(t)
         return flag > 0
 

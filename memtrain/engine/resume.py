@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from memtrain.config.errors import ConfigError, enum_names, to_container
+from memtrain.config.errors import ConfigError, to_container
 from memtrain.config.parallel_options import PARALLEL_OPTIONS, Backend, parallel_option
 from memtrain.engine.checkpoint import Checkpointer, CheckpointError, read_meta
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
 
+from memtrain.distributed.mesh import batch_mesh, data_parallel_mesh, sum_over
 from memtrain.engine.strategy import Strategy
 from memtrain.models.spec import ModelSpec
 
@@ -72,31 +73,36 @@ class StepResult:
 
 @dataclass(frozen=True)
 class RankSums:
-    """Sums of per-rank step quantities over the ranks, on the device (an all-reduce, no read).
+    """Sums of per-rank step quantities over the ranks, on the device (an all-reduce, no read),
+    each over a 1-D mesh flattened from the run's mesh (memtrain.distributed.mesh), so ranks that
+    share data count once and nothing is rescaled afterwards.
 
-    dp: data-parallel ranks; batch_shards: ranks holding disjoint targets (data- and sequence-
-    parallel ones); world_size: all ranks; distributed: whether a process group exists."""
+    batch: the ranks holding disjoint targets ((dp_replicate, dp_shard, cp) flattened);
+    data_parallel: the data-parallel ranks ((dp_replicate, dp_shard) flattened)."""
 
-    dp: int
-    batch_shards: int
-    world_size: int
-    distributed: bool
+    batch: DeviceMesh
+    data_parallel: DeviceMesh
+
+    @classmethod
+    def of(cls, mesh: DeviceMesh) -> "RankSums":
+        """The sums of the run's `mesh` (a collective on first use: every rank calls it)."""
+        return cls(batch_mesh(mesh), data_parallel_mesh(mesh))
+
+    @property
+    def dp(self) -> int:
+        """The number of data-parallel ranks (ParallelDims.dp)."""
+        return self.data_parallel.size()
 
     def over_batch(self, value: torch.Tensor) -> torch.Tensor:
         """Sum over the ranks that hold disjoint targets (ranks that share data, e.g. tensor-
-        parallel ones, count once). `value`: a float64 tensor on the device."""
-        if not self.distributed:
-            return value
-        value = value.clone()
-        dist.all_reduce(value)
-        return value * self.batch_shards / self.world_size
+        parallel, DAP or pipeline ones, count once). `value`: a float64 tensor on the device; a
+        new tensor is returned. Under pipeline parallelism the loss is already on every stage
+        (PipelineStrategy sums it over the pipeline ranks from the last one)."""
+        return sum_over(value.clone(), self.batch)
 
     def over_data_parallel(self, value: torch.Tensor) -> torch.Tensor:
         """Sum over the data-parallel ranks (every other rank shares its data), in place."""
-        if self.distributed:
-            dist.all_reduce(value)
-            value *= self.dp / self.world_size
-        return value
+        return sum_over(value, self.data_parallel)
 
 
 def count_targets(spec: ModelSpec, micro: MicroBatches, device: torch.device) -> torch.Tensor:

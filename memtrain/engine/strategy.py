@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
+from memtrain.config.parallel import ParallelDims
 from memtrain.config.parallel_options import Backend, DataParallel, Place, offload_option, parallel_option
 from memtrain.engine.checkpoint import Checkpointer, read_dcp_metadata
 from memtrain.engine.metrics import MetricMeans
@@ -57,7 +58,7 @@ def activation_context(offload: DictConfig, device: torch.device) -> contextlib.
 
 
 class TorchStrategy:
-    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh | None,
+    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh,
                  precision: Precision, device: torch.device,
                  materialize: Callable[[nn.Module], None] | None = None):
         """`materialize`: for a model built on the meta device (trainer.init_device=meta), called
@@ -88,6 +89,10 @@ class TorchStrategy:
         self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer)
         self.metric_fn = spec.metrics(cfg) if spec.metrics is not None else None
         self.extra_metrics = MetricMeans()
+        # the family's own gradient reduction (e.g. DAP's partial sums), where this run splits a
+        # dimension the family implements: decided once, not by slicing the mesh at every step
+        self.reduces_gradients = spec.reduce_gradients is not None and any(
+            mesh[d].size() > 1 for d in spec.model_parallel)
 
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, scale: float | torch.Tensor,
                          sync: bool) -> torch.Tensor:
@@ -106,7 +111,7 @@ class TorchStrategy:
 
     def step(self) -> tuple[torch.Tensor, bool]:
         scaler, clip = self.precision.scaler, self.cfg.trainer.grad_clip
-        if self.mesh is not None and self.spec.reduce_gradients is not None:
+        if self.reduces_gradients:
             self.spec.reduce_gradients(self.module, self.mesh)
         scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
@@ -148,16 +153,17 @@ class TorchStrategy:
         return meta
 
 
-def build_strategy(cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh | None,
+def build_strategy(cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: DeviceMesh, dims: ParallelDims,
                    precision: Precision, device: torch.device,
                    materialize: Callable[[nn.Module], None] | None = None) -> Strategy:
-    """The strategy of parallel.name; `materialize` (a model built on the meta device) only
-    TorchStrategy takes: validation refuses trainer.init_device=meta for the others."""
+    """The strategy of parallel.name on `mesh`, whose degrees are `dims`; `materialize` (a model
+    built on the meta device) only TorchStrategy takes: validation refuses trainer.init_device=meta
+    for the others."""
     if parallel_option(cfg).backend is Backend.DEEPSPEED:
         from memtrain.engine.zero_strategy import DeepSpeedStrategy
 
-        return DeepSpeedStrategy(cfg, model, spec, mesh, precision, device)
-    if mesh is not None and mesh["pp"].size() > 1:
+        return DeepSpeedStrategy(cfg, model, spec, dims, precision, device)
+    if mesh["pp"].size() > 1:
         from memtrain.engine.pipeline_strategy import PipelineStrategy
 
         return PipelineStrategy(cfg, model, spec, mesh, precision, device)

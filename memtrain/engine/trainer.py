@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from memtrain.config.errors import enum_names, to_container
-from memtrain.config.parallel_options import MetaBuild, Place, offload_option, parallel_option
+from memtrain.config.errors import as_enum, to_container
+from memtrain.config.parallel_options import Backend, MetaBuild, Place, offload_option, parallel_option
 from memtrain.engine import preemption
 from memtrain.engine.checkpoint import Checkpointer, step_dir_name
 from memtrain.distributed.launch import init_distributed, shutdown
@@ -21,6 +21,7 @@ from memtrain.distributed.mesh import ParallelDims, dp_rank
 from memtrain.engine.step import RankSums, StepResult, build_step_fn, to_device  # noqa: F401 (StepResult, to_device: re-exported)
 from memtrain.engine.parallelize import parallelize
 from memtrain.config.init_device import budget_bytes, choose_init_device, meta_refusal
+from memtrain.config.schema import Device, InitDevice
 from memtrain.engine.init_device import materialize
 from memtrain.machine import device_memory_bytes
 from memtrain.engine.metrics import MetricsLogger, StepMetrics, format_line
@@ -32,10 +33,12 @@ from memtrain.models.meta import build_on_meta
 from memtrain.precision.amp import Precision
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+def resolve_device(device: Device | str) -> torch.device:
+    """The torch device of trainer.device (a Device or its name): auto is CUDA where it is visible."""
+    device = as_enum(device, Device)
+    if device is Device.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(device.value)
 
 
 # consecutive skipped steps after which a run counts as diverged: fp16's dynamic loss scale needs
@@ -52,8 +55,11 @@ class Trainer:
         self.cfg, self.tcfg = cfg, cfg.trainer
         self.run_dir = Path(run_dir)
         self.spec = get_spec(cfg.model.arch)
-        self.device = resolve_device(enum_names(self.tcfg.device))
-        self.env = init_distributed(cfg.parallel.backend, self.device.type, need_group=parallel_option(cfg).needs_process_group)
+        self.device = resolve_device(self.tcfg.device)
+        # a process group and a mesh on every run, one rank too (DeepSpeed also reads LOCAL_RANK)
+        self._closed = False
+        self.env = init_distributed(cfg.parallel.backend, self.device,
+                                    local_rank_env=parallel_option(cfg).backend is Backend.DEEPSPEED)
         try:
             self._build(cfg, console)
         except BaseException:
@@ -68,18 +74,20 @@ class Trainer:
         # a checkpoint to resume from is checked against this run before anything is built
         path = resume_path(cfg, self.run_dir)
         self.resume: ResumeCheck | None = check_resume(path, cfg, self.env.world_size) if path is not None else None
+        # the degrees, resolved once here: everything after reads them from the mesh or from self.dims
         self.dims = ParallelDims.from_config(cfg.parallel, self.env.world_size)
-        self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
+        self.mesh = self.dims.build_mesh(self.device.type)
+        self.sums = RankSums.of(self.mesh)  # the flattened batch and data-parallel meshes
         self.dp_rank = dp_rank(self.mesh)
         shapes = self._choose_init_device(cfg)  # the model on the meta device for FSDP2's meta build
         meta = shapes is not None
         torch.manual_seed(self.tcfg.seed)  # every rank builds the same initial weights
 
         self.precision = Precision.from_config(cfg.precision, self.device.type)
-        if self.init_device == "meta" and not meta:  # ZeRO-3: zero.Init partitions each module as it is built
+        if self.init_device is InitDevice.meta and not meta:  # ZeRO-3: zero.Init partitions each module as it is built
             from memtrain.engine.zero_strategy import build_partitioned
 
-            model = build_partitioned(cfg, self.spec, self.precision, self.device)  # cast there
+            model = build_partitioned(cfg, self.spec, self.dims, self.precision, self.device)  # cast there
         else:
             if meta:  # shapes only: each rank's shards are materialised after the wrapping
                 model = shapes
@@ -88,17 +96,17 @@ class Trainer:
                     model = self.spec.build_model(cfg.model)
             model.to(dtype=self.precision.param_dtype)
         # precision swaps -> loss head -> model parallelism -> checkpointing -> compile -> data parallelism
-        self.strategy = parallelize(model, cfg, self.spec, self.mesh, self.precision, self.device,
+        self.strategy = parallelize(model, cfg, self.spec, self.mesh, self.dims, self.precision, self.device,
                                     materialize=self._materialize if meta else None)
-        self.sums = RankSums(self.dims.dp, self.dims.batch_shards, self.env.world_size, dist.is_initialized())
         # backpropagation through the strategy, or forward passes only (an optimizer with zeroth_order)
         self.step_fn = build_step_fn(self.strategy, self.spec, self.precision, self.sums, self.tcfg.seed, self.device)
         self.data = self.spec.build_data(cfg)
-        if self.mesh is not None and self.spec.shard_batches is not None:
+        if self.spec.shard_batches is not None:
             self.data = self.spec.shard_batches(self.data, self.mesh, cfg)
         # held-out evaluation every trainer.eval_every steps (ModelSpec.build_evaluator)
         self.evaluator = self.spec.build_evaluator(cfg) if self.tcfg.eval_every > 0 else None
-        self.preemption = Preemption(self.device)  # SIGINT/SIGTERM/SIGUSR1: finish the step, checkpoint, stop
+        # SIGINT/SIGTERM/SIGUSR1: finish the step, checkpoint, stop (every rank: a MAX over the world)
+        self.preemption = Preemption(self.device, dist.group.WORLD)
         self.step = 0  # optimizer steps attempted (the position in the data)
         self.updates = 0  # optimizer steps applied: the learning-rate schedule follows these
         self.skipped_steps = 0  # steps whose update was skipped (fp16 overflow, non-finite gradients)
@@ -107,18 +115,18 @@ class Trainer:
         self._saved_step: int | None = None
 
     def _choose_init_device(self, cfg: DictConfig) -> torch.nn.Module | None:
-        """trainer.init_device resolved (memtrain.config.init_device) into self.init_device, "eager"
-        or "meta"; returns the model built on the meta device for FSDP2's meta build (None for eager,
+        """trainer.init_device resolved (memtrain.config.init_device) into self.init_device, InitDevice.eager
+        or InitDevice.meta; returns the model built on the meta device for FSDP2's meta build (None for eager,
         and for ZeRO-3's, which builds under zero.Init). auto counts the parameters of that build
         when the layout could take it, and keeps it if it chooses meta."""
         has_init = self.spec.init_weights is not None
         shapes, n_params = None, 0
-        if enum_names(self.tcfg.init_device) == "auto" and meta_refusal(cfg, has_init) is None:
+        if as_enum(self.tcfg.init_device, InitDevice) is InitDevice.auto and meta_refusal(cfg, has_init) is None:
             shapes = build_on_meta(self.spec.build_model, cfg.model)
             n_params = sum(p.numel() for p in shapes.parameters())
         budget = budget_bytes(cfg, device_memory_bytes(self.device))
         self.init_device = choose_init_device(cfg, n_params, budget, has_init)
-        if self.init_device == "eager" or parallel_option(cfg).meta_build is not MetaBuild.FULLY_SHARD:
+        if self.init_device is InitDevice.eager or parallel_option(cfg).meta_build is not MetaBuild.FULLY_SHARD:
             return None
         return shapes if shapes is not None else build_on_meta(self.spec.build_model, cfg.model)
 
@@ -183,7 +191,18 @@ class Trainer:
         return self.lr_scheduler.get_last_lr()[0]
 
     def close(self) -> None:
-        shutdown(self.env)
+        """Destroy the process group this trainer made (a one-rank run's, or a launched worker's
+        own) and the environment it set for it; a group made by the caller is left alone. Closing
+        twice does nothing more (a later trainer's group is not this one's)."""
+        if not self._closed:
+            self._closed = True
+            shutdown(self.env)
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -55,11 +55,13 @@ class DeepSpeedStrategy:
     `model` is the DeepSpeedEngine (a module: `engine(inputs)`, `engine.module` the wrapped
     model), `optimizer` DeepSpeed's ZeRO optimizer around memtrain's torch optimizer."""
 
-    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, mesh: Any,
+    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, dims: ParallelDims,
                  precision: Precision, device: torch.device):
+        """`dims`: the run's degrees (the Trainer's, resolved once); DeepSpeed shards over its own
+        copy of the world group, so ZeRO takes every rank as a data-parallel one."""
         deepspeed = _import_deepspeed(device)
         self.cfg, self.spec, self.precision, self.device = cfg, spec, precision, device
-        self.ds_config = _checked_config(cfg, device)
+        self.ds_config = _checked_config(cfg, dims, device)
         optimizer = build_optimizer(cfg.optimizer, model, device.type)
         engine, ds_optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False,
@@ -166,14 +168,12 @@ def _import_deepspeed(device: torch.device) -> Any:
     return deepspeed
 
 
-def _checked_config(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    """The DeepSpeed config of `cfg` (memtrain.distributed.zero.deepspeed_config), after the checks
-    that need the process group or DeepSpeed's accelerator, with DeepSpeed 0.19.8's fixes applied."""
+def _checked_config(cfg: DictConfig, dims: ParallelDims, device: torch.device) -> dict[str, Any]:
+    """The DeepSpeed config of `cfg` (memtrain.distributed.zero.deepspeed_config) for the run's
+    degrees `dims`, after the checks that need DeepSpeed's accelerator, with DeepSpeed 0.19.8's
+    fixes applied."""
     from deepspeed.accelerator import get_accelerator
 
-    if not dist.is_initialized():
-        raise RuntimeError("DeepSpeed needs a process group; memtrain makes one for every zero* run")
-    dims = ParallelDims.from_config(cfg.parallel, dist.get_world_size())
     if dims.dp != dims.world_size:
         raise ConfigError("parallel", f"ZeRO shards over every rank as data-parallel ranks; got dp={dims.dp} "
                                       f"of world size {dims.world_size}")
@@ -191,7 +191,8 @@ def _checked_config(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     return ds_config
 
 
-def build_partitioned(cfg: DictConfig, spec: ModelSpec, precision: Precision, device: torch.device) -> nn.Module:
+def build_partitioned(cfg: DictConfig, spec: ModelSpec, dims: ParallelDims, precision: Precision,
+                      device: torch.device) -> nn.Module:
     """The model of `cfg` built inside deepspeed.zero.Init (ZeRO-3 with trainer.init_device=meta):
     each module is constructed as in the eager build, then its parameters are partitioned over the
     ranks as soon as its constructor returns, so no rank ever holds more than one module's whole
@@ -207,7 +208,7 @@ def build_partitioned(cfg: DictConfig, spec: ModelSpec, precision: Precision, de
     module that rewrites its children's weights after they are built must do so through
     Module.apply, which zero.Init gathers module by module (GPT.init_weights does)."""
     deepspeed = _import_deepspeed(device)
-    ds_config = _checked_config(cfg, device)
+    ds_config = _checked_config(cfg, dims, device)
     from deepspeed.accelerator import get_accelerator
     from deepspeed.runtime.zero.partition_parameters import DeepSpeedTensorOverride
 

@@ -15,7 +15,8 @@ import os
 import torch
 from omegaconf import DictConfig
 
-from memtrain.config.errors import ConfigError, enum_names
+from memtrain.config.errors import ConfigError, as_enum
+from memtrain.config.schema import Device
 from memtrain.machine import host_memory_bytes
 from memtrain.memory.report import human
 
@@ -23,10 +24,10 @@ GiB = 2**30
 
 
 def _device_type(cfg: DictConfig) -> str:
-    name = enum_names(cfg.trainer.device)
-    if name == "auto":
+    device = as_enum(cfg.trainer.device, Device)
+    if device is Device.auto:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return device.value  # a torch device type
 
 
 def check_fits_here(cfg: DictConfig, local_ranks: int) -> None:

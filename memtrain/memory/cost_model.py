@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass
 
 from omegaconf import DictConfig
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
 from memtrain.config.parallel_options import Backend, Place, offload_option, parallel_option
+from memtrain.config.schema import ACMode, DType, SelectivePolicy
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.models.activation_checkpoint import checkpointed_block_ids
 from memtrain.memory.estimator import MemoryEstimate
@@ -64,8 +65,10 @@ class StepCost:
         return {**asdict(self), "total_s": self.total_s, "progress_s": self.progress_s}
 
 
-def peak_flops(hw: DictConfig, compute_dtype: str) -> float:
-    return 1e12 * {"bfloat16": hw.peak_tflops_bf16, "float16": hw.peak_tflops_fp16, "float32": hw.peak_tflops_fp32}[compute_dtype]
+def peak_flops(hw: DictConfig, compute_dtype: DType | str) -> float:
+    """The hardware group's peak FLOP/s for `compute_dtype` (a DType or its name)."""
+    return 1e12 * {DType.bfloat16: hw.peak_tflops_bf16, DType.float16: hw.peak_tflops_fp16,
+                   DType.float32: hw.peak_tflops_fp32}[as_enum(compute_dtype, DType)]
 
 
 def offload_bytes(cfg: DictConfig, n_params: int, dims: ParallelDims) -> tuple[float, float]:
@@ -207,13 +210,13 @@ def step_cost(cfg: DictConfig, est: MemoryEstimate) -> StepCost:
     # under tp (vocabulary-parallel output) and cp (its tokens)
     split = dims.dap * dims.tp * dims.cp
     block, core, outside = block / split, core / split, outside / (dims.tp * dims.cp)
-    rate = peak_flops(hw, enum_names(cfg.precision.compute_dtype)) * hw.mfu
+    rate = peak_flops(hw, cfg.precision.compute_dtype) * hw.mfu
     # pipeline stages: a rank runs its n_blocks / pp blocks (and, the last rank, the head)
     forward = n_blocks / dims.pp * block + outside
     ac = cfg.activation_checkpoint
-    mode, policy = enum_names(ac.mode), enum_names(ac.policy)
+    mode, policy = as_enum(ac.mode, ACMode), as_enum(ac.policy, SelectivePolicy)
     recomputed = len(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k)) / dims.pp * block
-    if mode == "selective" and policy == "attention":
+    if mode is ACMode.selective and policy is SelectivePolicy.attention:
         recomputed = n_blocks / dims.pp * core
     zo = zeroth_order(cfg)
     if zo:  # MeZO: two forwards (theta + eps z, theta - eps z), no backward, nothing recomputed,

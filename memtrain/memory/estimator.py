@@ -20,7 +20,8 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from memtrain.config.errors import ConfigError, enum_names
+from memtrain.config.errors import ConfigError, as_enum
+from memtrain.config.schema import ACMode, SelectivePolicy
 from memtrain.distributed.mesh import ParallelDims
 from memtrain.distributed.options import Backend, Place, offload_option, parallel_option
 from memtrain.memory import optimizer_memory
@@ -262,20 +263,20 @@ def activation_bytes(cfg: DictConfig, dims: ParallelDims, parts: dict[str, float
     spec = get_spec(cfg.model.arch)
     parts = activation_parts(cfg, dims) if parts is None else parts
     ac = cfg.activation_checkpoint
-    mode, policy = enum_names(ac.mode), enum_names(ac.policy)
+    mode, policy = as_enum(ac.mode, ACMode), as_enum(ac.policy, SelectivePolicy)
     n_blocks = spec.num_blocks(cfg.model)
     recomputed = set(checkpointed_block_ids(n_blocks, mode, policy, ac.every_k))
     per_block = []
     for i in range(n_blocks):
         if i in recomputed:
             per_block.append(parts["block_input"])
-        elif mode == "selective" and policy == "attention":
+        elif mode is ACMode.selective and policy is SelectivePolicy.attention:
             per_block.append(parts["block"] - parts["attention_core_freed"])
         else:
             per_block.append(parts["block"])
     if recomputed:
         buffer = parts["block"]
-    elif mode == "selective" and policy == "attention":
+    elif mode is ACMode.selective and policy is SelectivePolicy.attention:
         buffer = parts["attention_core_freed"]
     else:
         buffer = 0

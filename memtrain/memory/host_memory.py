@@ -49,8 +49,9 @@ from dataclasses import asdict, dataclass, field
 
 from omegaconf import DictConfig
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
 from memtrain.config.parallel_options import Backend, DataParallel, Place, offload_option, parallel_option
+from memtrain.config.schema import Device, InitDevice
 from memtrain.precision.amp import dtype_of
 
 STARTUP, STEADY = "startup", "steady"
@@ -109,7 +110,7 @@ def device_is_host(cfg: DictConfig) -> bool:
     """Whether the run trains on the CPU (trainer.device=cpu), so its 'device' memory is host
     memory. trainer.device=auto counts as the GPU of the hardware group the estimate is for,
     whatever the machine running `memtrain estimate` has."""
-    return enum_names(cfg.trainer.device) == "cpu"
+    return as_enum(cfg.trainer.device, Device) is Device.cpu
 
 
 def host_estimate(cfg: DictConfig, est) -> HostEstimate:
@@ -129,7 +130,7 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
     # -- start-up: the model built whole, then wrapped ----------------------------------------------
     build = n * param_bytes
     chosen = init_device(cfg, n, on_host)
-    whole = chosen == "eager"
+    whole = chosen is InitDevice.eager
     if on_host and whole:
         add("model built whole on each rank (param_dtype)", build, STARTUP, BUILD)
     if opt.backend is Backend.DEEPSPEED:
@@ -168,13 +169,13 @@ def host_estimate(cfg: DictConfig, est) -> HostEstimate:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         device_is_host=on_host,
         terms=[asdict(t) for t in terms],
-        init_device=chosen,
+        init_device=chosen.name,  # a name: estimate --json writes it
     )
 
 
-def init_device(cfg: DictConfig, n_params: int, on_host: bool) -> str:
-    """trainer.init_device resolved as the Trainer would on the hardware group's machine ("eager" or
-    "meta"): auto's budget is trainer.init_budget_gb, else hardware.host_mem_gb for trainer.device=cpu
+def init_device(cfg: DictConfig, n_params: int, on_host: bool) -> InitDevice:
+    """trainer.init_device resolved as the Trainer would on the hardware group's machine (InitDevice.eager
+    or InitDevice.meta): auto's budget is trainer.init_budget_gb, else hardware.host_mem_gb for trainer.device=cpu
     (the whole node's memory: the host is the device) or hardware.gpu_mem_gb."""
     from memtrain.config.init_device import GIB, budget_bytes, choose_init_device
     from memtrain.config.families import get_spec

@@ -37,8 +37,9 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
 from memtrain.config.parallel_options import DataParallel, parallel_option
+from memtrain.config.schema import Device
 from memtrain.memory import optimizer_memory
 from memtrain.precision.amp import dtype_of
 
@@ -52,7 +53,7 @@ def _foreach(cfg: DictConfig) -> bool:
     flag = cfg.optimizer.get("foreach", None)
     if flag is not None:
         return bool(flag)
-    return enum_names(cfg.trainer.device) not in ("cpu",)
+    return as_enum(cfg.trainer.device, Device) is not Device.cpu
 
 
 def optimizer_temporaries(cfg: DictConfig, shapes: list[torch.Size], state_bytes: int) -> int:

@@ -49,8 +49,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from memtrain.config.errors import ConfigError, enum_names, from_hydra
+from memtrain.config.errors import ConfigError, as_enum, from_hydra
 from memtrain.config.loader import CONF_DIR, RECIPES_DIR, register_all, resolve_all
+from memtrain.config.schema import DType
 from memtrain.config.validate import check_values, validate, validate_hardware
 from memtrain.distributed.mesh import DIMS, ParallelDims
 from memtrain.distributed.options import PARALLEL_REGISTRY, DataParallel, offload_option, parallel_option
@@ -224,7 +225,7 @@ def optimizers(ctx: PlanContext, cfg: DictConfig) -> list[str]:
         if opt == "adamw_8bit" and (importlib.util.find_spec("bitsandbytes") is None or par.fsdp):
             continue
         if opt == "mezo" and (not par.zeroth_order or _model_parallel(cfg) or prec.loss_scaling
-                              or enum_names(prec.param_dtype) != "float32" or offload_option(cfg).moves_anything):
+                              or as_enum(prec.param_dtype, DType) is not DType.float32 or offload_option(cfg).moves_anything):
             continue
         out.append(opt)
     return out
@@ -233,9 +234,11 @@ def optimizers(ctx: PlanContext, cfg: DictConfig) -> list[str]:
 def attention_backends(ctx: PlanContext, cfg: DictConfig) -> list[str]:
     """AlphaFold's attention as configured, and the fused Triton kernels where they can run."""
     from memtrain.config.kernel_runtime import unavailable_reason
+    from memtrain.models.alphafold.family import AttentionBackend
 
-    current = enum_names(cfg.model.attention_backend)
-    return [current] + (["triton"] if current != "triton" and unavailable_reason("cuda") is None else [])
+    current = as_enum(cfg.model.attention_backend, AttentionBackend)
+    fused = current is not AttentionBackend.triton and unavailable_reason("cuda") is None
+    return [current.name] + ([AttentionBackend.triton.name] if fused else [])  # override values
 
 
 def micro_batches(ctx: PlanContext, cfg: DictConfig) -> list[Option]:

@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import FP8Scaling, QATActivations, QATScheme
 from memtrain.models import get_spec
 
 
@@ -56,8 +57,8 @@ def block_linears(cfg: DictConfig) -> list[tuple[int, int, int]]:
 def precision_activation_parts(cfg: DictConfig, parts: dict[str, float], compute: int, residual: int) -> dict[str, float]:
     """The model's activation parts (ModelSpec.activation_bytes) with QAT's or FP8's per-block change."""
     p = cfg.precision
-    qat, fp8 = enum_names(p.get("qat", "none")), bool(p.get("fp8", False))
-    if qat == "none" and not fp8:
+    qat, fp8 = as_enum(p.get("qat", "none"), QATScheme), bool(p.get("fp8", False))
+    if qat is QATScheme.none and not fp8:
         return parts
     tokens = cfg.trainer.micro_batch_size * cfg.data.seq_len
     autocast = compute != residual
@@ -65,11 +66,11 @@ def precision_activation_parts(cfg: DictConfig, parts: dict[str, float], compute
     for n_in, n_out, group in block_linears(cfg):
         if fp8 and n_in % 16 == 0 and n_out % 16 == 0:
             delta -= (tokens * n_in + n_in * n_out) * (compute - 1)
-        elif qat == "bitnet":  # own normalized, quantized input + rstd; its input stays saved (norm backward)
+        elif qat is QATScheme.bitnet:  # own normalized, quantized input + rstd; its input stays saved (norm backward)
             delta += 4 * tokens + tokens * n_in * residual + (0 if autocast else n_in * n_out * residual)
-        elif qat != "none" and not autocast:
+        elif qat is not QATScheme.none and not autocast:
             delta += n_in * n_out * residual
-            if enum_names(p.get("qat_activations", "int8")) == "int8":
+            if as_enum(p.get("qat_activations", "int8"), QATActivations) is QATActivations.int8:
                 # a quantized copy per layer replaces the one input tensor `group` layers shared
                 delta += tokens * n_in * residual * (group - 1) / group
     return {**parts, "block": parts["block"] + delta}
@@ -78,7 +79,7 @@ def precision_activation_parts(cfg: DictConfig, parts: dict[str, float], compute
 def precision_state_bytes(cfg: DictConfig) -> int:
     """Persistent per-rank bytes of precision state: FP8 delayed scaling's amax histories."""
     p = cfg.precision
-    if not p.get("fp8", False) or enum_names(p.fp8_scaling) != "delayed":
+    if not p.get("fp8", False) or as_enum(p.fp8_scaling, FP8Scaling) is not FP8Scaling.delayed:
         return 0
     spec = get_spec(cfg.model.arch)
     n = sum(1 for i, o, _ in block_linears(cfg) if i % 16 == 0 and o % 16 == 0) * spec.num_blocks(cfg.model)

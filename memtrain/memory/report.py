@@ -6,7 +6,8 @@ from omegaconf import DictConfig
 from rich.markup import escape
 from rich.table import Table
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import ACMode
 from memtrain.memory.estimator import MemoryEstimate
 from memtrain.memory.host_memory import HostEstimate, host_estimate
 
@@ -23,7 +24,7 @@ def render_table(cfg: DictConfig, est: MemoryEstimate) -> Table:
     t = cfg.trainer
     title = (
         f"memtrain estimate: {est.n_params / 1e6:,.1f}M parameters, precision={cfg.precision.name}, "
-        f"optimizer={cfg.optimizer._target_.rpartition('.')[2]}, activation_checkpoint={enum_names(cfg.activation_checkpoint.mode)}, "
+        f"optimizer={cfg.optimizer._target_.rpartition('.')[2]}, activation_checkpoint={as_enum(cfg.activation_checkpoint.mode, ACMode).name}, "
         f"micro-batch {t.micro_batch_size} x seq {cfg.data.seq_len}\n"
         f"parallel={cfg.parallel.name} on {est.world_size} rank(s) (dp_replicate={est.dp_replicate}, "
         f"dp_shard={est.dp_shard}), offload={cfg.offload.name}"

@@ -40,7 +40,9 @@ class ModelSpec:
     # micro-batch: "block", "block_input", "attention_core_freed", "outside_blocks"
     activation_bytes: Callable[[DictConfig, int, int], dict[str, float]]
     num_blocks: Callable[[DictConfig], int]  # model config -> number of blocks
-    validate: Callable[[DictConfig], None]  # cross-field checks; raises memtrain.config.errors.ConfigError
+    # (config, its degrees resolved once by validation: memtrain.config.parallel.ParallelDims) -> None:
+    # the family's cross-field checks; raises memtrain.config.errors.ConfigError
+    validate: Callable[[DictConfig, Any], None]
     target_unit: str = "tokens"  # what num_targets counts, for throughput ("tokens_per_s")
     # model-specific parallelism: (model, mesh, config) -> None, in place (e.g. AlphaFold's DAP);
     # its gradient reduction after backward: (model, mesh) -> None

@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import LRSchedule
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -49,15 +50,16 @@ def build_optimizer(ocfg: DictConfig, model: nn.Module, device_type: str) -> tor
     return factory(param_groups(model, ocfg.weight_decay))
 
 
-def lr_at(step: int, base_lr: float, warmup: int, max_steps: int, schedule: str, min_ratio: float) -> float:
+def lr_at(step: int, base_lr: float, warmup: int, max_steps: int, schedule: LRSchedule | str, min_ratio: float) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant, cosine or
-    linear decay to base_lr * min_ratio at max_steps."""
+    linear decay (`schedule`, an LRSchedule or its name) to base_lr * min_ratio at max_steps."""
+    schedule = as_enum(schedule, LRSchedule)
     if step < warmup:
         return base_lr * (step + 1) / warmup
-    if schedule == "constant" or max_steps <= warmup:
+    if schedule is LRSchedule.constant or max_steps <= warmup:
         return base_lr
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule is LRSchedule.cosine else 1 - progress
     return base_lr * (min_ratio + (1 - min_ratio) * decay)
 
 
@@ -99,4 +101,5 @@ def build_lr_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> War
     `optimizer`, whose groups' lr (optimizer.lr) is the base lr. `optimizer` is the torch optimizer
     that holds the param groups (under DeepSpeed: the one inside its ZeRO wrapper)."""
     t = cfg.trainer
-    return WarmupDecayLR(optimizer, t.warmup_steps, t.max_steps, enum_names(t.lr_schedule), t.min_lr_ratio)
+    # the schedule's name: the scheduler's state dict goes into the checkpoint's meta.json
+    return WarmupDecayLR(optimizer, t.warmup_steps, t.max_steps, as_enum(t.lr_schedule, LRSchedule).name, t.min_lr_ratio)

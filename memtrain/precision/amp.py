@@ -8,11 +8,15 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import DType
+
+DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 
 
-def dtype_of(value) -> torch.dtype:
-    return DTYPES[getattr(value, "name", value)]
+def dtype_of(value: DType | str) -> torch.dtype:
+    """The torch dtype of a precision.*_dtype value (a DType or its name)."""
+    return DTYPES[as_enum(value, DType)]
 
 
 @dataclass

@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import FP8Scaling
 from memtrain.models.spec import ModelSpec
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
@@ -160,7 +161,7 @@ def apply_fp8(model: nn.Module, pcfg: DictConfig, spec: ModelSpec, device: torch
     ok, why = fp8_supported(device)
     if not ok:
         raise FP8Unavailable(f"precision=fp8: {why}. Use precision=bf16 on this hardware.")
-    history = pcfg.fp8_amax_history if enum_names(pcfg.fp8_scaling) == "delayed" else 0
+    history = pcfg.fp8_amax_history if as_enum(pcfg.fp8_scaling, FP8Scaling) is FP8Scaling.delayed else 0
     return swap_to_fp8(spec.blocks(model), history)
 
 

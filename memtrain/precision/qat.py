@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import QATActivations, QATScheme
 from memtrain.models.spec import ModelSpec
 
 SCHEMES = ("none", "int8", "int4", "bitnet")
@@ -167,8 +168,8 @@ def apply_qat(model: nn.Module, pcfg: DictConfig, spec: ModelSpec) -> int:
     """precision.qat != none: swap the linear layers of the model's blocks (spec.blocks) for fake-
     quantized ones, in place; layers outside the blocks (embeddings, output head) stay. Returns the
     number of layers swapped (0 when QAT is off)."""
-    scheme = enum_names(pcfg.get("qat", "none"))
-    if scheme == "none":
+    scheme = as_enum(pcfg.get("qat", "none"), QATScheme)
+    if scheme is QATScheme.none:
         return 0
-    quantize_input = enum_names(pcfg.get("qat_activations", "int8")) == "int8"
-    return swap_linears(spec.blocks(model), scheme, quantize_input)
+    quantize_input = as_enum(pcfg.get("qat_activations", "int8"), QATActivations) is QATActivations.int8
+    return swap_linears(spec.blocks(model), scheme.name, quantize_input)  # the layers keep the scheme's name

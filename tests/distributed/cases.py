@@ -73,7 +73,7 @@ def train_run(run_dir: Path, overrides: list[str]) -> dict:
             n = float(trainer.sums.over_batch(count_targets(trainer.spec, micro, trainer.device)))
             for j, (x, y) in enumerate(micro):
                 trainer.strategy.forward_backward(x, y, trainer.dims.dp / n, sync=j == len(micro) - 1)
-            if trainer.mesh is not None and trainer.spec.reduce_gradients is not None:
+            if trainer.spec.reduce_gradients is not None:
                 trainer.spec.reduce_gradients(trainer.strategy.module, trainer.mesh)  # e.g. DAP's partial sums
             grads = full_grads(trainer)
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -143,6 +143,65 @@ def fp16_skip(folder: Path, *overrides: str) -> list:
         return everyone
     finally:
         trainer.close()
+
+
+class _RecordedSums:
+    """The trainer's RankSums, recording each sum's (kind, this rank's value, the sum)."""
+
+    def __init__(self, sums):
+        self.sums, self.dp, self.taken = sums, sums.dp, []
+
+    def over_batch(self, value: torch.Tensor) -> torch.Tensor:
+        local = value.clone()
+        summed = self.sums.over_batch(value)
+        self.taken.append(("batch", local, summed.clone()))
+        return summed
+
+    def over_data_parallel(self, value: torch.Tensor) -> torch.Tensor:
+        local = value.clone()
+        summed = self.sums.over_data_parallel(value)
+        self.taken.append(("data_parallel", local, summed.clone()))
+        return summed
+
+
+def rank_sums(folder: Path, *overrides: str) -> dict:
+    """One optimizer step's sums over ranks (scored targets, summed loss) as the trainer takes them
+    (RankSums: all-reduces over the flattened (dp_replicate, dp_shard, cp) and (dp_replicate,
+    dp_shard) meshes), each next to what they replaced: the all-reduce over every rank, rescaled
+    by batch_shards / world_size (dp / world_size for the data-parallel sums). Also the step's
+    scored targets and the targets of its whole batch counted on the unsharded data (the one-process
+    view: data-parallel ranks take interleaved micro-batches, so the step's batch is the first
+    grad_accum x dp of them)."""
+    cfg = load_config(list(overrides))
+    trainer = Trainer(cfg, folder / "run")
+    try:
+        recorded = _RecordedSums(trainer.sums)
+        trainer.step_fn.sums = recorded
+        result = trainer.train_step()
+        dims, pairs = trainer.dims, []
+        for kind, local, summed in recorded.taken:
+            world = local.clone()
+            dist.all_reduce(world)  # every rank, ranks that share data included
+            shards = dims.batch_shards if kind == "batch" else dims.dp
+            pairs.append((kind, summed.item(), (world * shards / dims.world_size).item()))
+        data, t = trainer.spec.build_data(cfg), cfg.trainer
+        whole = sum(int(trainer.spec.num_targets(data.batch(j, t.micro_batch_size)[1]))
+                    for j in range(t.grad_accum * dims.dp))
+        return {"sums": pairs, "tokens": result.tokens, "whole_batch_targets": whole}
+    finally:
+        trainer.close()
+
+
+def check_rank_sums(result: dict, case: str) -> None:
+    """In the test process, on rank_sums' result: every sum over ranks equals the rescaled
+    world-wide one it replaced, and the step scored its whole batch's targets once (ranks that
+    share data, e.g. tensor-parallel, DAP or pipeline ones, do not count them twice)."""
+    assert {kind for kind, _, _ in result["sums"]} >= {"batch"}, case
+    for kind, summed, rescaled in result["sums"]:
+        # float64, 2 ranks: the same one or two terms added (a value doubled and halved back is
+        # exact), so bit-identical
+        assert summed == rescaled, (case, kind, summed, rescaled)
+    assert result["tokens"] == result["whole_batch_targets"], case
 
 
 # -- communication primitives against the full tensors every rank can compute alone ----------------
@@ -444,7 +503,7 @@ def meta_init(folder: Path, *overrides: str) -> dict:
         everyone: list[dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
         dist.all_gather_object(everyone, heads)
         result = {
-            "init_device": trainer.init_device,
+            "init_device": trainer.init_device.name,  # an InitDevice; its name: result.pt is loaded weights-only
             "peak_bytes": live.peak,
             "full_bytes": sum(p.numel() * p.element_size() for p in params.values()),  # a DTensor's numel is global
             "shard_bytes": sum(t.numel() * params[n].element_size() for n, t in local.items()),
@@ -494,7 +553,7 @@ def zero_init(folder: Path, *overrides: str) -> dict:
         module = trainer.strategy.module
         params = dict(module.named_parameters())
         result = {
-            "init_device": trainer.init_device,
+            "init_device": trainer.init_device.name,  # an InitDevice; its name: result.pt is loaded weights-only
             "build_peak_bytes": build["peak"],
             "peak_bytes": live.peak,
             "full_bytes": sum(p.ds_numel * p.element_size() for p in params.values()),

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import run_cli
 from tests.distributed.batch import Case, batched
-from tests.distributed.cases import run
+from tests.distributed.cases import check_rank_sums, run
 
 pytestmark = pytest.mark.multiprocess
 
@@ -51,6 +51,11 @@ FULL_MODEL = {
                         prepare="aligned_chain_data"),
 }
 OWN_SAMPLES = {"dap::dap2-padded": PADDED, "dap::dap2-stacks": STACKS}  # other samples: their own reference
+
+
+@pytest.mark.parametrize("case", batched(__name__, {"sums-dap2": Case(2, "rank_sums", (*ALPHAFOLD, "parallel=dap"))}))
+def test_sums_over_dap_ranks_count_their_shared_sample_once(case, launched):
+    check_rank_sums(launched(case), case)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from memtrain.config.schema import InitDevice
 from tests.distributed.batch import Case, batched
 
 pytestmark = pytest.mark.multiprocess
@@ -27,7 +28,7 @@ EAGER = batched(__name__, {"eager": Case(2, "meta_init", (*MODEL, "trainer.init_
 @pytest.mark.parametrize("case", META)
 def test_meta_build_never_allocates_the_whole_model(case, launched):
     result = launched(case)
-    assert result["init_device"] == "meta"
+    assert InitDevice[result["init_device"]] is InitDevice.meta
     full, shard = result["full_bytes"], result["shard_bytes"]
     assert shard == pytest.approx(full / 2, rel=0.01)  # fully_shard's dim-0 chunks of even sizes: half each
     # Construction allocates the rank's shards plus what is not the model: the data set's 264 int64
@@ -40,7 +41,7 @@ def test_meta_build_never_allocates_the_whole_model(case, launched):
 @pytest.mark.parametrize("case", EAGER)
 def test_eager_build_holds_the_whole_model(case, launched):
     result = launched(case)
-    assert result["init_device"] == "eager"
+    assert InitDevice[result["init_device"]] is InitDevice.eager
     assert result["peak_bytes"] >= result["full_bytes"], (result["peak_bytes"], result["full_bytes"])
 
 
@@ -104,7 +105,7 @@ def test_meta_build_of_alphafold_and_pangu_trains_a_step(case, launched):
     """Each rank holds its shards only, filled by the family's initialiser (memtrain.models.reset:
     the init kinds against eager's are tests/unit/test_reset.py's), and the step runs on them."""
     result = launched(case)
-    assert result["init_device"] == "meta"
+    assert InitDevice[result["init_device"]] is InitDevice.meta
     # fully_shard's dim-0 chunks: about half each (a parameter of one row stays whole on rank 0)
     assert result["shard_bytes"] < 0.6 * result["full_bytes"], (result["shard_bytes"], result["full_bytes"])
     assert len(result["losses"]) == 1 and math.isfinite(result["losses"][0]), result["losses"]
@@ -131,7 +132,7 @@ def test_zero_init_partitions_the_eager_weights(case, launched):
     the buffers too (param_dtype, as model.to), the weight-decay groups are the eager ones (by
     whole shape, not the empty placeholders'), and training runs on them."""
     result = launched(case)
-    assert result["init_device"] == "meta" and result["dtype"] == "torch.bfloat16"
+    assert InitDevice[result["init_device"]] is InitDevice.meta and result["dtype"] == "torch.bfloat16"
     assert result["names_equal"] and result["params_differ"] == [] and result["buffers_differ"] == [], result
     groups, eager_groups = result["groups"]
     assert groups == eager_groups and groups[0] > 0 and groups[1] > 0, result["groups"]

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import TINY
 from tests.distributed.batch import Case, Lazy, batched
-from tests.distributed.cases import run
+from tests.distributed.cases import check_rank_sums, run
 
 pytestmark = pytest.mark.multiprocess
 
@@ -56,3 +56,14 @@ REFERENCE_MB = {f"model_parallel::{name}": mb for name, (mb, _) in CASES.items()
 @pytest.mark.parametrize("case", batched(__name__, {name: c for name, (_, c) in CASES.items()}))
 def test_matches_single_process(case, launched, reference):
     assert_matches(launched(case), reference[REFERENCE_MB[case]], case)
+
+
+SUMS = {  # the step's sums over ranks where ranks share targets (tp) or split them (cp)
+    "sums-tp2": Case(2, "rank_sums", (*TINY, *STEPS, "trainer.micro_batch_size=4", "parallel=tp")),
+    "sums-ring2": Case(2, "rank_sums", (*TINY, *STEPS, "trainer.micro_batch_size=4", "parallel=ring")),
+}
+
+
+@pytest.mark.parametrize("case", batched(__name__, SUMS))
+def test_sums_over_ranks_count_shared_targets_once(case, launched):
+    check_rank_sums(launched(case), case)

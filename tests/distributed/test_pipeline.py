@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import TINY
 from tests.distributed.batch import Case, Lazy, batched
-from tests.distributed.cases import run
+from tests.distributed.cases import check_rank_sums, run
 
 pytestmark = pytest.mark.multiprocess
 
@@ -64,3 +64,11 @@ def test_schedule_matches_single_process(case, launched, reference):
 def test_pipeline_composes_with_data_parallelism(case, launched, reference):
     """2 pipeline ranks x 2 data-parallel ranks, each data-parallel rank with half the batch."""
     assert_matches(launched(case), reference[8], case)
+
+
+@pytest.mark.parametrize("case", batched(__name__, {
+    "sums-pp2": Case(2, "rank_sums", (*TWO, "parallel.pp_schedule=zbv", "parallel.pp_stages_per_rank=2"))}))
+def test_sums_over_ranks_count_the_last_stages_loss_once(case, launched):
+    """The loss exists on the last stage only; the pipeline strategy gives it to every stage, and
+    the step's sums over ranks count it (and the targets every stage reads) once."""
+    check_rank_sums(launched(case), case)

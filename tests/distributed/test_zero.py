@@ -257,14 +257,16 @@ def test_deepspeed_checkpoint_survives_a_crash_at_every_point_of_the_commit(comp
 def test_deepspeed_trainers_in_sequence_and_a_failed_build_leave_no_group_behind(compose, tmp_path, monkeypatch):
     """Two DeepSpeed trainers built one after the other in one process (DeepSpeed caches its groups
     in module globals; the second must not find the first's destroyed group), and a build that
-    fails after the one-rank group was made leaves neither the group nor its RANK/WORLD_SIZE/
-    MASTER_PORT environment behind (a later run in the process would read them as a launch)."""
+    fails after the one-rank group was made leaves neither the group nor the LOCAL_RANK DeepSpeed
+    reads behind (a later run in the process would read a launch environment as a launch); the
+    one-rank group sets no RANK/WORLD_SIZE/MASTER_PORT at all (an in-memory store, no port)."""
     import torch.distributed as dist
 
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     for k in range(2):
         trainer = Trainer(compose("parallel=zero1", "trainer.max_steps=1"), tmp_path / f"run{k}")
         try:
+            assert os.environ.get("LOCAL_RANK") == "0" and not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
             assert math.isfinite(trainer.train_step().loss)
         finally:
             trainer.close()
@@ -272,7 +274,7 @@ def test_deepspeed_trainers_in_sequence_and_a_failed_build_leave_no_group_behind
     with pytest.raises(ConfigError, match="optimizer"):
         Trainer(compose("parallel=zero1", "optimizer=adafactor"), tmp_path / "refused")
     assert not dist.is_initialized()
-    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"} & set(os.environ)
 
 
 class _RunsCode:

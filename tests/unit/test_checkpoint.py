@@ -16,7 +16,6 @@ import torch
 
 from memtrain.engine.checkpoint import Checkpointer
 from memtrain.safe_pickle import UnsafePickleError
-from memtrain.engine.trainer import Trainer
 
 
 def losses(records):
@@ -24,33 +23,33 @@ def losses(records):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_resume_continues_with_identical_losses(compose, tmp_path, precision):
+def test_resume_continues_with_identical_losses(compose, tmp_path, precision, make_trainer):
     common = [f"precision={precision}", "data=protein", "optimizer.lr=3e-3", "trainer.warmup_steps=2"]
-    straight = Trainer(compose(*common, "trainer.max_steps=8"), tmp_path / "straight").fit()
+    straight = make_trainer(compose(*common, "trainer.max_steps=8"), tmp_path / "straight").fit()
 
     run = tmp_path / "interrupted"
-    first = Trainer(compose(*common, "trainer.max_steps=8", "trainer.save_every=4"), run).fit(until=4)  # preempted
+    first = make_trainer(compose(*common, "trainer.max_steps=8", "trainer.save_every=4"), run).fit(until=4)  # preempted
     assert (run / "checkpoints" / "step_00000004" / "meta.json").is_file()
-    resumed = Trainer(compose(*common, "trainer.max_steps=8", "trainer.resume=auto"), run)
+    resumed = make_trainer(compose(*common, "trainer.max_steps=8", "trainer.resume=auto"), run)
     rest = resumed.fit()
     assert [r["step"] for r in rest] == [5, 6, 7, 8]
     # CPU, fixed seed, same data order, restored RNG/optimizer/scaler state: bit-identical
     assert losses(first) + losses(rest) == losses(straight)
 
 
-def test_resume_from_explicit_path_restores_weights(compose, tmp_path):
-    trainer = Trainer(compose("trainer.max_steps=3", "trainer.save_every=3"), tmp_path)
+def test_resume_from_explicit_path_restores_weights(compose, tmp_path, make_trainer):
+    trainer = make_trainer(compose("trainer.max_steps=3", "trainer.save_every=3"), tmp_path)
     trainer.fit()
     path = trainer.checkpointer.latest()
-    fresh = Trainer(compose(f"trainer.resume={path}", "trainer.max_steps=3"), tmp_path / "other")
+    fresh = make_trainer(compose(f"trainer.resume={path}", "trainer.max_steps=3"), tmp_path / "other")
     fresh.load(path)
     assert fresh.step == 3
     for p, q in zip(trainer.model.parameters(), fresh.model.parameters()):
         assert torch.equal(p, q)
 
 
-def test_keep_last_prunes_old_checkpoints(compose, tmp_path):
-    trainer = Trainer(compose("trainer.max_steps=6", "trainer.save_every=1", "trainer.keep_last=2"), tmp_path)
+def test_keep_last_prunes_old_checkpoints(compose, tmp_path, make_trainer):
+    trainer = make_trainer(compose("trainer.max_steps=6", "trainer.save_every=1", "trainer.keep_last=2"), tmp_path)
     trainer.fit()
     assert [p.name for p in trainer.checkpointer.checkpoints()] == ["step_00000005", "step_00000006"]
 
@@ -78,7 +77,7 @@ KILL_MID_SAVE = textwrap.dedent(
 )
 
 
-def test_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+def test_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, make_trainer):
     from tests.conftest import TINY
 
     proc = subprocess.run([sys.executable, "-c", KILL_MID_SAVE, str(tmp_path), *TINY], capture_output=True, text=True, timeout=120)
@@ -89,14 +88,14 @@ def test_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
 
     from memtrain.config.loader import compose_config
 
-    trainer = Trainer(compose_config([*TINY, "trainer.max_steps=4", "trainer.resume=auto"]), tmp_path)
+    trainer = make_trainer(compose_config([*TINY, "trainer.max_steps=4", "trainer.resume=auto"]), tmp_path)
     assert trainer.resume_path() == ckpt.latest()
     trainer.fit()
     assert trainer.step == 4
 
 
-def test_loading_refuses_pickled_code_in_metadata(compose, tmp_path):
-    trainer = Trainer(compose("trainer.max_steps=1", "trainer.save_every=1"), tmp_path)
+def test_loading_refuses_pickled_code_in_metadata(compose, tmp_path, make_trainer):
+    trainer = make_trainer(compose("trainer.max_steps=1", "trainer.save_every=1"), tmp_path)
     trainer.fit()
     path = trainer.checkpointer.latest()
 
@@ -161,13 +160,13 @@ def same(a, b):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("resave", [True, False], ids=["same-step", "next-step"])
-def test_a_crash_at_every_point_of_the_commit_leaves_a_complete_checkpoint(compose, tmp_path, monkeypatch, resave):
+def test_a_crash_at_every_point_of_the_commit_leaves_a_complete_checkpoint(compose, tmp_path, monkeypatch, resave, make_trainer):
     """keep_last=1, the issue's setting: re-saving step 2 (a preemption on a save step) or saving
     step 3 over it. At every file-system step of the commit the process dies; a fresh look at the
     folder then finds a complete checkpoint of step 2 (old or new contents) or of step 3, loadable,
     and the next save cleans up and leaves one complete checkpoint."""
-    trainer = Trainer(compose("trainer.max_steps=10", "trainer.keep_last=1"), tmp_path / "run")
-    reader = Trainer(compose("trainer.max_steps=10"), tmp_path / "reader")
+    trainer = make_trainer(compose("trainer.max_steps=10", "trainer.keep_last=1"), tmp_path / "run")
+    reader = make_trainer(compose("trainer.max_steps=10"), tmp_path / "reader")
     trainer.fit(until=2)
     trainer.save()
     old = weights(trainer)
@@ -203,10 +202,10 @@ def test_a_crash_at_every_point_of_the_commit_leaves_a_complete_checkpoint(compo
         assert sorted(p.name for p in folder.iterdir()) == [f"step_0000000{trainer.step}"], (k, steps[k])
 
 
-def test_checkpoints_fall_back_to_the_copy_set_aside_and_pruning_keeps_it(compose, tmp_path):
+def test_checkpoints_fall_back_to_the_copy_set_aside_and_pruning_keeps_it(compose, tmp_path, make_trainer):
     """Between the two renames only .old-step_N is complete: latest() returns it, and pruning for
     a later save (keep_last=1) puts it back rather than deleting the last complete checkpoint."""
-    trainer = Trainer(compose("trainer.max_steps=4", "trainer.keep_last=1"), tmp_path)
+    trainer = make_trainer(compose("trainer.max_steps=4", "trainer.keep_last=1"), tmp_path)
     trainer.fit(until=2)
     path = trainer.save()
     aside = path.with_name(".old-" + path.name)

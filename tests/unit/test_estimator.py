@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from memtrain.config.loader import compose_config
-from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate, param_shapes
 from memtrain.memory.measure import trainer_forward_held_bytes
 
@@ -37,9 +36,9 @@ def test_mixed_precision_adam_rule_of_thumb(shape, expected):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_model_states_match_what_a_real_run_allocates(compose, tmp_path, optimizer, precision):
+def test_model_states_match_what_a_real_run_allocates(compose, tmp_path, optimizer, precision, make_trainer):
     cfg = compose(f"optimizer={optimizer}", f"precision={precision}")
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg, tmp_path)
     inputs, targets = trainer.data.batch(0, 4)
     with trainer.precision.autocast():
         loss, _ = trainer.spec.loss_fn(trainer.model(inputs), targets)
@@ -63,10 +62,10 @@ ACTIVATION_CASES = [
 
 
 @pytest.mark.parametrize("precision,ckpt", ACTIVATION_CASES, ids=[f"{p}-{'-'.join(c)}" for p, c in ACTIVATION_CASES])
-def test_activation_model_matches_the_measured_forward(compose, tmp_path, precision, ckpt):
+def test_activation_model_matches_the_measured_forward(compose, tmp_path, precision, ckpt, make_trainer):
     cfg = compose(f"precision={precision}", *ckpt, "model.n_layers=4", "model.dim=128", "model.vocab_size=500",
                   "data.seq_len=64")
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg, tmp_path)
     measured = trainer_forward_held_bytes(trainer)
     est = estimate(cfg)
     predicted = est.activations - est.recompute_buffer  # the buffer lives only during backward

@@ -17,9 +17,9 @@ def compiled_blocks(trainer: Trainer) -> list[bool]:
 
 
 @pytest.mark.parametrize("flag", ["false", "true"])
-def test_compile_flag_wraps_every_block_and_only_then(compose, tmp_path, flag):
+def test_compile_flag_wraps_every_block_and_only_then(compose, tmp_path, flag, make_trainer):
     """The wiring, without compiling anything (torch.compile compiles on the first call)."""
-    trainer = Trainer(compose(f"trainer.compile={flag}", *CONFIG), tmp_path)
+    trainer = make_trainer(compose(f"trainer.compile={flag}", *CONFIG), tmp_path)
     try:
         compiled = compiled_blocks(trainer)
         assert compiled and all(compiled) == (flag == "true") and any(compiled) == (flag == "true")
@@ -30,10 +30,10 @@ def test_compile_flag_wraps_every_block_and_only_then(compose, tmp_path, flag):
 @pytest.mark.slow  # inductor compiles C++ for each block: a minute on 2 cores with a cold cache
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile's inductor backend needs a C++ compiler on CPU")
-def test_compiled_blocks_match_eager_losses(compose, tmp_path):
+def test_compiled_blocks_match_eager_losses(compose, tmp_path, make_trainer):
     losses = {}
     for flag in ("false", "true"):
-        trainer = Trainer(compose(f"trainer.compile={flag}", *CONFIG), tmp_path / flag)
+        trainer = make_trainer(compose(f"trainer.compile={flag}", *CONFIG), tmp_path / flag)
         compiled = compiled_blocks(trainer)
         assert all(compiled) == (flag == "true") and any(compiled) == (flag == "true")
         losses[flag] = [trainer.train_step().loss for _ in range(3)]

@@ -167,9 +167,9 @@ def test_only_a_plain_bias_free_linear_is_replaced():
         LinearCrossEntropyHead.replacing(head, 2)
 
 
-def test_tied_embeddings_stay_tied(compose):
+def test_tied_embeddings_stay_tied(compose, make_trainer):
     cfg = compose("model.tie_embeddings=true")
-    trainer = Trainer(cfg, "/tmp/unused")
+    trainer = make_trainer(cfg, "/tmp/unused")
     model = trainer.model
     assert isinstance(model.output, LinearCrossEntropyHead)
     assert model.output.weight is model.tok_embeddings.weight
@@ -193,10 +193,10 @@ def test_bad_loss_chunk_settings_are_refused(compose, overrides, needle):
 
 
 def one_step_grads(cfg, tmp_path):
-    trainer = Trainer(cfg, tmp_path)
-    inputs, targets = trainer.data.batch(0, cfg.trainer.micro_batch_size)
-    loss = trainer.strategy.forward_backward(inputs, targets, 1.0 / targets.numel(), sync=True)
-    return loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    with Trainer(cfg, tmp_path) as trainer:
+        inputs, targets = trainer.data.batch(0, cfg.trainer.micro_batch_size)
+        loss = trainer.strategy.forward_backward(inputs, targets, 1.0 / targets.numel(), sync=True)
+        return loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

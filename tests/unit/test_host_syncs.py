@@ -90,13 +90,13 @@ PANGU = ["+recipe=weather_swin_tiny", "model=pangu_tiny", "model.n_lat=16", "mod
 
 
 @pytest.mark.parametrize("case", list(EXPECTED))
-def test_a_step_reads_the_device_only_where_the_host_needs_a_value(compose, tmp_path, case):
+def test_a_step_reads_the_device_only_where_the_host_needs_a_value(compose, tmp_path, case, make_trainer):
     steps = ["trainer.max_steps=6", "trainer.log_every=3", "trainer.grad_accum=2"]
     if case == "weather":
         cfg = compose_config([*PANGU, *steps])
     else:
         cfg = compose(*(["optimizer=mezo", "optimizer.lr=1e-3"] if case == "mezo" else [f"precision={case}"]), *steps)
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg, tmp_path)
     reads = reads_per_step(trainer)
     plain, logged = EXPECTED[case]
     assert reads == {1: plain, 2: plain, 3: logged, 4: plain, 5: plain, 6: logged}

@@ -15,6 +15,7 @@ import torch
 
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import load_config
+from memtrain.config.schema import InitDevice
 from memtrain.config.init_device import FULL_STATE_BYTES, GIB, budget_bytes, choose_init_device, meta_refusal
 from memtrain.engine.init_device import materialize
 from memtrain.machine import device_memory_bytes
@@ -30,24 +31,24 @@ def n_params(cfg) -> int:
     return sum(p.numel() for p in build_on_meta(get_spec(cfg.model.arch).build_model, cfg.model).parameters())
 
 
-def choice(cfg) -> str:
+def choice(cfg) -> InitDevice:
     return choose_init_device(cfg, n_params(cfg), budget_bytes(cfg, device_memory_bytes(torch.device("cpu"))))
 
 
 def test_auto_keeps_eager_for_a_tiny_model():
     cfg = load_config(TINY_FSDP)
-    assert cfg.trainer.init_device.name == "auto"  # the default
-    assert choice(cfg) == "eager"
+    assert cfg.trainer.init_device is InitDevice.auto  # the default
+    assert choice(cfg) is InitDevice.eager
 
 
 def test_auto_picks_meta_when_the_budget_is_below_the_full_fp32_states():
     cfg = load_config(TINY_FSDP)
     full_gib = n_params(cfg) * FULL_STATE_BYTES / GIB  # ~0.8M parameters: ~12 MiB
-    assert choice(load_config([*TINY_FSDP, f"trainer.init_budget_gb={full_gib * 0.99}"])) == "meta"
-    assert choice(load_config([*TINY_FSDP, f"trainer.init_budget_gb={full_gib * 1.01}"])) == "eager"
+    assert choice(load_config([*TINY_FSDP, f"trainer.init_budget_gb={full_gib * 0.99}"])) is InitDevice.meta
+    assert choice(load_config([*TINY_FSDP, f"trainer.init_budget_gb={full_gib * 1.01}"])) is InitDevice.eager
     # a layout that holds the whole model on every rank stays eager whatever the budget
     ddp = ["model=gpt_tiny", "parallel=ddp", "launcher.nproc_per_node=2", "trainer.device=cpu"]
-    assert choice(load_config([*ddp, f"trainer.init_budget_gb={full_gib * 0.5}"])) == "eager"
+    assert choice(load_config([*ddp, f"trainer.init_budget_gb={full_gib * 0.5}"])) is InitDevice.eager
 
 
 def test_estimate_says_which_build_auto_picks():
@@ -93,7 +94,7 @@ def test_meta_is_refused_for_a_family_without_an_initialiser():
 def test_every_family_builds_on_meta_under_fsdp(recipe):
     cfg = load_config([f"+recipe={recipe}", "parallel=fsdp", "launcher.nproc_per_node=2", "trainer.device=cpu",
                        "trainer.init_device=meta"])
-    assert choice(cfg) == "meta"
+    assert choice(cfg) is InitDevice.meta
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])
@@ -151,8 +152,8 @@ def test_zero3_builds_under_zero_init_and_auto_picks_it_past_the_budget():
     assert meta_refusal(load_config(base), has_initialiser=False) is None
     small = ["model=gpt_tiny", "parallel=zero3", "launcher.nproc_per_node=2", "trainer.device=cpu"]
     full_gib = n_params(load_config(small)) * FULL_STATE_BYTES / GIB
-    assert choice(load_config([*small, f"trainer.init_budget_gb={full_gib * 0.99}"])) == "meta"
-    assert choice(load_config([*small, f"trainer.init_budget_gb={full_gib * 1.01}"])) == "eager"
+    assert choice(load_config([*small, f"trainer.init_budget_gb={full_gib * 0.99}"])) is InitDevice.meta
+    assert choice(load_config([*small, f"trainer.init_budget_gb={full_gib * 1.01}"])) is InitDevice.eager
     eager, meta = (load_config([*base, f"trainer.init_device={d}"]) for d in ("eager", "meta"))
     est = estimate(eager)
     hosts = {name: host_estimate(cfg, est) for name, cfg in (("eager", eager), ("meta", meta))}

@@ -14,7 +14,6 @@ from torch import nn
 
 from memtrain.config.errors import ConfigError
 from memtrain.config.loader import load_config
-from memtrain.engine.trainer import Trainer
 from memtrain.engine.zeroth_order import step_seed
 from memtrain.memory import optimizer_memory
 from memtrain.memory.estimator import estimate, flat, param_units
@@ -306,11 +305,11 @@ def test_mezo_reduces_regression_loss_without_gradients():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_mezo_trainer_step_is_spsa_with_regenerated_z(tmp_path):
+def test_mezo_trainer_step_is_spsa_with_regenerated_z(tmp_path, make_trainer):
     eps, lr = 1e-3, 1e-3
     cfg = load_config([*TINY, "optimizer=mezo", f"optimizer.lr={lr}", f"optimizer.eps={eps}",
                        "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.grad_accum=2"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg, tmp_path)
     model = trainer.model
     params = [p for group in trainer.optimizer.param_groups for p in group["params"]]  # z's order
     theta = [p.detach().clone() for p in params]

@@ -209,7 +209,9 @@ def test_rows_fit_by_the_step_peak_not_the_sum_of_the_terms():
     assert fits.considered == 1 and [r.peak_bytes for r in fits.rows] == [e_gpt.peak]
     refused = _one_candidate(af, (e_af.peak + e_af.total) // 2)
     assert refused.considered == 1 and not refused.rows and refused.smallest.peak_bytes == e_af.peak
-    assert f"{e_af.peak / 2**30:.2f} GiB per device" in no_fit_message(refused)
+    from memtrain.memory.report import human
+
+    assert f"{human(e_af.peak)} per device" in no_fit_message(refused)
 
 
 @pytest.mark.slow

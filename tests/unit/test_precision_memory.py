@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate
 from memtrain.memory.measure import trainer_forward_held_bytes
 
@@ -16,10 +15,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("precision,option", CASES, ids=[f"{p}-{o.split('=')[1]}" for p, o in CASES])
-def test_activation_estimate_matches_measured_forward(compose, tmp_path, precision, option):
+def test_activation_estimate_matches_measured_forward(compose, tmp_path, precision, option, make_trainer):
     cfg = compose(f"precision={precision}", option, "model.n_layers=2", "model.dim=128", "model.vocab_size=500",
                   "data.seq_len=64", "model.linformer_k=16", "model.performer_features=32", "model.attention_chunk=16")
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg, tmp_path)
     measured = trainer_forward_held_bytes(trainer)
     est = estimate(cfg)
     # the same 5% as the plain model's test (tests/unit/test_estimator.py): small uncounted scratch

@@ -14,7 +14,6 @@ from memtrain.config.errors import to_container
 from memtrain.config.loader import load_config
 from memtrain.engine.checkpoint import read_meta, step_dir_name
 from memtrain.engine.resume import check_resume
-from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate
 from memtrain.memory.from_run import config_from_run
 from tests.conftest import TINY
@@ -90,14 +89,14 @@ def to_old_format(meta_file) -> None:
     meta_file.write_text(json.dumps(meta))
 
 
-def test_an_old_format_checkpoint_resumes(compose, tmp_path, capsys):
-    first = Trainer(compose(f"{NEW}=full", "trainer.max_steps=2", "trainer.save_every=2"), tmp_path / "first")
+def test_an_old_format_checkpoint_resumes(compose, tmp_path, capsys, make_trainer):
+    first = make_trainer(compose(f"{NEW}=full", "trainer.max_steps=2", "trainer.save_every=2"), tmp_path / "first")
     first.fit()
     path = first.checkpointer.latest()
     to_old_format(path / "meta.json")
     assert read_meta(path)["config"][NEW]["mode"] == "full"
     check_resume(path, compose(f"{NEW}=full", "trainer.max_steps=4"), world_size=1)
-    second = Trainer(compose(f"{NEW}=full", "trainer.max_steps=4", "trainer.log_every=1", f"trainer.resume={path}"),
+    second = make_trainer(compose(f"{NEW}=full", "trainer.max_steps=4", "trainer.log_every=1", f"trainer.resume={path}"),
                      tmp_path / "second")
     assert [r["step"] for r in second.fit()] == [3, 4]  # continued from the stored step 2
     assert deprecation_lines(capsys.readouterr().err) == []  # a stored config is read quietly

@@ -15,7 +15,6 @@ from memtrain.config.errors import to_container
 from memtrain.config.loader import load_config
 from memtrain.engine.checkpoint import read_meta, step_dir_name
 from memtrain.engine.resume import check_resume
-from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate
 from memtrain.memory.from_run import config_from_run
 from memtrain.memory.planner import PlanContext, model_parallel_layouts
@@ -120,14 +119,14 @@ def test_an_old_meta_json_estimates_and_passes_the_resume_check(tmp_path, capsys
     assert len(deprecation_lines(capsys.readouterr().err)) == 1
 
 
-def test_a_run_resumes_from_an_old_meta_json(compose, tmp_path, capsys):
-    first = Trainer(compose("trainer.max_steps=2", "trainer.save_every=2"), tmp_path / "run")
+def test_a_run_resumes_from_an_old_meta_json(compose, tmp_path, capsys, make_trainer):
+    first = make_trainer(compose("trainer.max_steps=2", "trainer.save_every=2"), tmp_path / "run")
     first.fit()
     file = first.checkpointer.latest() / "meta.json"
     meta = json.loads(file.read_text())
     meta["config"] = to_old(meta["config"])
     file.write_text(json.dumps(meta))
-    resumed = Trainer(compose("trainer.max_steps=3", "trainer.resume=auto"), tmp_path / "run")
+    resumed = make_trainer(compose("trainer.max_steps=3", "trainer.resume=auto"), tmp_path / "run")
     records = resumed.fit()
     assert resumed.step == 3 and [r["step"] for r in records] == [3]
     assert len(deprecation_lines(capsys.readouterr().err)) == 1

@@ -23,8 +23,8 @@ from tests.conftest import TINY
 
 
 def saved_run(compose, tmp_path, *overrides, steps=2):
-    trainer = Trainer(compose(*overrides, f"trainer.max_steps={steps}", f"trainer.save_every={steps}"), tmp_path / "first")
-    trainer.fit()
+    with Trainer(compose(*overrides, f"trainer.max_steps={steps}", f"trainer.save_every={steps}"), tmp_path / "first") as trainer:
+        trainer.fit()
     return trainer, trainer.checkpointer.latest()
 
 
@@ -40,7 +40,7 @@ def refused(compose, tmp_path, path, *overrides) -> str:
 # -- 3. resume mismatches -------------------------------------------------------------------------
 
 
-def test_a_dtype_change_is_refused_unless_asked_for(compose, tmp_path):
+def test_a_dtype_change_is_refused_unless_asked_for(compose, tmp_path, make_trainer):
     """fp32 weights resumed as bfloat16 parameters: refused naming precision.param_dtype; with
     trainer.resume_cast=true the weights are cast and the run says what it cast."""
     first, path = saved_run(compose, tmp_path, "optimizer=adamw_bf16")
@@ -50,7 +50,7 @@ def test_a_dtype_change_is_refused_unless_asked_for(compose, tmp_path):
 
     out = io.StringIO()
     cfg = compose(*bf16, "trainer.max_steps=3", f"trainer.resume={path}", "trainer.resume_cast=true")
-    trainer = Trainer(cfg, tmp_path / "cast", console=Console(file=out, width=300))
+    trainer = make_trainer(cfg, tmp_path / "cast", console=Console(file=out, width=300))
     trainer.load(path)
     said = out.getvalue()
     # every model tensor is cast; adamw_bf16 keeps its moments in bfloat16 in both runs
@@ -72,13 +72,13 @@ def test_a_shape_change_is_refused_before_the_model_is_built(compose, tmp_path, 
     assert not built  # compared on the meta device (memtrain.models.meta) before the run is set up
 
 
-def test_keys_that_do_not_change_state_may_change(compose, tmp_path):
+def test_keys_that_do_not_change_state_may_change(compose, tmp_path, make_trainer):
     """A different lr, batch, schedule or activation checkpointing resumes; the optimizer's
     hyper-parameters are the new run's, not the checkpoint's."""
     _, path = saved_run(compose, tmp_path)
     cfg = compose("trainer.max_steps=4", f"trainer.resume={path}", "optimizer.lr=1e-3", "optimizer.weight_decay=0.3",
                   "trainer.micro_batch_size=2", "activation_checkpoint=full", "precision=fp16")
-    trainer = Trainer(cfg, tmp_path / "second")
+    trainer = make_trainer(cfg, tmp_path / "second")
     trainer.fit()
     assert trainer.step == 4
     assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.3, 0.0}
@@ -132,9 +132,9 @@ def overflow_at_first_step(trainer):
     return calls
 
 
-def test_a_skipped_step_gives_its_learning_rate_to_the_next(compose, tmp_path):
+def test_a_skipped_step_gives_its_learning_rate_to_the_next(compose, tmp_path, make_trainer):
     over = ["precision=fp16", "trainer.warmup_steps=5", "optimizer.lr=1e-3", "trainer.max_steps=4"]
-    trainer = Trainer(compose(*over), tmp_path)
+    trainer = make_trainer(compose(*over), tmp_path)
     skipped = overflow_at_first_step(trainer)
     records = trainer.fit()
     assert skipped == [True, False, False, False]
@@ -146,17 +146,17 @@ def test_a_skipped_step_gives_its_learning_rate_to_the_next(compose, tmp_path):
     assert [(r["step"], r["updates"], r["skipped_steps"]) for r in logged] == [(1, 0, 1), (2, 1, 1), (3, 2, 1), (4, 3, 1)]
 
 
-def test_a_resumed_run_keeps_the_counters(compose, tmp_path):
+def test_a_resumed_run_keeps_the_counters(compose, tmp_path, make_trainer):
     over = ["precision=fp16", "trainer.warmup_steps=5", "optimizer.lr=1e-3", "trainer.max_steps=4"]
-    straight = Trainer(compose(*over), tmp_path / "straight")
+    straight = make_trainer(compose(*over), tmp_path / "straight")
     overflow_at_first_step(straight)
     whole = straight.fit()
 
-    first = Trainer(compose(*over, "trainer.save_every=2"), tmp_path / "run")
+    first = make_trainer(compose(*over, "trainer.save_every=2"), tmp_path / "run")
     overflow_at_first_step(first)
     first.fit(until=2)
     assert json.loads((first.checkpointer.latest() / "meta.json").read_text())["skipped_steps"] == 1
-    resumed = Trainer(compose(*over, "trainer.resume=auto"), tmp_path / "run")
+    resumed = make_trainer(compose(*over, "trainer.resume=auto"), tmp_path / "run")
     rest = resumed.fit()
     assert (resumed.updates, resumed.skipped_steps) == (3, 1)
     strip = ("tokens_per_s", "peak_mem_bytes", "mfu")
@@ -164,19 +164,19 @@ def test_a_resumed_run_keeps_the_counters(compose, tmp_path):
         [{k: v for k, v in r.items() if k not in strip} for r in whole[2:]]
 
 
-def test_the_lr_scheduler_position_is_checkpointed_and_the_schedule_is_the_resuming_runs(compose, tmp_path):
+def test_the_lr_scheduler_position_is_checkpointed_and_the_schedule_is_the_resuming_runs(compose, tmp_path, make_trainer):
     """The scheduler (a torch LRScheduler, stepped per applied update) is at updates=1 after a
     skipped and an applied step; the checkpoint keeps that position, and a resumed run with
     another optimizer.lr and warm-up continues from it on its own schedule."""
     over = ["precision=fp16", "trainer.warmup_steps=5", "optimizer.lr=1e-3", "trainer.max_steps=4"]
-    first = Trainer(compose(*over, "trainer.save_every=2"), tmp_path)
+    first = make_trainer(compose(*over, "trainer.save_every=2"), tmp_path)
     overflow_at_first_step(first)
     first.fit(until=2)
     assert isinstance(first.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
     saved = json.loads((first.checkpointer.latest() / "meta.json").read_text())["lr_scheduler"]
     assert (saved["last_epoch"], saved["base_lrs"]) == (1, [1e-3, 1e-3])
-    resumed = Trainer(compose("precision=fp16", "trainer.warmup_steps=8", "optimizer.lr=2e-3", "trainer.max_steps=4",
-                              "trainer.resume=auto"), tmp_path)
+    resumed = make_trainer(compose("precision=fp16", "trainer.warmup_steps=8", "optimizer.lr=2e-3", "trainer.max_steps=4",
+                                   "trainer.resume=auto"), tmp_path)
     resumed.load(resumed.resume.path)
     assert resumed.lr_scheduler.last_epoch == 1
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [lr_at(1, 2e-3, 8, 4, "cosine", 0.1)] * 2
@@ -204,14 +204,14 @@ def unchanged_fraction(trainer) -> float:
     return same / sum(p.numel() for p in before)
 
 
-def test_pure_bf16_training_keeps_its_updates(compose, tmp_path):
+def test_pure_bf16_training_keeps_its_updates(compose, tmp_path, make_trainer):
     """One gpt_tiny step at the issue's lr 1e-2: adamw_bf16 (stochastic rounding) leaves few
     parameter elements unchanged; Adafactor on the same bf16 parameters (refused by validation,
     built here directly) leaves most of them unchanged: its updates round away."""
     common = ["data=protein", "precision=bf16", "precision.param_dtype=bfloat16", "optimizer.lr=1e-2",
               "trainer.warmup_steps=0"]
-    kept = unchanged_fraction(Trainer(compose(*common[:-2], "optimizer=adamw_bf16", *common[-2:]), tmp_path / "a"))
-    lost = unchanged_fraction(Trainer(compose(*common[:-2], "optimizer=adafactor", *common[-2:]), tmp_path / "b"))
+    kept = unchanged_fraction(make_trainer(compose(*common[:-2], "optimizer=adamw_bf16", *common[-2:]), tmp_path / "a"))
+    lost = unchanged_fraction(make_trainer(compose(*common[:-2], "optimizer=adafactor", *common[-2:]), tmp_path / "b"))
     # seen on the 2-core CPU: 0.025 and 0.84 (the issue saw 0.685 for Adafactor); the bounds are
     # far from both, and a plain fp32-parameter step leaves about 0.007 unchanged
     assert kept < 0.1 and lost > 0.5, (kept, lost)

@@ -35,8 +35,8 @@ def checkpoint(tmp_path_factory):
     from tests.conftest import TINY
 
     run = tmp_path_factory.mktemp("run")
-    trainer = Trainer(compose_config([*TINY, "trainer.max_steps=1", "trainer.save_every=1"]), run)
-    trainer.fit()
+    with Trainer(compose_config([*TINY, "trainer.max_steps=1", "trainer.save_every=1"]), run) as trainer:
+        trainer.fit()
     return trainer.checkpointer.latest()
 
 
@@ -46,24 +46,24 @@ def copy_of(checkpoint, tmp_path):
     return target
 
 
-def resuming_trainer(path, tmp_path):
+def resuming_trainer(make_trainer, path, tmp_path):
     from memtrain.config.loader import compose_config
     from tests.conftest import TINY
 
-    return Trainer(compose_config([*TINY, "trainer.max_steps=2", f"trainer.resume={path}"]), tmp_path / "resumed")
+    return make_trainer(compose_config([*TINY, "trainer.max_steps=2", f"trainer.resume={path}"]), tmp_path / "resumed")
 
 
 # -- DCP metadata ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_dcp_metadata_payload_is_refused(form, checkpoint, tmp_path):
+def test_dcp_metadata_payload_is_refused(form, checkpoint, tmp_path, make_trainer):
     marker = tmp_path / "marker"
     payload = FORMS[form](touch(marker))
     assert_runs_code(payload, marker)
     path = copy_of(checkpoint, tmp_path)
     (path / ".metadata").write_bytes(payload)
-    trainer = resuming_trainer(path, tmp_path)  # the meta.json still matches: the load reaches .metadata
+    trainer = resuming_trainer(make_trainer, path, tmp_path)  # the meta.json still matches: the load reaches .metadata
     with pytest.raises(UnsafePickleError) as info:
         trainer.load(path)
     one_paragraph(info.value, str(path / ".metadata"))
@@ -71,11 +71,11 @@ def test_dcp_metadata_payload_is_refused(form, checkpoint, tmp_path):
     assert not marker.exists()
 
 
-def test_dcp_byte_item_payload_is_refused(checkpoint, tmp_path):
+def test_dcp_byte_item_payload_is_refused(checkpoint, tmp_path, make_trainer):
     """A byte item (DCP unpickles these with torch.load(weights_only=False) by default) holding a
     __reduce__ of os.system, in place of an optimizer hyper-parameter."""
     marker = tmp_path / "marker"
-    trainer = resuming_trainer(checkpoint, tmp_path)
+    trainer = resuming_trainer(make_trainer, checkpoint, tmp_path)
     state = trainer.strategy.state()
     state["optimizer"]["param_groups"][0]["lr"] = _RunsCommand(touch(marker))
     crafted = Checkpointer(tmp_path / "crafted").save(1, state, read_meta(checkpoint))
@@ -186,7 +186,7 @@ def rewritten_metadata(path, edit):
     ("/dev/zero", "shard location"),
     ("huge", "is shorter"),
 ])
-def test_metadata_cannot_send_reads_outside_the_shards(where, words, checkpoint, tmp_path):
+def test_metadata_cannot_send_reads_outside_the_shards(where, words, checkpoint, tmp_path, make_trainer):
     """A .metadata made only of allowed classes can still name where the shards are: a path out
     of the folder, a device file, or a length past the file's end are refused before DCP reads."""
     path = copy_of(checkpoint, tmp_path)
@@ -200,7 +200,7 @@ def test_metadata_cannot_send_reads_outside_the_shards(where, words, checkpoint,
 
     rewritten_metadata(path, edit)
     with pytest.raises(CheckpointError, match=words):
-        resuming_trainer(path, tmp_path).load(path)
+        resuming_trainer(make_trainer, path, tmp_path).load(path)
 
 
 def test_an_oversized_or_special_meta_json_is_refused(tmp_path):

@@ -3,30 +3,55 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from memtrain.config.loader import compose_config, recipe_names
-
+from memtrain.distributed.mesh import DIMS
 from memtrain.engine.trainer import Trainer
+
 from memtrain.models import get_spec
 
 
-def make(compose, tmp_path, *overrides):
-    return Trainer(compose(*overrides), tmp_path)
+@pytest.fixture
+def make(compose, make_trainer):
+    """A trainer of the tiny config with `overrides` in `run_dir`, closed when the test ends."""
+    return lambda run_dir, *overrides: make_trainer(compose(*overrides), run_dir)
 
 
-def test_tiny_run_loss_falls_on_real_proteins(compose, tmp_path):
-    trainer = make(compose, tmp_path, "data=protein", "trainer.max_steps=30", "optimizer.lr=3e-3", "trainer.warmup_steps=2")
+def test_tiny_run_loss_falls_on_real_proteins(make, tmp_path):
+    trainer = make(tmp_path, "data=protein", "trainer.max_steps=30", "optimizer.lr=3e-3", "trainer.warmup_steps=2")
     records = trainer.fit()
     first, last = records[0]["loss"], sum(r["loss"] for r in records[-5:]) / 5
     assert last < first - 0.5, (first, last)
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 30
 
 
-def test_fp16_loss_scaler_skips_a_step_with_inf_gradients(compose, tmp_path):
-    trainer = make(compose, tmp_path, "precision=fp16")
+@pytest.mark.parametrize("parallel", ["single", "ddp"])
+def test_a_one_rank_run_has_a_group_and_a_mesh_of_every_dimension_and_leaves_no_environment(compose, tmp_path, parallel):
+    """One process, no launcher: a one-rank group over an in-memory store (no port, nothing in the
+    environment) and the mesh of every dimension name, all of size 1, with its flattened batch and
+    data-parallel meshes; close() destroys the group."""
+    launch_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    before = {k: os.environ.get(k) for k in launch_env}
+    trainer = Trainer(compose(f"parallel={parallel}"), tmp_path)
+    try:
+        assert dist.is_initialized() and dist.get_world_size() == 1
+        assert trainer.mesh.mesh_dim_names == DIMS and trainer.mesh.shape == (1,) * len(DIMS)
+        assert trainer.sums.batch.mesh_dim_names == ("dp_cp",) and trainer.sums.batch.size() == 1
+        assert trainer.sums.data_parallel.mesh_dim_names == ("dp",) and trainer.sums.dp == 1
+        assert {k: os.environ.get(k) for k in launch_env} == before
+        assert math.isfinite(trainer.train_step().loss)
+    finally:
+        trainer.close()
+    assert not dist.is_initialized()
+
+
+def test_fp16_loss_scaler_skips_a_step_with_inf_gradients(make, tmp_path):
+    trainer = make(tmp_path, "precision=fp16")
     weight = trainer.model.output.weight
     before = weight.detach().clone()
     scale = trainer.precision.scaler.get_scale()
@@ -41,9 +66,9 @@ def test_fp16_loss_scaler_skips_a_step_with_inf_gradients(compose, tmp_path):
     assert not torch.equal(weight, before)
 
 
-def test_grad_accum_4x2_equals_micro_batch_8(compose, tmp_path):
-    big = make(compose, tmp_path / "a", "trainer.micro_batch_size=8", "trainer.grad_accum=1")
-    acc = make(compose, tmp_path / "b", "trainer.micro_batch_size=2", "trainer.grad_accum=4")
+def test_grad_accum_4x2_equals_micro_batch_8(make, tmp_path):
+    big = make(tmp_path / "a", "trainer.micro_batch_size=8", "trainer.grad_accum=1")
+    acc = make(tmp_path / "b", "trainer.micro_batch_size=2", "trainer.grad_accum=4")
     for _ in range(3):
         a, b = big.train_step(), acc.train_step()
         # fp32: the same per-token terms summed in a different order (4 partial sums)
@@ -52,8 +77,8 @@ def test_grad_accum_4x2_equals_micro_batch_8(compose, tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def _grads(compose, tmp_path, *overrides):
-    trainer = make(compose, tmp_path, *overrides)
+def _grads(make, tmp_path, *overrides):
+    trainer = make(tmp_path, *overrides)
     spec = get_spec("gpt")
     inputs, targets = trainer.data.batch(0, 4)
     with trainer.precision.autocast():
@@ -62,11 +87,11 @@ def _grads(compose, tmp_path, *overrides):
     return loss.detach(), {n.replace("._checkpoint_wrapped_module", ""): p.grad for n, p in trainer.model.named_parameters()}
 
 
-def test_activation_checkpointing_gives_the_same_gradients(compose, tmp_path):
-    ref_loss, ref = _grads(compose, tmp_path, "activation_checkpoint=none", "model.n_layers=4")
+def test_activation_checkpointing_gives_the_same_gradients(make, tmp_path):
+    ref_loss, ref = _grads(make, tmp_path, "activation_checkpoint=none", "model.n_layers=4")
     for policy in (["activation_checkpoint=full"], ["activation_checkpoint=selective", "activation_checkpoint.every_k=2"],
                    ["activation_checkpoint=selective", "activation_checkpoint.policy=attention"]):
-        loss, grads = _grads(compose, tmp_path, *policy, "model.n_layers=4")
+        loss, grads = _grads(make, tmp_path, *policy, "model.n_layers=4")
         assert grads.keys() == ref.keys()
         # fp32 on CPU: the recomputation runs the same kernels on the same inputs, so the
         # results are identical but for nondeterministic reduction order (none expected here)
@@ -75,21 +100,21 @@ def test_activation_checkpointing_gives_the_same_gradients(compose, tmp_path):
             torch.testing.assert_close(grads[name], ref[name], rtol=1e-6, atol=1e-8, msg=f"{policy}: {name}")
 
 
-def test_bf16_autocast_trains_and_keeps_fp32_master_weights(compose, tmp_path):
-    trainer = make(compose, tmp_path, "precision=bf16", "data=protein", "trainer.max_steps=15", "optimizer.lr=3e-3")
+def test_bf16_autocast_trains_and_keeps_fp32_master_weights(make, tmp_path):
+    trainer = make(tmp_path, "precision=bf16", "data=protein", "trainer.max_steps=15", "optimizer.lr=3e-3")
     records = trainer.fit()
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert records[-1]["loss"] < records[0]["loss"]
 
 
-def test_adafactor_trains(compose, tmp_path):
-    trainer = make(compose, tmp_path, "optimizer=adafactor", "data=protein", "trainer.max_steps=15")
+def test_adafactor_trains(make, tmp_path):
+    trainer = make(tmp_path, "optimizer=adafactor", "data=protein", "trainer.max_steps=15")
     records = trainer.fit()
     assert records[-1]["loss"] < records[0]["loss"]
 
 
-def test_pure_bf16_parameters_train_without_autocast(compose, tmp_path):
-    trainer = make(compose, tmp_path, "precision=bf16", "precision.param_dtype=bfloat16", "data=protein",
+def test_pure_bf16_parameters_train_without_autocast(make, tmp_path):
+    trainer = make(tmp_path, "precision=bf16", "precision.param_dtype=bfloat16", "data=protein",
                    "trainer.max_steps=15", "optimizer.lr=3e-3")
     assert not trainer.precision.uses_autocast
     records = trainer.fit()
@@ -97,9 +122,9 @@ def test_pure_bf16_parameters_train_without_autocast(compose, tmp_path):
     assert records[-1]["loss"] < records[0]["loss"]
 
 
-def test_tensorboard_events_are_written(compose, tmp_path):
+def test_tensorboard_events_are_written(make, tmp_path):
     pytest.importorskip("tensorboard")
-    make(compose, tmp_path, "trainer.max_steps=2", "trainer.tensorboard=true").fit()
+    make(tmp_path, "trainer.max_steps=2", "trainer.tensorboard=true").fit()
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
 
@@ -120,9 +145,9 @@ SHRINK = {
 
 @pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r == "alphafold" else r  # full size, shrunk
                                     for r in recipe_names()])
-def test_every_recipe_smoke_runs_on_tiny_shapes(recipe, tmp_path):
+def test_every_recipe_smoke_runs_on_tiny_shapes(recipe, tmp_path, make_trainer):
     arch = compose_config([f"+recipe={recipe}"]).model.arch
     cfg = compose_config([f"+recipe={recipe}", *SHRINK[arch], "trainer.max_steps=2", "trainer.save_every=0",
                           "trainer.log_every=1", "trainer.device=cpu"])
-    records = Trainer(cfg, tmp_path).fit()
+    records = make_trainer(cfg, tmp_path).fit()
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)

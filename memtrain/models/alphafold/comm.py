@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from memtrain.config.cfgview import node_key
-from memtrain.config.errors import enum_names
 from memtrain.config.parallel import ParallelDims
 from memtrain.models.activation_checkpoint import checkpointed_block_ids
 from memtrain.models.comm import FP32, CommContext, ring
@@ -129,7 +128,7 @@ def comm_bytes(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[st
     stream = stream_bytes(cfg, ctx)
     gathered = switched = 0.0
     for st in dap_stacks(cfg, n):
-        recomputed = len(checkpointed_block_ids(st.n_blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k))
+        recomputed = len(checkpointed_block_ids(st.n_blocks, ac.mode, ac.policy, ac.every_k))
         passes = (recycles + 2) * st.n_blocks + recomputed  # forwards without grad, forward, backward, recompute
         gathered += passes * (st.biases * ctx.compute_bytes + st.operands * stream)
         gathered += ((recycles + 1) * st.exit + st.entry) * stream

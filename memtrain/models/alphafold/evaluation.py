@@ -16,7 +16,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import TemplateSource
 from memtrain.data.errors import DataFormatError
 from memtrain.protein import residue_constants as rc
 from memtrain.protein.all_atom import ATOM_CA, lddt
@@ -155,7 +156,7 @@ def _predict_templates(cfg: DictConfig, target) -> list[dict[str, np.ndarray]]:
     from memtrain.data.sequences import default_protein_root
     from memtrain.data.templates import hit_features, search_templates, self_template
 
-    if enum_names(cfg.data.template_source) == "self":
+    if as_enum(cfg.data.template_source, TemplateSource) is TemplateSource.self:
         return [hit_features(self_template(target))] if target.all_atom_mask is not None else []
     mmcif_dir = Path(cfg.data.root or default_protein_root()) / "mmcif"
     pool = [c for path in sorted(mmcif_dir.glob("*.cif")) for c in read_chains(path)] if mmcif_dir.is_dir() else []

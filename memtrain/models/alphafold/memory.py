@@ -8,7 +8,8 @@ import inspect
 
 from omegaconf import DictConfig
 
-from memtrain.config.errors import ConfigError, enum_names
+from memtrain.config.errors import ConfigError, as_enum
+from memtrain.models.alphafold.family import AttentionBackend
 from memtrain.models.alphafold.model import AlphaFold
 
 FP32, INT64 = 4, 8
@@ -29,7 +30,7 @@ def _dim(mcfg: DictConfig, key: str):
 
 
 def _gated_attention_bytes(
-    pos: int, hc: int, logits: int, lse: int, mask: int, biased: bool, backend: str, c: int,
+    pos: int, hc: int, logits: int, lse: int, mask: int, biased: bool, backend: AttentionBackend, c: int,
     pair_bias: int = 0, key_bias: int = 0,
 ) -> int:
     """Attention (primitives.Attention) over `pos` query positions of width hc = heads * c_hidden,
@@ -54,22 +55,22 @@ def _gated_attention_bytes(
     Then the gate: sigmoid(g), the attention output o (a view of the flash output) and o * g (the
     output projection's input), c each."""
     gate = 3 * c * pos * hc  # sigmoid(g), o, o * g
-    if backend == "triton":
+    if backend is AttentionBackend.triton:
         return 3 * c * pos * hc + c * pair_bias + FP32 * key_bias + FP32 * lse + gate
-    if backend != "sdpa":
+    if backend is not AttentionBackend.sdpa:
         return 3 * c * pos * hc + FP32 * logits + (c * logits if c < FP32 else 0) + gate
     if biased:
         return 3 * FP32 * pos * hc + FP32 * logits + gate
     return 3 * c * pos * hc + FP32 * lse + c * mask + gate  # o is the flash kernel's output
 
 
-def _ln_bytes(elems: int, rows: int, dtype: int, backend: str) -> int:
+def _ln_bytes(elems: int, rows: int, dtype: int, backend: AttentionBackend) -> int:
     """What a LayerNorm over `rows` rows (`elems` elements, input `dtype` bytes each) keeps:
     primitives.LayerNorm its input in fp32 (a copy when the input is below fp32) and the fp32 mean
     and rstd; the fused kernel (FusedLayerNorm, attention_backend=triton; _LayerNorm.forward's
     save_for_backward) its input as it is (a contiguous copy of a transposed input) and the same
     statistics."""
-    return (dtype if backend == "triton" else FP32) * elems + 2 * FP32 * rows
+    return (dtype if backend is AttentionBackend.triton else FP32) * elems + 2 * FP32 * rows
 
 
 def _pair_bias_elems(b: int, rows: int, bias: int, chunked: bool) -> int:
@@ -81,7 +82,7 @@ def _pair_bias_elems(b: int, rows: int, bias: int, chunked: bool) -> int:
 
 
 def _pair_terms(
-    b: int, n: int, cz: int, c_mul: int, h_z: int, hc_z: int, tn: int, backend: str, c: int, st: int,
+    b: int, n: int, cz: int, c_mul: int, h_z: int, hc_z: int, tn: int, backend: AttentionBackend, c: int, st: int,
     amp: bool | None = None, chunked: bool = False,
 ) -> dict[str, int]:
     """Bytes the pair modules of one block keep (both triangle multiplications and attentions and
@@ -133,7 +134,7 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
     h_m, h_z = mcfg.n_heads_msa, mcfg.n_heads_pair
     hc_m, hc_z = h_m * mcfg.c_hidden_msa_att, h_z * mcfg.c_hidden_pair_att
     c_opm, c_mul = mcfg.c_hidden_opm, mcfg.c_hidden_mul
-    backend = enum_names(mcfg.attention_backend)
+    backend = as_enum(mcfg.attention_backend, AttentionBackend)
     chunked = mcfg.chunk_size is not None
     autocast = c != st
     ms, pr = b * s * n, b * n * n  # MSA and pair positions
@@ -162,7 +163,7 @@ def _evoformer_block_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st:
         # its LayerNorm's input is the block's output m: counted as the next block's input (or outside)
         # unless the stream is below fp32, where primitives.LayerNorm keeps its own fp32 copy (the fused
         # one keeps m itself)
-        "outer_product_mean": ln(ms * cm, ms) - (st * ms * cm if st == FP32 or backend == "triton" else 0)
+        "outer_product_mean": ln(ms * cm, ms) - (st * ms * cm if st == FP32 or backend is AttentionBackend.triton else 0)
         + lin(2, ms * cm)
         + mask_cast(ms, FP32, st)
         + 2 * c * ms * c_opm + c * pr * c_opm**2 + c * pr,
@@ -192,7 +193,7 @@ class _Sizes:
 
 
 def _global_attention_bytes(b: int, n: int, s: int, cm: int, h: int, ch: int, c: int, st: int,
-                            backend: str = "naive") -> int:
+                            backend: AttentionBackend = AttentionBackend.naive) -> int:
     """MSAColumnGlobalAttention (Algorithm 19) on [b, s, n, cm], its LayerNorm on the transposed
     input: the input (the stream, fp32) and statistics, the masked mean's divisor [b, n, 1], the
     averaged query's input [b, n, cm], the LayerNorm output read by k, v and the gate (one fp32
@@ -216,7 +217,7 @@ def _extra_msa_block_terms(mcfg: DictConfig, b: int, n: int, e: int, c: int, st:
     sizes = _Sizes(mcfg, c_m=ce, c_hidden_msa_att=ch)
     terms = _evoformer_block_terms(sizes, b, n, e, c, st)
     terms["msa_column_attention"] = _global_attention_bytes(b, n, e, ce, h, ch, c, st,
-                                                            enum_names(mcfg.attention_backend))
+                                                            as_enum(mcfg.attention_backend, AttentionBackend))
     if c != st:  # global attention weights (q, k, v, gate, out) instead of the column attention's 5 ce x H c_h
         terms["weight_casts"] += c * (3 * ce * h * ch + 2 * ce * ch - 5 * ce * h * ch)
     return terms
@@ -229,7 +230,7 @@ def _template_block_terms(mcfg: DictConfig, b: int, t: int, n: int, c: int, st: 
     autocast, unlike m and z); the weights are cast as in the Evoformer."""
     ct, c_mul, h = mcfg.c_t, mcfg.c_hidden_template_mul, mcfg.n_heads_template
     hc, tn = h * mcfg.c_hidden_template_att, mcfg.template_transition_n
-    terms = _pair_terms(b * t, n, ct, c_mul, h, hc, tn, enum_names(mcfg.attention_backend), c, c, amp=c != st,
+    terms = _pair_terms(b * t, n, ct, c_mul, h, hc, tn, as_enum(mcfg.attention_backend, AttentionBackend), c, c, amp=c != st,
                         chunked=mcfg.chunk_size is not None)
     terms["dropout_masks"] = 4 * c * b * t * n * ct if mcfg.pair_dropout > 0 else 0
     if c != st:
@@ -253,14 +254,14 @@ def _stack_outside_terms(
     softmax and the matmuls' copies; the final LayerNorm keeps t in its own dtype (_ln_bytes)."""
     autocast = c != st
     lin_in = c if autocast else st
-    backend = enum_names(mcfg.attention_backend)
+    backend = as_enum(mcfg.attention_backend, AttentionBackend)
     terms: dict[str, int] = {}
     if mcfg.templates and t > 0:
         ct, cz, cm = mcfg.c_t, mcfg.c_z, mcfg.c_m
         h, hc = mcfg.n_heads_template_pointwise, mcfg.n_heads_template_pointwise * mcfg.c_hidden_template_pointwise
         pr, tpr = b * n * n, b * t * n * n
         terms["template_pair_stack_io"] = lin_in * tpr * 88 + _ln_bytes(tpr * ct, tpr, c, backend)
-        if backend == "triton":  # q (c), k and v (the projections' outputs), key bias, log-sum-exp, o
+        if backend is AttentionBackend.triton:  # q (c), k and v (the projections' outputs), key bias, log-sum-exp, o
             core = c * pr * hc + 2 * c * tpr * hc + FP32 * tpr + FP32 * pr * h
         else:  # the scaled q, k^T and v copies; the fp32 softmax (+ its cast)
             core = c * pr * hc + 2 * c * tpr * hc + FP32 * pr * h * t + (c * pr * h * t if c < FP32 else 0)
@@ -278,7 +279,7 @@ def _stack_outside_terms(
     return terms
 
 
-def _structure_module_bytes(mcfg: DictConfig, b: int, n: int, sm: int, backend: str = "naive") -> int:
+def _structure_module_bytes(mcfg: DictConfig, b: int, n: int, sm: int, backend: AttentionBackend = AttentionBackend.naive) -> int:
     """The structure module runs with autocast off in the parameters' dtype `sm`. Per layer:
     IPA keeps the frames' rotations expanded to every point (the matmul's copy, 9 per point) for
     the query/key/value points and the inverse of the value points, copies of q, k, v and the
@@ -328,10 +329,10 @@ def _outside_terms(mcfg: DictConfig, b: int, n: int, s: int, c: int, st: int, s_
     ms, pr, sn = b * s * n, b * n * n, b * n
     # recycling: LayerNorm of the previous pair (fp32) and first MSA row; after a no-grad iteration
     # the row is a view of the previous MSA representation, which it then keeps whole
-    backend = enum_names(mcfg.attention_backend)
+    backend = as_enum(mcfg.attention_backend, AttentionBackend)
     # the fused LayerNorm keeps its input as it is: the whole previous MSA when the row is a view it can
     # read as rows (B = 1), else a contiguous copy of the row in the stream dtype
-    if backend == "triton":
+    if backend is AttentionBackend.triton:
         m1_prev = st * b * s_evo * n * cm if mcfg.num_recycles > 0 and b == 1 else st * sn * cm
     else:
         m1_prev = st * b * s_evo * n * cm if mcfg.num_recycles > 0 and st == FP32 else FP32 * sn * cm
@@ -490,7 +491,7 @@ def activation_bytes(
         ac = cfg.activation_checkpoint
         blocks = _dim(mcfg, "n_extra_msa_blocks")
         extra_last_checkpointed = blocks - 1 in checkpointed_block_ids(
-            blocks, enum_names(ac.mode), enum_names(ac.policy), ac.every_k)
+            blocks, ac.mode, ac.policy, ac.every_k)
     if n_res is None or n_seq is None:
         raise ConfigError(
             "data.crop_size",

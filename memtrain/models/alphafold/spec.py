@@ -7,10 +7,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from memtrain.config.errors import enum_names, require
+from memtrain.config.errors import as_enum, require
+from memtrain.config.parallel import ParallelDims
+from memtrain.config.schema import ACMode, DataSource, SelectivePolicy, TemplateSource
 from memtrain.distributed.collectives import all_reduce_gradients
 from memtrain.models.alphafold import comm
 from memtrain.models.alphafold.evaluation import build_evaluator, predict
+from memtrain.models.alphafold.family import AttentionBackend
 from memtrain.models.alphafold.flops import alphafold_forward_flops
 from memtrain.models.alphafold.loss import alphafold_loss, alphafold_loss_terms
 from memtrain.models.alphafold.memory import activation_bytes
@@ -30,7 +33,7 @@ _NOT_MODULE_ARGS = ("arch", "chunk_size", "attention_backend")
 def build_model(mcfg: DictConfig) -> AlphaFold:
     model = AlphaFold(**{k: v for k, v in mcfg.items() if k not in _NOT_MODULE_ARGS})
     set_chunk_size(model, mcfg.chunk_size)
-    set_attention_backend(model, enum_names(mcfg.attention_backend))
+    set_attention_backend(model, as_enum(mcfg.attention_backend, AttentionBackend))
     return model
 
 
@@ -50,7 +53,7 @@ def stack_data_kwargs(cfg: DictConfig) -> dict:
     return dict(
         max_extra_msa=cfg.data.max_extra_msa if m.n_extra_msa_blocks > 0 else 0,
         max_templates=cfg.data.max_templates if m.templates else 0,
-        template_source=enum_names(cfg.data.template_source),
+        template_source=as_enum(cfg.data.template_source, TemplateSource),
     )
 
 
@@ -102,10 +105,10 @@ def reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
             all_reduce_gradients(stack, mesh["dap"].get_group())
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
-    source = enum_names(cfg.data.source)
-    require(source == "structure", "data", f"the AlphaFold model trains on data=structure, got data={source}",
+    source = as_enum(cfg.data.source, DataSource)
+    require(source is DataSource.structure, "data", f"the AlphaFold model trains on data=structure, got data={source.name}",
             allowed=["structure"])
     for key in ("c_m", "c_z", "c_s", "n_blocks", "n_heads_msa", "n_heads_pair", "n_structure_layers", "n_heads_ipa"):
         require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
@@ -123,7 +126,8 @@ def validate(cfg: DictConfig) -> None:
     require(not m.templates or cfg.data.max_templates >= 1, "data.max_templates",
             f"the template stack (model.templates=true) needs at least one template slot, got "
             f"data.max_templates={cfg.data.max_templates}; or set model.templates=false")
-    require(not (enum_names(cfg.activation_checkpoint.mode) == "selective" and enum_names(cfg.activation_checkpoint.policy) == "attention"),
+    require(not (as_enum(cfg.activation_checkpoint.mode, ACMode) is ACMode.selective
+                 and as_enum(cfg.activation_checkpoint.policy, SelectivePolicy) is SelectivePolicy.attention),
             "activation_checkpoint.policy", "the Evoformer has no single attention core; checkpoint whole blocks",
             allowed=["every_k"])
     require(cfg.trainer.eval_every == 0 or len(cfg.data.eval_chains) > 0, "data.eval_chains",

@@ -26,7 +26,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.models.gpt.family import GPTAttention
 from memtrain.models.meta import local_tensor
 
 ATTENTION_KEYS = ("attention", "linformer_k", "performer_features", "performer_redraw", "attention_chunk")
@@ -191,22 +192,22 @@ class FeatureRedraw:
 def set_attention_cores(model: nn.Module, blocks: nn.ModuleList, mcfg: DictConfig, attention_core: str) -> None:
     """Replace the attention core (attribute path `attention_core` in each block) by the one
     `model.attention` names; softmax keeps the model's own."""
-    kind = enum_names(mcfg.get("attention", "softmax"))
-    if kind == "softmax":
+    kind = as_enum(mcfg.get("attention", "softmax"), GPTAttention)
+    if kind is GPTAttention.softmax:
         return
     parent_path, _, name = attention_core.rpartition(".")
     head_dim = mcfg.dim // mcfg.n_heads
     cores = []
     for i, block in enumerate(blocks):
-        if kind == "linformer":
+        if kind is GPTAttention.linformer:
             core = LinformerCore(mcfg.max_seq_len, mcfg.linformer_k, mcfg.attention_chunk)
-        elif kind == "performer":
+        elif kind is GPTAttention.performer:
             core = PerformerCore(head_dim, mcfg.performer_features, mcfg.attention_chunk, seed=i)
         else:
-            raise ValueError(f"unknown attention core {kind!r}")
+            raise ValueError(f"unknown attention core {kind.name!r}")
         setattr(block.get_submodule(parent_path) if parent_path else block, name, core)
         cores.append(core)
-    if kind == "performer" and mcfg.performer_redraw > 0:
+    if kind is GPTAttention.performer and mcfg.performer_redraw > 0:
         model.register_forward_pre_hook(FeatureRedraw(cores, mcfg.performer_redraw))
 
 
@@ -219,15 +220,15 @@ def core_activation_bytes(mcfg: DictConfig, b: int, s: int, compute_bytes: int) 
     scaled input, exp and phi; per block the masked a = phi(q) phi(k)^T (C^2), the two running
     states read (m x Dh + m), the numerator and denominator of the ratio."""
     h, dh = mcfg.n_heads, mcfg.dim // mcfg.n_heads
-    kind = enum_names(mcfg.get("attention", "softmax"))
+    kind = as_enum(mcfg.get("attention", "softmax"), GPTAttention)
     c = min(mcfg.attention_chunk, s)
     n_chunks = math.ceil(s / c)
-    if kind == "linformer":
+    if kind is GPTAttention.linformer:
         k = mcfg.linformer_k
         per_chunk = compute_bytes * 2 * c * c + (4 + compute_bytes) * c * k + compute_bytes * 2 * k * dh
         expanded = compute_bytes * 2 * s * dh if (mcfg.n_kv_heads or h) != h else 0
         return b * h * (n_chunks * per_chunk + expanded)
-    if kind == "performer":
+    if kind is GPTAttention.performer:
         m = mcfg.performer_features
         features = 5 * s * m + 2 * s * dh + s  # q: scaled input, projection, its max, exp, phi; k: input, exp, phi
         per_chunk = c * c + m * dh + m + c * dh + c  # a, the two states read, numerator, denominator

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
 from memtrain.config.parallel import ParallelDims
+from memtrain.config.schema import ContextParallelImpl
 from memtrain.models.comm import FP32, CommContext, ring
 
 
@@ -49,7 +50,7 @@ def cp(cfg: DictConfig, dims: ParallelDims, ctx: CommContext) -> dict[str, float
     kv = m.n_kv_heads or m.n_heads
     tokens = _tokens(cfg, dims)
     per_layer: dict[str, float]
-    if enum_names(cfg.parallel.cp_impl) == "ulysses":
+    if as_enum(cfg.parallel.cp_impl, ContextParallelImpl) is ContextParallelImpl.ulysses:
         kv_heads = kv if kv % n == 0 else m.n_heads
         per_layer = {"all_to_all_attention": 2 * ring(n) * tokens * dh * (2 * m.n_heads + 2 * kv_heads) * ctx.compute_bytes}
     else:

@@ -36,7 +36,8 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from memtrain.config.errors import enum_names
+from memtrain.config.errors import as_enum
+from memtrain.config.schema import ContextParallelImpl
 from memtrain.distributed.collectives import all_reduce_gradients
 from memtrain.distributed.context_parallel import (
     RingAttention,
@@ -114,12 +115,13 @@ def _rotary_hook(positions: torch.Tensor, head_dim: int, theta: float):
     return hook
 
 
-def apply_cp(model: nn.Module, cp_mesh: DeviceMesh, impl: str, seq_len: int) -> None:
+def apply_cp(model: nn.Module, cp_mesh: DeviceMesh, impl: ContextParallelImpl | str, seq_len: int) -> None:
+    impl = as_enum(impl, ContextParallelImpl)
     group, n, r = cp_mesh.get_group(), cp_mesh.size(), cp_mesh.get_local_rank()
     positions = shard_positions(seq_len, n, r, impl)
     for block in model.layers:
         attention = block.attention
-        attention.core = UlyssesAttention(attention.core, group) if impl == "ulysses" else RingAttention(group)
+        attention.core = UlyssesAttention(attention.core, group) if impl is ContextParallelImpl.ulysses else RingAttention(group)
         attention.register_forward_pre_hook(_rotary_hook(positions, model.head_dim, model.rope_theta))
 
 
@@ -127,7 +129,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, cfg: DictConfig) -> None:
     if mesh["tp"].size() > 1:
         apply_tp(model, mesh["tp"], cfg.parallel.tp_sp)
     if mesh["cp"].size() > 1:
-        apply_cp(model, mesh["cp"], enum_names(cfg.parallel.cp_impl), cfg.data.seq_len)
+        apply_cp(model, mesh["cp"], as_enum(cfg.parallel.cp_impl, ContextParallelImpl), cfg.data.seq_len)
 
 
 def reduce_gradients(model: nn.Module, mesh: DeviceMesh) -> None:
@@ -140,5 +142,5 @@ def shard_batches(batches, mesh: DeviceMesh, cfg: DictConfig):
     """Each context-parallel rank reads its own positions of every sequence."""
     if mesh["cp"].size() == 1:
         return batches
-    positions = shard_positions(cfg.data.seq_len, mesh["cp"].size(), mesh["cp"].get_local_rank(), enum_names(cfg.parallel.cp_impl))
+    positions = shard_positions(cfg.data.seq_len, mesh["cp"].size(), mesh["cp"].get_local_rank(), as_enum(cfg.parallel.cp_impl, ContextParallelImpl))
     return SequenceShardedBatches(batches, positions)

@@ -6,12 +6,15 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names, require
+from memtrain.config.errors import as_enum, require
+from memtrain.config.parallel import ParallelDims
 from memtrain.config.parallel_options import parallel_option
+from memtrain.config.schema import ContextParallelImpl, DataSource
 from memtrain.data.lm import build_lm_data
 from memtrain.models.gpt import comm
 from memtrain.models.gpt.attention import (ATTENTION_KEYS, LinformerCore, PerformerCore, core_activation_bytes,
                                            set_attention_cores)
+from memtrain.models.gpt.family import GPTAttention
 from memtrain.models.gpt.loss import LinearCrossEntropyHead, default_chunk, loss_fn
 from memtrain.models.gpt.model import GPT, ffn_hidden_size
 from memtrain.models.gpt.pipeline import pipeline_stages
@@ -114,7 +117,7 @@ def activation_bytes(cfg: DictConfig, compute_bytes: int, residual_bytes: int) -
     else:
         norm_attn = norm_ffn = norm
     lse = 4 * b * heads * s
-    if enum_names(mcfg.get("attention", "softmax")) != "softmax":  # approximate core: its own saved tensors
+    if as_enum(mcfg.get("attention", "softmax"), GPTAttention) is not GPTAttention.softmax:  # approximate core: its own saved tensors
         lse = core_activation_bytes(mcfg, b, s, compute_bytes)
     core = compute_bytes * bsd * (2 + 2 * kvr) + lse  # q, k, v, out, logsumexp
     attn = norm_attn + core
@@ -168,14 +171,10 @@ def shard_batches(batches, mesh, cfg: DictConfig):
     return plans.shard_batches(batches, mesh, cfg)
 
 
-def validate_parallel(cfg: DictConfig) -> None:
+def validate_parallel(cfg: DictConfig, dims: ParallelDims) -> None:
     """Degrees the decoder can be split by (the plans of memtrain.models.gpt.parallelize), each
     refused with the keys at fault."""
-    from memtrain.distributed.launch import world_size
-    from memtrain.distributed.mesh import ParallelDims
-
     m, p = cfg.model, cfg.parallel
-    dims = ParallelDims.from_config(p, world_size(cfg))
     kv, seq = m.n_kv_heads or m.n_heads, cfg.data.seq_len
     if dims.tp > 1:
         require(m.n_heads % dims.tp == 0, "parallel.tp", f"model.n_heads={m.n_heads} must be divisible by parallel.tp={dims.tp}")
@@ -187,8 +186,7 @@ def validate_parallel(cfg: DictConfig) -> None:
         require(not p.tp_sp or seq % dims.tp == 0, "data.seq_len",
                 f"seq_len={seq} must be divisible by parallel.tp={dims.tp} with parallel.tp_sp=true")
     if dims.cp > 1:
-        impl = enum_names(p.cp_impl)
-        if impl == "ulysses":
+        if as_enum(p.cp_impl, ContextParallelImpl) is ContextParallelImpl.ulysses:
             require(m.n_heads % dims.cp == 0, "parallel.cp",
                     f"model.n_heads={m.n_heads} must be divisible by parallel.cp={dims.cp} for parallel.cp_impl=ulysses")
             require(seq % dims.cp == 0, "data.seq_len", f"seq_len={seq} must be divisible by parallel.cp={dims.cp}")
@@ -198,7 +196,7 @@ def validate_parallel(cfg: DictConfig) -> None:
                     "(two chunks per rank for causal load balance)")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
     for key in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
         require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
@@ -217,18 +215,19 @@ def validate(cfg: DictConfig) -> None:
             f"the model's forward has returned; parallel={cfg.parallel.name} (DeepSpeed ZeRO-3) partitions that weight "
             "again as soon as its module's forward ends. Use model.loss_chunk=0 or -1 (both give the plain loss there), "
             "or parallel=fsdp, which shards parameters and keeps the fused loss")
-    validate_parallel(cfg)
-    require(enum_names(m.get("attention", "softmax")) == "softmax" or cfg.parallel.cp == 1, "model.attention",
-            f"model.attention={enum_names(m.attention)} replaces the attention core that parallel.cp={cfg.parallel.cp} "
+    validate_parallel(cfg, dims)
+    attention = as_enum(m.get("attention", "softmax"), GPTAttention)
+    require(attention is GPTAttention.softmax or cfg.parallel.cp == 1, "model.attention",
+            f"model.attention={attention.name} replaces the attention core that parallel.cp={cfg.parallel.cp} "
             "distributes; context parallelism needs model.attention=softmax")
-    if enum_names(m.get("attention", "softmax")) != "softmax":
+    if attention is not GPTAttention.softmax:
         for key in ("linformer_k", "performer_features", "attention_chunk"):
             require(m[key] >= 1, f"model.{key}", f"must be at least 1, got {m[key]}")
         require(m.performer_redraw >= 0, "model.performer_redraw", f"must be 0 (never) or positive, got {m.performer_redraw}")
-    source = enum_names(cfg.data.source)
-    require(source in ("protein", "synthetic"), "data", f"a language model trains on token streams, got data={source}",
-            allowed=["protein", "synthetic"])
-    if source == "protein":
+    source = as_enum(cfg.data.source, DataSource)
+    require(source in (DataSource.protein, DataSource.synthetic), "data",
+            f"a language model trains on token streams, got data={source.name}", allowed=["protein", "synthetic"])
+    if source is DataSource.protein:
         require(m.vocab_size >= PROTEIN_VOCAB, "model.vocab_size",
                 f"vocab_size={m.vocab_size} is smaller than the protein tokenizer's {PROTEIN_VOCAB} tokens")
 

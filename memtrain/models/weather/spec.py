@@ -9,7 +9,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from memtrain.config.errors import enum_names, require
+from memtrain.config.errors import as_enum, require
+from memtrain.config.parallel import ParallelDims
+from memtrain.config.schema import DataSource, Device
 from memtrain.data.era5 import build_era5_data
 from memtrain.models.reset import reset_module_tree
 from memtrain.models.spec import ModelSpec, register_spec
@@ -44,7 +46,7 @@ def sdpa_math(cfg: DictConfig) -> bool:
     """Whether the window attention runs as SDPA's math fallback: on the CPU (trainer.device=cpu),
     where F.scaled_dot_product_attention with an attention bias that needs a gradient has no fused
     kernel. On CUDA the memory-efficient kernel takes the bias and keeps no N x N matrix."""
-    return enum_names(cfg.trainer.device) == "cpu"
+    return as_enum(cfg.trainer.device, Device) is Device.cpu
 
 
 def _attention_bytes(dim: int, heads: int, n: int, c: int, math_sdpa: bool) -> float:
@@ -160,8 +162,8 @@ def _fuxi_activation_bytes(cfg: DictConfig, c: int, r: int) -> dict[str, float]:
 
 def _validate_common(cfg: DictConfig, lon_tokens: list[int], lon_window: int) -> None:
     m, d = cfg.model, cfg.data
-    source = enum_names(d.source)
-    require(source == "era5", "data", f"model.arch={m.arch} trains on gridded fields, data=era5; got data={source}",
+    source = as_enum(d.source, DataSource)
+    require(source is DataSource.era5, "data", f"model.arch={m.arch} trains on gridded fields, data=era5; got data={source.name}",
             allowed=["era5"])
     require(len(d.levels) == m.n_levels, "data.levels",
             f"{len(d.levels)} pressure levels but model.n_levels={m.n_levels}")
@@ -177,7 +179,7 @@ def _validate_common(cfg: DictConfig, lon_tokens: list[int], lon_window: int) ->
                 "(longitude wraps around the globe, so it is never padded)")
 
 
-def validate_pangu(cfg: DictConfig) -> None:
+def validate_pangu(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
     require(len(m.patch_size) == 3 and len(m.window_size) == 3, "model.window_size",
             "patch_size and window_size are (level, latitude, longitude) triples")
@@ -188,15 +190,11 @@ def validate_pangu(cfg: DictConfig) -> None:
     w1 = m.n_lon // m.patch_size[2]
     require(w1 % 2 == 0, "model.n_lon", f"{w1} longitude tokens cannot be merged 2 by 2")
     _validate_common(cfg, [w1, w1 // 2], m.window_size[2])
-    from memtrain.distributed.launch import world_size
-    from memtrain.distributed.mesh import ParallelDims
-
-    degree = ParallelDims.from_config(cfg.parallel, world_size(cfg)).spatial
-    if degree > 1:
-        validate_spatial(cfg, degree)
+    if dims.spatial > 1:
+        validate_spatial(cfg, dims.spatial)
 
 
-def validate_fuxi(cfg: DictConfig) -> None:
+def validate_fuxi(cfg: DictConfig, dims: ParallelDims) -> None:
     m = cfg.model
     require(m.dim % m.heads == 0, "model.heads", f"dim={m.dim} is not divisible by heads={m.heads}")
     require(m.n_lon % (2 * m.patch_size) == 0, "model.n_lon", f"n_lon={m.n_lon} must be a multiple of 2 x patch_size")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from memtrain.config.errors import ConfigError, enum_names
+from memtrain.config.errors import ConfigError
 from memtrain.config.loader import compose_config
 from memtrain.memory.activation_checkpoint import (
     apply_activation_checkpointing,
@@ -59,7 +59,7 @@ def predicted(cfg) -> tuple[int, int]:
     # the Evoformer's blocks, then the extra-MSA and template pair stacks' (each counted from its first)
     for stack in [{"n_blocks": cfg.model.n_blocks, "block": parts["block"], "block_input": parts["block_input"]},
                   *parts["stacks"]]:
-        recomputed = set(checkpointed_block_ids(stack["n_blocks"], enum_names(ac.mode), enum_names(ac.policy), ac.every_k))
+        recomputed = set(checkpointed_block_ids(stack["n_blocks"], ac.mode, ac.policy, ac.every_k))
         per_block += [stack["block_input"] if i in recomputed else stack["block"] for i in range(stack["n_blocks"])]
         buffer = max(buffer, stack["block"] if recomputed else 0)
     return sum(per_block) + parts["outside_blocks"] + buffer, buffer

@@ -11,7 +11,6 @@ import torch
 
 from memtrain.config.loader import compose_config
 from memtrain.data.sequences import default_protein_root
-from memtrain.engine.trainer import Trainer
 from memtrain.models import get_spec
 from memtrain.models.alphafold.loss import LOSS_WEIGHTS
 
@@ -20,9 +19,9 @@ MMCIF_DIR = Path(default_protein_root()) / "mmcif"
 
 @pytest.mark.skipif(not MMCIF_DIR.is_dir(), reason=f"real protein data not found at {MMCIF_DIR} (set MEMTRAIN_DATA_DIR)")
 @pytest.mark.slow
-def test_tiny_recipe_trains_on_real_structures_and_its_loss_falls(tmp_path):
+def test_tiny_recipe_trains_on_real_structures_and_its_loss_falls(tmp_path, make_trainer):
     cfg = compose_config(["+recipe=alphafold_tiny", "trainer.device=cpu", "trainer.log_every=1", "trainer.max_steps=20"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg, tmp_path)
     spec = get_spec("alphafold")
     assert any(e.msa_source is not None for e in trainer.data.entries)  # an A3M alignment is in use
     samples = [trainer.data.batch(i, 1) for i in range(8)]

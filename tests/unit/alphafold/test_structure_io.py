@@ -14,7 +14,6 @@ from Bio.PDB import MMCIFParser, PDBParser
 
 from memtrain.config.loader import compose_config
 from memtrain.data.sequences import default_protein_root
-from memtrain.engine.trainer import Trainer
 from memtrain.models.alphafold import residue_constants as rc
 from memtrain.models.alphafold.structure_io import write_structure
 from tests.conftest import run_cli
@@ -63,9 +62,9 @@ TINY_RUN = ["+recipe=alphafold_tiny", "data.crop_size=16", "data.max_msa=4", "tr
 
 @needs_data
 @pytest.mark.slow
-def test_evaluation_every_n_steps_writes_predictions_and_holds_the_chain_out(tmp_path):
+def test_evaluation_every_n_steps_writes_predictions_and_holds_the_chain_out(tmp_path, make_trainer):
     cfg = compose_config([*TINY_RUN, "trainer.max_steps=2", "trainer.eval_every=2", "data.eval_chains=[4zey_A]"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg, tmp_path)
     assert "4zey_A" not in {e.chain.name for e in trainer.data.entries}  # held out of training
     records = trainer.fit()
     assert "val_lddt_ca" not in records[0] and 0.0 <= records[1]["val_lddt_ca"] <= 1.0
@@ -80,7 +79,7 @@ def test_evaluation_every_n_steps_writes_predictions_and_holds_the_chain_out(tmp
     again = trainer.evaluator(trainer.model, 2, None, trainer.device)
     assert again["val_lddt_ca"] == pytest.approx(records[1]["val_lddt_ca"], abs=1e-6)
     # evaluating draws no random numbers and changes no weights: training is the same without it
-    plain = Trainer(compose_config([*TINY_RUN, "trainer.max_steps=2", "data.eval_chains=[4zey_A]"]), tmp_path / "plain")
+    plain = make_trainer(compose_config([*TINY_RUN, "trainer.max_steps=2", "data.eval_chains=[4zey_A]"]), tmp_path / "plain")
     assert [r["loss"] for r in plain.fit()] == [r["loss"] for r in records]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from memtrain.config.loader import load_config
-from memtrain.engine.trainer import Trainer
 from memtrain.memory.estimator import estimate
 from memtrain.memory.measure import trainer_forward_held_bytes
 
@@ -25,9 +24,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("recipe,precision,ckpt", CASES, ids=["-".join(c) for c in CASES])
-def test_activation_model_matches_the_measured_forward(tmp_path, recipe, precision, ckpt):
+def test_activation_model_matches_the_measured_forward(tmp_path, recipe, precision, ckpt, make_trainer):
     cfg = load_config([f"+recipe={recipe}", f"precision={precision}", f"activation_checkpoint={ckpt}", "trainer.device=cpu"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg, tmp_path)
     measured = trainer_forward_held_bytes(trainer)
     est = estimate(cfg)
     # Counted tensor by tensor, no constant fitted: observed equal to within a few bytes without
