@@ -297,6 +297,9 @@ class Plan:
     pruned: int = 0  # larger micro-batches of a candidate that already did not fit, not estimated
     mismatched: int = 0  # verified rows whose estimate from the Hydra-composed config differed (a bug)
     too_big: list[PlanRow] = field(default_factory=list)
+    # the first refusal met (a candidate's validation, or an axis whose options the pinned choices
+    # cannot form), which the message gives when no candidate was valid
+    first_refusal: str | None = None
 
     @property
     def smallest(self) -> PlanRow | None:
@@ -477,17 +480,18 @@ def _launcher(ctx: PlanContext) -> list[Option]:
     return [Option("launcher", tuple(pairs))]
 
 
-def _validated(cfg, ctx: PlanContext, cpu=None) -> bool:
-    """The project's validator on the candidate. Checks about the machine the plan is made on
-    (visible CUDA devices) are left out: the plan is for the target hardware."""
+def _refusal(cfg, ctx: PlanContext, cpu=None) -> ConfigError | None:
+    """The project's validator's refusal of the candidate, None when valid. Checks about the
+    machine the plan is made on (visible CUDA devices) are left out: the plan is for the target
+    hardware."""
     probe = cfg
     if cpu is not None and torch.cuda.device_count() < ctx.gpus_per_node:
         probe = cfg.replace({"trainer.device": cpu})
     try:
         validate(probe)
-    except ConfigError:
-        return False
-    return True
+    except ConfigError as exc:
+        return exc
+    return None
 
 
 MAX_GLOBAL_BATCH = 2**20  # samples per optimizer step (LLMs use a few thousand sequences, AlphaFold 128)
@@ -563,13 +567,15 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
                     scale /= n
                     done += k * scale
                 progress(done, result.considered)
-            if not _validated(cfg, ctx, cpu):
+            refusal = _refusal(cfg, ctx, cpu)
+            if refusal is None:
+                try:
+                    est = estimate(cfg)
+                except ConfigError as exc:
+                    refusal = exc
+            if refusal is not None:
                 result.invalid += 1
-                return True
-            try:
-                est = estimate(cfg)
-            except ConfigError:
-                result.invalid += 1
+                result.first_refusal = result.first_refusal or str(refusal)
                 return True
             overrides = [*user, *launch_strings, *(s for _, o in chosen for s in o.strings())]
             row = PlanRow(overrides, {a.name: o.label for a, o in chosen}, est, step_cost(cfg, est), cfg.data.seq_len)
@@ -587,7 +593,8 @@ def plan(base: list[str], global_batch: int | None = None, verify_top: int | Non
                 return
             try:
                 options = axis.options(ctx, cfg)
-            except ConfigError:
+            except ConfigError as exc:  # no candidate can be formed from these choices
+                result.first_refusal = result.first_refusal or str(exc)
                 return
             last = i == len(axes) - 1 and axis.name == "micro_batch"
             level = len(position)
@@ -689,8 +696,11 @@ def no_fit_message(p: Plan) -> str:
     hw = p.hardware
     usable = hw["gpu_mem_gb"] * hw["mem_usable"]
     if p.smallest is None:
-        return (f"no valid configuration to plan: all {p.considered} candidates were refused by validation "
-                f"(check the recipe and hardware.gpus={hw['gpus']}, hardware.nodes={hw['nodes']})")
+        where = f"hardware.gpus={hw['gpus']}, hardware.nodes={hw['nodes']}"
+        which = (f"all {p.considered} candidates were refused by validation" if p.considered
+                 else "no candidate could be formed from the choices given")
+        why = f"; the first refusal: {p.first_refusal}" if p.first_refusal else ""
+        return f"no valid configuration to plan on {where}: {which}{why}"
     from memtrain.memory.report import human  # GiB, or MiB / KiB below one GiB
 
     s = p.smallest

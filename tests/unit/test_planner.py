@@ -189,6 +189,18 @@ def test_hardware_too_small_gives_a_clear_message():
     assert re.search(r"needs [0-9.,]+ (MiB|KiB) per device", msg) and re.search(r"leaves [0-9.,]+ KiB usable", msg), msg
 
 
+def test_a_pinned_layout_that_cannot_fill_the_gpus_says_why():
+    """parallel=tp parallel.tp=3 on 4 GPUs forms no candidate at all: the message gives the
+    degrees' reason, not "all 0 candidates were refused by validation"."""
+    base = [o for o in TINY if not o.startswith("trainer.micro_batch_size")]  # the micro-batch axis left free
+    for pinned, considered in ((base, 0), (TINY, None)):  # no candidate formed; every candidate refused
+        p = plan([*pinned, "parallel=tp", "parallel.tp=3", "hardware.gpus=4"])
+        assert not p.rows and not p.too_big and (considered is None or p.considered == considered)
+        msg = " ".join(no_fit_message(p).split())
+        assert "all 0 candidates" not in msg, msg
+        assert "parallel.tp=3" in msg and "world size" in msg and "hardware.gpus=4" in msg, msg
+
+
 def _one_candidate(base: list[str], usable_bytes: int) -> planner.Plan:
     """A plan of one candidate (every axis pinned, one GPU) on a GPU of `usable_bytes` usable."""
     return plan([*base, "hardware.gpus=1", "hardware.mem_usable=1.0", f"hardware.gpu_mem_gb={usable_bytes / 2**30}"],
