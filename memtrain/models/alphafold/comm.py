@@ -146,7 +146,9 @@ def stream_bytes(cfg: DictConfig, ctx: CommContext) -> int:
     extra-MSA and template stacks enter in the compute dtype and are promoted within their first
     block, so under autocast this counts a few of that block's tensors at fp32 that go in the
     compute dtype: an upper bound (tests/distributed/test_dap.py)."""
-    from memtrain.precision.amp import dtype_of
+    from memtrain.config.errors import as_enum
+    from memtrain.config.schema import DType
 
-    autocast = dtype_of(cfg.precision.compute_dtype) != dtype_of(cfg.precision.param_dtype)
+    pcfg = cfg.precision  # autocast when the dtypes differ (memtrain.precision.amp.Precision.uses_autocast)
+    autocast = as_enum(pcfg.compute_dtype, DType) is not as_enum(pcfg.param_dtype, DType)
     return FP32 if autocast else ctx.compute_bytes
