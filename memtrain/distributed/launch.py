@@ -41,8 +41,8 @@ def init_distributed(backend: str | None, device: torch.device, local_rank_env: 
     one for a lone process: rank 0 of a one-rank group over an in-memory store (torch's
     HashStore: no port, no rendezvous, nothing in the environment), so that every run has a
     process group and a DeviceMesh of the same dimension names. A process that already holds a
-    group (a caller that made it) joins that one. `local_rank_env`: the lone process also sets
-    LOCAL_RANK=0 for the group's life (DeepSpeed reads the device index from the environment,
+    group (a caller that made it) joins that one. `local_rank_env`: the lone process (or one
+    joining a caller's group) also sets LOCAL_RANK=0 for the trainer's life (DeepSpeed reads the device index from the environment,
     in its engine and in ZeRO-3's partitioning); `shutdown` removes it. `device`: the training
     device; a launched rank on a GPU trains on cuda:LOCAL_RANK, which it makes current."""
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
@@ -55,9 +55,12 @@ def init_distributed(backend: str | None, device: torch.device, local_rank_env: 
                 torch.cuda.set_device(env.local_rank)
             dist.init_process_group(backend, timeout=timeout)  # env://: RANK, WORLD_SIZE, MASTER_ADDR/PORT
         return env
-    if dist.is_initialized():
-        return DistEnv(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
-    env = DistEnv(0, 0, 1, owns_group=True, set_env=("LOCAL_RANK",) if local_rank_env and "LOCAL_RANK" not in os.environ else ())
+    set_env = ("LOCAL_RANK",) if local_rank_env and "LOCAL_RANK" not in os.environ else ()
+    if dist.is_initialized():  # the caller's group (a script's own, or an open trainer's): joined, left to its maker
+        env = DistEnv(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size(), set_env=set_env)
+        os.environ.update({key: str(env.local_rank) for key in env.set_env})
+        return env
+    env = DistEnv(0, 0, 1, owns_group=True, set_env=set_env)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # the device the one-rank mesh runs on
     os.environ.update({key: "0" for key in env.set_env})

@@ -50,6 +50,28 @@ def test_a_one_rank_run_has_a_group_and_a_mesh_of_every_dimension_and_leaves_no_
     assert not dist.is_initialized()
 
 
+@pytest.mark.parametrize("first", ["caller", "trainer"])
+def test_a_zero_trainer_joins_a_one_rank_group_it_did_not_make_and_leaves_it(compose, make_trainer, tmp_path, first):
+    """A group made before the Trainer (by the calling script, or by an earlier trainer still open)
+    is joined, not destroyed: DeepSpeed still finds LOCAL_RANK while the trainer lives (it asserts
+    on it), and the variable is gone again once the trainer closes."""
+    if first == "caller":
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    else:
+        make_trainer(compose("parallel=single"), tmp_path / "first")
+    try:
+        trainer = Trainer(compose("parallel=zero2"), tmp_path / "zero2")
+        try:
+            assert os.environ.get("LOCAL_RANK") == "0"
+            assert math.isfinite(trainer.train_step().loss)
+        finally:
+            trainer.close()
+        assert dist.is_initialized() and "LOCAL_RANK" not in os.environ
+    finally:
+        if first == "caller":
+            dist.destroy_process_group()
+
+
 def test_fp16_loss_scaler_skips_a_step_with_inf_gradients(make, tmp_path):
     trainer = make(tmp_path, "precision=fp16")
     weight = trainer.model.output.weight
