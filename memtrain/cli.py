@@ -490,6 +490,27 @@ def _parse_predict_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
     return positional, options
 
 
+def _typed_stored_config(cfg):
+    """A checkpoint's stored config (meta.json, plain values) with the model and data sections,
+    which prediction reads, typed by their schemas: enum names become members, and keys an older
+    release did not write take their defaults. ConfigError naming the key for a value the schema
+    refuses (e.g. model.attention_backend=Naive)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from memtrain.config.errors import from_hydra
+    from memtrain.config.schema import DataConfig, model_schema
+
+    typed = OmegaConf.create({"model": OmegaConf.structured(model_schema(cfg.model.arch)),
+                              "data": OmegaConf.structured(DataConfig)})
+    try:
+        typed = OmegaConf.merge(typed, {"model": cfg.model, "data": cfg.get("data") or {}})
+    except OmegaConfBaseException as exc:
+        raise from_hydra(exc) from exc
+    cfg.model, cfg.data = typed.model, typed.data
+    return cfg
+
+
 def predict_command(args: list[str]) -> int:
     """Load a checkpoint's model (its config from meta.json; weights through the checkpointer's
     allow-listed loader, which runs no code from the files) and write the predicted structure."""
@@ -515,10 +536,11 @@ def predict_command(args: list[str]) -> int:
         meta = json.loads(meta_file.read_text())
         cfg = OmegaConf.create(upgrade_stored_config(meta["config"]))
         spec = get_spec(cfg.model.arch)
+        cfg = _typed_stored_config(cfg)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return _fail(f"{checkpoint} is not a memtrain checkpoint with its config in meta.json ({type(exc).__name__}: {exc})")
     except ConfigError as exc:
-        return _fail(str(exc))
+        return _fail(f"{meta_file}: {exc}")
     if spec.predict is None:
         return _fail(f"model.arch={cfg.model.arch} has no predict (only AlphaFold writes structures)")
     device = resolve_device(options.get("device", "auto"))
