@@ -44,17 +44,24 @@ def export_quantized(checkpoint_dir: str | Path, out: str | Path) -> Path:
 
 
 def _checked_config(config: dict, checkpoint_dir: Path) -> DictConfig:
-    """The stored config with its model section typed by the model's schema and value-checked."""
-    from memtrain.config.schema import model_schema
+    """The stored config with its model and precision sections typed by their schemas (enum names
+    become members; keys an older release did not write take their defaults) and value-checked."""
+    from memtrain.config.errors import from_hydra
+    from memtrain.config.schema import PrecisionConfig, model_schema
     from memtrain.config.validate import check_values
 
     try:
         schema = model_schema(str(config["model"].get("arch")))
         cfg = OmegaConf.create(config)
-        cfg.model = OmegaConf.merge(OmegaConf.structured(schema), config["model"])
+        typed = OmegaConf.create({"model": OmegaConf.structured(schema), "precision": OmegaConf.structured(PrecisionConfig)})
+        try:  # merged under their section names, so an error names the whole key (precision.qat)
+            typed = OmegaConf.merge(typed, {"model": config["model"], "precision": config["precision"]})
+        except OmegaConfBaseException as exc:
+            raise from_hydra(exc) from exc
+        cfg.model, cfg.precision = typed.model, typed.precision
         check_values(cfg.model, "model.")
-    except (KeyError, ConfigError, OmegaConfBaseException) as exc:
-        raise CheckpointError(f"{checkpoint_dir / 'meta.json'}: its model config is not valid "
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"{checkpoint_dir / 'meta.json'}: its config is not valid "
                               f"({' '.join(str(exc).split())[:300]})") from exc
     return cfg
 

@@ -71,3 +71,18 @@ def test_qat_int8_trains_through_cli_and_exports(tmp_path):
 def test_export_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "no meta.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value", [("qat", "INT8"), ("qat_activations", "Int8")])
+def test_export_names_a_bad_precision_value_of_meta_json(compose, make_trainer, tmp_path, capsys, key, value):
+    """meta.json holds enum names as plain strings: export types the precision section by its schema,
+    so a name that is no member is one paragraph naming the key, not a traceback from the model build."""
+    trainer = make_trainer(compose("precision.qat=int8", "trainer.max_steps=1"), tmp_path / "run")
+    trainer.train_step()
+    ckpt = trainer.save()
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["config"]["precision"][key] = value
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    assert cli.main(["export", str(ckpt), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"'precision.{key}'" in err and repr(value) in err, err
