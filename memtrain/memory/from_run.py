@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from memtrain.config.errors import ConfigError, from_hydra
+from memtrain.config.schema import Device
 
 GROUPS = ("model", "parallel", "precision", "optimizer", "offload", "activation_checkpoint", "data", "trainer", "launcher",
           "hardware")
@@ -76,7 +77,8 @@ def config_from_run(path: str | Path, overrides: list[str]) -> DictConfig:
                 raise ConfigError(key, f"the run's config has no key {key!r}")
             OmegaConf.update(cfg, key, o.value(), merge=True)
     cfg.trainer.resume = "none"
-    if str(cfg.trainer.device) == "cuda" and not torch.cuda.is_available():
+    _enum_members(cfg, f"{folder}/meta.json")
+    if cfg.trainer.device is Device.cuda and not torch.cuda.is_available():
         cfg.trainer.device = "auto"
     validate(cfg)
     return cfg
@@ -108,3 +110,36 @@ def _stored_config(stored: dict, folder: Path) -> DictConfig:
         raise ConfigError("--from-run", f"{where}: the stored config does not fit this memtrain's schema "
                                         f"({reason})") from None
     return cfg
+
+
+def _enum_members(cfg: DictConfig, where: str) -> None:
+    """The enum-valued keys of the groups with one schema (and the model's) as members, as a
+    composed config holds them: meta.json and `key=value` overrides give their names as plain
+    strings. A key the stored config lacks (an older release's) takes its schema default; a name
+    that is no member is a ConfigError naming the key."""
+    import dataclasses
+    import typing
+    from enum import Enum
+
+    from memtrain.config import schema
+    from memtrain.config.families import families
+
+    schemas = {"parallel": schema.ParallelConfig, "precision": schema.PrecisionConfig, "offload": schema.OffloadConfig,
+               "activation_checkpoint": schema.ActivationCheckpointConfig, "trainer": schema.TrainerConfig,
+               "launcher": schema.LauncherConfig, "hardware": schema.HardwareConfig,
+               "data": schema.ERA5DataConfig if str(cfg.data.get("source")) in ("era5", "DataSource.era5") else schema.DataConfig}
+    if cfg.model.get("arch") in families():
+        schemas["model"] = schema.model_schema(cfg.model.arch)
+    for group, dataclass_type in schemas.items():
+        hints = typing.get_type_hints(dataclass_type)
+        for f in dataclasses.fields(dataclass_type):
+            enum_type = hints[f.name]
+            if not (isinstance(enum_type, type) and issubclass(enum_type, Enum)):
+                continue
+            value = cfg[group].get(f.name, f.default)
+            if isinstance(value, str) and value.startswith(f"{enum_type.__name__}."):
+                value = value[len(enum_type.__name__) + 1:]  # OmegaConf's spelling of a member
+            if not isinstance(value, enum_type) and value not in enum_type.__members__:
+                raise ConfigError(f"{group}.{f.name}", f"{value!r} (from {where} or an override) is not a "
+                                                       f"{enum_type.__name__}", allowed=enum_type.__members__)
+            cfg[group][f.name] = value if isinstance(value, enum_type) else enum_type[value]

@@ -126,3 +126,30 @@ def test_an_option_given_twice_is_named_as_such(run_dir, tmp_path, capsys):
         assert estimate_command([f"{option}={value}", option, value]) == 2
         err = " ".join(capsys.readouterr().err.split())
         assert f"{option} is given twice" in err and "unknown option" not in err, err
+
+
+@pytest.mark.parametrize("key,value,override", [
+    ("precision.qat", "INT8", False), ("activation_checkpoint.mode", "Full", False),
+    ("trainer.device", "CPU", True), ("precision.param_dtype", "bf16", True),
+], ids=["stored-qat", "stored-ac-mode", "override-device", "override-dtype"])
+def test_an_enum_name_that_is_no_member_is_named_with_its_key(run_dir, key, value, override):
+    """meta.json and key=value overrides give enum values as plain names: one that names no member
+    is a ConfigError naming the key and the allowed names, not a ValueError from deep in validation."""
+    overrides = [f"{key}={value}"] if override else []
+    if not override:
+        meta = run_dir / "checkpoints" / step_dir_name(4) / "meta.json"
+        record = json.loads(meta.read_text())
+        group, leaf = key.split(".")
+        record["config"][group][leaf] = value
+        meta.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="Allowed values") as err:
+        config_from_run(run_dir, overrides)
+    assert err.value.key == key and repr(value) in str(err.value)
+
+
+def test_an_enum_key_an_older_release_did_not_store_takes_its_default(run_dir):
+    meta = run_dir / "checkpoints" / step_dir_name(4) / "meta.json"
+    record = json.loads(meta.read_text())
+    del record["config"]["trainer"]["init_device"], record["config"]["data"]["template_source"]
+    meta.write_text(json.dumps(record))
+    assert estimate(config_from_run(run_dir, [])) == estimate(load_config(RUN))
