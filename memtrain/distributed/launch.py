@@ -58,7 +58,7 @@ def init_distributed(backend: str | None, device: torch.device, local_rank_env: 
     if dist.is_initialized():
         return DistEnv(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
     env = DistEnv(0, 0, 1, owns_group=True, set_env=("LOCAL_RANK",) if local_rank_env and "LOCAL_RANK" not in os.environ else ())
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:  # "cuda" alone: the current device, as it is
         torch.cuda.set_device(device)  # the device the one-rank mesh runs on
     os.environ.update({key: "0" for key in env.set_env})
     try:
