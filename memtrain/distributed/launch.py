@@ -61,7 +61,7 @@ def init_distributed(backend: str | None, device: torch.device, local_rank_env: 
         os.environ.update({key: str(env.local_rank) for key in env.set_env})
         return env
     env = DistEnv(0, 0, 1, owns_group=True, set_env=set_env)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:  # "cuda" alone: the current device, as it is
         torch.cuda.set_device(device)  # the device the one-rank mesh runs on
     os.environ.update({key: "0" for key in env.set_env})
     try:

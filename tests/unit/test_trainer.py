@@ -72,6 +72,25 @@ def test_a_zero_trainer_joins_a_one_rank_group_it_did_not_make_and_leaves_it(com
             dist.destroy_process_group()
 
 
+def test_a_lone_process_on_cuda_keeps_the_current_device_when_none_is_named(monkeypatch):
+    """trainer.device=auto|cuda resolves to torch.device("cuda") (no index) for one process:
+    torch.cuda.set_device refuses a device without an index, so the one-rank group must leave
+    the current device as it is, and set an indexed one. Checked here through torch's own index
+    rule (torch.cuda._utils._get_device_index, which needs no GPU); the group is not made."""
+    from torch.cuda._utils import _get_device_index
+
+    from memtrain.distributed import launch
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(_get_device_index(device)))
+    made = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: made.append((backend, kw["world_size"])))
+    env = launch.init_distributed(None, torch.device("cuda"))
+    assert (env.rank, env.world_size, env.owns_group) == (0, 1, True) and made == [("nccl", 1)] and current == []
+    launch.init_distributed(None, torch.device("cuda", 1))
+    assert current == [1] and made == [("nccl", 1)] * 2
+
+
 def test_fp16_loss_scaler_skips_a_step_with_inf_gradients(make, tmp_path):
     trainer = make(tmp_path, "precision=fp16")
     weight = trainer.model.output.weight
