@@ -43,8 +43,9 @@ def init_distributed(backend: str | None, device: torch.device, local_rank_env: 
     process group and a DeviceMesh of the same dimension names. A process that already holds a
     group (a caller that made it) joins that one. `local_rank_env`: the lone process (or one
     joining a caller's group) also sets LOCAL_RANK=0 for the trainer's life (DeepSpeed reads the
-    device index from the environment, in its engine and in ZeRO-3's partitioning); `shutdown` removes it. `device`: the training
-    device; a launched rank on a GPU trains on cuda:LOCAL_RANK, which it makes current."""
+    device index from the environment, in its engine and in ZeRO-3's partitioning); `shutdown`
+    removes it. `device`: the training device; a launched rank on a GPU trains on
+    cuda:LOCAL_RANK, which it makes current."""
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     timeout = datetime.timedelta(minutes=10)
     if launched():
