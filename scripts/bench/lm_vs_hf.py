@@ -140,7 +140,7 @@ def _memtrain_side(cfg, device):
             return trainer.spec.loss_fn(trainer.model(inputs), targets)[0]
 
     params = sum(p.numel() for p in trainer.model.parameters())
-    return (lambda: trainer.train_step().loss), forward, params, trainer.data
+    return (lambda: trainer.train_step().loss), forward, params, trainer.close
 
 
 def _hf_side(cfg, device):
@@ -196,7 +196,7 @@ def _hf_side(cfg, device):
             return model(input_ids=inputs0, labels=inputs0).loss
 
     params = sum(p.numel() for p in model.parameters())
-    return train_step, forward, params, data
+    return train_step, forward, params, lambda: None
 
 
 def worker(job: dict) -> dict:
@@ -215,9 +215,10 @@ def worker(job: dict) -> dict:
     # one step of a tiny model of the same kind first: lazily imported modules, kernels' and thread
     # pools' first-use allocations are in memory before the baseline, for both sides alike
     tiny = load_config(memtrain_overrides(SMOKE_SHAPE, job["precision"], job["checkpoint"], job["device"], job["extra"]))
-    tiny_step = side(tiny, device)[0]
+    tiny_step, _, _, tiny_close = side(tiny, device)
     tiny_step()
-    del tiny_step
+    tiny_close()  # memtrain's: its process group too, so the measured run makes its own
+    del tiny_step, tiny_close
     gc.collect()
     get_spec(cfg.model.arch).build_data(cfg)  # the token stream is in memory before the baseline
     rss_before = current_rss()
@@ -226,7 +227,7 @@ def worker(job: dict) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         cuda_before = torch.cuda.memory_allocated(device)
-    step, forward, params, _ = side(cfg, device)
+    step, forward, params, close = side(cfg, device)
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     load_before = os.getloadavg()[0]
     times, loss = _timed_steps(step, sync, job["warmup"], job["steps"])
@@ -243,6 +244,7 @@ def worker(job: dict) -> dict:
     peak = peak_flops(device)
     fpt = get_spec(cfg.model.arch).flops_per_token(cfg.model, cfg.data.seq_len)
     result["mfu"] = result["tokens_per_s"] * fpt / peak if peak else None
+    close()  # memtrain's trainer destroys its process group before the process exits
     return result
 
 
