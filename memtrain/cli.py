@@ -492,24 +492,12 @@ def _parse_predict_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def _typed_stored_config(cfg):
     """A checkpoint's stored config (meta.json, plain values) with the model and data sections,
-    which prediction reads, typed by their schemas: enum names become members, keys an older
-    release did not write take their defaults, and data keys this release does not read are left
-    out. ConfigError naming the key for a value the schema refuses (e.g.
-    model.attention_backend=Naive)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    which prediction reads, typed by their schemas (memtrain.config.schema.type_sections; data keys
+    this release does not read are left out). ConfigError naming the key for a value the schema
+    refuses (e.g. model.attention_backend=Naive)."""
+    from memtrain.config.schema import DataConfig, model_schema, type_sections
 
-    from memtrain.config.errors import from_hydra
-    from memtrain.config.schema import DataConfig, model_schema
-
-    typed = OmegaConf.create({"model": OmegaConf.structured(model_schema(cfg.model.arch)),
-                              "data": OmegaConf.structured(DataConfig)})
-    try:
-        data = {k: v for k, v in (cfg.get("data") or {}).items() if k in typed.data}  # keys it no longer reads: left out
-        typed = OmegaConf.merge(typed, {"model": cfg.model, "data": data})
-    except OmegaConfBaseException as exc:
-        raise from_hydra(exc) from exc
-    cfg.model, cfg.data = typed.model, typed.data
+    type_sections(cfg, {"model": model_schema(cfg.model.arch), "data": DataConfig}, drop_unknown=("data",))
     return cfg
 
 

@@ -445,6 +445,29 @@ def model_schema(arch: str) -> type:
     return families()[arch].schema
 
 
+def type_sections(cfg, schemas: dict[str, type], drop_unknown: tuple[str, ...] = ()) -> None:
+    """Type, in place, the sections of a stored config (`cfg`, a DictConfig of meta.json's plain
+    values) named in `schemas` by their dataclasses: enum names become members, keys an older
+    release did not write take their defaults. The keys of a `drop_unknown` section that its schema
+    does not hold (ones this release no longer reads) are left out; elsewhere they are refused.
+    ConfigError naming the whole key (e.g. precision.qat) for a value the schema refuses."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from memtrain.config.errors import from_hydra
+
+    typed = OmegaConf.create({name: OmegaConf.structured(schema) for name, schema in schemas.items()})
+    stored = {name: cfg.get(name) or {} for name in schemas}
+    for name in drop_unknown:
+        stored[name] = {k: v for k, v in stored[name].items() if k in typed[name]}
+    try:  # merged under their section names, so an error names the whole key
+        typed = OmegaConf.merge(typed, stored)
+    except OmegaConfBaseException as exc:
+        raise from_hydra(exc) from exc
+    for name in schemas:
+        cfg[name] = typed[name]
+
+
 def register_schemas() -> None:
     """Register every schema under /schema/<group>/<name> (idempotent)."""
     cs = ConfigStore.instance()

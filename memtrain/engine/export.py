@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from memtrain.config.errors import ConfigError
@@ -46,19 +45,14 @@ def export_quantized(checkpoint_dir: str | Path, out: str | Path) -> Path:
 def _checked_config(config: dict, checkpoint_dir: Path) -> DictConfig:
     """The stored config with its model and precision sections typed by their schemas (enum names
     become members; keys an older release did not write take their defaults) and value-checked."""
-    from memtrain.config.errors import from_hydra
-    from memtrain.config.schema import PrecisionConfig, model_schema
+    from memtrain.config.schema import PrecisionConfig, model_schema, type_sections
     from memtrain.config.validate import check_values
 
     try:
         schema = model_schema(str(config["model"].get("arch")))
+        config["precision"]  # a stored config without it is not memtrain's (KeyError)
         cfg = OmegaConf.create(config)
-        typed = OmegaConf.create({"model": OmegaConf.structured(schema), "precision": OmegaConf.structured(PrecisionConfig)})
-        try:  # merged under their section names, so an error names the whole key (precision.qat)
-            typed = OmegaConf.merge(typed, {"model": config["model"], "precision": config["precision"]})
-        except OmegaConfBaseException as exc:
-            raise from_hydra(exc) from exc
-        cfg.model, cfg.precision = typed.model, typed.precision
+        type_sections(cfg, {"model": schema, "precision": PrecisionConfig})
         check_values(cfg.model, "model.")
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{checkpoint_dir / 'meta.json'}: its config is not valid "
